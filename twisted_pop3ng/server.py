@@ -1,0 +1,590 @@
+"""The POP3 server protocol (RFC 1939, RFC 2449) and its factory.
+
+Rules of this module:
+
+* the session state changes only through :data:`TRANSITIONS`; which verbs are valid in which state is
+  data (the ``@command`` registry), a verb missing from a state's set is the error;
+* one small handler per verb; a handler either answers at once or returns a Deferred, and while that
+  Deferred is pending no further command line is read (so pipelined commands are answered in order,
+  also after an asynchronous login);
+* the protocol never touches files: messages come from the ``IMailbox`` avatar as file-like objects
+  and are streamed through :class:`~twisted_pop3ng.wire.MessageEncoder` with backpressure;
+* every error goes through :func:`twisted_pop3ng.errors.classify`; no exception text reaches the peer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, interfaces as iinternet
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import __version__, wire
+from .errors import (
+    BadCommand,
+    MessageDeleted,
+    NoSuchMessage,
+    POP3Error,
+    classify,
+)
+from .interfaces import IMailbox, MessageInfo
+
+AUTHORIZATION = "AUTHORIZATION"
+TRANSACTION = "TRANSACTION"
+UPDATE = "UPDATE"
+#: The only state changes there are: (state, event) -> new state.
+TRANSITIONS = {
+    (AUTHORIZATION, "login"): TRANSACTION,
+    (TRANSACTION, "quit"): UPDATE,
+}
+
+#: Bytes read from a stored message per step; large enough that a 10 KB message is one read.
+CHUNK_SIZE = 256 * 1024
+#: Input queued while commands wait, beyond which the socket is no longer read.
+MAX_QUEUED_INPUT = 64 * 1024
+#: Chunks written in one reactor turn before yielding, when the transport never pushes back.
+CHUNKS_PER_TURN = 16
+
+
+@dataclass(frozen=True)
+class _Handler:
+    verb: str
+    method: Callable[..., Any]
+    states: FrozenSet[str]
+    capability: Optional[str] = None
+
+
+_REGISTRY: Dict[str, _Handler] = {}
+
+
+def command(verb: str, *states: str, capability: Optional[str] = None) -> Callable:
+    """Register a handler for ``verb`` in ``states``; ``capability`` is listed by CAPA."""
+
+    def register(method: Callable) -> Callable:
+        _REGISTRY[verb] = _Handler(verb, method, frozenset(states), capability)
+        return method
+
+    return register
+
+
+@dataclass
+class ServerConfig:
+    """Knobs of a server; :mod:`twisted_pop3ng.tap` fills it from the command line."""
+
+    implementation: str = "twisted-pop3ng %s" % __version__
+    #: Seconds of inactivity before login / after login (RFC 1939 §3 asks for >= 10 minutes).
+    login_timeout: float = 60.0
+    idle_timeout: float = 600.0
+    #: Seconds to wait before answering a failed authentication.
+    auth_failure_delay: float = 1.0
+    #: Bad commands tolerated before and after login before the connection is closed.
+    max_bad_commands: int = 20
+    extra_capabilities: List[str] = field(default_factory=list)
+
+
+@implementer(iinternet.IPushProducer)
+class _TransportFlow:
+    """Registered with the transport for the whole connection: its write buffer pushes back here."""
+
+    def __init__(self, protocol: "POP3ServerProtocol") -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol._write_paused(True)
+
+    def resumeProducing(self) -> None:
+        self.protocol._write_paused(False)
+
+    def stopProducing(self) -> None:
+        self.protocol._stop_stream()
+
+
+class _MessageStream:
+    """Copies one stored message to the transport through the encoder, honouring backpressure."""
+
+    def __init__(self, protocol: "POP3ServerProtocol", source: Any, status: bytes,
+                 encoder: wire.MessageEncoder) -> None:
+        self.protocol = protocol
+        self.source = source
+        self.encoder = encoder
+        self.deferred: defer.Deferred = defer.Deferred()
+        self._head: Optional[bytes] = status
+        self._paused = False
+        self._finished = False
+        self._scheduled = None
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._schedule()
+
+    def stop(self) -> None:
+        if not self._finished:
+            self._finish(Failure(ConnectionError("connection lost during transfer")))
+
+    def run(self) -> None:
+        self._scheduled = None
+        turns = 0
+        while not (self._paused or self._finished):
+            try:
+                chunk = self.source.read(CHUNK_SIZE)
+            except Exception:
+                self._finish(Failure())
+                return
+            out = self.encoder.feed(chunk) if chunk else b""
+            last = not chunk or self.encoder.done
+            if last:
+                out += self.encoder.finish()
+            if self._head is not None:
+                out, self._head = self._head + out, None
+            if out:
+                self.protocol.transport.write(out)
+            self.protocol.resetTimeout()
+            if last:
+                self._finish(None)
+                return
+            turns += 1
+            if turns >= CHUNKS_PER_TURN:
+                self._schedule()
+                return
+
+    def _schedule(self) -> None:
+        if self._scheduled is None and not (self._paused or self._finished):
+            self._scheduled = self.protocol.clock.callLater(0, self.run)
+
+    def _finish(self, failure: Optional[Failure]) -> None:
+        self._finished = True
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        try:
+            self.source.close()
+        except Exception:
+            pass
+        if failure is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(failure)
+
+
+class POP3ServerProtocol(LineReceiver, TimeoutMixin):
+    """One POP3 session: AUTHORIZATION -> TRANSACTION -> UPDATE against an ``IMailbox`` avatar."""
+
+    # Accept bare LF as well as CRLF from clients; a trailing CR is stripped in lineReceived.
+    delimiter = b"\n"
+    MAX_LENGTH = wire.MAX_ANY_LINE
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.state = AUTHORIZATION
+        self.mailbox: Optional[Any] = None
+        self.messages: List[MessageInfo] = []
+        self.deleted: Set[int] = set()
+        self._logout: Optional[Callable[[], None]] = None
+        self._username: Optional[bytes] = None
+        self._blocks: Set[str] = set()
+        self._stream: Optional[_MessageStream] = None
+        self._bad_commands = 0
+        self._closing = False
+        self._reading_paused = False
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.factory.config
+
+    @property
+    def clock(self) -> Any:
+        return self.factory.clock
+
+    def connectionMade(self) -> None:
+        self.timeOut = None
+        self.callLater = self.clock.callLater
+        self.setTimeout(self.config.login_timeout)
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except Exception:
+                pass
+        self.transport.registerProducer(_TransportFlow(self), True)
+        self.write(wire.response(True, self.greeting()))
+
+    def greeting(self) -> str:
+        return "POP3 server ready."
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(data)
+
+    def reply(self, ok: bool, text: str = "", code: Optional[str] = None) -> None:
+        self.write(wire.response(ok, text, code))
+
+    def reply_lines(self, status: str, lines: List[bytes]) -> None:
+        """A multi-line response in one write (one packet for short listings: no Nagle stall)."""
+        body = b"".join(line + b"\r\n" for line in lines)
+        self.write(wire.response(True, status) + body + wire.TERMINATOR)
+
+    def close(self, text: Optional[str] = None, ok: bool = False, code: Optional[str] = None) -> None:
+        if text is not None:
+            self.reply(ok, text, code)
+        self._closing = True
+        self.setTimeout(None)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _block(self, reason: str) -> None:
+        """Stop processing command lines until every reason is gone."""
+        self.paused = True
+        self._blocks.add(reason)
+
+    def _unblock(self, reason: str) -> None:
+        if reason not in self._blocks:
+            return
+        self._blocks.discard(reason)
+        if self._blocks or self._closing or self.transport is None:
+            return
+        self.paused = False
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        self.dataReceived(b"")
+
+    def dataReceived(self, data: bytes) -> None:
+        LineReceiver.dataReceived(self, data)
+        # While commands wait (async login, a transfer, a client that does not read its replies),
+        # stop reading the socket once enough input is queued: memory stays bounded.
+        if self.paused and not self._reading_paused and len(self._buffer) > MAX_QUEUED_INPUT:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _write_paused(self, paused: bool) -> None:
+        if paused:
+            self._block("write")
+            if self._stream is not None:
+                self._stream.pause()
+        else:
+            if self._stream is not None:
+                self._stream.resume()
+            self._unblock("write")
+
+    def _stop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+
+    def timeoutConnection(self) -> None:
+        self.log.info("closing idle connection")
+        self.close("Disconnected for inactivity.")
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.setTimeout(None)
+        self._closing = True
+        self._stop_stream()
+        if self.state != UPDATE:
+            self._do_logout()
+
+    def _do_logout(self) -> None:
+        logout, self._logout, self.mailbox = self._logout, None, None
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                self.log.failure("logout failed")
+
+    # -- command dispatch -------------------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) + 2 > wire.MAX_COMMAND_LINE:
+            self.bad_command("Command line too long")
+            return
+        try:
+            cmd = wire.parse_command(line)
+        except wire.WireError as error:
+            self.bad_command(str(error))
+            return
+        handler = _REGISTRY.get(cmd.verb)
+        if handler is None:
+            self.bad_command("Unknown command: %s" % cmd.verb)
+            return
+        if self.state not in handler.states:
+            self.bad_command("%s is not valid in the %s state" % (cmd.verb, self.state))
+            return
+        try:
+            result = handler.method(self, cmd)
+        except Exception:
+            self._command_failed(Failure(), cmd.verb)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._command_failed, cmd.verb)
+            if not result.called:
+                self._block("command")
+                result.addBoth(lambda _: self._unblock("command"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line far beyond any limit is abuse: say so, then close."""
+        self.close("Line too long, closing connection")
+
+    def bad_command(self, text: str) -> None:
+        self._bad_commands += 1
+        if self._bad_commands > self.config.max_bad_commands:
+            self.close("Too many bad commands, closing connection")
+        else:
+            self.reply(False, text)
+
+    def _command_failed(self, failure: Failure, verb: str) -> None:
+        error = failure.value
+        if isinstance(error, (BadCommand, wire.WireError)):
+            self.bad_command(str(error.text if isinstance(error, POP3Error) else error))
+            return
+        code, text, expected = classify(error)
+        if not expected:
+            self.log.failure("{verb} failed", failure, verb=verb)
+        self.reply(False, text, code)
+
+    # -- helpers for handlers ---------------------------------------------------------------------
+
+    def _no_args(self, cmd: wire.Command) -> None:
+        if cmd.words():
+            raise BadCommand("%s takes no arguments" % cmd.verb)
+
+    def _message(self, word: bytes) -> int:
+        """0-based index of a live message from a 1-based message number argument."""
+        try:
+            number = wire.parse_message_number(word)
+        except wire.WireError as error:
+            raise BadCommand(str(error))
+        if number > len(self.messages):
+            raise NoSuchMessage("There is no message %d" % number)
+        if number - 1 in self.deleted:
+            raise MessageDeleted("Message %d is deleted" % number)
+        return number - 1
+
+    def _one_or_no_message(self, cmd: wire.Command) -> Optional[int]:
+        words = cmd.words()
+        if len(words) > 1:
+            raise BadCommand("Too many arguments")
+        return self._message(words[0]) if words else None
+
+    def _live(self) -> List[int]:
+        return [i for i in range(len(self.messages)) if i not in self.deleted]
+
+    def capabilities(self) -> List[str]:
+        caps = [h.capability for h in _REGISTRY.values()
+                if h.capability and self._capability_offered(h)]
+        caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        caps += self.config.extra_capabilities
+        caps.append("IMPLEMENTATION %s" % self.config.implementation)
+        return caps
+
+    def _capability_offered(self, handler: _Handler) -> bool:
+        """USER is offered only before login; everything else always."""
+        return handler.verb != "USER" or self.state == AUTHORIZATION
+
+    # -- AUTHORIZATION ----------------------------------------------------------------------------
+
+    @command("CAPA", AUTHORIZATION, TRANSACTION)
+    def do_CAPA(self, cmd: wire.Command) -> None:
+        self._no_args(cmd)
+        self.reply_lines("Capability list follows", [c.encode() for c in self.capabilities()])
+
+    @command("USER", AUTHORIZATION, capability="USER")
+    def do_USER(self, cmd: wire.Command) -> None:
+        name = cmd.rest.strip(b" ")
+        if not name:
+            raise BadCommand("USER needs a user name")
+        self._username = name
+        self.reply(True, "Send your password.")
+
+    @command("PASS", AUTHORIZATION)
+    def do_PASS(self, cmd: wire.Command) -> Optional[defer.Deferred]:
+        if self._username is None:
+            raise BadCommand("Send USER first")
+        username, self._username = self._username, None
+        return self.login(UsernamePassword(username, cmd.rest))
+
+    def login(self, credentials: Any) -> defer.Deferred:
+        """Authenticate through the portal, lock the maildrop and take the snapshot."""
+        d = self.factory.portal.login(credentials, None, IMailbox)
+        d.addCallback(self._logged_in)
+        d.addErrback(self._login_failed)
+        return d
+
+    def _logged_in(self, result: Any) -> defer.Deferred:
+        _, mailbox, logout = result
+        if self._closing or self.transport is None:
+            logout()
+            return defer.succeed(None)
+        self.mailbox, self._logout = mailbox, logout
+        d = defer.maybeDeferred(mailbox.list_messages)
+
+        def snapshot(messages: Any) -> None:
+            self.messages = list(messages)
+            self.state = TRANSITIONS[(self.state, "login")]
+            self.setTimeout(self.config.idle_timeout)
+            self.reply(True, "Logged in.")
+
+        def failed(failure: Failure) -> Failure:
+            self._do_logout()
+            return failure
+
+        return d.addCallbacks(snapshot, failed)
+
+    def _login_failed(self, failure: Failure) -> defer.Deferred:
+        code, text, expected = classify(failure.value)
+        if not expected:
+            self.log.failure("login failed", failure)
+        if code != "AUTH":
+            self.reply(False, text, code)
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.clock.callLater(self.config.auth_failure_delay, d.callback, None)
+        d.addCallback(lambda _: self.reply(False, "Authentication failed.", "AUTH"))
+        return d
+
+    @command("QUIT", AUTHORIZATION, TRANSACTION)
+    def do_QUIT(self, cmd: wire.Command) -> Optional[defer.Deferred]:
+        self._no_args(cmd)
+        if self.state == AUTHORIZATION:
+            self.close("Bye.", ok=True)
+            return None
+        self.state = TRANSITIONS[(self.state, "quit")]
+        doomed = sorted(self.deleted)
+        d = defer.maybeDeferred(self.mailbox.commit, doomed) if doomed else defer.succeed(None)
+
+        def done(_: Any) -> None:
+            self._do_logout()
+            self.close("Logging out, messages deleted." if doomed else "Logging out.", ok=True)
+
+        def failed(failure: Failure) -> None:
+            code, text, expected = classify(failure.value)
+            self.log.failure("UPDATE failed", failure)
+            self._do_logout()
+            self.close("Some deleted messages were not removed: " + text, code=code)
+
+        d.addCallbacks(done, failed)
+        return d
+
+    # -- TRANSACTION ------------------------------------------------------------------------------
+
+    @command("STAT", TRANSACTION)
+    def do_STAT(self, cmd: wire.Command) -> None:
+        self._no_args(cmd)
+        live = self._live()
+        self.reply(True, "%d %d" % (len(live), sum(self.messages[i].size for i in live)))
+
+    @command("LIST", TRANSACTION)
+    def do_LIST(self, cmd: wire.Command) -> None:
+        index = self._one_or_no_message(cmd)
+        if index is not None:
+            self.reply(True, "%d %d" % (index + 1, self.messages[index].size))
+            return
+        live = self._live()
+        total = sum(self.messages[i].size for i in live)
+        lines = [b"%d %d" % (i + 1, self.messages[i].size) for i in live]
+        self.reply_lines("%d messages (%d octets)" % (len(live), total), lines)
+
+    @command("UIDL", TRANSACTION, capability="UIDL")
+    def do_UIDL(self, cmd: wire.Command) -> None:
+        index = self._one_or_no_message(cmd)
+        if index is not None:
+            self.reply(True, "%d %s" % (index + 1, self.messages[index].uid))
+            return
+        lines = [b"%d %s" % (i + 1, self.messages[i].uid.encode("ascii")) for i in self._live()]
+        self.reply_lines("Unique-ID listing follows", lines)
+
+    @command("NOOP", TRANSACTION)
+    def do_NOOP(self, cmd: wire.Command) -> None:
+        self._no_args(cmd)
+        self.reply(True)
+
+    @command("RSET", TRANSACTION)
+    def do_RSET(self, cmd: wire.Command) -> None:
+        self._no_args(cmd)
+        self.deleted.clear()
+        self.reply(True, "%d messages" % len(self.messages))
+
+    @command("DELE", TRANSACTION)
+    def do_DELE(self, cmd: wire.Command) -> None:
+        words = cmd.words()
+        if len(words) != 1:
+            raise BadCommand("DELE needs one message number")
+        index = self._message(words[0])
+        self.deleted.add(index)
+        self.reply(True, "Marked to be deleted.")
+
+    @command("RETR", TRANSACTION)
+    def do_RETR(self, cmd: wire.Command) -> defer.Deferred:
+        words = cmd.words()
+        if len(words) != 1:
+            raise BadCommand("RETR needs one message number")
+        index = self._message(words[0])
+        status = "%d octets" % self.messages[index].size
+        return self.send_message(index, status, wire.MessageEncoder())
+
+    @command("TOP", TRANSACTION, capability="TOP")
+    def do_TOP(self, cmd: wire.Command) -> defer.Deferred:
+        words = cmd.words()
+        if len(words) != 2:
+            raise BadCommand("TOP needs a message number and a line count")
+        index = self._message(words[0])
+        try:
+            lines = wire.parse_count(words[1])
+        except wire.WireError as error:
+            raise BadCommand(str(error))
+        return self.send_message(index, "Message follows", wire.MessageEncoder(body_lines=lines))
+
+    def send_message(self, index: int, status: str, encoder: wire.MessageEncoder) -> defer.Deferred:
+        """Open a message and stream it; the status line goes out only once it could be opened."""
+        d = defer.maybeDeferred(self.mailbox.open_message, index)
+
+        def stream(source: Any) -> defer.Deferred:
+            if self._closing:
+                source.close()
+                return defer.succeed(None)
+            self._stream = _MessageStream(self, source, wire.response(True, status), encoder)
+            if self.paused and "write" in self._blocks:
+                self._stream.pause()
+            self._stream.run()
+            return self._stream.deferred.addBoth(self._stream_done)
+
+        return d.addCallback(stream)
+
+    def _stream_done(self, result: Any) -> None:
+        self._stream = None
+        if isinstance(result, Failure):
+            if not self._closing:
+                # The status line is out; a partial body cannot be turned into -ERR: drop the
+                # connection (nothing is committed) so the client does not take a short message.
+                self.log.failure("message transfer failed", result)
+                self.close()
+        return None
+
+
+class POP3ServerFactory(Factory):
+    """Builds :class:`POP3ServerProtocol` sessions against a ``twisted.cred`` portal."""
+
+    protocol = POP3ServerProtocol
+
+    def __init__(self, portal: Any, config: Optional[ServerConfig] = None, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.portal = portal
+        self.config = config or ServerConfig()
+        self.clock = clock
+        self.sessions = itertools.count(1)

@@ -1,0 +1,154 @@
+"""``twistd pop3ng``: command-line options and the service they build (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from typing import Any, List
+
+from twisted.application import service, strports
+from twisted.cred import strcred
+from twisted.python import usage
+
+DEFAULT_LISTEN = "tcp:1100:interface=127.0.0.1"
+DEMO_TLS_LISTEN = "tcp:9950:interface=127.0.0.1"
+DEMO_DIR = "pop3ng-demo"
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    synopsis = "[options]"
+    longdesc = ("A POP3 server (RFC 1939, 2449) on maildirs. Plain POP3 on --listen "
+                "(default %s), POP3S (TLS from the first byte) on --tls-listen." % DEFAULT_LISTEN)
+    optFlags = [
+        ["demo", None, "Run a self-contained demo under ./%s (user, password, sample mail, "
+                       "self-signed certificate, plain and TLS listeners on 127.0.0.1)." % DEMO_DIR],
+    ]
+    optParameters = [
+        ["tls-cert", None, None, "PEM certificate chain, leaf first."],
+        ["tls-key", None, None, "PEM private key of the certificate (default: in --tls-cert)."],
+        ["mailbox", None, None, "Mailbox store: maildir:TEMPLATE (e.g. maildir:/var/mail/{user}/Maildir)."],
+        ["idle-timeout", None, 600.0, "Seconds of inactivity after login before disconnecting "
+                                      "(RFC 1939 asks for at least 600).", float],
+        ["login-timeout", None, 60.0, "Seconds of inactivity before login.", float],
+        ["auth-failure-delay", None, 1.0, "Seconds before answering a failed login.", float],
+        ["max-bad-commands", None, 20, "Bad commands tolerated before disconnecting.", int],
+    ]
+    supportedInterfaces = None  # any checker twisted.cred knows
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"]: List[str] = []
+        self["tls-listen"]: List[str] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Plain POP3 endpoint (repeatable), e.g. tcp:110 or tcp:1100:interface=127.0.0.1."""
+        self["listen"].append(description)
+
+    def opt_tls_listen(self, description: str) -> None:
+        """POP3S endpoint, TLS from the first byte (repeatable), e.g. tcp:995."""
+        self["tls-listen"].append(description)
+
+    def postOptions(self) -> None:
+        if self["demo"]:
+            self._demo_defaults()
+        if not self["listen"] and not self["tls-listen"]:
+            self["listen"].append(DEFAULT_LISTEN)
+        from twisted.internet import reactor
+
+        for desc in self["listen"] + self["tls-listen"]:
+            if desc.split(":", 1)[0].lower() == "ssl":
+                raise usage.UsageError("%r: give a tcp: endpoint; TLS comes from --tls-listen with "
+                                       "--tls-cert/--tls-key" % desc)
+            try:
+                strports.endpoints.serverFromString(reactor, desc)
+            except Exception as error:
+                raise usage.UsageError("bad endpoint %r: %s" % (desc, error))
+        if self["tls-listen"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-listen needs --tls-cert (and --tls-key)")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-cert"]:
+            from .tls import ReloadableServerTLS, TLSConfigError
+
+            try:
+                self["tls"] = ReloadableServerTLS(self["tls-cert"], self["tls-key"])
+            except TLSConfigError as error:
+                raise usage.UsageError(str(error))
+        else:
+            self["tls"] = None
+        if not self["mailbox"]:
+            raise usage.UsageError("--mailbox is required, e.g. --mailbox maildir:/var/mail/{user}/Maildir")
+        from .mailbox import MailboxSpecError, store_from_spec
+
+        try:
+            self["store"] = store_from_spec(self["mailbox"])
+        except (MailboxSpecError, ValueError) as error:
+            raise usage.UsageError("--mailbox %s: %s" % (self["mailbox"], error))
+        if not self.get("credCheckers"):
+            raise usage.UsageError("give at least one --auth, e.g. --auth passwd-file:/etc/pop3ng/users")
+        if self["idle-timeout"] < 600:
+            sys.stderr.write("warning: --idle-timeout below 600 s violates RFC 1939 section 3\n")
+        for checker in self["credCheckers"]:
+            _bytes_memory_checker(checker)
+
+    def _demo_defaults(self) -> None:
+        from . import demo
+
+        info = demo.prepare(os.path.abspath(DEMO_DIR))
+        self["demo-info"] = info
+        if not self["listen"]:
+            self["listen"].append(DEFAULT_LISTEN)
+        if not self["tls-listen"]:
+            self["tls-listen"].append(DEMO_TLS_LISTEN)
+        if not self["tls-cert"]:
+            self["tls-cert"], self["tls-key"] = info.cert, info.key
+        if not self["mailbox"]:
+            self["mailbox"] = "maildir:" + info.maildir_template
+        if not self.get("credCheckers"):
+            self.opt_auth("passwd-file:" + info.passwd_file)
+
+
+def _bytes_memory_checker(checker: Any) -> None:
+    """twisted's ``memory:`` checker stores str keys on Python 3; credentials carry bytes."""
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        checker.users = {
+            (k.encode("utf-8") if isinstance(k, str) else k): (v.encode("utf-8") if isinstance(v, str) else v)
+            for k, v in checker.users.items()
+        }
+
+
+def makeService(options: Options) -> service.MultiService:
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.cred.portal import Portal
+    from twisted.internet import endpoints, reactor
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from .realm import MailboxRealm
+    from .server import POP3ServerFactory, ServerConfig
+
+    config = ServerConfig(
+        login_timeout=options["login-timeout"],
+        idle_timeout=options["idle-timeout"],
+        auth_failure_delay=options["auth-failure-delay"],
+        max_bad_commands=options["max-bad-commands"],
+    )
+    portal = Portal(MailboxRealm(options["store"]), options["credCheckers"])
+    factory = POP3ServerFactory(portal, config)
+    factory.tls = options["tls"]
+    top = service.MultiService()
+    for desc in options["listen"]:
+        endpoint = endpoints.serverFromString(reactor, desc)
+        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    for desc in options["tls-listen"]:
+        endpoint = endpoints.serverFromString(reactor, desc)
+        tls_factory = TLSMemoryBIOFactory(options["tls"], False, factory)
+        StreamServerEndpointService(endpoint, tls_factory).setServiceParent(top)
+    if options.get("demo-info") is not None:
+        from . import demo
+
+        reactor.callWhenRunning(demo.announce, options["demo-info"], options["listen"],
+                                options["tls-listen"])
+    return top

@@ -1,0 +1,307 @@
+"""Sans-I/O POP3 wire codec, shared by the server and the client.
+
+Rules of this module:
+
+* no Twisted imports and no I/O: every function takes bytes and returns bytes or values;
+* every limit is a named constant with the RFC that sets it;
+* the streaming encoder and decoder carry their state across chunk boundaries, so a caller may feed
+  them any split of the input (whole, byte by byte, or anything between) and get the same result;
+* no per-line Python loops on the data path: ``bytes.replace`` over whole chunks does the work.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Tuple
+
+#: RFC 2449 §4: a command line is at most 255 octets, CRLF included.
+MAX_COMMAND_LINE = 255
+#: RFC 2449 §4: a response line is at most 512 octets, CRLF included.
+MAX_RESPONSE_LINE = 512
+#: RFC 5034 §4 lets SASL continuation lines be longer than 255 octets; OAuth bearer tokens need room.
+MAX_AUTH_LINE = 16384
+#: Beyond this a line is abuse rather than a mistake: the connection is closed after a -ERR.
+MAX_ANY_LINE = MAX_AUTH_LINE + 1024
+#: RFC 2449 §6.9 / RFC 1939: a UIDL is 1-70 characters in 0x21-0x7E.
+MAX_UID_LENGTH = 70
+#: Longest verb we bother to look up (RFC 1939 verbs are 3-4 characters, extensions a little more).
+MAX_VERB_LENGTH = 16
+#: Message numbers larger than this are certainly out of range; refuse before int() on huge strings.
+MAX_NUMBER_DIGITS = 10
+
+CRLF = b"\r\n"
+TERMINATOR = b".\r\n"
+
+_UID_RE = re.compile(rb"\A[\x21-\x7e]{1,70}\Z")
+_VERB_RE = re.compile(rb"\A[A-Za-z0-9_-]{1,16}\Z")
+_CODE_RE = re.compile(r"\A\[([^\]]*)\]\s?")
+
+
+class WireError(ValueError):
+    """The peer sent something the codec cannot accept; the text is safe to show to the peer."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed command line: an upper-cased verb and the raw bytes after the first space."""
+
+    verb: str
+    rest: bytes
+
+    def words(self) -> List[bytes]:
+        """Arguments split on whitespace (trailing blanks tolerated, as Dovecot does)."""
+        return self.rest.split()
+
+
+def parse_command(line: bytes) -> Command:
+    """Parse one command line (without its line ending)."""
+    if not line.strip():
+        raise WireError("Empty command")
+    verb, _, rest = line.partition(b" ")
+    if not _VERB_RE.match(verb):
+        raise WireError("Unknown command")
+    return Command(verb.decode("ascii").upper(), rest)
+
+
+def parse_message_number(word: bytes) -> int:
+    """A 1-based message number: decimal digits only, no sign, not zero."""
+    if not word.isdigit() or not word.isascii() or len(word) > MAX_NUMBER_DIGITS:
+        raise WireError("Invalid message number")
+    number = int(word)
+    if number == 0:
+        raise WireError("Invalid message number")
+    return number
+
+
+def parse_count(word: bytes) -> int:
+    """A non-negative decimal count (the line count of TOP)."""
+    if not word.isdigit() or not word.isascii() or len(word) > MAX_NUMBER_DIGITS:
+        raise WireError("Invalid line count")
+    return int(word)
+
+
+def is_valid_uid(uid: str) -> bool:
+    return bool(_UID_RE.match(uid.encode("ascii", "replace")))
+
+
+def response(ok: bool, text: str = "", code: Optional[str] = None) -> bytes:
+    """Format a single-line status response, never longer than ``MAX_RESPONSE_LINE``."""
+    parts = ["+OK" if ok else "-ERR"]
+    if code:
+        parts.append("[%s]" % code)
+    if text:
+        parts.append(text)
+    line = " ".join(parts).encode("utf-8", "replace")
+    line = line.replace(b"\r", b" ").replace(b"\n", b" ")
+    limit = MAX_RESPONSE_LINE - len(CRLF)
+    if len(line) > limit:
+        line = line[:limit]
+    return line + CRLF
+
+
+@dataclass(frozen=True)
+class Status:
+    """A parsed status line as a client sees it."""
+
+    ok: bool
+    text: str
+    code: Optional[str] = None
+    continuation: bool = False
+
+    @property
+    def payload(self) -> bytes:
+        """The raw text of a SASL ``+`` continuation (base64)."""
+        return self.text.encode("ascii", "replace")
+
+
+def parse_status(line: bytes) -> Status:
+    """Parse ``+OK ...``, ``-ERR [CODE] ...`` or a SASL ``+ challenge`` line."""
+    text = line.decode("utf-8", "replace")
+    if text.startswith("+OK"):
+        ok, rest = True, text[3:]
+    elif text.startswith("-ERR"):
+        ok, rest = False, text[4:]
+    elif text == "+" or text.startswith("+ "):
+        return Status(True, text[2:], None, continuation=True)
+    else:
+        raise WireError("Malformed status line: %r" % line[:80])
+    if rest and not rest.startswith(" "):
+        raise WireError("Malformed status line: %r" % line[:80])
+    rest = rest[1:]
+    code = None
+    match = _CODE_RE.match(rest)
+    if match:
+        code = match.group(1)
+        rest = rest[match.end():]
+    return Status(ok, rest, code)
+
+
+class MessageEncoder:
+    """Turn stored message bytes into the POP3 multi-line wire form, chunk by chunk.
+
+    * LF and CRLF line endings both become CRLF (a CRLF split across chunks is not doubled);
+    * lines starting with ``.`` are dot-stuffed, the first line and chunk boundaries included;
+    * a last line without line ending gets CRLF before the terminator;
+    * ``body_lines`` (TOP) stops after the header, the blank line and that many body lines;
+      ``done`` then turns true and the caller stops feeding.
+
+    With ``stuff=False`` the output is the message as the client will store it (used to measure the
+    wire size: ``LIST`` size == octets the client gets).
+    """
+
+    def __init__(self, body_lines: Optional[int] = None, stuff: bool = True) -> None:
+        self._stuff = stuff
+        self._limit = body_lines
+        self._pending_cr = False
+        self._bol = True
+        self._empty = True
+        self.done = False
+        # TOP bookkeeping: length of the current (incomplete) line, header/body state, body lines sent.
+        self._line_len = 0
+        self._in_headers = True
+        self._body_sent = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done or not data:
+            return b""
+        if self._pending_cr:
+            data = b"\r" + data
+            self._pending_cr = False
+        if data[-1:] == b"\r":
+            self._pending_cr = True
+            data = data[:-1]
+            if not data:
+                return b""
+        if b"\n" in data:
+            if b"\r\n" in data:
+                data = data.replace(b"\r\n", b"\n")
+            data = data.replace(b"\n", b"\r\n")
+        if self._limit is not None:
+            data = self._cut(data)
+        return self._emit(data)
+
+    def finish(self) -> bytes:
+        """The rest of the message, the final CRLF if one is missing, and the terminator."""
+        tail = b""
+        if self._pending_cr and not self.done:
+            tail = self._emit(b"\r\n")
+        elif not self._bol:
+            tail = self._emit(b"\r\n")
+        self._pending_cr = False
+        self.done = True
+        return tail + (TERMINATOR if self._stuff else b"")
+
+    def _emit(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        if self._stuff:
+            if b"\n." in data:
+                data = data.replace(b"\n.", b"\n..")
+            if self._bol and data[:1] == b".":
+                data = b"." + data
+        self._bol = data[-1:] == b"\n"
+        self._empty = False
+        return data
+
+    def _cut(self, data: bytes) -> bytes:
+        """Apply the TOP limit to normalised data; set ``done`` when the limit is reached."""
+        pos = 0
+        size = len(data)
+        while pos < size:
+            nl = data.find(b"\n", pos)
+            if nl == -1:
+                self._line_len += size - pos
+                break
+            line_len = self._line_len + nl + 1 - pos
+            self._line_len = 0
+            pos = nl + 1
+            if self._in_headers:
+                if line_len == 2:
+                    self._in_headers = False
+                    if self._limit == 0:
+                        self.done = True
+                        return data[:pos]
+            else:
+                self._body_sent += 1
+                if self._body_sent >= self._limit:
+                    self.done = True
+                    return data[:pos]
+        return data
+
+
+def wire_size(chunks: Iterable[bytes]) -> int:
+    """The number of octets a client receives for a message (CRLF line endings, unstuffed)."""
+    encoder = MessageEncoder(stuff=False)
+    total = 0
+    for chunk in chunks:
+        total += len(encoder.feed(chunk))
+    return total + len(encoder.finish())
+
+
+def encode_message(data: bytes, body_lines: Optional[int] = None) -> bytes:
+    """Encode a whole message at once (small messages, tests)."""
+    encoder = MessageEncoder(body_lines)
+    return encoder.feed(data) + encoder.finish()
+
+
+class MultiLineDecoder:
+    """Client side: undo dot-stuffing and find the terminator of one multi-line response body.
+
+    ``feed`` returns ``(payload, leftover)``: the unstuffed octets of the body so far and, once the
+    terminating ``.`` line was seen, the bytes that followed it (``None`` until then; possibly empty).
+    Lines keep their CRLF endings. Partial lines are held back, except that a very long line is passed
+    on in pieces so memory stays bounded.
+    """
+
+    FLUSH_PARTIAL = 65536
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._bol = True
+        self.done = False
+
+    def feed(self, data: bytes) -> Tuple[bytes, Optional[bytes]]:
+        if self.done:
+            return b"", data
+        data = self._carry + data
+        self._carry = b""
+        last_nl = data.rfind(b"\n")
+        if last_nl == -1:
+            return self._partial(data), None
+        block, rest = data[: last_nl + 1], data[last_nl + 1 :]
+        end = self._find_terminator(block)
+        if end is not None:
+            body, leftover = block[:end], block[end + 3 :] + rest
+            self.done = True
+            return self._unstuff(body), leftover
+        out = self._unstuff(block)
+        self._bol = True
+        return out + self._partial(rest), None
+
+    def _find_terminator(self, block: bytes) -> Optional[int]:
+        """Offset of the ``.CRLF`` line in a block of whole lines, or None."""
+        if self._bol and block.startswith(TERMINATOR):
+            return 0
+        index = block.find(b"\r\n.\r\n")
+        return None if index == -1 else index + 2
+
+    def _unstuff(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        if self._bol and data[:1] == b".":
+            data = data[1:]
+        if b"\n." in data:
+            data = data.replace(b"\n.", b"\n")
+        return data
+
+    def _partial(self, data: bytes) -> bytes:
+        """Keep an incomplete line, or pass most of it on when it grows too long."""
+        if len(data) < self.FLUSH_PARTIAL:
+            self._carry = data
+            return b""
+        # Keep the last byte (it may be the CR of the coming CRLF); a long line is never the terminator.
+        head, self._carry = data[:-1], data[-1:]
+        out = self._unstuff(head)
+        self._bol = False
+        return out
