@@ -59,14 +59,20 @@ class _Handler:
     verb: str
     method: Callable[..., Any]
     states: FrozenSet[str]
-    capability: Optional[str] = None
+    capability: Optional[Callable[[Any], Optional[str]]] = None
 
 
 _REGISTRY: Dict[str, _Handler] = {}
 
 
-def command(verb: str, *states: str, capability: Optional[str] = None) -> Callable:
-    """Register a handler for ``verb`` in ``states``; ``capability`` is listed by CAPA."""
+def command(verb: str, *states: str, capability: Any = None) -> Callable:
+    """Register ``handler(protocol, cmd)`` for ``verb`` in ``states``.
+
+    ``capability`` is what CAPA lists for this verb: a string, or a callable ``(protocol) -> str|None``
+    (None: not offered now, e.g. STLS without a certificate). Handlers may live in other modules.
+    """
+    if isinstance(capability, str):
+        capability = (lambda text: lambda protocol: text)(capability)
 
     def register(method: Callable) -> Callable:
         _REGISTRY[verb] = _Handler(verb, method, frozenset(states), capability)
@@ -385,16 +391,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         return [i for i in range(len(self.messages)) if i not in self.deleted]
 
     def capabilities(self) -> List[str]:
-        caps = [h.capability for h in _REGISTRY.values()
-                if h.capability and self._capability_offered(h)]
+        caps = [h.capability(self) for h in _REGISTRY.values() if h.capability is not None]
+        caps = [c for c in caps if c]
         caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
         caps += self.config.extra_capabilities
         caps.append("IMPLEMENTATION %s" % self.config.implementation)
         return caps
-
-    def _capability_offered(self, handler: _Handler) -> bool:
-        """USER is offered only before login; everything else always."""
-        return handler.verb != "USER" or self.state == AUTHORIZATION
 
     # -- AUTHORIZATION ----------------------------------------------------------------------------
 
@@ -403,7 +405,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._no_args(cmd)
         self.reply_lines("Capability list follows", [c.encode() for c in self.capabilities()])
 
-    @command("USER", AUTHORIZATION, capability="USER")
+    @command("USER", AUTHORIZATION,
+             capability=lambda self: "USER" if self.state == AUTHORIZATION else None)
     def do_USER(self, cmd: wire.Command) -> None:
         name = cmd.rest.strip(b" ")
         if not name:
