@@ -82,7 +82,7 @@ def parse_count(word: bytes) -> int:
 
 
 def is_valid_uid(uid: str) -> bool:
-    return bool(_UID_RE.match(uid.encode("ascii", "replace")))
+    return uid.isascii() and bool(_UID_RE.match(uid.encode("ascii")))
 
 
 def response(ok: bool, text: str = "", code: Optional[str] = None) -> bytes:
