@@ -337,10 +337,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self._command_failed(Failure(), cmd.verb)
             return
         if isinstance(result, defer.Deferred):
+            # ``called`` is not enough: a fired Deferred may still wait on an inner one.
+            finished: List[bool] = []
             result.addErrback(self._command_failed, cmd.verb)
-            if not result.called:
+            result.addBoth(lambda _: finished.append(True) or self._unblock("command"))
+            if not finished:
                 self._block("command")
-                result.addBoth(lambda _: self._unblock("command"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line far beyond any limit is abuse: say so, then close."""
