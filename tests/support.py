@@ -21,6 +21,8 @@ from typing import Dict, List, Optional
 from twisted_pop3ng.mailbox.maildir import deliver
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: Runs twistd exactly like the ``twistd`` console script.
+TWISTD_MAIN = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 _PORT_RE = re.compile(rb"POP3ServerFactory( \(TLS\))? starting on (\d+)")
 
 
@@ -109,7 +111,8 @@ def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = 
     os.makedirs(root, exist_ok=True)
     users = users if users is not None else {"alice": "correct horse battery staple"}
     passwd = write_users(os.path.join(root, "users"), users)
-    args = [sys.executable, "-m", "twisted.scripts.twistd", "-n", "--pidfile=", "pop3ng",
+    # ``python -m twisted.scripts.twistd`` does nothing on Twisted >= 24 (no __main__ block): call run().
+    args = [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "pop3ng",
             "--auth", "passwd-file:" + passwd,
             "--mailbox", "maildir:" + os.path.join(root, "mail", "{user}", "Maildir")]
     for _ in range(plain_listeners):
