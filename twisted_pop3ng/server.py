@@ -339,10 +339,18 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if isinstance(result, defer.Deferred):
             # ``called`` is not enough: a fired Deferred may still wait on an inner one.
             finished: List[bool] = []
+            result.addCallback(self._command_succeeded)
             result.addErrback(self._command_failed, cmd.verb)
             result.addBoth(lambda _: finished.append(True) or self._unblock("command"))
             if not finished:
                 self._block("command")
+        else:
+            self._command_succeeded(None)
+
+    def _command_succeeded(self, result: Any) -> Any:
+        """Bad commands are counted in a row (as Dovecot does): a good one resets the count."""
+        self._bad_commands = 0
+        return result
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line far beyond any limit is abuse: say so, then close."""
