@@ -1,0 +1,307 @@
+"""Side-by-side POP3 benchmarks: ours vs twisted.mail vs Dovecot, one after another, one client.
+
+    python3 -m benchmarks.run            # full sizes (about 5 minutes on 2 cores)
+    python3 -m benchmarks.run --quick    # smaller maildir and fewer idle connections (~1.5 min)
+
+Run as root from the repository root (Dovecot needs root to drop privileges). Each peer is started
+on 127.0.0.1 over its own hard-linked copy of the same generated maildirs, measured, and stopped.
+The result is a table of the measurements, the ratios against the peers and the goals of issue 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(HERE) not in sys.path:
+    sys.path.insert(0, os.path.dirname(HERE))
+
+from benchmarks import client, peers  # noqa: E402
+from benchmarks.peers import PASSWORD, DataSpec, Running  # noqa: E402
+
+Result = Dict[str, float]
+
+
+def log(text: str) -> None:
+    sys.stderr.write("[%s] %s\n" % (time.strftime("%H:%M:%S"), text))
+    sys.stderr.flush()
+
+
+# -- the measurements -----------------------------------------------------------------------------
+
+def best_of(repeat: int, run: Callable[[], Tuple[float, int]]) -> float:
+    """Highest MB/s over ``repeat`` runs (the least disturbed one)."""
+    return max(octets / seconds / 1e6 for seconds, octets in (run() for _ in range(repeat)))
+
+
+def bench_bulk(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
+    target = peer.target
+    out["bulk"] = best_of(args.repeat, lambda: client.bulk(target, "bulk", PASSWORD, spec.bulk_count))
+    out["tls_bulk"] = best_of(args.repeat, lambda: client.bulk(target, "bulk", PASSWORD,
+                                                               spec.bulk_count, tls=True))
+
+
+def bench_big(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
+    conn = client.Connection(peer.target.port, timeout=120)
+    try:
+        conn.login("big", PASSWORD)
+        before = peers.reset_peak(peer.pids())
+        start = time.perf_counter()
+        conn.send(b"RETR 1\r\n")
+        octets = conn.bodies(1)
+        out["big"] = octets / (time.perf_counter() - start) / 1e6
+        out["big_rss_mb"] = peers.peak_growth_kb(before) / 1024
+        conn.command(b"QUIT")
+    finally:
+        conn.close()
+    out["big"] = max(out["big"], best_of(args.repeat - 1 or 1,
+                                         lambda: client.one_message(peer.target, "big", PASSWORD)))
+
+
+def _session_worker(job: Tuple[int, str, float]) -> Tuple[int, int]:
+    port, user, seconds = job
+    return client.session_loop(port, user, PASSWORD, seconds)
+
+
+def bench_sessions(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
+    jobs = [(peer.target.port, "s%d" % i, args.session_seconds) for i in range(spec.session_users)]
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        start = time.perf_counter()
+        results = pool.map(_session_worker, jobs)
+        elapsed = time.perf_counter() - start
+    done = sum(r[0] for r in results)
+    out["sessions"] = done / elapsed
+    out["session_failures"] = sum(r[1] for r in results)
+
+
+def bench_many(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
+    if args.drop_caches:
+        _drop_caches()
+    cold, _, count = client.big_maildir(peer.target, "many", PASSWORD)
+    warm, uidl, _ = client.big_maildir(peer.target, "many", PASSWORD)
+    warm2, uidl2, _ = client.big_maildir(peer.target, "many", PASSWORD)
+    out.update(many_cold=cold, many_warm=min(warm, warm2), many_uidl=min(uidl, uidl2),
+               many_count=count)
+
+
+def bench_idle(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
+    peers.raise_nofile()
+    before = peers.pss_kb(peer.pids())
+    socks = client.idle_connections(peer.target.port, args.idle)
+    try:
+        time.sleep(1.0)
+        after = peers.pss_kb(peer.pids())
+        out["idle_kb"] = (after - before) / len(socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    time.sleep(min(10.0, 1.0 + args.idle / 2000))
+
+
+def _drop_caches() -> None:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    except OSError as error:
+        log("cannot drop caches: %s" % error)
+
+
+BENCHMARKS: Dict[str, Callable[[Running, DataSpec, Any, Result], None]] = {
+    "bulk": bench_bulk,
+    "big": bench_big,
+    "sessions": bench_sessions,
+    "many": bench_many,
+    "idle": bench_idle,
+}
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+#: (key, label, unit, higher is better)
+ROWS = [
+    ("bulk", "a. bulk RETR %(bulk_count)d x %(bulk_kb)d KB", "MB/s", True),
+    ("tls_bulk", "b. bulk RETR over TLS", "MB/s", True),
+    ("sessions", "c. sessions (%(session_users)d clients)", "sess/s", True),
+    ("big", "d. RETR of %(big_mb)d MB", "MB/s", True),
+    ("big_rss_mb", "d. peak RSS growth", "MB", False),
+    ("many_cold", "e. %(many_k)dk maildir login+STAT cold", "s", False),
+    ("many_warm", "e. %(many_k)dk maildir login+STAT warm", "s", False),
+    ("many_uidl", "e. %(many_k)dk maildir UIDL", "s", False),
+    ("idle_kb", "f. memory per idle conn (%(idle)d)", "KB", False),
+]
+
+#: key -> (description, check(results by peer) -> bool or None when a peer is missing)
+GOALS: Dict[str, Tuple[str, Callable[[Dict[str, Result]], Optional[bool]]]] = {}
+
+
+def _ratio_goal(key: str, peer: str, factor: float) -> Callable[[Dict[str, Result]], Optional[bool]]:
+    def check(results: Dict[str, Result]) -> Optional[bool]:
+        if key not in results.get("ours", {}) or key not in results.get(peer, {}):
+            return None
+        return results["ours"][key] >= factor * results[peer][key]
+    return check
+
+
+def _limit_goal(key: str, limit: float) -> Callable[[Dict[str, Result]], Optional[bool]]:
+    def check(results: Dict[str, Result]) -> Optional[bool]:
+        value = results.get("ours", {}).get(key)
+        return None if value is None else value <= limit
+    return check
+
+
+GOALS.update({
+    "bulk": (">=2x dovecot", _ratio_goal("bulk", "dovecot", 2.0)),
+    "tls_bulk": (">=1.5x dovecot", _ratio_goal("tls_bulk", "dovecot", 1.5)),
+    "sessions": (">=2x twisted.mail", _ratio_goal("sessions", "twisted.mail", 2.0)),
+    "big": (">=2x dovecot", _ratio_goal("big", "dovecot", 2.0)),
+    "big_rss_mb": ("<=40 MB", _limit_goal("big_rss_mb", 40)),
+    "many_cold": ("<=0.5 s", _limit_goal("many_cold", 0.5)),
+    "many_warm": ("<=0.1 s", _limit_goal("many_warm", 0.1)),
+    "many_uidl": ("<=0.1 s", _limit_goal("many_uidl", 0.1)),
+    "idle_kb": ("<=2 KB", _limit_goal("idle_kb", 2.0)),
+})
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return "%.0f" % value
+    if value >= 10:
+        return "%.1f" % value
+    return "%.3g" % value
+
+
+def _ratio(ours: Optional[float], other: Optional[float], higher: bool) -> str:
+    """How many times better ours is (>1 is better, whatever the unit's direction)."""
+    if not ours or not other:
+        return "-"
+    return "%.2fx" % (ours / other if higher else other / ours)
+
+
+def table(results: Dict[str, Result], spec: DataSpec, args: Any) -> str:
+    names = {"bulk_count": spec.bulk_count, "bulk_kb": spec.bulk_size // 1024,
+             "session_users": spec.session_users, "big_mb": spec.big_mb,
+             "many_k": spec.many_count // 1000, "idle": args.idle}
+    header = ["measurement", "unit", "ours", "twisted.mail", "dovecot", "vs dovecot",
+              "vs twisted", "goal", "met"]
+    rows = [header]
+    for key, label, unit, higher in ROWS:
+        values = [results.get(p, {}).get(key) for p in ("ours", "twisted.mail", "dovecot")]
+        if all(v is None for v in values):
+            continue
+        goal, check = GOALS.get(key, ("", lambda r: None))
+        met = check(results)
+        rows.append([label % names, unit] + [_fmt(v) for v in values] +
+                    [_ratio(values[0], values[2], higher), _ratio(values[0], values[1], higher),
+                     goal, {True: "yes", False: "NO", None: "-"}[met]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
+                               for i, cell in enumerate(row)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("ratios: how many times better ours is (>1 = ours better)")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return "%s, %d cores, %.0f GB RAM, Linux %s, Python %s" % (
+        cpu, os.cpu_count() or 0, mem, platform.release(), platform.python_version())
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def parse_args(argv: Optional[List[str]] = None) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="20k-message maildir, 1,000 idle connections, 3 s session loops")
+    parser.add_argument("--peers", default="ours,twisted.mail,dovecot")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help="benchmarks to run: " + ",".join(BENCHMARKS))
+    parser.add_argument("--workers", type=int, default=0, help="--workers N for our server")
+    parser.add_argument("--ours-args", default="", help="extra twistd pop3ng arguments")
+    parser.add_argument("--bulk-count", type=int, default=2000)
+    parser.add_argument("--bulk-size", type=int, default=10 * 1024)
+    parser.add_argument("--big-mb", type=int, default=50)
+    parser.add_argument("--many", type=int, default=None, help="messages in the big maildir")
+    parser.add_argument("--idle", type=int, default=None, help="idle connections")
+    parser.add_argument("--session-clients", type=int, default=4)
+    parser.add_argument("--session-seconds", type=float, default=None)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each throughput test")
+    parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before cold")
+    parser.add_argument("--root", default="/tmp/pop3ng-bench", help="work directory (data reused)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.many is None:
+        args.many = 20_000 if args.quick else 100_000
+    if args.idle is None:
+        args.idle = 1_000 if args.quick else 10_000
+    if args.session_seconds is None:
+        args.session_seconds = 3.0 if args.quick else 5.0
+    return args
+
+
+def run_peer(name: str, spec: DataSpec, template: str, args: Any) -> Result:
+    root = os.path.join(args.root, name.replace(".", "-"))
+    peers.clone_mail(template, root)
+    log("%s: starting" % name)
+    if name == "ours":
+        running = peers.start_ours(root, spec.users(), args.workers, args.ours_args.split())
+    else:
+        running = peers.PEERS[name](root, spec.users())
+    out: Result = {}
+    try:
+        for bench in args.only.split(","):
+            log("%s: %s" % (name, bench))
+            try:
+                BENCHMARKS[bench](running, spec, args, out)
+            except Exception as error:  # a failed benchmark leaves a hole in the table, not a crash
+                log("%s: %s failed: %r" % (name, bench, error))
+    finally:
+        running.stop()
+    log("%s: %s" % (name, json.dumps({k: round(v, 4) for k, v in out.items()})))
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    spec = DataSpec(bulk_count=args.bulk_count, bulk_size=args.bulk_size, big_mb=args.big_mb,
+                    many_count=args.many, session_users=args.session_clients)
+    peers.raise_nofile()
+    os.makedirs(args.root, exist_ok=True)
+    template = peers.prepare_template(os.path.join(args.root, "template"), spec, log)
+    log("client ceiling (raw loopback blast): %.0f MB/s" % client.raw_blast())
+    results: Dict[str, Result] = {}
+    for name in args.peers.split(","):
+        results[name] = run_peer(name, spec, template, args)
+    print("machine: " + machine())
+    print("command: python3 -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(table(results, spec, args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
