@@ -1,0 +1,349 @@
+"""``pop3ng fetch``: move (or copy, with ``--keep``) mail from a POP3 server to a Maildir, mbox or MDA.
+
+It never loses mail, and delivers each message once:
+
+1. ``UIDL`` and ``LIST``; messages already recorded in the state file are not fetched again, nor
+   are Maildir messages that reached new/ in a run killed before it could record them.
+2. ``RETR`` pipelined (a window of commands in flight); each body streams into its destination.
+   Every batch is made durable (fsync, rename, fsync of the directory) and only then recorded in
+   the state file (rewritten atomically).
+3. Only when every delivery is durable: ``DELE`` for the delivered messages (all of them, or with
+   ``--keep`` those older than ``--keep-days``), then ``QUIT``. A drop or a kill before ``QUIT``
+   deletes nothing; the next run skips what was delivered and deletes it then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet import defer, error as ierror
+
+from . import client as pop3
+from .connect import parse_url
+from .delivery import DeliveryError, open_destination
+from .fetchstate import FetchState, StateError, default_path
+
+EXIT_OK = 0
+EXIT_ERROR = 1          # the server refused a command, or something unexpected
+EXIT_USAGE = 2          # bad command line, no password
+EXIT_AUTH = 3           # authentication failed / no acceptable mechanism
+EXIT_TLS = 4            # TLS failed (certificate, host name, no STLS offered)
+EXIT_CONNECTION = 5     # cannot connect, connection lost, timeout, protocol violation
+EXIT_DELIVERY = 6       # local delivery or state file failed
+EXIT_TRY_LATER = 7      # [IN-USE], [LOGIN-DELAY], [SYS/TEMP]: try again later
+
+#: RETR commands in flight at once, and the most octets (by LIST size) in flight beyond the first.
+WINDOW = 32
+WINDOW_OCTETS = 8 << 20
+#: Messages (or octets) per durable batch: one directory fsync and one state write per batch.
+BATCH = 64
+BATCH_OCTETS = 16 << 20
+
+
+@dataclass
+class FetchOptions:
+    url: str
+    kind: str                      # maildir | mbox | mda
+    target: str
+    password: str
+    keep: bool = False
+    keep_days: Optional[float] = None
+    state_path: Optional[str] = None
+    cafile: Optional[str] = None
+    allow_plaintext: bool = False
+    timeout: float = 120.0
+    progress: bool = False
+
+
+@dataclass
+class FetchResult:
+    listed: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    deleted: int = 0
+
+
+class _Retriever:
+    """Pipelines RETR over a list of messages, committing durable batches as they complete."""
+
+    def __init__(self, client: pop3.POP3Client, destination: Any, state: FetchState,
+                 todo: List[Tuple[int, str, int]], result: FetchResult, progress: Any) -> None:
+        self.client = client
+        self.destination = destination
+        self.state = state
+        self.todo = todo
+        self.result = result
+        self.progress = progress
+        self.done: defer.Deferred = defer.Deferred()
+        self._next = 0
+        self._in_flight: List[Any] = []
+        self._in_flight_octets = 0
+        self._batch: List[Tuple[Any, int]] = []
+        self._batch_octets = 0
+        self._error: Optional[Any] = None
+        self._limit = getattr(destination, "batch_limit", BATCH)
+
+    def start(self) -> defer.Deferred:
+        self._pump()
+        return self.done
+
+    def _pump(self) -> None:
+        while (self._error is None and self._next < len(self.todo) and len(self._in_flight) < WINDOW
+               and (not self._in_flight or self._in_flight_octets < WINDOW_OCTETS)):
+            number, uid, size = self.todo[self._next]
+            self._next += 1
+            sink = self.destination.begin(uid)
+            self._in_flight.append(sink)
+            self._in_flight_octets += size
+            self.client.retrieve(number, sink).addCallbacks(
+                self._got, self._failed, callbackArgs=(sink, size), errbackArgs=(sink, size))
+        if not self._in_flight and (self._error is not None or self._next >= len(self.todo)):
+            self._finish()
+
+    def _got(self, _: Any, sink: Any, size: int) -> None:
+        self._in_flight.remove(sink)
+        self._in_flight_octets -= size
+        if self._error is not None:
+            sink.abort()
+            return self._pump()
+        try:
+            sink.finish()
+        except Exception as e:
+            sink.abort()
+            self._error = e
+            return self._pump()
+        self._batch.append((sink, size))
+        self._batch_octets += sink.size
+        if len(self._batch) >= self._limit or self._batch_octets >= BATCH_OCTETS:
+            self._commit()
+        self._pump()
+
+    def _failed(self, failure: Any, sink: Any, size: int) -> None:
+        self._in_flight.remove(sink)
+        self._in_flight_octets -= size
+        sink.abort()
+        if self._error is None:
+            self._error = failure.value
+        self._pump()
+
+    def _commit(self) -> None:
+        batch, self._batch, self._batch_octets = self._batch, [], 0
+        if not batch:
+            return
+        try:
+            self.destination.commit([sink for sink, _ in batch])
+            self.state.mark_delivered({sink.uid: size for sink, size in batch})
+            if self.state.pending is not None:
+                self.state.pending = None
+            self.state.save()
+        except Exception as e:
+            for sink, _ in batch:
+                sink.abort()
+            if self._error is None:
+                self._error = e
+            return
+        self.result.delivered += len(batch)
+        if self.progress:
+            self.progress(self.result.delivered)
+
+    def _finish(self) -> None:
+        if self.done.called:
+            return
+        self._commit()
+        if self._error is not None:
+            self.done.errback(self._error)
+        else:
+            self.done.callback(None)
+
+
+async def fetch(reactor: Any, options: FetchOptions) -> FetchResult:
+    """One fetch run; raises on failure after making every completed delivery durable."""
+    from .connect import connect
+
+    url = parse_url(options.url)
+    if not url.username:
+        raise ValueError("the URL needs a user name: pop3://USER@HOST")
+    account = str(url)
+    state = FetchState.load(options.state_path or default_path(account), account)
+    destination = open_destination(options.kind, options.target, account)
+    destination.recover(state)
+    result = FetchResult()
+    client = await connect(reactor, options.url, password=options.password, cafile=options.cafile,
+                           allow_plaintext=options.allow_plaintext, timeout=options.timeout)
+    try:
+        uids, sizes = await defer.gatherResults([client.uidl(), client.list()], consumeErrors=True)
+        result.listed = len(uids)
+        todo: List[Tuple[int, str, int]] = []
+        recovered: Dict[str, Optional[int]] = {}
+        for number in sorted(uids):
+            uid, size = uids[number], sizes.get(number)
+            if state.is_delivered(uid, size):
+                result.skipped += 1
+            elif destination.has(uid):
+                recovered[uid] = size
+                result.skipped += 1
+            else:
+                todo.append((number, uid, size or 0))
+        if recovered:
+            state.mark_delivered(recovered)
+            state.save()
+        progress = _Progress(len(todo)) if options.progress and todo else None
+        try:
+            await _Retriever(client, destination, state, todo, result, progress).start()
+        finally:
+            if progress:
+                progress.close()
+        doomed = _to_delete(uids, sizes, state, options)
+        if doomed:
+            replies = [client.delete(n) for n in doomed]
+            await defer.gatherResults(replies, consumeErrors=True)
+        await client.quit()
+    except BaseException:
+        if client.transport is not None:
+            client.transport.abortConnection()
+        raise
+    finally:
+        destination.close()
+    result.deleted = len(doomed)
+    state.forget(uids[n] for n in doomed)
+    state.forget_except(uids.values())
+    state.save()
+    return result
+
+
+def _to_delete(uids: Dict[int, str], sizes: Dict[int, int], state: FetchState,
+               options: FetchOptions) -> List[int]:
+    now = time.time()
+    doomed = []
+    for number in sorted(uids):
+        uid = uids[number]
+        if not state.is_delivered(uid, sizes.get(number)):
+            continue
+        if options.keep:
+            if options.keep_days is None or now - state.delivered_at(uid) < options.keep_days * 86400:
+                continue
+        doomed.append(number)
+    return doomed
+
+
+class _Progress:
+    """A one-line progress indicator on stderr (only used when stderr is a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.last = 0.0
+
+    def __call__(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.1 or count == self.total:
+            self.last = now
+            width = 30
+            filled = int(width * count / max(self.total, 1))
+            sys.stderr.write("\r[%s%s] %d/%d" % ("#" * filled, "." * (width - filled), count, self.total))
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pop3ng fetch", description="Fetch mail from a POP3 server.")
+    p.add_argument("url", help="pop3://USER@HOST[:PORT] (STLS) or pop3s://USER@HOST[:PORT] (TLS)")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--maildir", metavar="DIR")
+    dest.add_argument("--mbox", metavar="FILE")
+    dest.add_argument("--mda", metavar="CMD", help="command run with sh -c, one message on stdin")
+    p.add_argument("--keep", action="store_true", help="leave messages on the server")
+    p.add_argument("--keep-days", type=float, metavar="N", help="with --keep: delete after N days")
+    p.add_argument("--state", metavar="FILE", help="UIDL state file (default under ~/.local/state)")
+    p.add_argument("--cafile", metavar="PEM", help="CA certificates to trust instead of the system's")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file holding the password (else the POP3NG_PASSWORD environment variable)")
+    p.add_argument("--allow-plaintext", action="store_true",
+                   help="pop3://: go without TLS when STLS is not offered")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def _password(args: argparse.Namespace) -> Optional[str]:
+    if args.password_file:
+        with open(args.password_file, "r", encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    return os.environ.get("POP3NG_PASSWORD")
+
+
+def classify_exit(error: BaseException) -> Tuple[int, str]:
+    """Map a failure to ``(exit code, message)`` for the command line."""
+    from OpenSSL import SSL
+
+    while isinstance(error, defer.FirstError):
+        error = error.subFailure.value
+    if isinstance(error, (pop3.InUseError, pop3.LoginDelayError, pop3.TemporaryError)):
+        return EXIT_TRY_LATER, "server busy, try again later: %s" % error
+    if isinstance(error, pop3.AuthError):
+        return EXIT_AUTH, "authentication failed: %s" % error
+    if isinstance(error, (pop3.TLSError, SSL.Error)):
+        return EXIT_TLS, "TLS failed: %s" % error
+    if isinstance(error, pop3.CapabilityError):
+        text = str(error)
+        return (EXIT_TLS if "STLS" in text else EXIT_AUTH), text
+    if isinstance(error, (DeliveryError, StateError)):
+        return EXIT_DELIVERY, str(error)
+    if isinstance(error, (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
+                          ierror.TimeoutError, pop3.ProtocolError, ierror.DNSLookupError)):
+        return EXIT_CONNECTION, "connection failed: %s" % (str(error) or error.__class__.__name__)
+    if isinstance(error, pop3.ServerError):
+        return EXIT_ERROR, "server refused: %s" % error
+    if isinstance(error, OSError):
+        return EXIT_DELIVERY, "local error: %s" % error
+    return EXIT_ERROR, "%s: %s" % (error.__class__.__name__, error)
+
+
+def main(argv: List[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.keep_days is not None and not args.keep:
+        print("pop3ng fetch: --keep-days needs --keep", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        password = _password(args)
+        parse_url(args.url)
+    except (OSError, ValueError) as e:
+        print("pop3ng fetch: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    if password is None:
+        print("pop3ng fetch: no password: use --password-file FILE or POP3NG_PASSWORD", file=sys.stderr)
+        return EXIT_USAGE
+    kind, target = next((k, v) for k, v in (("maildir", args.maildir), ("mbox", args.mbox),
+                                             ("mda", args.mda)) if v)
+    options = FetchOptions(args.url, kind, target, password, args.keep, args.keep_days, args.state,
+                           args.cafile, args.allow_plaintext, args.timeout,
+                           progress=sys.stderr.isatty() and not args.quiet)
+    from twisted.internet import reactor
+
+    outcome: Dict[str, Any] = {}
+
+    def finished(value: Any) -> None:
+        outcome["value"] = value
+        reactor.stop()
+
+    def run() -> None:
+        defer.ensureDeferred(fetch(reactor, options)).addBoth(finished)
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    value = outcome.get("value")
+    if isinstance(value, FetchResult):
+        if not args.quiet and sys.stderr.isatty():
+            print("%d delivered, %d already delivered, %d deleted on the server"
+                  % (value.delivered, value.skipped, value.deleted), file=sys.stderr)
+        return EXIT_OK
+    error = value.value if value is not None else RuntimeError("interrupted")
+    code, text = classify_exit(error)
+    print("pop3ng fetch: %s" % text, file=sys.stderr)
+    return code
