@@ -17,6 +17,7 @@ from twisted.cred.checkers import ICredentialsChecker
 
 from twisted_pop3ng import server, wire
 from twisted_pop3ng.mailbox.memory import MemoryStore
+from twisted_pop3ng.policy import SecurityConfig
 from twisted_pop3ng.realm import MailboxRealm
 
 MESSAGES = [
@@ -77,7 +78,10 @@ class ServerTestCase(unittest.TestCase):
         self.checker.addUser(b"alice", b"secret pass")
         self.checker.addUser(b"bob", b"pw")
         portal = Portal(MailboxRealm(self.store), [self.checker])
-        self.factory = server.POP3ServerFactory(portal, server.ServerConfig(), clock=self.clock)
+        # StringTransport's peer (192.168.1.1) is not local: allow USER/PASS without TLS here;
+        # the plaintext policy itself is tested in test_security.py.
+        config = server.ServerConfig(security=SecurityConfig(allow_plaintext_auth=True))
+        self.factory = server.POP3ServerFactory(portal, config, clock=self.clock)
         self.proto, self.transport = self.connect()
 
     def connect(self):

@@ -12,15 +12,49 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.strcred import ICheckerFactory
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from . import passwords
+
+
+class ISecretStore(Interface):
+    """A checker that can hand out stored secrets, for challenge-response SASL (CRAM-MD5, SCRAM, APOP)."""
+
+    def lookup_secret(username):
+        """The stored ``{SCHEME}secret`` of ``username`` (str), or None; may return a Deferred."""
+
+    def secret_schemes():
+        """The set of schemes present in the store (to decide which mechanisms to offer)."""
+
+
+class IPreauthenticated(Interface):
+    """Credentials already proven by the SASL layer (SCRAM proof, TLS client certificate, OAuth)."""
+
+    username = Attribute("The authenticated user name (str).")
+    mechanism = Attribute("The SASL mechanism that proved it.")
+
+
+@implementer(IPreauthenticated)
+@dataclass(frozen=True)
+class Preauthenticated:
+    username: str
+    mechanism: str
+
+
+@implementer(ICredentialsChecker)
+class PreauthenticatedChecker:
+    """Accepts :class:`Preauthenticated` credentials; only our SASL mechanisms create them."""
+
+    credentialInterfaces = (IPreauthenticated,)
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        return defer.succeed(credentials.username)
 
 
 @dataclass(frozen=True)
@@ -46,9 +80,11 @@ def parse_passwd_file(text: str) -> Dict[str, PasswdEntry]:
     return users
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, ISecretStore)
 class PasswdFileChecker:
-    credentialInterfaces = (IUsernamePassword,)
+    """Password checks run in a thread: hashed schemes are slow on purpose and must not block."""
+
+    credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
     log = Logger()
 
     def __init__(self, path: str, default_scheme: str = passwords.DEFAULT_SCHEME) -> None:
@@ -56,6 +92,7 @@ class PasswdFileChecker:
         self.default_scheme = default_scheme
         self._stamp: Optional[Tuple[int, int, int]] = None
         self._users: Dict[str, PasswdEntry] = {}
+        self._dummy = "{PLAIN}\0dummy"
         self._load()
 
     def _load(self) -> None:
@@ -66,6 +103,9 @@ class PasswdFileChecker:
         with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
             self._users = parse_passwd_file(f.read())
         self._stamp = stamp
+        # Unknown users are verified against a real entry's hash (result discarded), so that
+        # they cost what a wrong password costs: no user enumeration by timing.
+        self._dummy = next(iter(self._users.values())).password if self._users else "{PLAIN}\0dummy"
 
     def lookup(self, username: str) -> Optional[PasswdEntry]:
         try:
@@ -74,27 +114,59 @@ class PasswdFileChecker:
             self.log.failure("cannot re-read passwd-file {path}", path=self.path)
         return self._users.get(username)
 
+    def lookup_secret(self, username: str) -> Optional[str]:
+        entry = self.lookup(username)
+        if entry is None:
+            return None
+        scheme, secret = passwords.split_scheme(entry.password, self.default_scheme)
+        return "{%s}%s" % (scheme, secret)
+
+    def secret_schemes(self) -> set:
+        self.lookup("")
+        return {passwords.split_scheme(e.password, self.default_scheme)[0] for e in self._users.values()}
+
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
         username = credentials.username
         if isinstance(username, bytes):
             username = username.decode("utf-8", "surrogateescape")
         entry = self.lookup(username)
-        password = credentials.password
-        if isinstance(password, str):
-            password = password.encode("utf-8")
+        if IUsernamePassword.providedBy(credentials):
+            password = credentials.password
+            if isinstance(password, str):
+                password = password.encode("utf-8")
+            d = threads.deferToThread(self._verify, entry, username, password)
+        else:
+            d = defer.succeed(self._check_hashed(entry, credentials))
+
+        def result(ok: bool) -> Any:
+            if ok and entry is not None:
+                return entry.user
+            raise UnauthorizedLogin("authentication failed")
+
+        return d.addCallback(result)
+
+    def _verify(self, entry: Optional[PasswdEntry], username: str, password: bytes) -> bool:
         try:
             if entry is None:
-                passwords.verify("{PLAIN}\0dummy", password)
-                ok = False
-            else:
-                ok = passwords.verify(entry.password, password, self.default_scheme)
+                passwords.verify(self._dummy, password, self.default_scheme)
+                return False
+            return passwords.verify(entry.password, password, self.default_scheme)
         except passwords.UnknownScheme as error:
             self.log.error("passwd-file {path}: unsupported scheme {scheme} for {user}",
                            path=self.path, scheme=str(error), user=username)
-            ok = False
-        if ok:
-            return defer.succeed(entry.user)
-        return defer.fail(UnauthorizedLogin("authentication failed"))
+            return False
+
+    def _check_hashed(self, entry: Optional[PasswdEntry], credentials: Any) -> bool:
+        """CRAM-MD5 / APOP: needs a plaintext secret, or a ``{CRAM-MD5}`` context for CRAM-MD5."""
+        if entry is None:
+            return False
+        scheme, secret = passwords.split_scheme(entry.password, self.default_scheme)
+        if scheme in passwords.PLAINTEXT_SCHEMES:
+            return bool(credentials.checkPassword(secret.encode("utf-8", "surrogateescape")))
+        check_stored = getattr(credentials, "check_stored", None)
+        if check_stored is not None:
+            return bool(check_stored(scheme, secret))
+        return False
 
 
 @implementer(ICheckerFactory, IPlugin)

@@ -27,7 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import __version__, wire
+from . import __version__, policy, wire
 from .errors import (
     BadCommand,
     MessageDeleted,
@@ -94,6 +94,8 @@ class ServerConfig:
     #: Bad commands tolerated before and after login before the connection is closed.
     max_bad_commands: int = 20
     extra_capabilities: List[str] = field(default_factory=list)
+    #: Plaintext policy, APOP, SASL mechanisms, abuse limits, LOGIN-DELAY/EXPIRE (see policy.py).
+    security: policy.SecurityConfig = field(default_factory=policy.SecurityConfig)
 
 
 @implementer(iinternet.IPushProducer)
@@ -203,6 +205,8 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._bad_commands = 0
         self._closing = False
         self._reading_paused = False
+        #: While a SASL exchange waits for a client line, lines go here instead of the dispatcher.
+        self.line_hook: Optional[Callable[[bytes], Any]] = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -225,10 +229,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             except Exception:
                 pass
         self.transport.registerProducer(_TransportFlow(self), True)
+        if not policy.connection_made(self):  # too many connections from this address
+            return
         self.write(wire.response(True, self.greeting()))
 
     def greeting(self) -> str:
-        return "POP3 server ready."
+        return policy.greeting(self, "POP3 server ready.")
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closing:
@@ -299,6 +305,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._stop_stream()
         if self.state != UPDATE:
             self._do_logout()
+        policy.connection_lost(self)
 
     def _do_logout(self) -> None:
         logout, self._logout, self.mailbox = self._logout, None, None
@@ -316,7 +323,12 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]
-        if len(line) + 2 > wire.MAX_COMMAND_LINE:
+        if self.line_hook is not None:
+            self._handle_result(self.line_hook(line), "AUTH")
+            return
+        # RFC 5034 §4: an AUTH initial response may exceed the 255-octet command limit (tokens).
+        limit = wire.MAX_AUTH_LINE if line[:5].upper() == b"AUTH " else wire.MAX_COMMAND_LINE
+        if len(line) + 2 > limit:
             self.bad_command("Command line too long")
             return
         try:
@@ -336,11 +348,15 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         except Exception:
             self._command_failed(Failure(), cmd.verb)
             return
+        self._handle_result(result, cmd.verb)
+
+    def _handle_result(self, result: Any, verb: str) -> None:
+        """A handler's result: a Deferred blocks further command lines until it has finished."""
         if isinstance(result, defer.Deferred):
             # ``called`` is not enough: a fired Deferred may still wait on an inner one.
             finished: List[bool] = []
             result.addCallback(self._command_succeeded)
-            result.addErrback(self._command_failed, cmd.verb)
+            result.addErrback(self._command_failed, verb)
             result.addBoth(lambda _: finished.append(True) or self._unblock("command"))
             if not finished:
                 self._block("command")
@@ -404,6 +420,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         caps = [h.capability(self) for h in _REGISTRY.values() if h.capability is not None]
         caps = [c for c in caps if c]
         caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        caps += policy.capabilities(self)
         caps += self.config.extra_capabilities
         caps.append("IMPLEMENTATION %s" % self.config.implementation)
         return caps
@@ -416,8 +433,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self.reply_lines("Capability list follows", [c.encode() for c in self.capabilities()])
 
     @command("USER", AUTHORIZATION,
-             capability=lambda self: "USER" if self.state == AUTHORIZATION else None)
+             capability=policy.user_capability)
     def do_USER(self, cmd: wire.Command) -> None:
+        policy.check_plaintext(self)
         name = cmd.rest.strip(b" ")
         if not name:
             raise BadCommand("USER needs a user name")
@@ -434,6 +452,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def login(self, credentials: Any) -> defer.Deferred:
         """Authenticate through the portal, lock the maildrop and take the snapshot."""
         d = self.factory.portal.login(credentials, None, IMailbox)
+        d.addCallback(policy.admit, self, credentials)
         d.addCallback(self._logged_in)
         d.addErrback(self._login_failed)
         return d
@@ -466,7 +485,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             self.reply(False, text, code)
             return defer.succeed(None)
         d = defer.Deferred()
-        self.clock.callLater(self.config.auth_failure_delay, d.callback, None)
+        self.clock.callLater(policy.failure_delay(self), d.callback, None)
         d.addCallback(lambda _: self.reply(False, "Authentication failed.", "AUTH"))
         return d
 
@@ -601,3 +620,7 @@ class POP3ServerFactory(Factory):
         self.config = config or ServerConfig()
         self.clock = clock
         self.sessions = itertools.count(1)
+
+
+# STLS, AUTH, APOP and UTF8 register themselves with @command.
+from . import server_auth  # noqa: E402,F401
