@@ -154,7 +154,7 @@ class MaildirMailbox:
         for sub in ("new", "cur"):
             with os.scandir(os.path.join(self.path, sub)) as it:
                 for entry in it:
-                    if entry.name.startswith("."):
+                    if entry.name.startswith(".") or entry.is_dir():
                         continue
                     found[base_name(entry.name)] = sub + "/" + entry.name
         return found
@@ -203,6 +203,13 @@ class MaildirMailbox:
                     size = sizes[base] = self._measure(filename)
                 except FileNotFoundError:
                     continue  # moved or deleted meanwhile: next session will see it
+                except OSError:
+                    # Unreadable (permissions): one bad file must not lock the user out of the
+                    # rest; list it with its size on disk (not remembered), RETR answers -ERR.
+                    try:
+                        size = os.stat(os.path.join(self.path, filename)).st_size
+                    except OSError:
+                        continue
                 changed = True
             entries.append(_Entry(base, filename, uid_for(base), size))
         if changed or len(sizes) != len(cached):
