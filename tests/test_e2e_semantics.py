@@ -1,0 +1,256 @@
+"""Black-box conformance: session semantics on a real maildir (DESIGN.md §2).
+
+Snapshot at login, stable and unique UIDLs across sessions and renames, deletions only at QUIT,
+nothing committed on a drop, the maildrop lock, and storage errors that leave the session alive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import time
+
+from .e2e import USERS, ServerTestCase, maildir_files, stuffed, wait_for, wire_lines, wire_message
+
+
+def message(i: int) -> bytes:
+    return b"Subject: message %d\r\n\r\nbody of message %d\r\n.dot\r\n" % (i, i)
+
+
+class SemanticsTests(ServerTestCase):
+    def deliver(self, user, count, start=0):
+        return [self.server.deliver(user, message(start + i)) for i in range(count)]
+
+    def quit(self, s):
+        reply = s.command(b"QUIT")
+        self.assertTrue(reply.startswith(b"+OK"), reply)
+        self.assertTrue(s.closed())
+
+    def test_snapshot(self):
+        user, _ = self.fresh_user()
+        self.deliver(user, 2)
+        s = self.login(user)
+        self.assertEqual(s.command(b"STAT")[:6], b"+OK 2 ")
+        before_list = self.list_map(s)
+        before_uidl = self.uidl_map(s)
+        self.server.deliver(user, message(99))
+        self.assertEqual(s.command(b"STAT")[:6], b"+OK 2 ")
+        self.assertEqual(self.list_map(s), before_list)
+        self.assertEqual(self.uidl_map(s), before_uidl)
+        self.err(s, b"RETR 3")
+        self.err(s, b"LIST 3")
+        self.ok(s, b"DELE 1")
+        self.quit(s)
+        s = self.login(user)
+        self.assertEqual(s.command(b"STAT")[:6], b"+OK 2 ")
+        uids = self.uidl_map(s)
+        self.assertEqual(uids[1], before_uidl[2])
+        self.assertNotIn(uids[2], before_uidl.values())
+        self.assertEqual(self.retr(s, 2), stuffed(wire_lines(message(99))))
+
+    def test_uidl_stable_across_sessions_and_renames(self):
+        user, _ = self.fresh_user()
+        names = self.deliver(user, 5)
+        s = self.login(user)
+        first = self.uidl_map(s)
+        self.quit(s)
+        self.assertEqual(len(set(first.values())), 5)
+        md = self.server.maildir(user)
+        # another agent (an IMAP server, a MUA) marks two messages seen between sessions
+        os.rename(os.path.join(md, "new", names[0]), os.path.join(md, "cur", names[0] + ":2,S"))
+        os.rename(os.path.join(md, "new", names[3]), os.path.join(md, "cur", names[3] + ":2,"))
+        s = self.login(user)
+        self.assertEqual(self.uidl_map(s), first)
+        # ... and during a session: the message stays retrievable under its UIDL
+        os.rename(os.path.join(md, "new", names[1]), os.path.join(md, "cur", names[1] + ":2,S"))
+        os.rename(os.path.join(md, "cur", names[0] + ":2,S"), os.path.join(md, "cur", names[0] + ":2,RS"))
+        self.assertEqual(self.uidl_map(s), first)
+        for i in range(5):
+            self.assertEqual(self.retr(s, i + 1), stuffed(wire_lines(message(i))))
+        self.ok(s, b"DELE 2")  # renamed during the session
+        self.quit(s)
+        s = self.login(user)
+        expected = {n: first[o] for n, o in zip(range(1, 5), (1, 3, 4, 5))}
+        self.assertEqual(self.uidl_map(s), expected)
+        self.assertEqual(len(maildir_files(self.server, user)), 4)
+
+    def test_uidls_unique_and_valid(self):
+        user, _ = self.fresh_user()
+        self.deliver(user, 60)
+        # odd but legal maildir names
+        self.server.deliver(user, message(100), name="1700000000.M1P1.host,S=42")
+        self.server.deliver(user, message(101), name="1700000001.M2P2.h\u00e9st")
+        self.server.deliver(user, message(104), name="1700000002.M3P3.host:2,S")
+        self.server.deliver(user, message(102), name="a" * 100)
+        self.server.deliver(user, message(103), name="b" * 100)
+        s = self.login(user)
+        uids = self.uidl_map(s)
+        self.assertEqual(len(uids), 65)
+        self.assertEqual(len(set(uids.values())), 65)
+        for uid in uids.values():
+            self.assertTrue(re.match(rb"\A[\x21-\x7e]{1,70}\Z", uid), uid)
+        for n, uid in uids.items():
+            self.assertEqual(s.command(b"UIDL %d" % n), b"+OK %d %s\r\n" % (n, uid))
+        self.quit(s)
+        self.assertEqual(self.uidl_map(self.login(user)), uids)
+
+    def test_deletions_only_at_quit_and_rset(self):
+        user, _ = self.fresh_user()
+        self.deliver(user, 4)
+        s = self.login(user)
+        uids = self.uidl_map(s)
+        for n in (1, 2, 4):
+            self.ok(s, b"DELE %d" % n)
+        self.assertEqual(len(maildir_files(self.server, user)), 4)
+        self.ok(s, b"RSET")
+        self.ok(s, b"DELE 3")
+        self.assertEqual(len(maildir_files(self.server, user)), 4)
+        self.quit(s)
+        self.assertEqual(len(maildir_files(self.server, user)), 3)
+        s = self.login(user)
+        self.assertEqual(list(self.uidl_map(s).values()), [uids[1], uids[2], uids[4]])
+
+    def test_dropped_connection_after_dele_deletes_nothing(self):
+        user, _ = self.fresh_user()
+        self.deliver(user, 3)
+        for how in ("close", "reset"):
+            s = self.login(user)
+            self.ok(s, b"DELE 1")
+            self.ok(s, b"DELE 2")
+            if how == "reset":
+                s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+            # the lock is released on disconnect; nothing was deleted
+            s = self.relogin(user)
+            self.assertEqual(s.command(b"STAT")[:6], b"+OK 3 ")
+            s.close()
+        self.assertEqual(len(maildir_files(self.server, user)), 3)
+
+    def relogin(self, user, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.session()
+            s.line()
+            s.command(b"USER " + user.encode())
+            reply = s.command(b"PASS " + USERS[user].encode())
+            if reply.startswith(b"+OK") or time.monotonic() > deadline:
+                self.assertTrue(reply.startswith(b"+OK"), reply)
+                return s
+            s.close()
+            time.sleep(0.05)
+
+    def test_second_login_in_use(self):
+        user, password = self.fresh_user()
+        self.deliver(user, 1)
+        first = self.login(user)
+        for tls in (False, True):
+            second = self.session(tls=tls)
+            second.line()
+            self.ok(second, b"USER " + user.encode())
+            start = time.monotonic()
+            reply = second.command(b"PASS " + password.encode())
+            self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
+            self.assertLess(time.monotonic() - start, 0.5)
+            # the refused session stays in AUTHORIZATION and can try again
+            self.err(second, b"STAT")
+        # the first session is unaffected
+        self.assertEqual(first.command(b"STAT")[:6], b"+OK 1 ")
+        self.quit(first)
+        self.ok(second, b"USER " + user.encode())
+        self.ok(second, b"PASS " + password.encode())
+        # now the roles are swapped; a disconnect releases the lock too
+        third = self.session()
+        third.line()
+        third.command(b"USER " + user.encode())
+        self.assertTrue(third.command(b"PASS " + password.encode()).startswith(b"-ERR [IN-USE]"))
+        second.close()
+        self.relogin(user)
+
+    def test_message_deleted_behind_the_servers_back(self):
+        user, _ = self.fresh_user()
+        names = self.deliver(user, 3)
+        s = self.login(user)
+        os.unlink(os.path.join(self.server.maildir(user), "new", names[1]))
+        for command in (b"RETR 2", b"TOP 2 0"):
+            reply = s.command(command)
+            self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+            self.assertLessEqual(len(reply), 512)
+            self.ok(s, b"NOOP")
+        self.assertEqual(self.retr(s, 3), stuffed(wire_lines(message(2))))
+        self.ok(s, b"DELE 2")
+        self.ok(s, b"DELE 3")
+        self.quit(s)
+        self.assertEqual(len(maildir_files(self.server, user)), 1)
+
+    def test_unreadable_message_file_during_session(self):
+        self.tracebacks_allowed = True  # an unexpected storage error is logged with its traceback
+        # Tests run as root, so chmod 000 cannot deny a read; a directory in place of the file can.
+        user, _ = self.fresh_user()
+        names = self.deliver(user, 3)
+        s = self.login(user)
+        path = os.path.join(self.server.maildir(user), "new", names[0])
+        os.unlink(path)
+        os.mkdir(path)
+        for command in (b"RETR 1", b"TOP 1 1"):
+            reply = s.command(command)
+            self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+            self.ok(s, b"NOOP")
+        self.assertEqual(self.retr(s, 2), stuffed(wire_lines(message(1))))
+        self.quit(s)
+        os.rmdir(path)
+
+    def test_unreadable_message_file_at_login(self):
+        self.tracebacks_allowed = True  # an unexpected storage error is logged with its traceback
+        # One unreadable file must not lock the user out of the rest of the mailbox.
+        user, _ = self.fresh_user()
+        names = self.deliver(user, 3)
+        path = os.path.join(self.server.maildir(user), "new", names[1])
+        os.unlink(path)
+        os.mkdir(path)
+        try:
+            s = self.login(user)
+            stat = s.command(b"STAT")
+            self.assertTrue(stat.startswith(b"+OK"), stat)
+            uids = self.uidl_map(s)
+            for n in uids:
+                reply = s.command(b"RETR %d" % n)
+                if reply.startswith(b"+OK"):
+                    self.assertIn(s.body(), [stuffed(wire_lines(message(i))) for i in (0, 2)])
+                else:
+                    self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+            self.assertEqual(self.retr(s, 1), stuffed(wire_lines(message(0))))
+            self.quit(s)
+        finally:
+            os.rmdir(path)
+
+    def test_permission_denied_if_not_root(self):
+        if os.geteuid() == 0:
+            # root reads anything: use a subprocess as nobody to see whether chmod can deny at all
+            return self._permission_as_directory()
+        user, _ = self.fresh_user()
+        names = self.deliver(user, 2)
+        path = os.path.join(self.server.maildir(user), "new", names[0])
+        s = self.login(user)
+        os.chmod(path, 0)
+        reply = s.command(b"RETR 1")
+        self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+        self.ok(s, b"NOOP")
+
+    def _permission_as_directory(self):
+        self.tracebacks_allowed = True  # an unexpected storage error is logged with its traceback
+        user, _ = self.fresh_user()
+        names = self.deliver(user, 2)
+        s = self.login(user)
+        path = os.path.join(self.server.maildir(user), "new", names[0])
+        os.unlink(path)
+        os.mkdir(path)
+        reply = s.command(b"RETR 1")
+        self.assertTrue(reply.startswith(b"-ERR [SYS/PERM]") or reply.startswith(b"-ERR [SYS/TEMP]"),
+                        reply)
+        self.assertNotIn(b"Traceback", reply)
+        self.assertNotIn(b"Errno", reply)
+        self.assertNotIn(path.encode(), reply)
+        self.ok(s, b"NOOP")
+        os.rmdir(path)
