@@ -11,6 +11,8 @@ from twisted.application import service, strports
 from twisted.cred import strcred
 from twisted.python import usage
 
+from . import tap_security
+
 DEFAULT_LISTEN = "tcp:1100:interface=127.0.0.1"
 DEMO_TLS_LISTEN = "tcp:9950:interface=127.0.0.1"
 DEMO_DIR = "pop3ng-demo"
@@ -23,7 +25,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     optFlags = [
         ["demo", None, "Run a self-contained demo under ./%s (user, password, sample mail, "
                        "self-signed certificate, plain and TLS listeners on 127.0.0.1)." % DEMO_DIR],
-    ]
+    ] + tap_security.OPT_FLAGS
     optParameters = [
         ["tls-cert", None, None, "PEM certificate chain, leaf first."],
         ["tls-key", None, None, "PEM private key of the certificate (default: in --tls-cert)."],
@@ -33,17 +35,22 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["login-timeout", None, 60.0, "Seconds of inactivity before login.", float],
         ["auth-failure-delay", None, 1.0, "Seconds before answering a failed login.", float],
         ["max-bad-commands", None, 20, "Bad commands tolerated before disconnecting.", int],
-    ]
+    ] + tap_security.OPT_PARAMETERS
     supportedInterfaces = None  # any checker twisted.cred knows
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"]: List[str] = []
         self["tls-listen"]: List[str] = []
+        self["trusted-networks"]: List[Any] = []
 
     def opt_listen(self, description: str) -> None:
         """Plain POP3 endpoint (repeatable), e.g. tcp:110 or tcp:1100:interface=127.0.0.1."""
         self["listen"].append(description)
+
+    def opt_trusted_network(self, cidr: str) -> None:
+        """Network (CIDR) allowed plaintext authentication without TLS (repeatable)."""
+        tap_security.opt_trusted_network(self, cidr)
 
     def opt_tls_listen(self, description: str) -> None:
         """POP3S endpoint, TLS from the first byte (repeatable), e.g. tcp:995."""
@@ -91,6 +98,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             sys.stderr.write("warning: --idle-timeout below 600 s violates RFC 1939 section 3\n")
         for checker in self["credCheckers"]:
             _bytes_memory_checker(checker)
+        tap_security.post_options(self)
 
     def _demo_defaults(self) -> None:
         from . import demo
@@ -138,6 +146,7 @@ def makeService(options: Options) -> service.MultiService:
     portal = Portal(MailboxRealm(options["store"]), options["credCheckers"])
     factory = POP3ServerFactory(portal, config)
     factory.tls = options["tls"]
+    tap_security.configure(options, factory, reactor)
     top = service.MultiService()
     for desc in options["listen"]:
         endpoint = endpoints.serverFromString(reactor, desc)
