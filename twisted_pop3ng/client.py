@@ -158,6 +158,8 @@ class POP3Client(Protocol, TimeoutMixin):
         self.greeting = ""
         self.tls = False
         self.logged_in = False
+        #: The method ``login`` used: a SASL mechanism name, ``USER`` or ``APOP``.
+        self.mechanism: Optional[str] = None
         self.ready: defer.Deferred = defer.Deferred()
         self._buffer = b""
         self._queued: Deque[_Pending] = deque()
@@ -489,6 +491,7 @@ class POP3Client(Protocol, TimeoutMixin):
         if secret is None:
             return defer.fail(ValueError("a password or a token is needed"))
         if apop:
+            self.mechanism = "APOP"
             d = self._apop(username, secret)
         else:
             offered = self.capabilities.get("SASL", [])
@@ -502,8 +505,11 @@ class POP3Client(Protocol, TimeoutMixin):
                 names = sasl_client.choose(offered, secure=self.tls, allow_plaintext=allow_plaintext,
                                            token=token is not None, channel_binding=binding is not None)
             if names and names[0] != "USER":
+                self.mechanism = names[0]
                 d = self.authenticate(names[0], username, secret, binding)
-            elif token is None and secure and ("USER" in self.capabilities or not self.capabilities):
+            elif token is None and secure and (
+                    "USER" in self.capabilities or not self.capabilities or names == ["USER"]):
+                self.mechanism = "USER"
                 d = self._user_pass(username, secret)
             else:
                 why = "the server offers no authentication method we accept"
