@@ -112,6 +112,8 @@ class _TransportFlow:
         self.protocol._write_paused(False)
 
     def stopProducing(self) -> None:
+        # The connection is going away (the client left mid-transfer): not a server failure to log.
+        self.protocol._closing = True
         self.protocol._stop_stream()
 
 
