@@ -1,0 +1,230 @@
+"""Black-box conformance under load: 20 concurrent sessions, a 50 MB message over plain and TLS with
+the server's memory measured through /proc, and clients that read slowly or never read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+
+from .e2e import USERS, ServerTestCase, StreamingBody, stuffed, wire_lines, wire_message
+from .support import Session
+
+MB = 1024 * 1024
+
+
+def pattern_block() -> bytes:
+    """~64 KiB of lines (LF and CRLF, dot lines, blank lines); its length is not a power of two so
+    that repeated, its dot lines fall on every alignment relative to the server's read chunks."""
+    lines = []
+    i = 0
+    size = 0
+    while size < 65_000:
+        kind = i % 7
+        if kind == 0:
+            line = b"." + b"d" * (i % 50) + b"\n"
+        elif kind == 1:
+            line = b".\r\n"
+        elif kind == 2:
+            line = b"\n"
+        elif kind == 3:
+            line = b"..x\r\n"
+        else:
+            line = b"line %06d " % i + b"abcdefghij" * (i % 9) + (b"\r\n" if i % 2 else b"\n")
+        lines.append(line)
+        size += len(line)
+        i += 1
+    return b"".join(lines) + b"odd\n"
+
+
+def write_big_message(maildir: str, total: int, name: str):
+    """Write a message of about ``total`` bytes straight into new/, chunk by chunk; returns
+    (sha256 of the expected un-stuffed wire form, wire size)."""
+    header = b"Subject: big\nX-Size: %d\n\n" % total
+    block = pattern_block()
+    wire_block = wire_message(block)
+    sha = hashlib.sha256(wire_message(header))
+    size = len(wire_message(header))
+    os.makedirs(os.path.join(maildir, "tmp"), exist_ok=True)
+    os.makedirs(os.path.join(maildir, "new"), exist_ok=True)
+    os.makedirs(os.path.join(maildir, "cur"), exist_ok=True)
+    tmp = os.path.join(maildir, "tmp", name)
+    written = len(header)
+    with open(tmp, "wb") as f:
+        f.write(header)
+        while written < total:
+            f.write(block)
+            sha.update(wire_block)
+            size += len(wire_block)
+            written += len(block)
+        f.write(b".last line without newline")
+        sha.update(b".last line without newline\r\n")
+        size += len(b".last line without newline\r\n")
+    os.rename(tmp, os.path.join(maildir, "new", name))
+    return sha.hexdigest(), size
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = rss_kb(pid)
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_kb(self.pid))
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        self.running = False
+        self.join()
+        return self.peak
+
+
+def report(text: str) -> None:
+    sys.stderr.write("\n[e2e] %s\n" % text)
+    try:
+        with open(os.path.join(os.getcwd(), "e2e-measurements.log"), "a") as f:
+            f.write(text + "\n")
+    except OSError:
+        pass
+
+
+class BigMessageTests(ServerTestCase):
+    """A 50 MB message: byte-exact over plain and TLS, server memory growth ≤ 8 MB."""
+
+    LIMIT_KB = 8 * 1024
+
+    def _fetch(self, tls: bool):
+        user, _ = self.fresh_user()
+        name = "1700000000.M1P1.big%d" % tls
+        digest, size = write_big_message(self.server.maildir(user), 50 * MB, name)
+        self.server.deliver(user, b"Subject: small\n\nafter the big one\n")
+        s = self.login(user, tls=tls)
+        self.assertEqual(s.command(b"LIST 1"), b"+OK 1 %d\r\n" % size)
+        # warm up: a small RETR, then take the baseline
+        self.assertEqual(self.retr(s, 2), stuffed(wire_lines(b"Subject: small\n\nafter the big one\n")))
+        pid = self.server.process.pid
+        baseline = rss_kb(pid)
+        sampler = RssSampler(pid)
+        sampler.start()
+        start = time.monotonic()
+        status = s.command(b"RETR 1")
+        self.assertTrue(status.startswith(b"+OK"), status)
+        reader = StreamingBody(s)
+        got_digest, got_size = reader.read()
+        elapsed = time.monotonic() - start
+        peak = sampler.stop()
+        self.assertFalse(reader.bad_line_ending)
+        self.assertFalse(reader.bad_stuffing)
+        self.assertEqual(got_size, size)
+        self.assertEqual(got_digest, digest)
+        self.ok(s, b"NOOP")
+        growth = peak - baseline
+        report("50 MB RETR over %s: %.1f s, server RSS baseline %d kB, peak %d kB, growth %d kB"
+               % ("TLS" if tls else "plain TCP", elapsed, baseline, peak, growth))
+        self.assertLessEqual(growth, self.LIMIT_KB)
+        # TOP of the big message stops early
+        status = s.command(b"TOP 1 3")
+        self.assertTrue(status.startswith(b"+OK"))
+        self.assertEqual(s.body(), b"Subject: big\r\nX-Size: %d\r\n\r\n..\r\n..\r\n\r\n.\r\n" % (50 * MB))
+        self.ok(s, b"QUIT")
+
+    def test_50mb_plain(self):
+        self._fetch(tls=False)
+
+    def test_50mb_tls(self):
+        self._fetch(tls=True)
+
+    def test_slow_reader_and_never_reader_keep_memory_bounded(self):
+        user, _ = self.fresh_user()
+        digest, size = write_big_message(self.server.maildir(user), 20 * MB, "1700000000.M1P1.slow")
+        pid = self.server.process.pid
+        s = self.login(user)
+        self.ok(s, b"NOOP")
+        baseline = rss_kb(pid)
+        sampler = RssSampler(pid)
+        sampler.start()
+        # never reads: RETR ten times and thousands of commands in a row, then sits there
+        s.send(b"RETR 1\r\n" * 10 + b"LIST\r\nUIDL\r\nNOOP\r\n" * 5000)
+        time.sleep(2)
+        # another session is served meanwhile
+        other_user, _ = self.fresh_user()
+        self.server.deliver(other_user, b"Subject: x\n\ny\n")
+        t = self.login(other_user)
+        self.assertEqual(t.command(b"STAT"), b"+OK 1 %d\r\n" % len(wire_message(b"Subject: x\n\ny\n")))
+        # now read slowly: the whole stream comes out in order and intact
+        for i in range(2):
+            status = s.line()
+            self.assertTrue(status.startswith(b"+OK"), status)
+            reader = StreamingBody(s)
+            self.assertEqual(reader.read(), (digest, size))
+        peak = sampler.stop()
+        report("never-reading client with 10 x RETR of 20 MB + 15000 commands queued: "
+               "server RSS growth %d kB" % (peak - baseline))
+        self.assertLessEqual(peak - baseline, self.LIMIT_KB)
+        s.close()
+        self.assertTrue(t.command(b"NOOP").startswith(b"+OK"))
+
+
+class ConcurrencyTests(ServerTestCase):
+    def test_20_concurrent_sessions(self):
+        users = [self.fresh_user()[0] for _ in range(20)]
+        messages = {}
+        for n, user in enumerate(users):
+            messages[user] = []
+            for i in range(5):
+                raw = (b"Subject: %s %d\n\n" % (user.encode(), i)) + (b".%d line of %s\r\n" % (i, user.encode())) * (2000 * (i + 1))
+                self.server.deliver(user, raw)
+                messages[user].append(raw)
+        barrier = threading.Barrier(20)
+        errors = []
+        results = {}
+
+        def worker(user):
+            try:
+                s = Session(self.server.connect(timeout=60))
+                try:
+                    barrier.wait(30)
+                    reply = s.login(user.encode(), USERS[user].encode())
+                    assert reply.startswith(b"+OK"), reply
+                    assert s.command(b"STAT").startswith(b"+OK 5 ")
+                    got = []
+                    for i in range(5):
+                        assert s.command(b"RETR %d" % (i + 1)).startswith(b"+OK")
+                        got.append(s.body())
+                    for i in range(5):
+                        assert s.command(b"DELE %d" % (i + 1)).startswith(b"+OK")
+                    assert s.command(b"QUIT").startswith(b"+OK")
+                    results[user] = got
+                finally:
+                    s.close()
+            except BaseException as error:  # reported below
+                errors.append((user, repr(error)))
+
+        threads = [threading.Thread(target=worker, args=(u,)) for u in users]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        elapsed = time.monotonic() - start
+        self.assertEqual(errors, [])
+        for user in users:
+            self.assertEqual(results[user], [stuffed(wire_lines(m)) for m in messages[user]], user)
+        report("20 concurrent sessions, 100 messages (%.1f MB): %.2f s"
+               % (sum(len(m) for ms in messages.values() for m in ms) / MB, elapsed))
+        for user in users:
+            s = self.login(user)
+            self.assertEqual(s.command(b"STAT"), b"+OK 0 0\r\n")
