@@ -155,25 +155,49 @@ def one_message(target: Target, user: str, password: str) -> Tuple[float, int]:
         conn.close()
 
 
+def _session(port: int, login: bytes) -> None:
+    """One lockstep session; replies are read with small ``recv`` calls (cheap for the client)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pending = b""
+        for command, end in ((b"", b"\r\n"),) + _SESSION_STEPS(login):
+            if command:
+                sock.sendall(command)
+            data = pending
+            while True:
+                # A status line, or a multi-line reply (status + body + terminator) for UIDL.
+                if data.startswith(b"-ERR"):
+                    raise ProtocolError(data[:200].decode("utf-8", "replace"))
+                index = data.find(end)
+                if index != -1 and (end != b"\r\n.\r\n" or b"\r\n" in data[:index + 2]):
+                    pending = data[index + len(end):]
+                    break
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ProtocolError("server closed the connection")
+                data += chunk
+    finally:
+        sock.close()
+
+
+def _SESSION_STEPS(login: bytes) -> Tuple[Tuple[bytes, bytes], ...]:
+    user, password = login.split(b"\0")
+    return ((b"USER " + user + b"\r\n", b"\r\n"), (b"PASS " + password + b"\r\n", b"\r\n"),
+            (b"STAT\r\n", b"\r\n"), (b"UIDL\r\n", b"\r\n.\r\n"), (b"QUIT\r\n", b"\r\n"))
+
+
 def session_loop(port: int, user: str, password: str, seconds: float) -> Tuple[int, int]:
     """connect / login / STAT / UIDL / QUIT until ``seconds`` pass; returns (done, failed)."""
     done = failed = 0
+    login = user.encode() + b"\0" + password.encode()
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        conn = None
         try:
-            conn = Connection(port, timeout=10)
-            conn.login(user, password)
-            conn.command(b"STAT")
-            conn.command(b"UIDL")
-            conn.multiline()
-            conn.command(b"QUIT")
+            _session(port, login)
             done += 1
         except (OSError, ProtocolError):
             failed += 1
-        finally:
-            if conn is not None:
-                conn.close()
     return done, failed
 
 
