@@ -462,19 +462,23 @@ class POP3Client(Protocol, TimeoutMixin):
         return d.addCallback(go)
 
     def _channel_binding(self) -> Optional[Tuple[str, bytes]]:
-        """tls-server-end-point data for SCRAM-PLUS, when TLS is up and the server sent a certificate."""
+        """SCRAM-PLUS data (RFC 9266): ``tls-exporter`` on TLS 1.3, ``tls-server-end-point`` before."""
         if not self.tls:
             return None
-        get = getattr(self.transport, "getPeerCertificate", None)
         try:
-            cert = get() if get is not None else None
-        except Exception:
-            cert = None
-        if cert is None:
-            return None
-        from cryptography.hazmat.primitives.serialization import Encoding
+            conn = self.transport.getHandle()
+            if not hasattr(conn, "get_protocol_version_name"):
+                return None
+            if conn.get_protocol_version_name() == "TLSv1.3":
+                return "tls-exporter", conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+            cert = conn.get_peer_certificate()
+            if cert is None:
+                return None
+            from cryptography.hazmat.primitives.serialization import Encoding
 
-        return sasl_client.tls_server_end_point(cert.to_cryptography().public_bytes(Encoding.DER))
+            return sasl_client.tls_server_end_point(cert.to_cryptography().public_bytes(Encoding.DER))
+        except Exception:
+            return None
 
     # -- authentication ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class FetchOptions:
     allow_plaintext: bool = False
     timeout: float = 120.0
     progress: bool = False
+    batch: int = BATCH
+    window: int = WINDOW
 
 
 @dataclass
@@ -68,11 +71,26 @@ class FetchResult:
     deleted: int = 0
 
 
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: ``POP3NG_TEST_KILL=NAME:N`` SIGKILLs this process the
+    N-th time NAME is reached (``delivered`` = after a durable batch, before its state write)."""
+    spec = os.environ.get("POP3NG_TEST_KILL")
+    if not spec or spec.rpartition(":")[0] != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] >= int(spec.rpartition(":")[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_crash_counts: Dict[str, int] = {}
+
+
 class _Retriever:
     """Pipelines RETR over a list of messages, committing durable batches as they complete."""
 
     def __init__(self, client: pop3.POP3Client, destination: Any, state: FetchState,
-                 todo: List[Tuple[int, str, int]], result: FetchResult, progress: Any) -> None:
+                 todo: List[Tuple[int, str, int]], result: FetchResult, progress: Any,
+                 batch: int = BATCH, window: int = WINDOW) -> None:
         self.client = client
         self.destination = destination
         self.state = state
@@ -86,14 +104,15 @@ class _Retriever:
         self._batch: List[Tuple[Any, int]] = []
         self._batch_octets = 0
         self._error: Optional[Any] = None
-        self._limit = getattr(destination, "batch_limit", BATCH)
+        self._limit = min(batch, getattr(destination, "batch_limit", batch))
+        self._window = window
 
     def start(self) -> defer.Deferred:
         self._pump()
         return self.done
 
     def _pump(self) -> None:
-        while (self._error is None and self._next < len(self.todo) and len(self._in_flight) < WINDOW
+        while (self._error is None and self._next < len(self.todo) and len(self._in_flight) < self._window
                and (not self._in_flight or self._in_flight_octets < WINDOW_OCTETS)):
             number, uid, size = self.todo[self._next]
             self._next += 1
@@ -137,6 +156,7 @@ class _Retriever:
             return
         try:
             self.destination.commit([sink for sink, _ in batch])
+            crash_point("delivered")
             self.state.mark_delivered({sink.uid: size for sink, size in batch})
             if self.state.pending is not None:
                 self.state.pending = None
@@ -194,15 +214,19 @@ async def fetch(reactor: Any, options: FetchOptions) -> FetchResult:
             state.save()
         progress = _Progress(len(todo)) if options.progress and todo else None
         try:
-            await _Retriever(client, destination, state, todo, result, progress).start()
+            await _Retriever(client, destination, state, todo, result, progress,
+                             options.batch, options.window).start()
         finally:
             if progress:
                 progress.close()
         doomed = _to_delete(uids, sizes, state, options)
+        crash_point("before-dele")
         if doomed:
             replies = [client.delete(n) for n in doomed]
             await defer.gatherResults(replies, consumeErrors=True)
+        crash_point("before-quit")
         await client.quit()
+        crash_point("after-quit")
     except BaseException:
         if client.transport is not None:
             client.transport.abortConnection()
@@ -266,7 +290,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="file holding the password (else the POP3NG_PASSWORD environment variable)")
     p.add_argument("--allow-plaintext", action="store_true",
                    help="pop3://: go without TLS when STLS is not offered")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="give up when the server makes no progress for S seconds")
+    p.add_argument("--batch", type=int, default=BATCH, metavar="N",
+                   help="messages made durable together (one directory fsync, one state write)")
+    p.add_argument("--pipeline", type=int, default=WINDOW, metavar="N",
+                   help="RETR commands in flight when the server offers PIPELINING")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -323,7 +352,8 @@ def main(argv: List[str]) -> int:
                                              ("mda", args.mda)) if v)
     options = FetchOptions(args.url, kind, target, password, args.keep, args.keep_days, args.state,
                            args.cafile, args.allow_plaintext, args.timeout,
-                           progress=sys.stderr.isatty() and not args.quiet)
+                           progress=sys.stderr.isatty() and not args.quiet,
+                           batch=max(1, args.batch), window=max(1, args.pipeline))
     from twisted.internet import reactor
 
     outcome: Dict[str, Any] = {}

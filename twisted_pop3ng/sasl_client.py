@@ -14,6 +14,15 @@ import hmac
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
+def _allow_tls_exporter() -> None:
+    """scramp refuses the ``tls-exporter`` name only because Python's ssl module cannot export
+    keying material; we hand it bytes taken from pyOpenSSL, so the name is fine (RFC 9266)."""
+    import scramp.core
+
+    scramp.core.CbName.SUPPORTED_TYPES = scramp.core.CbName.SUPPORTED_TYPES | {"tls-exporter"}
+    scramp.core.CbName.UNSUPPORTED_TYPES = frozenset()
+
+
 class SASLError(Exception):
     """The server's side of the exchange is malformed or failed verification."""
 
@@ -94,6 +103,7 @@ class Scram(ClientMechanism):
 
         self.name = name
         self.complete = False
+        _allow_tls_exporter()
         binding = channel_binding if name.endswith("-PLUS") else None
         try:
             self._client = scramp.ScramClient([name], username, password, channel_binding=binding)
