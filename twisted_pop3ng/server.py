@@ -256,6 +256,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         self._closing = True
         self.setTimeout(None)
         if self.transport is not None:
+            # A registered producer holds off the TLS shutdown (TLSMemoryBIOProtocol waits for
+            # unregisterProducer), so a QUIT over TLS would never close: unregister first.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _block(self, reason: str) -> None:
