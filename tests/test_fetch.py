@@ -264,6 +264,24 @@ class OurServerFetchTests(FetchTestBase):
                              len(self.messages))
         self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
 
+    def test_50mb_message_streams_in_bounded_memory(self):
+        """The fetcher's peak RSS grows by far less than the message (twisted.mail: 111 MB for 50)."""
+        big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 50000
+        self.server.deliver("alice", big)
+        wrapper = ("import sys; from twisted_pop3ng.cli import main; code = main(sys.argv[1:]); "
+                   "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0], "
+                   "file=sys.stderr); sys.exit(code)")
+        peaks = []
+        for _ in range(2):  # with the big message, then a run with nothing to fetch
+            result = subprocess.run([sys.executable, "-c", wrapper, "fetch", self.url,
+                                     *self.base("--maildir", self.out)],
+                                    env=self.env(), capture_output=True, timeout=300)
+            err = result.stderr.decode()
+            self.assertEqual(result.returncode, 0, err)
+            peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", err).group(1)))
+        self.assertLess(peaks[0] - peaks[1], 16 * 1024, peaks)
+        self.assertIn(big, maildir_messages(self.out))
+
     def test_mda(self):
         out = os.path.join(self.root, "mda-out")
         os.makedirs(out)

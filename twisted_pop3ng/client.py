@@ -16,7 +16,6 @@ Rules of this module:
 from __future__ import annotations
 
 import base64
-import re
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -28,67 +27,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import sasl_client, wire
-from .errors import (AuthenticationFailed, LoginDelay, MailboxInUse, PermanentFailure,
-                     POP3Error, TemporaryFailure)
+from .client_auth import LoginMixin
+from .client_errors import (AuthError, CapabilityError, InUseError, LoginDelayError,
+                            PermanentError, ProtocolError, ServerError, TemporaryError, TLSError,
+                            error_for)
+
+__all__ = ["POP3Client", "POP3ClientFactory", "connect", "AuthError", "CapabilityError",
+           "InUseError", "LoginDelayError", "PermanentError", "ProtocolError", "ServerError",
+           "TemporaryError", "TLSError", "error_for"]
 
 #: Seconds without any progress on a pending command before the connection is given up.
 DEFAULT_TIMEOUT = 60.0
 #: A status line longer than this (RFC 2449 allows 512) is a broken server, not a long reply.
 MAX_STATUS_LINE = 8192
-
-
-class ServerError(POP3Error):
-    """The server answered ``-ERR``; ``code`` is its response code (RFC 2449 §8) or None."""
-
-    def __init__(self, text: str, code: Optional[str] = None, command: str = "") -> None:
-        super().__init__(text, code)
-        self.command = command
-
-    def __str__(self) -> str:
-        code = "[%s] " % self.code if self.code else ""
-        return "%s: -ERR %s%s" % (self.command or "server", code, self.text)
-
-
-class InUseError(ServerError, MailboxInUse):
-    """``[IN-USE]``: another session holds the maildrop; try again later."""
-
-
-class LoginDelayError(ServerError, LoginDelay):
-    """``[LOGIN-DELAY]``: logged in too recently."""
-
-
-class AuthError(ServerError, AuthenticationFailed):
-    """Authentication was refused (``[AUTH]``, or any ``-ERR`` to an authentication command)."""
-
-
-class TemporaryError(ServerError, TemporaryFailure):
-    """``[SYS/TEMP]``: a server-side failure that may go away."""
-
-
-class PermanentError(ServerError, PermanentFailure):
-    """``[SYS/PERM]``: a server-side failure that will not go away by retrying."""
-
-
-_CODE_ERRORS = {"IN-USE": InUseError, "LOGIN-DELAY": LoginDelayError, "AUTH": AuthError,
-                "SYS/TEMP": TemporaryError, "SYS/PERM": PermanentError}
-
-
-class ProtocolError(Exception):
-    """The server sent something that is not POP3; the connection is dropped."""
-
-
-class TLSError(Exception):
-    """The TLS handshake failed (certificate not trusted, wrong host name, ...); ``reason`` says why."""
-
-
-class CapabilityError(Exception):
-    """The server lacks something required (STLS, an acceptable authentication mechanism)."""
-
-
-def error_for(status: wire.Status, command: str) -> ServerError:
-    top = (status.code or "").split("/")[0].upper()
-    cls = _CODE_ERRORS.get((status.code or "").upper()) or _CODE_ERRORS.get(top) or ServerError
-    return cls(status.text, status.code, command)
 
 
 class _LinesSink:
@@ -148,7 +99,7 @@ class _BodyProducer:
             self.protocol.transport.abortConnection()
 
 
-class POP3Client(Protocol, TimeoutMixin):
+class POP3Client(LoginMixin, Protocol, TimeoutMixin):
     """A POP3 client session. ``ready`` fires with the greeting text once the server has greeted."""
 
     def __init__(self, timeout: Optional[float] = DEFAULT_TIMEOUT, clock: Any = None) -> None:
@@ -461,98 +412,6 @@ class POP3Client(Protocol, TimeoutMixin):
 
         return d.addCallback(go)
 
-    def _channel_binding(self) -> Optional[Tuple[str, bytes]]:
-        """SCRAM-PLUS data (RFC 9266): ``tls-exporter`` on TLS 1.3, ``tls-server-end-point`` before."""
-        if not self.tls:
-            return None
-        try:
-            conn = self.transport.getHandle()
-            if not hasattr(conn, "get_protocol_version_name"):
-                return None
-            if conn.get_protocol_version_name() == "TLSv1.3":
-                return "tls-exporter", conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
-            cert = conn.get_peer_certificate()
-            if cert is None:
-                return None
-            from cryptography.hazmat.primitives.serialization import Encoding
-
-            return sasl_client.tls_server_end_point(cert.to_cryptography().public_bytes(Encoding.DER))
-        except Exception:
-            return None
-
-    # -- authentication ---------------------------------------------------------------------------
-
-    def login(self, username: str, password: Optional[str] = None, *, token: Optional[str] = None,
-              mechanism: Optional[str] = None, allow_plaintext: bool = False,
-              apop: bool = False) -> defer.Deferred:
-        """Authenticate with the strongest method both sides support; fires with the new capabilities.
-
-        Order: SCRAM-SHA-256-PLUS > SCRAM-SHA-256 > SCRAM-SHA-1(-PLUS) > CRAM-MD5 > PLAIN > LOGIN >
-        USER/PASS; the plaintext ones only over TLS unless ``allow_plaintext``. APOP only with
-        ``apop=True``; OAUTHBEARER/XOAUTH2 with ``token``.
-        """
-        secret = token if token is not None else password
-        if secret is None:
-            return defer.fail(ValueError("a password or a token is needed"))
-        if apop:
-            self.mechanism = "APOP"
-            d = self._apop(username, secret)
-        else:
-            offered = self.capabilities.get("SASL", [])
-            binding = self._channel_binding()
-            secure = self.tls or allow_plaintext
-            if mechanism is not None:
-                names = [mechanism.upper()]
-                if names[0] in sasl_client.PLAINTEXT and not secure:
-                    return defer.fail(CapabilityError("refusing to send a password in the clear"))
-            else:
-                names = sasl_client.choose(offered, secure=self.tls, allow_plaintext=allow_plaintext,
-                                           token=token is not None, channel_binding=binding is not None)
-            if names and names[0] != "USER":
-                self.mechanism = names[0]
-                d = self.authenticate(names[0], username, secret, binding)
-            elif token is None and secure and (
-                    "USER" in self.capabilities or not self.capabilities or names == ["USER"]):
-                self.mechanism = "USER"
-                d = self._user_pass(username, secret)
-            else:
-                why = "the server offers no authentication method we accept"
-                if not (self.tls or allow_plaintext):
-                    why += " without TLS (plaintext passwords are refused)"
-                return defer.fail(CapabilityError(why))
-
-        def logged_in(_: Any) -> defer.Deferred:
-            self.logged_in = True
-            return self.capa()
-
-        return d.addCallback(logged_in)
-
-    def authenticate(self, name: str, username: str, secret: str,
-                     channel_binding: Optional[Tuple[str, bytes]] = None) -> defer.Deferred:
-        """``AUTH name`` (RFC 5034) with the initial response when the mechanism has one."""
-        try:
-            mech = sasl_client.make(name, username, secret, channel_binding)
-        except sasl_client.SASLError as e:
-            return defer.fail(e)
-        initial = mech.initial()
-        line = b"AUTH " + name.encode("ascii")
-        if initial is not None:
-            line += b" " + (base64.b64encode(initial) if initial else b"=")
-        return self.send(line, barrier=True, mechanism=mech, is_auth=True)
-
-    def _user_pass(self, username: str, password: str) -> defer.Deferred:
-        d = self.send(b"USER " + username.encode("utf-8"), barrier=True, is_auth=True)
-        return d.addCallback(lambda _: self.send(b"PASS " + password.encode("utf-8"),
-                                                 barrier=True, is_auth=True))
-
-    def _apop(self, username: str, password: str) -> defer.Deferred:
-        match = re.search(r"<[^<>]*@[^<>]*>", self.greeting)
-        if not match:
-            return defer.fail(CapabilityError("the server greeting has no APOP timestamp"))
-        digest = sasl_client.apop_digest(match.group(0).encode("utf-8"), password)
-        return self.send(b"APOP " + username.encode("utf-8") + b" " + digest, barrier=True,
-                         is_auth=True)
-
     # -- transaction commands ---------------------------------------------------------------------
 
     def stat(self) -> defer.Deferred:
@@ -660,3 +519,10 @@ class POP3ClientFactory(Factory):
         proto = self.protocol(timeout=self.timeout, clock=self.clock)
         proto.factory = self
         return proto
+
+
+def connect(*args: Any, **kwargs: Any) -> defer.Deferred:
+    """Shortcut for :func:`twisted_pop3ng.connect.connect` (URL or endpoint -> logged-in client)."""
+    from .connect import connect as _connect
+
+    return _connect(*args, **kwargs)
