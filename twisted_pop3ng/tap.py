@@ -128,6 +128,24 @@ def _bytes_memory_checker(checker: Any) -> None:
         }
 
 
+class _Listeners(service.MultiService):
+    """A port that cannot be bound (in use, no such address) ends twistd with a clear message and a
+    non-zero exit, instead of a logged traceback and a server that runs without listening."""
+
+    def privilegedStartService(self) -> None:
+        from twisted.internet.error import CannotListenError
+
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            raise SystemExit("twistd pop3ng: %s" % error)
+
+
+def _listener(listener: Any, parent: service.MultiService) -> None:
+    listener._raiseSynchronously = True  # fail in privilegedStartService, not in a log line
+    listener.setServiceParent(parent)
+
+
 def makeService(options: Options) -> service.MultiService:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.cred.portal import Portal
@@ -147,14 +165,14 @@ def makeService(options: Options) -> service.MultiService:
     factory = POP3ServerFactory(portal, config)
     factory.tls = options["tls"]
     tap_security.configure(options, factory, reactor)
-    top = service.MultiService()
+    top = _Listeners()
     for desc in options["listen"]:
         endpoint = endpoints.serverFromString(reactor, desc)
-        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        _listener(StreamServerEndpointService(endpoint, factory), top)
     for desc in options["tls-listen"]:
         endpoint = endpoints.serverFromString(reactor, desc)
         tls_factory = TLSMemoryBIOFactory(options["tls"], False, factory)
-        StreamServerEndpointService(endpoint, tls_factory).setServiceParent(top)
+        _listener(StreamServerEndpointService(endpoint, tls_factory), top)
     if options.get("demo-info") is not None:
         from . import demo
 
