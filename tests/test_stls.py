@@ -128,3 +128,55 @@ class NoCertificateTests(unittest.TestCase):
         self.assertTrue(s.command(b"CAPA").startswith(b"+OK"))
         self.assertNotIn(b"STLS", s.body())
         self.assertEqual(s.command(b"STLS"), b"-ERR STLS is not available: no certificate configured\r\n")
+
+
+class InteropTests(unittest.TestCase):
+    """curl --ssl-reqd and fetchmail sslcertck: STLS with certificate checking, as users run them."""
+
+    def setUp(self) -> None:
+        import trustme
+
+        self.root = tempfile.mkdtemp(prefix="pop3ng-interop-")
+        ca = trustme.CA()
+        # fetchmail insists on a subject CN as well as the subjectAltName.
+        leaf = ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+        self.ca = os.path.join(self.root, "ca.pem")
+        ca.cert_pem.write_to_path(self.ca)
+        cert, key = os.path.join(self.root, "leaf.pem"), os.path.join(self.root, "leaf.key")
+        leaf.cert_chain_pems[0].write_to_path(cert)
+        leaf.private_key_pem.write_to_path(key)
+        self.server = start_server(self.root, {"alice": PASSWORD}, tls=False,
+                                   extra_args=["--tls-cert", cert, "--tls-key", key])
+        self.addCleanup(self.server.stop)
+        self.server.deliver("alice", b"Subject: hi\r\n\r\nhello\r\n")
+
+    def test_curl_ssl_reqd(self) -> None:
+        import subprocess
+
+        result = subprocess.run(["curl", "-sS", "-v", "--ssl-reqd", "--cacert", self.ca, "-u", "alice:" + PASSWORD,
+                                 "pop3://localhost:%d/1" % self.server.port],
+                                capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, b"Subject: hi\r\n\r\nhello\r\n")
+        self.assertIn(b"> STLS", result.stderr)
+
+    def test_fetchmail_sslcertck(self) -> None:
+        import shutil
+        import subprocess
+
+        capath = os.path.join(self.root, "capath")
+        os.makedirs(capath)
+        shutil.copy(self.ca, capath)
+        subprocess.run(["openssl", "rehash", capath], check=True)
+        rc = os.path.join(self.root, "fetchmailrc")
+        out = os.path.join(self.root, "out")
+        with open(rc, "w") as f:
+            f.write('poll localhost port %d protocol pop3 user "alice" password "%s" sslproto tls1.2+ '
+                    'sslcertck sslcertpath %s mda "cat > %s"\n' % (self.server.port, PASSWORD, capath, out))
+        os.chmod(rc, 0o600)
+        result = subprocess.run(["fetchmail", "-v", "-f", rc, "--nosyslog"], capture_output=True, text=True,
+                                timeout=60, env=dict(os.environ, HOME=self.root))
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("POP3> STLS", result.stdout)
+        with open(out, "rb") as f:
+            self.assertIn(b"hello", f.read())
