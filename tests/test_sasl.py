@@ -222,13 +222,11 @@ class SASLTests(unittest.TestCase):
         self.assertEqual(s.command(b"UTF8"), b"+OK UTF8 enabled\r\n")
         self.assertLoggedIn(s.command(b"AUTH PLAIN " + b64("\0jörg\0pässword".encode())), s)
         s = self.session(tls=False)
-        # SCRAM applies SASLprep: U+00A0 (no-break space) maps to a plain space.
-        client = ScramClient("SCRAM-SHA-256", "alice", "secret pass")
-        client.password = "secret\u00a0pass".encode()
-        import unicodedata  # the client preps as RFC 5802 asks; here we prep by hand
-
-        client.password = unicodedata.normalize("NFKC", client.password.decode().replace("\u00a0", " ")).encode()
+        client = ScramClient("SCRAM-SHA-256", "jörg", "pässword")
         self.assertLoggedIn(scram_login(s, client, "SCRAM-SHA-256"), s)
+        # PLAIN with an unprepared password: U+00A0 (no-break space) is SASLprep'ed to a space.
+        s = self.session()
+        self.assertLoggedIn(s.command(b"AUTH PLAIN " + b64("\0alice\0secret\u00a0pass".encode())), s)
 
     def test_oauthbearer_and_xoauth2(self) -> None:
         token = issue_token(KEY, "alice").encode()

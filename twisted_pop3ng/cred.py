@@ -150,7 +150,12 @@ class PasswdFileChecker:
             if entry is None:
                 passwords.verify(self._dummy, password, self.default_scheme)
                 return False
-            return passwords.verify(entry.password, password, self.default_scheme)
+            if passwords.verify(entry.password, password, self.default_scheme):
+                return True
+            # RFC 4616: PLAIN passwords should be SASLprep'ed; try the prepared form of a
+            # non-ASCII password too (stored secrets may have been made from either).
+            prepared = passwords.saslprep(password) if not password.isascii() else password
+            return prepared != password and passwords.verify(entry.password, prepared, self.default_scheme)
         except passwords.UnknownScheme as error:
             self.log.error("passwd-file {path}: unsupported scheme {scheme} for {user}",
                            path=self.path, scheme=str(error), user=username)

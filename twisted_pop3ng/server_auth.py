@@ -263,7 +263,7 @@ def do_AUTH(protocol: Any, cmd: wire.Command) -> Any:
         raise BadCommand("AUTH takes a mechanism and an optional initial response")
     name = words[0].decode("ascii", "replace").upper()
     if name not in names:
-        if name in sasl.PLAINTEXT and not policy.plaintext_allowed(protocol):
+        if (name in sasl.PLAINTEXT or name in _OAUTH) and not policy.plaintext_allowed(protocol):
             policy.check_plaintext(protocol)
         raise BadCommand("Unsupported authentication mechanism")
     initial = _decode(words[1]) if len(words) == 2 else None
