@@ -196,7 +196,14 @@ async def fetch(reactor: Any, options: FetchOptions) -> FetchResult:
     client = await connect(reactor, options.url, password=options.password, cafile=options.cafile,
                            allow_plaintext=options.allow_plaintext, timeout=options.timeout)
     try:
-        uids, sizes = await defer.gatherResults([client.uidl(), client.list()], consumeErrors=True)
+        try:
+            uids, sizes = await defer.gatherResults([client.uidl(), client.list()],
+                                                    consumeErrors=True)
+        except defer.FirstError as e:
+            if e.subFailure.check(pop3.ServerError) and "UIDL" not in client.capabilities:
+                raise pop3.CapabilityError("the server does not support UIDL, which pop3ng fetch "
+                                           "needs to deliver each message exactly once")
+            raise
         result.listed = len(uids)
         todo: List[Tuple[int, str, int]] = []
         recovered: Dict[str, Optional[int]] = {}
@@ -321,7 +328,9 @@ def classify_exit(error: BaseException) -> Tuple[int, str]:
         return EXIT_TLS, "TLS failed: %s" % error
     if isinstance(error, pop3.CapabilityError):
         text = str(error)
-        return (EXIT_TLS if "STLS" in text else EXIT_AUTH), text
+        if "STLS" in text:
+            return EXIT_TLS, text
+        return (EXIT_ERROR if "UIDL" in text else EXIT_AUTH), text
     if isinstance(error, (DeliveryError, StateError)):
         return EXIT_DELIVERY, str(error)
     if isinstance(error, (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
