@@ -129,20 +129,24 @@ def _bytes_memory_checker(checker: Any) -> None:
 
 
 class _Listeners(service.MultiService):
-    """A port that cannot be bound (in use, no such address) ends twistd with a clear message and a
-    non-zero exit, instead of a logged traceback and a server that runs without listening."""
+    """A port that cannot be bound (in use, no such address, out of range) ends twistd with a clear
+    message and a non-zero exit, instead of a logged traceback and a server without that port."""
 
     def privilegedStartService(self) -> None:
         from twisted.internet.error import CannotListenError
 
-        try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            raise SystemExit("twistd pop3ng: %s" % error)
+        service.Service.privilegedStartService(self)
+        for listener in self:
+            try:
+                listener.privilegedStartService()
+            except (CannotListenError, OverflowError, OSError) as error:
+                raise SystemExit("twistd pop3ng: cannot listen on %s: %s"
+                                 % (getattr(listener, "description", "?"), error))
 
 
-def _listener(listener: Any, parent: service.MultiService) -> None:
+def _listener(listener: Any, description: str, parent: service.MultiService) -> None:
     listener._raiseSynchronously = True  # fail in privilegedStartService, not in a log line
+    listener.description = description
     listener.setServiceParent(parent)
 
 
@@ -168,11 +172,11 @@ def makeService(options: Options) -> service.MultiService:
     top = _Listeners()
     for desc in options["listen"]:
         endpoint = endpoints.serverFromString(reactor, desc)
-        _listener(StreamServerEndpointService(endpoint, factory), top)
+        _listener(StreamServerEndpointService(endpoint, factory), desc, top)
     for desc in options["tls-listen"]:
         endpoint = endpoints.serverFromString(reactor, desc)
         tls_factory = TLSMemoryBIOFactory(options["tls"], False, factory)
-        _listener(StreamServerEndpointService(endpoint, tls_factory), top)
+        _listener(StreamServerEndpointService(endpoint, tls_factory), desc, top)
     if options.get("demo-info") is not None:
         from . import demo
 
