@@ -254,3 +254,60 @@ class SemanticsTests(ServerTestCase):
         self.assertNotIn(path.encode(), reply)
         self.ok(s, b"NOOP")
         os.rmdir(path)
+
+
+class SnapshotFreshnessTests(ServerTestCase):
+    """Whatever the server caches between sessions, a new session sees exactly the maildir."""
+
+    def quit(self, s):
+        self.assertTrue(s.command(b"QUIT").startswith(b"+OK"))
+        self.assertTrue(s.closed())
+
+    def test_delivery_right_before_login_is_seen(self):
+        user, _ = self.fresh_user()
+        md = self.server.maildir(user)
+        expected = []
+        for i in range(40):
+            expected.append(self.server.deliver(user, message(i)))
+            if i % 3 == 1:
+                # another agent marks a message seen (a rename inside the same clock tick)
+                name = expected[-2]
+                if os.path.exists(os.path.join(md, "new", name)):
+                    os.rename(os.path.join(md, "new", name), os.path.join(md, "cur", name + ":2,S"))
+            if i % 5 == 4:
+                # ... or deletes one
+                victim = expected.pop(0)
+                for sub, suffix in (("new", ""), ("cur", ":2,S")):
+                    try:
+                        os.unlink(os.path.join(md, sub, victim + suffix))
+                    except FileNotFoundError:
+                        pass
+            s = self.login(user)
+            uids = self.uidl_map(s)
+            self.assertEqual(sorted(uids.values()), sorted(n.encode() for n in expected), i)
+            self.assertEqual(s.command(b"STAT")[:len(b"+OK %d " % len(expected))], b"+OK %d " % len(expected))
+            self.quit(s)
+
+    def test_damaged_or_missing_index(self):
+        user, _ = self.fresh_user()
+        names = [self.server.deliver(user, message(i)) for i in range(5)]
+        s = self.login(user)
+        uids, sizes = self.uidl_map(s), self.list_map(s)
+        self.quit(s)
+        md = self.server.maildir(user)
+        index = [n for n in os.listdir(md) if "index" in n]
+        for damage in (b"garbage\n", b"", b"pop3ng-index 2\ndirs 1:2 3:4\n-5 x cur/y\n", None):
+            for name in index:
+                path = os.path.join(md, name)
+                if damage is None:
+                    if os.path.exists(path):
+                        os.unlink(path)
+                else:
+                    with open(path, "wb") as f:
+                        f.write(damage)
+            s = self.login(user)
+            self.assertEqual(self.uidl_map(s), uids)
+            self.assertEqual(self.list_map(s), sizes)
+            self.assertEqual(self.retr(s, 5), stuffed(wire_lines(message(4))))
+            self.quit(s)
+        self.assertEqual(len(names), 5)
