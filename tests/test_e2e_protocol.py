@@ -461,3 +461,55 @@ class HostileInputTests(ServerTestCase):
             count += 1
         self.assertLess(count, 200)
         self.assertTrue(s.closed())
+
+
+class SessionEndTests(ServerTestCase):
+    def test_commands_after_quit_in_the_same_write_are_ignored(self):
+        user, password = self.fresh_user()
+        self.server.deliver(user, MESSAGES[0])
+        s = self.session()
+        s.line()
+        s.send(b"USER %s\r\nPASS %s\r\nQUIT\r\nDELE 1\r\nQUIT\r\n" % (user.encode(), password.encode()))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.closed())
+        self.assertEqual(s.buffer, b"")
+        self.assertEqual(self.login(user).command(b"STAT")[:6], b"+OK 1 ")
+
+    def test_dele_and_quit_in_one_write(self):
+        user, password = self.fresh_user()
+        for m in MESSAGES:
+            self.server.deliver(user, m)
+        s = self.session()
+        s.line()
+        s.send(b"USER %s\r\nPASS %s\r\nDELE 1\r\nDELE 3\r\nQUIT\r\n" % (user.encode(), password.encode()))
+        for _ in range(5):
+            self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.closed())
+        s = self.login(user)
+        self.assertEqual(s.command(b"STAT"), b"+OK 1 %d\r\n" % len(wire_message(MESSAGES[1])))
+
+    def test_huge_line_over_tls(self):
+        s = self.session(tls=True)
+        s.line()
+        try:
+            s.send(b"C" * 100_000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            reply = s.line()
+        except (ConnectionResetError, OSError):
+            reply = b""
+        self.assertTrue(reply.startswith(b"-ERR"), reply)
+        t = self.session(tls=True)
+        self.assertTrue(t.line().startswith(b"+OK"))
+
+    def test_client_closes_mid_command(self):
+        s = self.session()
+        s.line()
+        s.send(b"USER x")
+        s.close()
+        t = self.session()
+        self.assertTrue(t.line().startswith(b"+OK"))
+        self.assertNoTraceback()
