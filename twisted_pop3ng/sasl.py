@@ -62,6 +62,8 @@ class SASLContext:
     lookup_secret: Optional[Callable[[str], Any]] = None
     #: ("tls-exporter" | "tls-server-end-point", data) on TLS connections.
     channel_binding: Optional[Tuple[str, bytes]] = None
+    #: SCRAM-SHA-256-PLUS is offered: a SCRAM-SHA-256 client saying "y" is then a downgrade.
+    plus_offered: bool = False
     #: Identities of a verified TLS client certificate (EXTERNAL).
     client_identities: Sequence[str] = ()
     #: ``(username_hint, token) -> authorised user | None`` (or a Deferred); None: no OAuth.
@@ -199,7 +201,8 @@ class Scram(Mechanism):
         d = defer.maybeDeferred(self._keys, self.username)
 
         def proceed(keys: passwords.ScramKeys) -> Step:
-            binding = self.context.channel_binding if self.hash_name == "sha256" else None
+            plus = self.name.endswith("-PLUS") or (self.hash_name == "sha256" and self.context.plus_offered)
+            binding = self.context.channel_binding if plus else None
             mechanism = scramp.ScramMechanism(self.name)
             auth = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
             try:

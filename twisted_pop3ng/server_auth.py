@@ -178,6 +178,7 @@ def _context(protocol: Any) -> sasl.SASLContext:
         hostname=policy.security(protocol).hostname,
         lookup_secret=store.lookup_secret if store is not None else None,
         channel_binding=channel_binding(protocol),
+        plus_offered="SCRAM-SHA-256-PLUS" in available_mechanisms(protocol),
         client_identities=client_identities(protocol),
         validate_token=validator.validate if validator is not None else None,
         secret_key=key,
