@@ -106,7 +106,9 @@ class MaildirTests(unittest.TestCase):
             self.assertIn("60 1700000001.a.host", f.read())
         with open(index, "w") as f:
             f.write("garbage\x00\n12 x y\n")
-        self.assertEqual(self.open().list_messages()[0].size, 60)
+        box = self.open()
+        self.assertEqual(box.list_messages()[0].size, 60)
+        box.close()  # the index is written at logout, still under the lock
         with open(index) as f:
             self.assertTrue(f.read().startswith(md.INDEX_HEADER))
 

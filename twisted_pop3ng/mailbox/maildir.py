@@ -1,12 +1,14 @@
-"""Maildir backend (new/ cur/ tmp/), with an exclusive lock and a crash-safe size index.
+"""Maildir backend (new/ cur/ tmp/), with an exclusive lock and a crash-safe persistent index.
 
 * UIDL: the message's maildir *base name* (the part before ``:2,``), which Maildir makes unique
   forever and which survives the new/ -> cur/ move and flag changes; a base name that is not a valid
   UIDL (longer than 70 characters, or with characters outside 0x21-0x7E) is replaced by a digest of it.
   Because the UIDL is derived from the name, losing the index never changes a UIDL.
 * Size: the wire size (CRLF line endings). Taken from a ``,W=`` field in the name when present;
-  otherwise computed once by reading the file and remembered in ``pop3ng-index`` (written with
-  tmp + fsync + rename, rebuilt when missing or corrupt).
+  otherwise computed once by reading the file and remembered in the index.
+* Index: ``pop3ng-index`` (see :mod:`.maildir_index`) holds the whole snapshot, trusted while the
+  directories' mtimes are unchanged, so a login on a 100,000-message maildir lists and reads nothing;
+  written with tmp + fsync + rename, rebuilt when missing or corrupt; cached in memory too.
 * Order: message numbers follow the base names' order (delivery time for standard names).
 * Lock: ``pop3ng.lock`` held with ``flock`` for the session. The kernel drops it when the process
   dies, so a crashed server leaves no stale lock; on NFS, Linux maps flock to POSIX locks, so the lock
@@ -23,21 +25,18 @@ import hashlib
 import os
 import re
 import socket
-from dataclasses import dataclass
-from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import BinaryIO, List, Optional, Sequence
 
 from zope.interface import implementer
 
 from ..errors import MailboxInUse, MessageVanished, POP3Error
 from ..interfaces import IMailbox, IMailboxStore, IMaildropLock, MessageInfo
-from ..wire import is_valid_uid, wire_size
-from . import safe_username
+from . import maildir_index, safe_username
+from .maildir_index import INDEX_HEADER, INDEX_NAME  # noqa: F401  (re-exported)
 
-INDEX_NAME = "pop3ng-index"
 LOCK_NAME = "pop3ng.lock"
-INDEX_HEADER = "pop3ng-index 1"
-_W_FIELD = re.compile(r",W=(\d+)")
 READ_SIZE = 1 << 20
+_HOSTNAME = socket.gethostname()
 
 
 def fsync_directory(path: str) -> None:
@@ -64,11 +63,14 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def base_name(filename: str) -> str:
-    return filename.split(":", 1)[0]
+    return filename.partition(":")[0]
+
+
+_VALID_UID = re.compile(r"[\x21-\x7e]{1,70}")
 
 
 def uid_for(base: str) -> str:
-    if is_valid_uid(base) and base.isascii():
+    if _VALID_UID.fullmatch(base):
         return base
     return "h" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
@@ -90,22 +92,18 @@ class MaildirLock:
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise MailboxInUse()
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, ("%d@%s\n" % (os.getpid(), socket.gethostname())).encode())
+        # The holder's pid, for admins. Rewritten only when it changed: a truncate + write on every
+        # login was a tenth of a session's cost.
+        holder = ("%d@%s\n" % (os.getpid(), _HOSTNAME)).encode()
+        if os.pread(fd, 256, 0) != holder:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder, 0)
         self._fd = fd
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-
-
-@dataclass
-class _Entry:
-    base: str
-    filename: str  # "new/…" or "cur/…", relative to the maildir
-    uid: str
-    size: int
 
 
 @implementer(IMailboxStore)
@@ -123,11 +121,11 @@ class MaildirStore:
 
     def open_mailbox(self, user: str) -> "MaildirMailbox":
         path = self.path_for(user)
-        if self.create:
+        if not os.path.isdir(os.path.join(path, "tmp")):
+            if not self.create:
+                raise POP3Error("Mailbox does not exist", "SYS/PERM")
             for sub in ("cur", "new", "tmp"):
                 os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
-        elif not os.path.isdir(os.path.join(path, "cur")):
-            raise POP3Error("Mailbox does not exist", "SYS/PERM")
         lock = MaildirLock(path)
         lock.acquire()
         try:
@@ -144,120 +142,53 @@ class MaildirMailbox:
     def __init__(self, path: str, lock: Optional[MaildirLock] = None) -> None:
         self.path = path
         self.lock = lock
-        self.entries: List[_Entry] = self._scan()
-
-    # -- snapshot ---------------------------------------------------------------------------------
-
-    def _list_files(self) -> Dict[str, str]:
-        """base name -> "new/name" or "cur/name" for every message file."""
-        found: Dict[str, str] = {}
-        for sub in ("new", "cur"):
-            with os.scandir(os.path.join(self.path, sub)) as it:
-                for entry in it:
-                    if entry.name.startswith(".") or entry.is_dir():
-                        continue
-                    found[base_name(entry.name)] = sub + "/" + entry.name
-        return found
-
-    def _load_index(self) -> Dict[str, int]:
-        try:
-            with open(os.path.join(self.path, INDEX_NAME), "r", encoding="utf-8",
-                      errors="surrogateescape") as f:
-                if f.readline().rstrip("\n") != INDEX_HEADER:
-                    return {}
-                sizes = {}
-                for line in f:
-                    size, _, base = line.rstrip("\n").partition(" ")
-                    sizes[base] = int(size)
-                return sizes
-        except (OSError, ValueError):
-            return {}
-
-    def _save_index(self, sizes: Dict[str, int]) -> None:
-        lines = [INDEX_HEADER] + ["%d %s" % (size, base) for base, size in sizes.items()]
-        data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
-        try:
-            write_atomically(os.path.join(self.path, INDEX_NAME), data)
-        except OSError:
-            pass  # only a cache: the sizes are computed again next time
-
-    def _measure(self, filename: str) -> int:
-        with open(os.path.join(self.path, filename), "rb", buffering=0) as f:
-            return wire_size(iter(lambda: f.read(READ_SIZE), b""))
-
-    def _scan(self) -> List[_Entry]:
-        files = self._list_files()
-        cached = self._load_index()
-        sizes: Dict[str, int] = {}
-        changed = False
-        entries = []
-        for base in sorted(files):
-            filename = files[base]
-            match = _W_FIELD.search(base)
-            if match:
-                size = int(match.group(1))
-            elif base in cached:
-                size = sizes[base] = cached[base]
-            else:
-                try:
-                    size = sizes[base] = self._measure(filename)
-                except FileNotFoundError:
-                    continue  # moved or deleted meanwhile: next session will see it
-                except OSError:
-                    # Unreadable (permissions): one bad file must not lock the user out of the
-                    # rest; list it with its size on disk (not remembered), RETR answers -ERR.
-                    try:
-                        size = os.stat(os.path.join(self.path, filename)).st_size
-                    except OSError:
-                        continue
-                changed = True
-            entries.append(_Entry(base, filename, uid_for(base), size))
-        if changed or len(sizes) != len(cached):
-            self._save_index(sizes)
-        return entries
+        self._snapshot = snapshot = maildir_index.snapshot(path, uid_for)
+        #: This session's copy: ``_locate`` may update a file name after another agent's rename.
+        self.files: List[str] = list(snapshot.files)
+        self.infos: List[MessageInfo] = snapshot.infos
 
     # -- IMailbox ---------------------------------------------------------------------------------
 
     def list_messages(self) -> List[MessageInfo]:
-        return [MessageInfo(e.uid, e.size) for e in self.entries]
+        return list(self.infos)
 
-    def _locate(self, entry: _Entry) -> Optional[str]:
+    def _locate(self, index: int) -> Optional[str]:
         """Find a message again after another agent renamed it (flags, new/ -> cur/)."""
+        base = base_name(self.files[index][4:])
         for sub in ("cur", "new"):
             try:
                 names = os.listdir(os.path.join(self.path, sub))
             except FileNotFoundError:
                 continue
             for name in names:
-                if name == entry.base or name.startswith(entry.base + ":"):
-                    entry.filename = sub + "/" + name
-                    return entry.filename
+                if name == base or name.startswith(base + ":"):
+                    self.files[index] = sub + "/" + name
+                    return self.files[index]
         return None
 
     def open_message(self, index: int) -> BinaryIO:
-        entry = self.entries[index]
         try:
-            return open(os.path.join(self.path, entry.filename), "rb", buffering=0)
+            return open(os.path.join(self.path, self.files[index]), "rb", buffering=0)
         except FileNotFoundError:
-            if self._locate(entry) is None:
+            if self._locate(index) is None:
                 raise MessageVanished()
-            return open(os.path.join(self.path, entry.filename), "rb", buffering=0)
+            return open(os.path.join(self.path, self.files[index]), "rb", buffering=0)
 
     def commit(self, deleted: Sequence[int]) -> None:
         for index in deleted:
-            entry = self.entries[index]
             try:
-                os.unlink(os.path.join(self.path, entry.filename))
+                os.unlink(os.path.join(self.path, self.files[index]))
             except FileNotFoundError:
-                if self._locate(entry) is not None:
+                if self._locate(index) is not None:
                     try:
-                        os.unlink(os.path.join(self.path, entry.filename))
+                        os.unlink(os.path.join(self.path, self.files[index]))
                     except FileNotFoundError:
                         pass
         for sub in ("new", "cur"):
             fsync_directory(os.path.join(self.path, sub))
 
     def close(self) -> None:
+        maildir_index.flush(self.path, self._snapshot)
         if self.lock is not None:
             self.lock.release()
 
@@ -270,7 +201,7 @@ def deliver(maildir: str, message: bytes, name: Optional[str] = None) -> str:
         os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
     if name is None:
         now = time.time()
-        name = "%d.M%dP%dQ%s.%s" % (int(now), int(now * 1e6) % 1000000, os.getpid(),
+        name = "%d.M%06dP%dQ%s.%s" % (int(now), int(now * 1e6) % 1000000, os.getpid(),
                                     os.urandom(4).hex(), socket.gethostname().replace("/", "_"))
     tmp = os.path.join(maildir, "tmp", name)
     with open(tmp, "wb") as f:
