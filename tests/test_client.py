@@ -213,6 +213,20 @@ class StreamingTests(unittest.TestCase):
         self.assertEqual(Counter.total, 320 * len(chunk))
         self.assertLess(max(sizes), 70000)
 
+    def test_failing_consumer_fails_the_command_and_drops_the_connection(self):
+        client, transport, _ = make_client(caps={"PIPELINING": []})
+
+        class DiskFull:
+            def write(self, data):
+                raise OSError(28, "No space left on device")
+
+        d = client.retrieve(1, DiskFull())
+        after = client.retrieve(2)
+        client.dataReceived(b"+OK\r\nline\r\n")
+        self.assertEqual(self.failureResultOf(d, OSError).value.errno, 28)
+        self.failureResultOf(after)
+        self.assertTrue(transport.disconnecting)
+
     def test_file_like_consumer_and_top(self):
         import io
 

@@ -127,7 +127,8 @@ class DovecotFetchTests(FetchTestBase):
         self.assertEqual(code, 0, err)
         self.assert_exactly_once()
         self.assertEqual(self.on_server(), 0)
-        states = os.listdir(os.path.join(self.state_home, "pop3ng"))
+        states = [name for name in os.listdir(os.path.join(self.state_home, "pop3ng"))
+                  if name.endswith(".json")]
         self.assertEqual(len(states), 1)
         with open(os.path.join(self.state_home, "pop3ng", states[0])) as f:
             self.assertEqual(json.load(f)["delivered"], {})
@@ -315,6 +316,19 @@ class OurServerFetchTests(FetchTestBase):
 def _unstuffed(message: bytes) -> bytes:
     encoder = wire.MessageEncoder(stuff=False)
     return encoder.feed(message) + encoder.finish()
+
+
+class AccountLockTests(FetchTestBase):
+    def test_second_run_for_the_same_account_waits_its_turn(self):
+        import fcntl
+
+        state = os.path.join(self.root, "state.json")
+        with open(state + ".lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            code, err = self.fetch("pop3://bob@localhost:1", "--state", state, "--maildir", self.out,
+                                   env={"POP3NG_PASSWORD": "x"})
+        self.assertEqual(code, fetch.EXIT_TRY_LATER, err)
+        self.assertIn("another pop3ng fetch is running", err)
 
 
 class _ScriptedPOP3(socketserver.StreamRequestHandler):

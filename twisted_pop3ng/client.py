@@ -65,7 +65,7 @@ class _Pending:
     """One command in the FIFO, from queued to answered."""
 
     __slots__ = ("line", "verb", "deferred", "multiline", "sink", "mechanism", "barrier",
-                 "discard_rest", "failure", "is_auth")
+                 "discard_rest", "failure", "is_auth", "registered")
 
     def __init__(self, line: Optional[bytes], multiline: bool = False, sink: Any = None,
                  barrier: bool = False, mechanism: Any = None, is_auth: bool = False) -> None:
@@ -78,7 +78,16 @@ class _Pending:
         self.mechanism = mechanism
         self.is_auth = is_auth
         self.discard_rest = False
+        self.registered = False
         self.failure: Optional[BaseException] = None
+
+
+class _ConsumerFailed(Exception):
+    """The consumer of a message body raised; carries its exception."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @implementer(IPushProducer)
@@ -245,8 +254,10 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
             return
         self._paused = paused
         if paused:
+            self.setTimeout(None)  # our consumer is slow, not the server
             self.transport.pauseProducing()
         else:
+            self._arm_timeout()
             self.transport.resumeProducing()
             self._process()
 
@@ -273,12 +284,14 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
                     payload, leftover = self._decoder.feed(buf[pos:] if pos else buf)
                     buf, pos = leftover or b"", 0
                     if payload:
-                        head.sink.write(payload)
+                        try:
+                            head.sink.write(payload)
+                        except Exception as e:
+                            raise _ConsumerFailed(e)
                     if leftover is None:
                         break
                     self._decoder = None
-                    self._complete(head, None)
-                    buf, pos = self._reread(buf, pos)
+                    buf, pos = self._callback(head, None, buf, pos)
                     continue
                 end = buf.find(b"\n", pos)
                 if end == -1:
@@ -302,19 +315,22 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
                     continue
                 if head.discard_rest:
                     pos = len(buf)  # STLS: nothing after +OK may be read as plaintext (RFC 2595 §4)
-                self._complete(head, status)
-                buf, pos = self._reread(buf, pos)
-        except ProtocolError:
+                buf, pos = self._callback(head, status, buf, pos)
+        except (ProtocolError, _ConsumerFailed) as e:
+            # A stream cannot be resumed half-way: drop the connection (the server commits nothing).
             self._buffer = b""
-            self._fail_all(Failure())
+            self._fail_all(Failure(e.error if isinstance(e, _ConsumerFailed) else e))
             if self.transport is not None:
                 self.transport.abortConnection()
             return
         self._buffer = buf[pos:] if pos else buf
 
-    def _reread(self, buf: bytes, pos: int) -> Tuple[bytes, int]:
-        """After a callback ran: it may have read or replaced the buffer (STLS), so sync up."""
+    def _callback(self, head: _Pending, status: Optional[wire.Status], buf: bytes,
+                  pos: int) -> Tuple[bytes, int]:
+        """Store the unread input, run the command's callbacks, then pick the input up again: a
+        callback may have replaced it (STLS) or more may have arrived meanwhile."""
         self._buffer = buf[pos:] if pos else buf
+        self._complete(head, status)
         return self._buffer, 0
 
     def _challenge(self, head: _Pending, status: wire.Status) -> None:
@@ -336,9 +352,11 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
     def _attach_consumer(self, head: _Pending) -> None:
         if IConsumer.providedBy(head.sink):
             head.sink.registerProducer(_BodyProducer(self), True)
+            head.registered = True
 
     def _release_consumer(self, item: _Pending) -> None:
-        if item.sink is not None and IConsumer.providedBy(item.sink) and item.multiline:
+        if item.registered:
+            item.registered = False
             try:
                 item.sink.unregisterProducer()
             except Exception:

@@ -15,6 +15,7 @@ It never loses mail, and delivers each message once:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import sys
@@ -183,13 +184,38 @@ class _Retriever:
 
 async def fetch(reactor: Any, options: FetchOptions) -> FetchResult:
     """One fetch run; raises on failure after making every completed delivery durable."""
-    from .connect import connect
-
     url = parse_url(options.url)
     if not url.username:
         raise ValueError("the URL needs a user name: pop3://USER@HOST")
     account = str(url)
-    state = FetchState.load(options.state_path or default_path(account), account)
+    state_path = options.state_path or default_path(account)
+    lock = _lock_account(state_path)
+    try:
+        return await _fetch(reactor, options, account, state_path)
+    finally:
+        os.close(lock)
+
+
+def _lock_account(state_path: str) -> int:
+    """One run per account at a time: two runs would fetch, and write, the same messages."""
+    os.makedirs(os.path.dirname(state_path) or ".", mode=0o700, exist_ok=True)
+    fd = os.open(state_path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FetchBusy("another pop3ng fetch is running for this account (%s.lock)" % state_path)
+    return fd
+
+
+class FetchBusy(Exception):
+    """Another run holds the account's lock."""
+
+
+async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: str) -> FetchResult:
+    from .connect import connect
+
+    state = FetchState.load(state_path, account)
     destination = open_destination(options.kind, options.target, account)
     destination.recover(state)
     result = FetchResult()
@@ -320,7 +346,7 @@ def classify_exit(error: BaseException) -> Tuple[int, str]:
 
     while isinstance(error, defer.FirstError):
         error = error.subFailure.value
-    if isinstance(error, (pop3.InUseError, pop3.LoginDelayError, pop3.TemporaryError)):
+    if isinstance(error, (pop3.InUseError, pop3.LoginDelayError, pop3.TemporaryError, FetchBusy)):
         return EXIT_TRY_LATER, "server busy, try again later: %s" % error
     if isinstance(error, pop3.AuthError):
         return EXIT_AUTH, "authentication failed: %s" % error
