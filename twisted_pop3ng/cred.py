@@ -23,6 +23,25 @@ from zope.interface import Attribute, Interface, implementer
 from . import passwords
 
 
+#: Threads that hash passwords at once: Argon2ID takes 64 MB each, so a flood of logins must queue
+#: rather than multiply memory (Dovecot bounds its auth workers the same way).
+HASH_THREADS = 4
+_hash_pool: Any = None
+
+
+def hash_in_thread(function: Any, *args: Any) -> defer.Deferred:
+    """Run a password-hashing call in the bounded hashing pool; never on the reactor thread."""
+    global _hash_pool
+    from twisted.internet import reactor
+    from twisted.python.threadpool import ThreadPool
+
+    if _hash_pool is None:
+        _hash_pool = ThreadPool(0, HASH_THREADS, "pop3ng-hash")
+        _hash_pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", _hash_pool.stop)
+    return threads.deferToThreadPool(reactor, _hash_pool, function, *args)
+
+
 class ISecretStore(Interface):
     """A checker that can hand out stored secrets, for challenge-response SASL (CRAM-MD5, SCRAM, APOP)."""
 
@@ -134,7 +153,7 @@ class PasswdFileChecker:
             password = credentials.password
             if isinstance(password, str):
                 password = password.encode("utf-8")
-            d = threads.deferToThread(self._verify, entry, username, password)
+            d = hash_in_thread(self._verify, entry, username, password)
         else:
             d = defer.succeed(self._check_hashed(entry, credentials))
 

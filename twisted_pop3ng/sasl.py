@@ -24,11 +24,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import scramp.core
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from zope.interface import implementer
 
 from . import cram, passwords
-from .cred import Preauthenticated
+from .cred import Preauthenticated, hash_in_thread
 
 # scramp refuses the "tls-exporter" name only because Python's ssl module cannot export keying
 # material; we take the data from pyOpenSSL and hand scramp bytes, so the name is fine (RFC 9266).
@@ -242,8 +242,8 @@ class Scram(Mechanism):
             if scheme in passwords.PLAINTEXT_SCHEMES:
                 salt = hmac.new(self.context.secret_key, b"salt\0" + username.encode(),
                                 hashlib.sha256).digest()[:16]
-                return threads.deferToThread(passwords.scram_keys, secret.encode("utf-8"),
-                                             self.hash_name, salt, passwords.SCRAM_ITERATIONS)
+                return hash_in_thread(passwords.scram_keys, secret.encode("utf-8"),
+                                      self.hash_name, salt, passwords.SCRAM_ITERATIONS)
             return self._fake(username)
 
         return d.addCallback(derive)
