@@ -45,6 +45,8 @@ class STLSTests(unittest.TestCase):
         self.assertTrue(s.command(b"STLS").startswith(b"-ERR"))
         self.assertTrue(s.command(b"USER alice").startswith(b"+OK"))
         self.assertEqual(s.command(b"PASS " + PASSWORD.encode()), b"+OK Logged in.\r\n")
+        self.assertEqual(s.command(b"QUIT"), b"+OK Logging out.\r\n")
+        self.assertTrue(s.closed())  # the TLS layer shuts down too
 
     def test_commands_pipelined_after_stls_are_discarded(self) -> None:
         """CVE-2011-0411 class: CAPA sent with STLS in one packet must not run inside TLS."""
