@@ -206,6 +206,21 @@ class SASLTests(unittest.TestCase):
         client = ScramClient("SCRAM-SHA-256-PLUS", "bob", PASSWORD, binding)
         self.assertLoggedIn(scram_login(s, client, "SCRAM-SHA-256-PLUS"), s)
 
+    def test_scram_plus_after_stls(self) -> None:
+        import socket
+
+        from tests.support import Session
+
+        sock = socket.create_connection(("127.0.0.1", self.server.port), 10)
+        plain = Session(sock)
+        plain.line()
+        self.assertTrue(plain.command(b"STLS").startswith(b"+OK"))
+        tls = OpenSSLSocket(sock, self.server.certs["ca"])
+        s = Session(tls)  # type: ignore[arg-type]
+        self.addCleanup(s.close)
+        client = ScramClient("SCRAM-SHA-256-PLUS", "alice", PASSWORD, tls.channel_binding())
+        self.assertLoggedIn(scram_login(s, client, "SCRAM-SHA-256-PLUS"), s)
+
     def test_scram_plus_wrong_binding_and_downgrade_refused(self) -> None:
         s, tls = tls_session(self.server)
         self.addCleanup(s.close)

@@ -8,6 +8,7 @@ this module at its end. The SASL wire rules live here (base64, ``=`` for an empt
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import hmac
@@ -189,7 +190,7 @@ def _decode(data: bytes) -> bytes:
     if data == b"=":
         return b""
     try:
-        return binascii.a2b_base64(data, strict_mode=True) if data else b""
+        return base64.b64decode(data, validate=True) if data else b""
     except (binascii.Error, ValueError):
         raise BadCommand("Invalid base64 data")
 
