@@ -206,6 +206,20 @@ class SASLTests(unittest.TestCase):
         client = ScramClient("SCRAM-SHA-256-PLUS", "bob", PASSWORD, binding)
         self.assertLoggedIn(scram_login(s, client, "SCRAM-SHA-256-PLUS"), s)
 
+    def test_scram_plus_tls13_server_end_point_with_scramp_client(self) -> None:
+        """scramp (like many clients) binds with tls-server-end-point even on TLS 1.3: accepted too."""
+        import scramp
+
+        s = self.session()
+        self.assertEqual(s.sock.version(), "TLSv1.3")
+        client = scramp.ScramClient(["SCRAM-SHA-256-PLUS"], "alice", PASSWORD,
+                                    channel_binding=("tls-server-end-point", s.sock))
+        first = s.command(b"AUTH SCRAM-SHA-256-PLUS " + b64(client.get_client_first().encode()))
+        client.set_server_first(challenge(first).decode())
+        final = s.command(b64(client.get_client_final().encode()))
+        client.set_server_final(challenge(final).decode())  # raises if the server signature is wrong
+        self.assertLoggedIn(s.command(b""), s)
+
     def test_scram_plus_after_stls(self) -> None:
         import socket
 

@@ -60,8 +60,9 @@ class SASLContext:
     hostname: str = "localhost"
     #: ``username -> "{SCHEME}secret" | None`` (or a Deferred of it); None: no secret store.
     lookup_secret: Optional[Callable[[str], Any]] = None
-    #: ("tls-exporter" | "tls-server-end-point", data) on TLS connections.
-    channel_binding: Optional[Tuple[str, bytes]] = None
+    #: Channel-binding data by type ("tls-exporter", "tls-server-end-point") on TLS connections;
+    #: the client's GS2 header picks one, the first is the default.
+    channel_bindings: Dict[str, bytes] = field(default_factory=dict)
     #: SCRAM-SHA-256-PLUS is offered: a SCRAM-SHA-256 client saying "y" is then a downgrade.
     plus_offered: bool = False
     #: Identities of a verified TLS client certificate (EXTERNAL).
@@ -202,7 +203,7 @@ class Scram(Mechanism):
 
         def proceed(keys: passwords.ScramKeys) -> Step:
             plus = self.name.endswith("-PLUS") or (self.hash_name == "sha256" and self.context.plus_offered)
-            binding = self.context.channel_binding if plus else None
+            binding = self._binding(text) if plus else None
             mechanism = scramp.ScramMechanism(self.name)
             auth = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
             try:
@@ -213,6 +214,16 @@ class Scram(Mechanism):
                 raise AuthFailed(str(error))
 
         return d.addCallback(proceed)
+
+    def _binding(self, client_first: str) -> Optional[Tuple[str, bytes]]:
+        """The binding the client asked for (``p=NAME``) if we have it, else our default."""
+        bindings = self.context.channel_bindings
+        if not bindings:
+            return None
+        flag = client_first.split(",", 1)[0]
+        if flag.startswith("p=") and flag[2:] in bindings:
+            return flag[2:], bindings[flag[2:]]
+        return next(iter(bindings.items()))
 
     def _client_final(self, text: str) -> Step:
         try:

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.cred.credentials import IUsernameHashedPassword
 from twisted.cred.error import UnauthorizedLogin
@@ -49,30 +49,31 @@ def _tls_connection(protocol: Any) -> Any:
         return None
 
 
-def channel_binding(protocol: Any) -> Optional[tuple]:
-    """RFC 9266 ``tls-exporter`` on TLS 1.3, RFC 5929 ``tls-server-end-point`` before it."""
+def channel_bindings(protocol: Any) -> Dict[str, bytes]:
+    """SCRAM-PLUS data by type: ``tls-server-end-point`` (RFC 5929) always, ``tls-exporter``
+    (RFC 9266) on TLS 1.3 only (before 1.3 it is unsafe without extended master secret)."""
     conn = _tls_connection(protocol)
     if conn is None or not hasattr(conn, "get_protocol_version_name"):
-        return None
+        return {}
+    bindings: Dict[str, bytes] = {}
     try:
         if conn.get_protocol_version_name() == "TLSv1.3":
-            return "tls-exporter", conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+            bindings["tls-exporter"] = conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
         cert = conn.get_certificate()
-        if cert is None:
-            return None
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.serialization import Encoding
+        if cert is not None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.serialization import Encoding
 
-        leaf = cert.to_cryptography()
-        algorithm = leaf.signature_hash_algorithm
-        if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
-            algorithm = hashes.SHA256()
-        digest = hashes.Hash(algorithm)
-        digest.update(leaf.public_bytes(Encoding.DER))
-        return "tls-server-end-point", digest.finalize()
+            leaf = cert.to_cryptography()
+            algorithm = leaf.signature_hash_algorithm
+            if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+                algorithm = hashes.SHA256()
+            digest = hashes.Hash(algorithm)
+            digest.update(leaf.public_bytes(Encoding.DER))
+            bindings["tls-server-end-point"] = digest.finalize()
     except Exception:
         protocol.log.failure("cannot compute channel binding data")
-        return None
+    return bindings
 
 
 def client_identities(protocol: Any) -> List[str]:
@@ -178,7 +179,7 @@ def _context(protocol: Any) -> sasl.SASLContext:
     return sasl.SASLContext(
         hostname=policy.security(protocol).hostname,
         lookup_secret=store.lookup_secret if store is not None else None,
-        channel_binding=channel_binding(protocol),
+        channel_bindings=channel_bindings(protocol),
         plus_offered="SCRAM-SHA-256-PLUS" in available_mechanisms(protocol),
         client_identities=client_identities(protocol),
         validate_token=validator.validate if validator is not None else None,
@@ -311,5 +312,5 @@ def do_UTF8(protocol: Any, cmd: wire.Command) -> None:
     protocol.reply(True, "UTF8 enabled")
 
 
-__all__ = ["do_STLS", "do_AUTH", "do_APOP", "do_UTF8", "channel_binding", "available_mechanisms",
+__all__ = ["do_STLS", "do_AUTH", "do_APOP", "do_UTF8", "channel_bindings", "available_mechanisms",
            "APOPCredentials", "POP3Error", "TRANSACTION"]
