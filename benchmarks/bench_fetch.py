@@ -73,6 +73,10 @@ def count_maildir(path: str) -> int:
                if os.path.isdir(os.path.join(path, sub)))
 
 
+class RunFailed(Exception):
+    """A tool did not deliver everything (reported, and the round goes on with the next tool)."""
+
+
 class Bench:
     def __init__(self, work: str, count: int, size: int) -> None:
         self.work = work
@@ -161,8 +165,8 @@ class Bench:
         delivered = count_maildir(dest)
         left = count_maildir(self.dovecot.maildir(USER))
         if result.returncode != 0 or delivered != len(self.messages) or left != 0:
-            raise SystemExit("%s failed: exit %d, delivered %d, left on server %d\n%s" % (
-                name, result.returncode, delivered, left, result.stderr.decode()[-2000:]))
+            raise RunFailed("exit %d, delivered %d, left on server %d: %s" % (
+                result.returncode, delivered, left, result.stderr.decode().strip()[-300:]))
         return len(self.messages) / elapsed
 
     def stop(self) -> None:
@@ -183,7 +187,12 @@ def main() -> None:
     try:
         for round_no in range(args.repeat):
             for name in args.tools.split(","):
-                rate = bench.run(name, getattr(bench, tools[name]), round_no)
+                try:
+                    rate = bench.run(name, getattr(bench, tools[name]), round_no)
+                except RunFailed as e:
+                    print("round %d  %-10s FAILED %s" % (round_no + 1, name, e), flush=True)
+                    results.setdefault(name, [])
+                    continue
                 results.setdefault(name, []).append(rate)
                 print("round %d  %-10s %8.1f msgs/s" % (round_no + 1, name, rate), flush=True)
     finally:
@@ -194,8 +203,9 @@ def main() -> None:
     print("| tool | msgs/s (median) | runs |")
     print("|---|---|---|")
     for name, rates in results.items():
-        print("| %s | %.1f | %s |" % (name, statistics.median(rates), ", ".join("%.0f" % r for r in rates)))
-    if "pop3ng" in results and "fetchmail" in results:
+        median = "%.1f" % statistics.median(rates) if rates else "failed"
+        print("| %s | %s | %s |" % (name, median, ", ".join("%.0f" % r for r in rates)))
+    if results.get("pop3ng") and results.get("fetchmail"):
         print("\npop3ng / fetchmail = %.2fx" % (statistics.median(results["pop3ng"]) /
                                                 statistics.median(results["fetchmail"])))
 
