@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import base64
 import hashlib
 import hmac
 import os

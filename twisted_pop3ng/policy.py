@@ -213,7 +213,8 @@ def greeting(protocol: Any, text: str) -> str:
     if not security(protocol).apop:
         return text
     if getattr(protocol, "apop_timestamp", None) is None:
-        protocol.apop_timestamp = "<%d.%s@%s>" % (os.getpid(), os.urandom(6).hex(), security(protocol).hostname)
+        protocol.apop_timestamp = "<%d.%s@%s>" % (os.getpid(), os.urandom(6).hex(),
+                                                  security(protocol).hostname)
     return "%s %s" % (text, protocol.apop_timestamp)
 
 

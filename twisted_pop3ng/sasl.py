@@ -237,7 +237,8 @@ class Scram(Mechanism):
     def _fake(self, username: str) -> passwords.ScramKeys:
         digest = hmac.new(self.context.secret_key, b"fake\0" + username.encode(), hashlib.sha256).digest()
         size = hashlib.new(self.hash_name).digest_size
-        return passwords.ScramKeys(passwords.SCRAM_ITERATIONS, digest[:16], os.urandom(size), os.urandom(size))
+        return passwords.ScramKeys(passwords.SCRAM_ITERATIONS, digest[:16], os.urandom(size),
+                                   os.urandom(size))
 
     def _keys(self, username: str) -> Any:
         if self.context.lookup_secret is None:

@@ -24,8 +24,8 @@ from zope.interface import implementer
 
 from . import policy, sasl, wire
 from .cred import IPreauthenticated, ISecretStore, PreauthenticatedChecker
-from .errors import BadCommand, POP3Error
-from .server import AUTHORIZATION, TRANSACTION, command
+from .errors import BadCommand
+from .server import AUTHORIZATION, command
 
 #: Schemes from which each challenge-response mechanism can work.
 _NEEDS = {
@@ -93,8 +93,8 @@ def client_identities(protocol: Any) -> List[str]:
     cert = peer.to_cryptography()
     names: List[str] = []
     try:
-        names += cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.RFC822Name)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += san.get_values_for_type(x509.RFC822Name)
     except x509.ExtensionNotFound:
         pass
     names += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
@@ -311,6 +311,3 @@ def do_UTF8(protocol: Any, cmd: wire.Command) -> None:
     protocol.utf8 = True
     protocol.reply(True, "UTF8 enabled")
 
-
-__all__ = ["do_STLS", "do_AUTH", "do_APOP", "do_UTF8", "channel_bindings", "available_mechanisms",
-           "APOPCredentials", "POP3Error", "TRANSACTION"]
