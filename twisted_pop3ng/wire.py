@@ -78,9 +78,15 @@ def parse_message_number(word: bytes) -> int:
 
 
 def parse_count(word: bytes) -> int:
-    """A non-negative decimal count (the line count of TOP)."""
-    if not word.isdigit() or not word.isascii() or len(word) > MAX_NUMBER_DIGITS:
+    """A non-negative decimal count (the line count of TOP).
+
+    Any number of digits is valid (RFC 1939: "a non-negative number"; clients send huge counts to
+    mean "all", and Dovecot accepts them); beyond ``MAX_NUMBER_DIGITS`` it is capped, not parsed.
+    """
+    if not word.isdigit() or not word.isascii():
         raise WireError("Invalid line count")
+    if len(word) > MAX_NUMBER_DIGITS:
+        return 10 ** MAX_NUMBER_DIGITS
     return int(word)
 
 
