@@ -47,6 +47,8 @@ SMALL_READ = 1 << 16
 Signature = Tuple[int, int, int, int]
 
 _W_FIELD = re.compile(r",W=(\d+)")
+#: Standard names start TIME.M<usec>; usec is not zero-padded, so order numerically, not by name.
+_ORDER = re.compile(r"(\d{1,20})(?:\.M(\d{1,9}))?")
 _UIDS = re.compile(r"[\x21-\x7e]{1,70}(?:\n[\x21-\x7e]{1,70})*")
 _FILES = re.compile(r"(?:cur|new)/[^/\n\x00.][^/\n\x00]*(?:\n(?:cur|new)/[^/\n\x00.][^/\n\x00]*)*")
 _ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
@@ -92,6 +94,14 @@ def _file_signature(path: str) -> Optional[Tuple[int, int, int]]:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def order_key(base: str) -> Tuple[int, int, str]:
+    """Delivery order: seconds, then microseconds of standard names; other names after, by name."""
+    match = _ORDER.match(base)
+    if match is None:
+        return (1 << 64, 0, base)
+    return (int(match.group(1)), int(match.group(2) or 0), base)
 
 
 def _settled(sig: Signature, now_ns: int) -> bool:
@@ -220,7 +230,7 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
     provisional = set()
     fds: Dict[str, int] = {}
     try:
-        for base in sorted(found):
+        for base in sorted(found, key=order_key):
             filename = found[base]
             size = known.get(base)
             if size is None and ",W=" in base:
