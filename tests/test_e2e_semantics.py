@@ -311,3 +311,19 @@ class SnapshotFreshnessTests(ServerTestCase):
             self.assertEqual(self.retr(s, 5), stuffed(wire_lines(message(4))))
             self.quit(s)
         self.assertEqual(len(names), 5)
+
+
+class MessageOrderTests(ServerTestCase):
+    def test_numbers_follow_delivery_time(self):
+        # Standard maildir names are TIME.M<usec>P<pid>...: the microseconds are not zero-padded,
+        # so name order is not delivery order; message numbers follow delivery time (as Dovecot's).
+        user, _ = self.fresh_user()
+        names = ["999999999.M1P1.host", "1700000000.M5P1.host", "1700000000.M999P1.host",
+                 "1700000000.M1000P1.host", "1700000000.M999999P1.host", "1700000001.M0P1.host",
+                 "1700000010.M20P1.host"]
+        for i, name in enumerate(reversed(names)):
+            self.server.deliver(user, message(len(names) - 1 - i), name=name)
+        s = self.login(user)
+        self.assertEqual(self.uidl_map(s), {i + 1: n.encode() for i, n in enumerate(names)})
+        for i in range(len(names)):
+            self.assertEqual(self.retr(s, i + 1), stuffed(wire_lines(message(i))))
