@@ -9,7 +9,7 @@
 * Index: ``pop3ng-index`` (see :mod:`.maildir_index`) holds the whole snapshot, trusted while the
   directories' mtimes are unchanged, so a login on a 100,000-message maildir lists and reads nothing;
   written with tmp + fsync + rename, rebuilt when missing or corrupt; cached in memory too.
-* Order: message numbers follow the base names' order (delivery time for standard names).
+* Order: message numbers follow delivery time (TIME, then M<usec>, of standard names), then name.
 * Lock: ``pop3ng.lock`` held with ``flock`` for the session. The kernel drops it when the process
   dies, so a crashed server leaves no stale lock; on NFS, Linux maps flock to POSIX locks, so the lock
   also holds across hosts.
