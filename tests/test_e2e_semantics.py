@@ -13,6 +13,7 @@ import socket
 import time
 
 from .e2e import USERS, ServerTestCase, maildir_files, stuffed, wait_for, wire_lines, wire_message
+from .support import Session
 
 
 def message(i: int) -> bytes:
@@ -327,3 +328,79 @@ class MessageOrderTests(ServerTestCase):
         self.assertEqual(self.uidl_map(s), {i + 1: n.encode() for i, n in enumerate(names)})
         for i in range(len(names)):
             self.assertEqual(self.retr(s, i + 1), stuffed(wire_lines(message(i))))
+
+
+class EmptyAndLargeMailboxTests(ServerTestCase):
+    def test_empty_mailbox(self):
+        user, _ = self.fresh_user()
+        s = self.login(user)  # the maildir does not even exist yet
+        self.assertEqual(s.command(b"STAT"), b"+OK 0 0\r\n")
+        status, body = self.multi(s, b"LIST")
+        self.assertEqual(body, b".\r\n")
+        status, body = self.multi(s, b"UIDL")
+        self.assertEqual(body, b".\r\n")
+        for command in (b"LIST 1", b"UIDL 1", b"RETR 1", b"TOP 1 0", b"DELE 1"):
+            self.err(s, command)
+        self.ok(s, b"RSET")
+        self.assertTrue(s.command(b"QUIT").startswith(b"+OK"))
+
+    def test_5000_messages(self):
+        user, _ = self.fresh_user()
+        md = self.server.maildir(user)
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(md, sub), exist_ok=True)
+        for i in range(5000):
+            with open(os.path.join(md, "new" if i % 2 else "cur", "%d.M%dP1.big%s" % (
+                    1_600_000_000 + i, i, "" if i % 2 else ":2,S")), "wb") as f:
+                f.write(message(i))
+        start = time.monotonic()
+        s = self.login(user)
+        login = time.monotonic() - start
+        self.assertEqual(s.command(b"STAT"), b"+OK 5000 %d\r\n" % sum(len(wire_message(message(i)))
+                                                                     for i in range(5000)))
+        listing = self.list_map(s)
+        uids = self.uidl_map(s)
+        elapsed = time.monotonic() - start
+        self.assertEqual(len(listing), 5000)
+        self.assertEqual(len(set(uids.values())), 5000)
+        self.assertEqual(self.retr(s, 4321), stuffed(wire_lines(message(4320))))
+        for n in range(1, 5001, 7):
+            self.ok(s, b"DELE %d" % n)
+        self.assertTrue(s.command(b"QUIT").startswith(b"+OK"))
+        self.assertTrue(s.closed())
+        self.assertEqual(len(maildir_files(self.server, user)), 5000 - len(range(1, 5001, 7)))
+        self.assertLess(login, 10)
+        self.assertLess(elapsed, 15)
+
+
+class CrossProcessLockTests(ServerTestCase):
+    """Two server processes on the same maildirs: the lock holds across them, and a killed server's
+    lock is gone with it."""
+
+    def test_lock_across_processes_and_after_kill(self):
+        from .support import start_server
+        import tempfile
+
+        user, password = self.fresh_user()
+        self.server.deliver(user, message(1))
+        template = os.path.join(self.server.root, "mail", "{user}", "Maildir")
+        other_root = tempfile.mkdtemp(prefix="pop3ng-e2e-other-")
+        other = start_server(other_root, users=dict(USERS), tls=False,
+                             extra_args=["--mailbox", "maildir:" + template])
+        self.addCleanup(shutil.rmtree, other_root, True)
+        self.addCleanup(other.stop)
+        # a session on the other server holds the maildrop and marks the message deleted
+        s = Session(other.connect())
+        self.addCleanup(s.close)
+        self.assertTrue(s.login(user.encode(), password.encode()).startswith(b"+OK"))
+        self.assertTrue(s.command(b"DELE 1").startswith(b"+OK"))
+        t = self.session()
+        t.line()
+        t.command(b"USER " + user.encode())
+        self.assertTrue(t.command(b"PASS " + password.encode()).startswith(b"-ERR [IN-USE]"))
+        # the other server dies without any chance to clean up
+        other.process.kill()
+        other.process.wait()
+        t.command(b"USER " + user.encode())
+        self.assertTrue(t.command(b"PASS " + password.encode()).startswith(b"+OK"))
+        self.assertEqual(t.command(b"STAT")[:6], b"+OK 1 ")
