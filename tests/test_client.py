@@ -316,6 +316,30 @@ class LoginTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d), {"TOP": [], "UIDL": []})
         self.assertTrue(client.logged_in)
 
+    def test_falls_back_to_plain_over_tls_when_scram_is_refused(self):
+        client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256", "PLAIN"]})
+        client.tls = True
+        d = client.login("bob", "pw")
+        self.assertTrue(transport.value().startswith(b"AUTH SCRAM-SHA-256 "))
+        transport.clear()
+        client.dataReceived(b"-ERR [AUTH] Authentication failed.\r\n")
+        self.assertEqual(transport.value(), b"AUTH PLAIN " + base64.b64encode(b"\0bob\0pw") + b"\r\n")
+        client.dataReceived(b"+OK\r\n-ERR\r\n")
+        self.successResultOf(d)
+        self.assertEqual(client.mechanism, "PLAIN")
+
+    def test_no_fallback_without_tls_or_when_forced(self):
+        client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256", "PLAIN"], "USER": []})
+        d = client.login("bob", "pw")
+        client.dataReceived(b"-ERR [AUTH] no\r\n")
+        self.failureResultOf(d, pop3.AuthError)
+        client.tls = True
+        transport.clear()
+        d = client.login("bob", "pw", mechanism="SCRAM-SHA-256")
+        client.dataReceived(b"-ERR [AUTH] no\r\n")
+        self.failureResultOf(d, pop3.AuthError)
+        self.assertEqual(transport.value().count(b"AUTH"), 1)
+
     def test_user_pass_fallback(self):
         client, transport, _ = make_client(caps={"USER": []})
         d = client.login("alice", "two words", allow_plaintext=True)

@@ -192,6 +192,17 @@ class DovecotFetchTests(FetchTestBase):
         self.assert_exactly_once()
         self.assertEqual(self.on_server(), 0)
 
+    def test_hashed_password_on_the_server(self):
+        """Dovecot offers SCRAM but holds a SHA512-CRYPT hash: SCRAM fails, PLAIN over TLS works."""
+        hashed = subprocess.check_output(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD])
+        with open(os.path.join(self.dovecot.root, "users"), "wb") as f:
+            f.write(b"bob:" + hashed.strip() + b"\n")
+        self.put(3)
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+
     def test_exit_codes(self):
         self.put(2)
         with open(self.password_file, "w") as f:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Tuple
 from twisted.internet import defer
 
 from . import sasl_client
-from .client_errors import CapabilityError
+from .client_errors import AuthError, CapabilityError
 
 
 class LoginMixin:
@@ -72,24 +72,44 @@ class LoginMixin:
             else:
                 names = sasl_client.choose(offered, secure=self.tls, allow_plaintext=allow_plaintext,
                                            token=token is not None, channel_binding=binding is not None)
-            if names and names[0] != "USER":
-                self.mechanism = names[0]
-                d = self.authenticate(names[0], username, secret, binding)
-            elif token is None and secure and (
-                    "USER" in self.capabilities or not self.capabilities or names == ["USER"]):
-                self.mechanism = "USER"
-                d = self._user_pass(username, secret)
-            else:
+            attempts = list(names[:1])
+            user_ok = token is None and secure and (
+                "USER" in self.capabilities or not self.capabilities)
+            if mechanism is None:
+                # A challenge-response mechanism fails when the server stores only a hash it cannot
+                # use for it (Dovecot offering SCRAM for {SHA512-CRYPT} users): then, over TLS (or
+                # when plaintext is allowed), fall back once to the best plaintext method.
+                plain = [n for n in names if n in sasl_client.PLAINTEXT] + (["USER"] if user_ok else [])
+                if plain and (not attempts or attempts[0] not in sasl_client.PLAINTEXT):
+                    attempts.append(plain[0])
+            if not attempts:
                 why = "the server offers no authentication method we accept"
                 if not (self.tls or allow_plaintext):
                     why += " without TLS (plaintext passwords are refused)"
                 return defer.fail(CapabilityError(why))
+            d = self._attempt(attempts, username, secret, binding)
 
         def logged_in(_: Any) -> defer.Deferred:
             self.logged_in = True
             return self.capa()
 
         return d.addCallback(logged_in)
+
+    def _attempt(self, attempts: list, username: str, secret: str,
+                 binding: Optional[Tuple[str, bytes]]) -> defer.Deferred:
+        """Try ``attempts[0]``; on an authentication failure go on with the rest."""
+        name, rest = attempts[0], attempts[1:]
+        self.mechanism = name
+        if name == "USER":
+            d = self._user_pass(username, secret)
+        else:
+            d = self.authenticate(name, username, secret, binding)
+        if rest:
+            def next_one(failure: Any) -> defer.Deferred:
+                failure.trap(AuthError)
+                return self._attempt(rest, username, secret, binding)
+            d.addErrback(next_one)
+        return d
 
     def authenticate(self, name: str, username: str, secret: str,
                      channel_binding: Optional[Tuple[str, bytes]] = None) -> defer.Deferred:
