@@ -240,3 +240,30 @@ class ConcurrencyTests(ServerTestCase):
         for user in users:
             s = self.login(user)
             self.assertEqual(s.command(b"STAT"), b"+OK 0 0\r\n")
+
+
+class LatencyTests(ServerTestCase):
+    """No Nagle/delayed-ACK stall: a small RETR round trip takes far less than 40 ms."""
+
+    def _round_trips(self, tls):
+        user, _ = self.fresh_user()
+        self.server.deliver(user, b"Subject: small\r\n\r\n" + b"line\r\n" * 200)
+        s = self.login(user, tls=tls)
+        for _ in range(5):
+            self.retr(s, 1)
+        start = time.monotonic()
+        for _ in range(100):
+            self.assertTrue(s.command(b"RETR 1").startswith(b"+OK"))
+            s.body()
+            self.assertTrue(s.command(b"LIST").startswith(b"+OK"))
+            s.body()
+            self.assertTrue(s.command(b"NOOP").startswith(b"+OK"))
+        per_round = (time.monotonic() - start) / 100
+        report("RETR+LIST+NOOP round trips over %s: %.2f ms each" % ("TLS" if tls else "TCP", per_round * 1000))
+        self.assertLess(per_round, 0.02)
+
+    def test_plain(self):
+        self._round_trips(False)
+
+    def test_tls(self):
+        self._round_trips(True)
