@@ -27,6 +27,9 @@ from . import passwords
 #: rather than multiply memory (Dovecot bounds its auth workers the same way).
 HASH_THREADS = 4
 _hash_pool: Any = None
+#: Schemes verified on the reactor thread: plaintext compares and single fast digests.
+CHEAP_SCHEMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT", "CRAM-MD5", "PLAIN-MD5", "MD5", "SHA",
+                           "SHA1", "SHA256", "SHA512", "SMD5", "SSHA", "SSHA256", "SSHA512"})
 
 
 def hash_in_thread(function: Any, *args: Any) -> defer.Deferred:
@@ -101,7 +104,9 @@ def parse_passwd_file(text: str) -> Dict[str, PasswdEntry]:
 
 @implementer(ICredentialsChecker, ISecretStore)
 class PasswdFileChecker:
-    """Password checks run in a thread: hashed schemes are slow on purpose and must not block."""
+    """Password checks of hashed schemes run in a thread: they are slow on purpose and must not
+    block. Plaintext compares and single fast digests (:data:`CHEAP_SCHEMES`) run inline: the
+    thread hop (and the GIL hand-over) cost a loaded server more than the check itself."""
 
     credentialInterfaces = (IUsernamePassword, IUsernameHashedPassword)
     log = Logger()
@@ -153,7 +158,12 @@ class PasswdFileChecker:
             password = credentials.password
             if isinstance(password, str):
                 password = password.encode("utf-8")
-            d = hash_in_thread(self._verify, entry, username, password)
+            stored = entry.password if entry is not None else self._dummy
+            if passwords.split_scheme(stored, self.default_scheme)[0] in CHEAP_SCHEMES:
+                # A compare or one fast digest: a thread hop would cost more than the check.
+                d = defer.maybeDeferred(self._verify, entry, username, password)
+            else:
+                d = hash_in_thread(self._verify, entry, username, password)
         else:
             d = defer.succeed(self._check_hashed(entry, credentials))
 
