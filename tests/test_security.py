@@ -119,15 +119,15 @@ class BruteForceTests(ServerMixin, unittest.TestCase):
             durations.append(took)
         for took, expected in zip(durations, (0.1, 0.2, 0.4, 0.8, 0.8)):
             self.assertGreaterEqual(took, expected * 0.9, durations)
-            self.assertLess(took, expected + 0.5, durations)
+            self.assertLess(took, expected + 1.0, durations)
         # Another address is not slowed down by this one ...
         reply, took = self.timed_login(self.server, "127.0.0.6", b"alice", b"guess")
-        self.assertLess(took, 0.5)
+        self.assertLess(took, 0.7)
         # ... and a success forgets the address's failures.
         reply, _ = self.timed_login(self.server, "127.0.0.5", b"alice", PASSWORD.encode())
         self.assertEqual(reply, b"+OK Logged in.\r\n")
         _, took = self.timed_login(self.server, "127.0.0.5", b"bob", b"guess")
-        self.assertLess(took, 0.5)
+        self.assertLess(took, 0.7)  # not 0.8 (the sixth failure in a row)
 
     def test_unknown_user_looks_like_wrong_password(self) -> None:
         self.write_users(12)  # ~0.4 s per verification here: skipping it for unknown users would show
@@ -137,10 +137,11 @@ class BruteForceTests(ServerMixin, unittest.TestCase):
                 reply, took = self.timed_login(self.server, "127.0.2.%d" % (10 + 2 * i + n), user, b"guess")
                 self.assertEqual(reply, FAILED)
                 samples[user].append(took)
-        known, unknown = sorted(samples[b"alice"])[1], sorted(samples[b"nosuchuser"])[1]
+        # Load only ever adds time, so the fastest sample is the honest one.
+        known, unknown = min(samples[b"alice"]), min(samples[b"nosuchuser"])
         # Both pay the bcrypt verification (a dummy one for the unknown user) and the same delay.
-        self.assertLess(abs(known - unknown), 0.2, samples)
-        self.assertGreater(unknown, 0.1 + 0.2)
+        self.assertLess(abs(known - unknown), 0.25, samples)
+        self.assertGreater(unknown, 0.1 + 0.25)
 
 
 class LimitTests(ServerMixin, unittest.TestCase):
