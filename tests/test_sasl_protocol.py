@@ -128,3 +128,27 @@ class ProtocolTests(unittest.TestCase):
         transport = StringTransport(peerAddress=address.IPv4Address("TCP", "192.0.2.7", 40002))
         again.makeConnection(transport)
         self.assertTrue(transport.value().startswith(b"+OK"))
+
+
+class AddressPolicyTests(unittest.TestCase):
+    """Which peers count as local or trusted, with IPv6 and IPv4-mapped addresses."""
+
+    def allowed(self, peer, host, **security) -> bool:
+        from twisted_pop3ng import policy
+
+        proto = server.POP3ServerFactory(Portal(MailboxRealm(MemoryStore()), []),
+                                         server.ServerConfig(security=SecurityConfig(**security)),
+                                         clock=task.Clock()).buildProtocol(None)
+        proto.transport = StringTransport(hostAddress=host, peerAddress=peer)
+        return policy.plaintext_allowed(proto)
+
+    def test_addresses(self) -> None:
+        v6 = lambda host: address.IPv6Address("TCP", host, 110)  # noqa: E731
+        v4 = lambda host: address.IPv4Address("TCP", host, 110)  # noqa: E731
+        self.assertTrue(self.allowed(v6("::1"), v6("::1")))
+        self.assertFalse(self.allowed(v6("2001:db8::2"), v6("2001:db8::1")))
+        nets = [parse_network("10.0.0.0/8"), parse_network("2001:db8::/32")]
+        self.assertTrue(self.allowed(v6("::ffff:10.1.2.3"), v6("::1"), trusted_networks=nets))
+        self.assertTrue(self.allowed(v6("2001:db8::2"), v6("::1"), trusted_networks=nets))
+        self.assertFalse(self.allowed(v4("11.1.2.3"), v4("10.0.0.1"), trusted_networks=nets))
+        self.assertTrue(self.allowed(address.UNIXAddress(b"/run/pop3.sock"), address.UNIXAddress(None)))
