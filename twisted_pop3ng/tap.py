@@ -35,6 +35,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["login-timeout", None, 60.0, "Seconds of inactivity before login.", float],
         ["auth-failure-delay", None, 1.0, "Seconds before answering a failed login.", float],
         ["max-bad-commands", None, 20, "Bad commands tolerated before disconnecting.", int],
+        ["workers", None, 1, "Processes serving the listening sockets (the extra ones are spawned and "
+                             "share the ports; maildrop locks hold across them).", int],
     ] + tap_security.OPT_PARAMETERS
     supportedInterfaces = None  # any checker twisted.cred knows
 
@@ -98,6 +100,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             sys.stderr.write("warning: --idle-timeout below 600 s violates RFC 1939 section 3\n")
         for checker in self["credCheckers"]:
             _bytes_memory_checker(checker)
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
         tap_security.post_options(self)
 
     def _demo_defaults(self) -> None:
@@ -150,11 +154,10 @@ def _listener(listener: Any, description: str, parent: service.MultiService) -> 
     listener.setServiceParent(parent)
 
 
-def makeService(options: Options) -> service.MultiService:
-    from twisted.application.internet import StreamServerEndpointService
+def make_factory(options: Options) -> Any:
+    """The POP3 server factory the options describe (also used by each ``--workers`` process)."""
     from twisted.cred.portal import Portal
-    from twisted.internet import endpoints, reactor
-    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.internet import reactor
 
     from .realm import MailboxRealm
     from .server import POP3ServerFactory, ServerConfig
@@ -169,6 +172,15 @@ def makeService(options: Options) -> service.MultiService:
     factory = POP3ServerFactory(portal, config)
     factory.tls = options["tls"]
     tap_security.configure(options, factory, reactor)
+    return factory
+
+
+def makeService(options: Options) -> service.MultiService:
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet import endpoints, reactor
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    factory = make_factory(options)
     top = _Listeners()
     for desc in options["listen"]:
         endpoint = endpoints.serverFromString(reactor, desc)
@@ -177,6 +189,10 @@ def makeService(options: Options) -> service.MultiService:
         endpoint = endpoints.serverFromString(reactor, desc)
         tls_factory = TLSMemoryBIOFactory(options["tls"], False, factory)
         _listener(StreamServerEndpointService(endpoint, tls_factory), desc, top)
+    if options["workers"] > 1:
+        from .workers import WorkerPool
+
+        WorkerPool(options["workers"] - 1, list(top)).setServiceParent(top)
     if options.get("demo-info") is not None:
         from . import demo
 

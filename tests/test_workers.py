@@ -1,0 +1,141 @@
+"""``--workers N``: several processes share the ports; the maildrop lock still holds across them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Dict, List, Set
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from twisted_pop3ng import tap, workers
+
+from .support import Session, start_server
+
+PASSWORD = "correct horse battery staple"
+
+
+def process_tree(pid: int) -> List[int]:
+    children: Dict[int, List[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(name))
+    result, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        result.append(current)
+        todo.extend(children.get(current, []))
+    return result
+
+
+def serving_pid(client_port: int, server_port: int, pids: List[int]) -> int:
+    """The process holding the server side of the connection from ``client_port``."""
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if (int(local.split(":")[1], 16) == server_port
+                    and int(remote.split(":")[1], 16) == client_port):
+                inode = fields[9]
+    if inode is None:
+        raise AssertionError("connection not found")
+    target = "socket:[%s]" % inode
+    for pid in pids:
+        try:
+            for fd in os.listdir("/proc/%d/fd" % pid):
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == target:
+                    return pid
+        except OSError:
+            continue
+    raise AssertionError("no process holds the connection")
+
+
+class WorkersTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD},
+                                   extra_args=["--workers", "2", "--max-connections-per-address", "0"])
+        self.addCleanup(self.server.stop)
+        self.server.deliver("alice", b"Subject: x\n\nhello\n")
+        deadline = time.monotonic() + 20
+        while len(process_tree(self.server.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.pids = process_tree(self.server.process.pid)
+        self.assertEqual(len(self.pids), 2, self.pids)
+
+    def connect(self) -> Session:
+        session = Session(self.server.connect())
+        self.addCleanup(session.close)
+        return session
+
+    def test_both_processes_serve_and_the_lock_holds_across_them(self) -> None:
+        holder = self.connect()
+        self.assertTrue(holder.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+        holder_pid = serving_pid(holder.sock.getsockname()[1], self.server.port, self.pids)
+        refused_by: Set[int] = set()
+        for _ in range(200):
+            other = self.connect()
+            reply = other.login(b"alice", PASSWORD.encode())
+            self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
+            refused_by.add(serving_pid(other.sock.getsockname()[1], self.server.port, self.pids))
+            other.close()
+            if refused_by - {holder_pid}:
+                break
+        self.assertTrue(refused_by - {holder_pid}, "every connection went to one process")
+        self.assertEqual(holder.command(b"STAT"), b"+OK 1 %d\r\n" % len(b"Subject: x\r\n\r\nhello\r\n"))
+        holder.command(b"QUIT")
+        late = self.connect()
+        self.assertTrue(late.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+
+    def test_a_dead_worker_is_replaced_and_stop_ends_all(self) -> None:
+        worker = [p for p in self.pids if p != self.server.process.pid][0]
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        pids = []
+        while time.monotonic() < deadline:
+            pids = process_tree(self.server.process.pid)
+            if len(pids) == 2 and worker not in pids:
+                break
+            time.sleep(0.1)
+        self.assertEqual(len(pids), 2, pids)
+        self.assertNotIn(worker, pids)
+        for _ in range(4):
+            session = self.connect()
+            self.assertTrue(session.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+            session.command(b"QUIT")
+        self.server.stop()
+        for pid in pids:
+            self.assertFalse(os.path.exists("/proc/%d/status" % pid) and _alive(pid), pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return "\nState:\tZ" not in f.read()
+    except OSError:
+        return False
+
+
+class WorkerOptionTests(unittest.TestCase):
+    def test_workers_must_be_positive(self) -> None:
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as f:
+            f.write("alice:{PLAIN}x\n")
+        options = tap.Options()
+        self.assertRaises(usage.UsageError, options.parseOptions,
+                          ["--mailbox", "maildir:/tmp/{user}", "--auth", "passwd-file:" + users,
+                           "--workers", "0"])
+
+    def test_worker_arguments(self) -> None:
+        argv = ["twistd", "-n", "--pidfile=", "pop3ng", "--workers", "4", "--auth", "x",
+                "--workers=2", "--listen", "tcp:0"]
+        self.assertEqual(workers.without_workers(workers.pop3ng_arguments(argv)),
+                         ["--auth", "x", "--listen", "tcp:0"])
