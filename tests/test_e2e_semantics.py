@@ -230,6 +230,7 @@ class SemanticsTests(ServerTestCase):
         if os.geteuid() == 0:
             # root reads anything: use a subprocess as nobody to see whether chmod can deny at all
             return self._permission_as_directory()
+        self.tracebacks_allowed = True  # an unexpected storage error is logged with its traceback
         user, _ = self.fresh_user()
         names = self.deliver(user, 2)
         path = os.path.join(self.server.maildir(user), "new", names[0])
