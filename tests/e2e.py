@@ -121,6 +121,8 @@ class ServerTestCase(unittest.TestCase):
     """One real ``twistd pop3ng`` per class (started exactly as in the judging command line)."""
 
     extra_args: List[str] = []
+    #: Options of twistd itself (before ``pop3ng``).
+    twistd_args: List[str] = []
     tls = True
     tracebacks_allowed = False
     server: ServerProcess
@@ -135,7 +137,8 @@ class ServerTestCase(unittest.TestCase):
         cls = type(self)
         if cls.__dict__.get("_server") is None:
             root = tempfile.mkdtemp(prefix="pop3ng-e2e-")
-            cls._server = start_server(root, users=dict(USERS), tls=cls.tls, extra_args=list(cls.extra_args))
+            cls._server = start_server(root, users=dict(USERS), tls=cls.tls, extra_args=list(cls.extra_args),
+                                       twistd_args=list(cls.twistd_args))
             cls._root = root
             cls._next_user = 0
             cls._remaining = len([n for n in dir(cls) if n.startswith("test")])

@@ -405,3 +405,61 @@ class CrossProcessLockTests(ServerTestCase):
         t.command(b"USER " + user.encode())
         self.assertTrue(t.command(b"PASS " + password.encode()).startswith(b"+OK"))
         self.assertEqual(t.command(b"STAT")[:6], b"+OK 1 ")
+
+
+class PermissionDeniedTests(ServerTestCase):
+    """A message file the server may not read (chmod 000): a clear -ERR, the session goes on.
+
+    Root reads anything, so when the suite runs as root the server drops to nobody
+    (``twistd --uid/--gid``) and the maildir is given to nobody."""
+
+    tls = False
+    twistd_args = ["--uid", "65534", "--gid", "65534"] if os.geteuid() == 0 else []
+
+    def setUp(self):
+        super().setUp()
+        # EACCES is unexpected for the server: it logs it with its traceback (by design)
+        self.tracebacks_allowed = True
+        if os.geteuid() == 0:
+            for path in (self.server.root, os.path.join(self.server.root, "mail")):
+                os.makedirs(path, exist_ok=True)
+                os.chmod(path, 0o755)
+
+    def give_away(self, user):
+        if os.geteuid() == 0:
+            for dirpath, dirnames, filenames in os.walk(os.path.dirname(self.server.maildir(user))):
+                os.chown(dirpath, 65534, 65534)
+                for name in filenames:
+                    os.chown(os.path.join(dirpath, name), 65534, 65534)
+
+    def test_unreadable_at_login_and_during_session(self):
+        user, _ = self.fresh_user()
+        names = [self.server.deliver(user, message(i), name="%d.M1P1.perm" % (1_700_000_000 + i))
+                 for i in range(4)]
+        md = self.server.maildir(user)
+        self.give_away(user)
+        os.chmod(os.path.join(md, "new", names[1]), 0)
+        s = self.login(user)
+        with open("/proc/%d/status" % self.server.process.pid) as f:
+            uid = [line.split()[1] for line in f if line.startswith("Uid:")][0]
+        self.assertEqual(uid, "65534" if os.geteuid() == 0 else str(os.geteuid()))
+        self.assertEqual(s.command(b"STAT")[:6], b"+OK 4 ")
+        for command in (b"RETR 2", b"TOP 2 0"):
+            reply = s.command(command)
+            self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+            self.ok(s, b"NOOP")
+        self.assertEqual(self.retr(s, 1), stuffed(wire_lines(message(0))))
+        os.chmod(os.path.join(md, "new", names[2]), 0)
+        reply = s.command(b"RETR 3")
+        self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+        self.assertEqual(self.retr(s, 4), stuffed(wire_lines(message(3))))
+        # deleting an unreadable message works (unlink needs the directory, not the file)
+        self.ok(s, b"DELE 2")
+        self.assertTrue(s.command(b"QUIT").startswith(b"+OK"))
+        self.assertTrue(s.closed())
+        self.assertEqual(len(maildir_files(self.server, user)), 3)
+        # once readable again, the message is served with the right size
+        os.chmod(os.path.join(md, "new", names[2]), 0o600)
+        s = self.login(user)
+        self.assertEqual(s.command(b"LIST 2"), b"+OK 2 %d\r\n" % len(wire_message(message(2))))
+        self.assertEqual(self.retr(s, 2), stuffed(wire_lines(message(2))))
