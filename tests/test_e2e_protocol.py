@@ -515,3 +515,28 @@ class SessionEndTests(ServerTestCase):
         t = self.session()
         self.assertTrue(t.line().startswith(b"+OK"))
         self.assertNoTraceback()
+
+
+class ByteByByteTests(ServerTestCase):
+    def test_commands_one_byte_per_segment(self):
+        import socket as socket_module
+
+        user, password = self.fresh_user()
+        self.server.deliver(user, MESSAGES[0])
+        s = self.session()
+        s.sock.setsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY, 1)
+        s.line()
+        data = b"USER %s\r\nPASS %s\r\nSTAT\nLIST 1\r\nRETR 1\r\nQUIT\r\n" % (user.encode(), password.encode())
+        for i in range(len(data)):
+            s.send(data[i:i + 1])
+            if i % 7 == 0:
+                time.sleep(0.001)
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        size = len(wire_message(MESSAGES[0]))
+        self.assertEqual(s.line(), b"+OK 1 %d\r\n" % size)
+        self.assertEqual(s.line(), b"+OK 1 %d\r\n" % size)
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertEqual(s.body(), stuffed(wire_lines(MESSAGES[0])))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.closed())

@@ -463,3 +463,22 @@ class PermissionDeniedTests(ServerTestCase):
         s = self.login(user)
         self.assertEqual(s.command(b"LIST 2"), b"+OK 2 %d\r\n" % len(wire_message(message(2))))
         self.assertEqual(self.retr(s, 2), stuffed(wire_lines(message(2))))
+
+    def test_quit_reports_a_failed_deletion(self):
+        # RFC 1939 §6: QUIT answers -ERR when some deleted messages could not be removed
+        user, _ = self.fresh_user()
+        names = [self.server.deliver(user, message(i)) for i in range(2)]
+        md = self.server.maildir(user)
+        self.give_away(user)
+        s = self.login(user)
+        self.ok(s, b"DELE 1")
+        os.chmod(os.path.join(md, "new"), 0o555)
+        try:
+            reply = s.command(b"QUIT")
+            self.assertTrue(reply.startswith(b"-ERR"), reply)
+            self.assertTrue(s.closed())
+        finally:
+            os.chmod(os.path.join(md, "new"), 0o700)
+        self.assertEqual(len(maildir_files(self.server, user)), 2)
+        s = self.login(user)
+        self.assertEqual(s.command(b"STAT")[:6], b"+OK 2 ")
