@@ -540,3 +540,51 @@ class ByteByByteTests(ServerTestCase):
         self.assertEqual(s.body(), stuffed(wire_lines(MESSAGES[0])))
         self.assertTrue(s.line().startswith(b"+OK"))
         self.assertTrue(s.closed())
+
+
+class TLSPortTests(ServerTestCase):
+    def test_plaintext_on_the_tls_port(self):
+        import socket as socket_module
+
+        sock = socket_module.create_connection(("127.0.0.1", self.server.tls_port), 10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"USER alice\r\nPASS x\r\nQUIT\r\n")
+        sock.settimeout(10)
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+        self.assertNotIn(b"+OK", data)
+        self.assertNoTraceback()
+
+    def test_client_rejecting_the_certificate(self):
+        import socket as socket_module
+        import ssl
+
+        sock = socket_module.create_connection(("127.0.0.1", self.server.tls_port), 10)
+        context = ssl.create_default_context()  # does not know the test CA
+        with self.assertRaises(ssl.SSLError):
+            context.wrap_socket(sock, server_hostname="localhost")
+        sock.close()
+        # the server goes on
+        s = self.session(tls=True)
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertNoTraceback()
+
+    def test_tls_session_works_like_plain(self):
+        user, password = self.fresh_user()
+        self.server.deliver(user, MESSAGES[0])
+        s = self.session(tls=True)
+        self.assertTrue(s.line().startswith(b"+OK"))
+        s.send(b"USER %s\r\nPASS %s\r\nSTAT\r\nRETR 1\r\nQUIT\r\n" % (user.encode(), password.encode()))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertEqual(s.line(), b"+OK 1 %d\r\n" % len(wire_message(MESSAGES[0])))
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertEqual(s.body(), stuffed(wire_lines(MESSAGES[0])))
+        self.assertTrue(s.line().startswith(b"+OK"))

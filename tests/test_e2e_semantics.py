@@ -482,3 +482,16 @@ class PermissionDeniedTests(ServerTestCase):
         self.assertEqual(len(maildir_files(self.server, user)), 2)
         s = self.login(user)
         self.assertEqual(s.command(b"STAT")[:6], b"+OK 2 ")
+
+
+class NotMessagesTests(ServerTestCase):
+    def test_tmp_and_dot_files_are_not_messages(self):
+        user, _ = self.fresh_user()
+        self.server.deliver(user, message(1))
+        md = self.server.maildir(user)
+        for path in (os.path.join(md, "tmp", "1700000000.M1P1.inflight"), os.path.join(md, "new", ".hidden"),
+                     os.path.join(md, "cur", ".1700000000.M2P2.x:2,S")):
+            with open(path, "wb") as f:
+                f.write(b"Subject: not a message\n\n")
+        s = self.login(user)
+        self.assertEqual(s.command(b"STAT"), b"+OK 1 %d\r\n" % len(wire_message(message(1))))
