@@ -69,6 +69,13 @@ def boundary_messages():
         body += b"h" * (boundary - 1 - len(body)) + b"\r\n.\r\n.. \r\nend\r\n"
         assert body[boundary - 1:boundary + 1] == b"\r\n"
         out["b%d_split_crlf" % boundary] = body
+        # bare CRs around the boundary: kept as data, never merged with a later LF
+        for tail, label in ((b"\rX\r\n.\r\n", "bare_cr"), (b"\r\r\n.\n", "cr_crlf"), (b"\r\n\r\n.\r\n", "crlf_crlf"),
+                            (b"\n\r.\n", "lf_cr_dot")):
+            body = b"Subject: cr\n\n"
+            body += b"c" * (boundary - 1 - len(body)) + tail + b"end"
+            assert body[boundary - 1:boundary] == b"\r" or label == "lf_cr_dot"
+            out["b%d_%s" % (boundary, label)] = body
         # a long line that crosses the boundary and ends with a dot line just after it
         body = b"Subject: long\n\n" + b"L" * (boundary + 10) + b"\n.\n"
         out["b%d_long_line" % boundary] = body
