@@ -31,7 +31,7 @@ def make_certificates(directory: str) -> Dict[str, str]:
     import trustme
 
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1", common_name="localhost")
     paths = {
         "ca": os.path.join(directory, "ca.pem"),
         "cert": os.path.join(directory, "cert.pem"),
