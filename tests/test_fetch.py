@@ -368,6 +368,9 @@ class _ScriptedPOP3(socketserver.StreamRequestHandler):
                                             for i, (_, m) in enumerate(live)) + b".\r\n")
             elif verb == b"RETR":
                 number = int(words[1])
+                if live[number - 1][0] in server.refuse:
+                    write(b"-ERR [SYS/PERM] Message vanished\r\n")
+                    continue
                 data = b"+OK\r\n" + wire.encode_message(live[number - 1][1])
                 if number == drop_at:
                     write(data[: len(data) // 2])
@@ -386,17 +389,33 @@ class _ScriptedPOP3(socketserver.StreamRequestHandler):
                 write(b"-ERR unknown\r\n")
 
 
-class DropMidRetrTests(FetchTestBase):
-    def test_drop_mid_retr_then_rerun(self):
+class ScriptedServerTests(FetchTestBase):
+    def scripted(self, messages, drop_at=None, refuse=()):
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ScriptedPOP3)
         server.daemon_threads = True
-        messages = [make_message(i, size=200000) for i in range(6)]
         server.messages = [(b"uid-%d" % i, m) for i, m in enumerate(messages)]
-        server.sessions, server.deleted, server.drop_at = 0, [], 4
+        server.sessions, server.deleted, server.drop_at, server.refuse = 0, [], drop_at, set(refuse)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
-        url = "pop3://u@127.0.0.1:%d" % server.server_address[1]
+        return server, "pop3://u@127.0.0.1:%d" % server.server_address[1]
+
+    def test_a_refused_message_does_not_hold_back_the_others(self):
+        messages = [make_message(i) for i in range(5)]
+        server, url = self.scripted(messages, refuse={b"uid-2"})
+        args = ["--allow-plaintext", "--maildir", self.out]
+        for _ in range(2):
+            code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
+            self.assertEqual(code, fetch.EXIT_ERROR, err)
+            self.assertIn("uid-2", err)
+            self.assertIn("Message vanished", err)
+        self.assertEqual(sorted(maildir_messages(self.out)),
+                         sorted(_unstuffed(m) for i, m in enumerate(messages) if i != 2))
+        self.assertEqual([uid for uid, _ in server.messages], [b"uid-2"])
+
+    def test_drop_mid_retr_then_rerun(self):
+        messages = [make_message(i, size=200000) for i in range(6)]
+        server, url = self.scripted(messages, drop_at=4)
         args = ["--allow-plaintext", "--maildir", self.out, "--batch", "2"]
         code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
         self.assertEqual(code, fetch.EXIT_CONNECTION, err)

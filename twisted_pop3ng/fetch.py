@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, error as ierror
@@ -70,6 +70,8 @@ class FetchResult:
     delivered: int = 0
     skipped: int = 0
     deleted: int = 0
+    #: Messages the server refused to send (``-ERR`` to RETR): left on the server, reported.
+    refused: List[str] = field(default_factory=list)
 
 
 def crash_point(name: str) -> None:
@@ -147,7 +149,11 @@ class _Retriever:
         self._in_flight.remove(sink)
         self._in_flight_octets -= size
         sink.abort()
-        if self._error is None:
+        if failure.check(pop3.ServerError) and not failure.check(pop3.TemporaryError):
+            # This one message cannot be had (vanished, unreadable): leave it on the server and go
+            # on, so that one bad message does not hold back all the others run after run.
+            self.result.refused.append("%s: %s" % (sink.uid, failure.value))
+        elif self._error is None:
             self._error = failure.value
         self._pump()
 
@@ -403,6 +409,10 @@ def main(argv: List[str]) -> int:
     reactor.callWhenRunning(run)
     reactor.run()
     value = outcome.get("value")
+    if isinstance(value, FetchResult) and value.refused:
+        for text in value.refused:
+            print("pop3ng fetch: not retrieved, left on the server: %s" % text, file=sys.stderr)
+        return EXIT_ERROR
     if isinstance(value, FetchResult):
         if not args.quiet and sys.stderr.isatty():
             print("%d delivered, %d already delivered, %d deleted on the server"
