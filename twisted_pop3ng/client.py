@@ -128,7 +128,6 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         self._paused = False
         self._processing = False
         self._closed: Optional[Failure] = None
-        self._tls_starting = False
         self._quitting = False
         self._lost: defer.Deferred = defer.Deferred()
         greeting = _Pending(None)
@@ -154,8 +153,9 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         self.setTimeout(self.command_timeout if busy else None)
 
     def timeoutConnection(self) -> None:
-        self._fail_all(Failure(ierror.TimeoutError("no reply from the POP3 server in %s s"
-                                                   % self.command_timeout)))
+        self._closed = Failure(ierror.TimeoutError("no reply from the POP3 server in %s s"
+                                                   % self.command_timeout))
+        self._fail_all(self._closed)
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -167,7 +167,8 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         elif reason is not None and reason.check(ierror.ConnectionDone) and self._inflight:
             failure = Failure(ierror.ConnectionLost("server closed the connection during %s"
                                                     % self._inflight[0].verb))
-        self._closed = failure or Failure(ierror.ConnectionDone())
+        if self._closed is None:
+            self._closed = failure or Failure(ierror.ConnectionDone())
         if self._quitting and self._inflight and self._inflight[0].verb == "QUIT":
             # A server may close right after (or instead of) answering QUIT; that is a clean end.
             self._inflight.popleft().deferred.callback(None)
