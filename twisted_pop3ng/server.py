@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, interfaces as iinternet
@@ -196,20 +196,23 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     MAX_LENGTH = wire.MAX_ANY_LINE
     log = Logger()
 
-    def __init__(self) -> None:
-        self.state = AUTHORIZATION
-        self.mailbox: Optional[Any] = None
-        self.messages: List[MessageInfo] = []
-        self.deleted: Set[int] = set()
-        self._logout: Optional[Callable[[], None]] = None
-        self._username: Optional[bytes] = None
-        self._blocks: Set[str] = set()
-        self._stream: Optional[_MessageStream] = None
-        self._bad_commands = 0
-        self._closing = False
-        self._reading_paused = False
-        #: While a SASL exchange waits for a client line, lines go here instead of the dispatcher.
-        self.line_hook: Optional[Callable[[bytes], Any]] = None
+    # Per-session state starts as these class-level defaults and becomes an instance attribute
+    # only when it changes: an idle connection then costs ~0.7 KB less (issue 5: <= 2 KB each).
+    state = AUTHORIZATION
+    mailbox: Optional[Any] = None
+    messages: Sequence[MessageInfo] = ()
+    #: Marked deletions; an immutable empty default, a set of its own from login on.
+    deleted: AbstractSet[int] = frozenset()
+    _logout: Optional[Callable[[], None]] = None
+    _username: Optional[bytes] = None
+    #: Why command lines are not read now; an empty default until the first block.
+    _blocks: AbstractSet[str] = frozenset()
+    _stream: Optional[_MessageStream] = None
+    _bad_commands = 0
+    _closing = False
+    _reading_paused = False
+    #: While a SASL exchange waits for a client line, lines go here instead of the dispatcher.
+    line_hook: Optional[Callable[[bytes], Any]] = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -265,12 +268,15 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def _block(self, reason: str) -> None:
         """Stop processing command lines until every reason is gone."""
         self.paused = True
-        self._blocks.add(reason)
+        if self._blocks:
+            self._blocks.add(reason)  # type: ignore[attr-defined]
+        else:
+            self._blocks = {reason}
 
     def _unblock(self, reason: str) -> None:
         if reason not in self._blocks:
             return
-        self._blocks.discard(reason)
+        self._blocks.discard(reason)  # type: ignore[attr-defined]
         if self._blocks or self._closing or self.transport is None:
             return
         self.paused = False
@@ -473,6 +479,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
 
         def snapshot(messages: Any) -> None:
             self.messages = list(messages)
+            self.deleted = set()
             self.state = TRANSITIONS[(self.state, "login")]
             self.setTimeout(self.config.idle_timeout)
             self.reply(True, "Logged in.")
@@ -554,7 +561,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     @command("RSET", TRANSACTION)
     def do_RSET(self, cmd: wire.Command) -> None:
         self._no_args(cmd)
-        self.deleted.clear()
+        self.deleted.clear()  # type: ignore[attr-defined]
         self.reply(True, "%d messages" % len(self.messages))
 
     @command("DELE", TRANSACTION)
@@ -563,7 +570,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
         if len(words) != 1:
             raise BadCommand("DELE needs one message number")
         index = self._message(words[0])
-        self.deleted.add(index)
+        self.deleted.add(index)  # type: ignore[attr-defined]
         self.reply(True, "Marked to be deleted.")
 
     @command("RETR", TRANSACTION)
