@@ -33,6 +33,23 @@ def make_message(i: int, size: int = 300) -> bytes:
             b"Message-ID: <%d@test>\r\n\r\n.starts with a dot\r\nFrom the start\r\n" % (i, i)) + body
 
 
+def _children(parent: int, name: str) -> List[int]:
+    """PIDs of the processes called ``name`` whose parent is ``parent`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)
+                comm = fields[0].split("(", 1)[1]
+                ppid = int(fields[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent and comm == name:
+                found.append(int(entry))
+    return found
+
+
 def maildir_messages(path: str) -> List[bytes]:
     out = []
     for sub in ("new", "cur"):
@@ -198,6 +215,34 @@ class DovecotFetchTests(FetchTestBase):
         with open(os.path.join(self.dovecot.root, "users"), "wb") as f:
             f.write(b"bob:" + hashed.strip() + b"\n")
         self.put(3)
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+
+    def test_dovecot_killed_mid_retr_then_rerun(self):
+        """SIGKILL Dovecot's pop3 process while messages stream; nothing is lost or doubled."""
+        self.put(40, size=400000)
+        process = subprocess.Popen(self.command(self.url, *self.args("--batch", "4", "--pipeline", "2")),
+                                   env=self.env(), stderr=subprocess.PIPE)
+        killed = False
+        deadline = time.monotonic() + 60
+        new = os.path.join(self.out, "new")
+        while process.poll() is None and time.monotonic() < deadline:
+            if os.path.isdir(new) and len(os.listdir(new)) >= 8:
+                for pid in _children(self.dovecot.pid, "pop3"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+                break
+            time.sleep(0.002)
+        _, err = process.communicate(timeout=60)
+        self.assertTrue(killed)
+        self.assertEqual(process.returncode, fetch.EXIT_CONNECTION, err)
+        self.assertEqual(self.on_server(), 40)
+        self.assertEqual(os.listdir(os.path.join(self.out, "tmp")), [])
+        delivered = maildir_messages(self.out)
+        self.assertGreaterEqual(len(delivered), 8)
+        self.assertLess(len(delivered), 40)
         code, err = self.fetch(self.url, *self.args())
         self.assertEqual(code, 0, err)
         self.assert_exactly_once()
