@@ -11,8 +11,9 @@ record the messages as delivered and, later, send their ``DELE``.
   that is what makes delivery exactly-once rather than at-least-once.
 * **mbox**: the batch is appended under an exclusive ``lockf`` lock (what mutt and procmail use) in
   mboxrd form (``From `` separator, ``>From`` quoting, LF line endings), then fsynced. The append's
-  start offset and length are recorded in the state file first; after a crash a complete append is
-  recognised and a partial one is cut off, so mbox delivery is exactly-once too.
+  offset, length and SHA-256 are recorded in the state file first; after a crash a complete append
+  (same bytes at the same place) is recognised and a shorter one is cut off, so mbox delivery is
+  exactly-once too.
 * **MDA**: each message is piped (LF line endings) into ``sh -c CMD``; exit status 0 means delivered.
   A kill between the MDA's exit and the state write re-delivers that one message next time
   (at-least-once): the MDA's own side cannot be inspected.
@@ -168,6 +169,18 @@ def _mboxrd(spool: _Spool, when: float) -> bytes:
     return b"From MAILER-DAEMON " + stamp + b"\n" + data + b"\n"
 
 
+def _digest_at(fd: int, start: int, end: int) -> str:
+    """SHA-256 of the file's bytes in [start, end): is our append there, whole and unchanged?"""
+    digest = hashlib.sha256()
+    while start < end:
+        block = os.pread(fd, min(1 << 20, end - start), start)
+        if not block:
+            break
+        digest.update(block)
+        start += len(block)
+    return digest.hexdigest()
+
+
 class MboxDestination:
     """Append to an mbox file under ``lockf``, recording each append first (see module doc)."""
 
@@ -196,7 +209,7 @@ class MboxDestination:
         try:
             size = os.fstat(fd).st_size
             offset, end = pending["offset"], pending["end"]
-            if size >= end:
+            if size >= end and _digest_at(fd, offset, end) == pending.get("sha256"):
                 state.mark_delivered(pending["uids"])
             elif size > offset:
                 os.ftruncate(fd, offset)
@@ -210,7 +223,8 @@ class MboxDestination:
             return
         now = time.time()
         entries = [_mboxrd(s, now) for s in sinks]
-        total = sum(len(e) for e in entries)
+        blob = b"".join(entries)
+        total = len(blob)
         try:
             fd = self._open_locked()
         except OSError as error:
@@ -219,8 +233,9 @@ class MboxDestination:
             offset = os.fstat(fd).st_size
             if self.state is not None:
                 self.state.set_pending({"offset": offset, "end": offset + total,
+                                        "sha256": hashlib.sha256(blob).hexdigest(),
                                         "uids": {s.uid: None for s in sinks}})
-            data = memoryview(b"".join(entries))
+            data = memoryview(blob)
             while data:
                 data = data[os.write(fd, data):]
             os.fsync(fd)
