@@ -321,6 +321,20 @@ class OurServerFetchTests(FetchTestBase):
                              len(self.messages))
         self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
 
+    def test_mbox_partial_append_is_cut_off_and_redone(self):
+        path = os.path.join(self.root, "inbox.mbox")
+        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
+                             env={"POP3NG_TEST_KILL": "delivered:1"})
+        self.assertEqual(code, -signal.SIGKILL)
+        with open(path, "r+b") as f:  # as if the kill had come in the middle of the write
+            f.truncate(os.path.getsize(path) - 100)
+        code, err = self.fetch(self.url, *self.base("--mbox", path))
+        self.assertEqual(code, 0, err)
+        with open(path, "rb") as f:
+            entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", f.read())[1:]
+        got = sorted(re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries)
+        self.assertEqual(got, sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages))
+
     def test_50mb_message_streams_in_bounded_memory(self):
         """The fetcher's peak RSS grows by far less than the message (twisted.mail: 111 MB for 50)."""
         big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 50000
