@@ -75,6 +75,42 @@ class OurServerTests(unittest.TestCase):
         return defer.ensureDeferred(go())
 
 
+class OAuthTests(unittest.TestCase):
+    """OAUTHBEARER and XOAUTH2 against our server's HMAC token validator."""
+
+    def setUp(self):
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        self.key = b"k" * 32
+        key_file = os.path.join(root, "oauth.key")
+        with open(key_file, "wb") as f:
+            f.write(self.key)
+        self.server = start_server(root, {"alice": PASSWORD}, extra_args=["--oauth-hmac-key", key_file])
+        self.addCleanup(self.server.stop)
+        self.server.deliver("alice", b"Subject: token\r\n\r\nhi\r\n")
+        self.url = "pop3s://alice@localhost:%d" % self.server.tls_port
+
+    def test_token_login(self):
+        from twisted_pop3ng.oauth import issue_token
+
+        async def go():
+            token = issue_token(self.key, "alice")
+            for mechanism, expected in ((None, "OAUTHBEARER"), ("XOAUTH2", "XOAUTH2")):
+                client = await connect(reactor, self.url, token=token, cafile=self.server.certs["ca"],
+                                       mechanism=mechanism)
+                self.assertEqual(client.mechanism, expected)
+                self.assertEqual((await client.stat())[0], 1)
+                await client.quit()
+            try:
+                await connect(reactor, self.url, token=issue_token(b"x" * 32, "alice"),
+                              cafile=self.server.certs["ca"])
+            except pop3.AuthError:
+                pass
+            else:
+                self.fail("a token signed with another key was accepted")
+        return defer.ensureDeferred(go())
+
+
 class _DropsMidRetr(protocol.Protocol):
     """Greets, logs anyone in, and closes the connection halfway through the first RETR."""
 

@@ -369,6 +369,25 @@ class OurServerFetchTests(FetchTestBase):
         self.assertIn("status 75", err)
         self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), len(self.messages))
 
+    def test_oauth_token_file(self):
+        from twisted_pop3ng.oauth import issue_token
+
+        root = os.path.join(self.root, "oauth-server")
+        os.makedirs(root)
+        key = os.path.join(root, "key")
+        with open(key, "wb") as f:
+            f.write(b"s" * 32)
+        server = start_server(root, {"carol": "pw"}, extra_args=["--oauth-hmac-key", key])
+        self.addCleanup(server.stop)
+        server.deliver("carol", self.messages[0])
+        token_file = os.path.join(self.root, "token")
+        with open(token_file, "w") as f:
+            f.write(issue_token(b"s" * 32, "carol") + "\n")
+        code, err = self.fetch("pop3s://carol@localhost:%d" % server.tls_port, "--cafile",
+                               server.certs["ca"], "--token-file", token_file, "--maildir", self.out)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(maildir_messages(self.out), [_unstuffed(self.messages[0])])
+
     def test_mailbox_in_use_means_try_later(self):
         session = Session(self.server.connect(tls=True))
         self.addCleanup(session.close)

@@ -52,7 +52,7 @@ class FetchOptions:
     url: str
     kind: str                      # maildir | mbox | mda
     target: str
-    password: str
+    password: Optional[str]
     keep: bool = False
     keep_days: Optional[float] = None
     state_path: Optional[str] = None
@@ -62,6 +62,8 @@ class FetchOptions:
     progress: bool = False
     batch: int = BATCH
     window: int = WINDOW
+    #: An OAuth 2 bearer token (OAUTHBEARER / XOAUTH2) instead of a password.
+    token: Optional[str] = None
 
 
 @dataclass
@@ -225,7 +227,8 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
     destination = open_destination(options.kind, options.target, account)
     destination.recover(state)
     result = FetchResult()
-    client = await connect(reactor, options.url, password=options.password, cafile=options.cafile,
+    client = await connect(reactor, options.url, password=options.password, token=options.token,
+                           cafile=options.cafile,
                            allow_plaintext=options.allow_plaintext, timeout=options.timeout)
     try:
         try:
@@ -327,6 +330,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cafile", metavar="PEM", help="CA certificates to trust instead of the system's")
     p.add_argument("--password-file", metavar="FILE",
                    help="file holding the password (else the POP3NG_PASSWORD environment variable)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="OAuth 2 bearer token for OAUTHBEARER/XOAUTH2 instead of a password "
+                        "(else the POP3NG_TOKEN environment variable)")
     p.add_argument("--allow-plaintext", action="store_true",
                    help="pop3://: go without TLS when STLS is not offered")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
@@ -339,11 +345,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _password(args: argparse.Namespace) -> Optional[str]:
-    if args.password_file:
-        with open(args.password_file, "r", encoding="utf-8") as f:
+def _secret(path: Optional[str], variable: str) -> Optional[str]:
+    """The first line of ``path`` (without its line ending), else the environment variable."""
+    if path:
+        with open(path, "r", encoding="utf-8") as f:
             return f.readline().rstrip("\r\n")
-    return os.environ.get("POP3NG_PASSWORD")
+    return os.environ.get(variable)
 
 
 def classify_exit(error: BaseException) -> Tuple[int, str]:
@@ -381,20 +388,24 @@ def main(argv: List[str]) -> int:
         print("pop3ng fetch: --keep-days needs --keep", file=sys.stderr)
         return EXIT_USAGE
     try:
-        password = _password(args)
+        token = None
+        if args.token_file or not (args.password_file or "POP3NG_PASSWORD" in os.environ):
+            token = _secret(args.token_file, "POP3NG_TOKEN")
+        password = None if token is not None else _secret(args.password_file, "POP3NG_PASSWORD")
         parse_url(args.url)
     except (OSError, ValueError) as e:
         print("pop3ng fetch: %s" % e, file=sys.stderr)
         return EXIT_USAGE
-    if password is None:
-        print("pop3ng fetch: no password: use --password-file FILE or POP3NG_PASSWORD", file=sys.stderr)
+    if password is None and token is None:
+        print("pop3ng fetch: no password: use --password-file FILE or POP3NG_PASSWORD "
+              "(or, for OAuth, --token-file FILE or POP3NG_TOKEN)", file=sys.stderr)
         return EXIT_USAGE
     kind, target = next((k, v) for k, v in (("maildir", args.maildir), ("mbox", args.mbox),
                                              ("mda", args.mda)) if v)
     options = FetchOptions(args.url, kind, target, password, args.keep, args.keep_days, args.state,
                            args.cafile, args.allow_plaintext, args.timeout,
                            progress=sys.stderr.isatty() and not args.quiet,
-                           batch=max(1, args.batch), window=max(1, args.pipeline))
+                           batch=max(1, args.batch), window=max(1, args.pipeline), token=token)
     from twisted.internet import reactor
 
     outcome: Dict[str, Any] = {}
