@@ -75,6 +75,24 @@ class OurServerTests(unittest.TestCase):
         return defer.ensureDeferred(go())
 
 
+class APOPTests(unittest.TestCase):
+    def test_apop_only_when_asked(self):
+        root = os.path.abspath(self.mktemp())
+        server = start_server(root, {"alice": PASSWORD}, extra_args=["--apop"])
+        self.addCleanup(server.stop)
+
+        async def go():
+            url = "pop3s://alice@localhost:%d" % server.tls_port
+            client = await connect(reactor, url, password=PASSWORD, cafile=server.certs["ca"])
+            self.assertNotEqual(client.mechanism, "APOP")
+            await client.quit()
+            client = await connect(reactor, url, password=PASSWORD, cafile=server.certs["ca"], apop=True)
+            self.assertEqual(client.mechanism, "APOP")
+            self.assertEqual(await client.stat(), (0, 0))
+            await client.quit()
+        return defer.ensureDeferred(go())
+
+
 class OAuthTests(unittest.TestCase):
     """OAUTHBEARER and XOAUTH2 against our server's HMAC token validator."""
 

@@ -79,7 +79,7 @@ def tls_options(hostname: str, cafile: Optional[str] = None, trust: Any = None) 
 async def _connect(reactor: Any, target: Any, username: Optional[str], password: Optional[str],
                    token: Optional[str], cafile: Optional[str], allow_plaintext: bool,
                    timeout: Optional[float], connect_timeout: float, hostname: Optional[str],
-                   mechanism: Optional[str], login: bool) -> POP3Client:
+                   mechanism: Optional[str], login: bool, apop: bool) -> POP3Client:
     factory = POP3ClientFactory(timeout=timeout, clock=reactor)
     implicit = False
     if isinstance(target, str):
@@ -106,7 +106,7 @@ async def _connect(reactor: Any, target: Any, username: Optional[str], password:
             if username is None:
                 raise ValueError("no user name given")
             await client.login(username, password, token=token, mechanism=mechanism,
-                               allow_plaintext=allow_plaintext)
+                               allow_plaintext=allow_plaintext, apop=apop)
     except BaseException:
         if client.transport is not None:
             client.transport.abortConnection()
@@ -119,7 +119,7 @@ def connect(reactor: Any, endpoint_or_url: Any, username: Optional[str] = None,
             cafile: Optional[str] = None, allow_plaintext: bool = False,
             timeout: Optional[float] = DEFAULT_TIMEOUT, connect_timeout: float = 30.0,
             hostname: Optional[str] = None, mechanism: Optional[str] = None,
-            login: bool = True) -> defer.Deferred:
+            login: bool = True, apop: bool = False) -> defer.Deferred:
     """Connect, secure (STLS or implicit TLS) and log in; fires with the :class:`POP3Client`.
 
     ``endpoint_or_url`` is a ``pop3://``/``pop3s://`` URL or a client endpoint (then ``hostname``
@@ -127,4 +127,4 @@ def connect(reactor: Any, endpoint_or_url: Any, username: Optional[str] = None,
     """
     return defer.ensureDeferred(_connect(reactor, endpoint_or_url, username, password, token, cafile,
                                          allow_plaintext, timeout, connect_timeout, hostname,
-                                         mechanism, login))
+                                         mechanism, login, apop))
