@@ -159,10 +159,16 @@ class BigMessageTests(ServerTestCase):
         self._fetch(tls=True)
 
     def test_slow_reader_and_never_reader_keep_memory_bounded(self):
+        self._never_reader(tls=False)
+
+    def test_slow_reader_and_never_reader_keep_memory_bounded_tls(self):
+        self._never_reader(tls=True)
+
+    def _never_reader(self, tls):
         user, _ = self.fresh_user()
         digest, size = write_big_message(self.server.maildir(user), 20 * MB, "1700000000.M1P1.slow")
         pid = self.server.process.pid
-        s = self.login(user)
+        s = self.login(user, tls=tls)
         self.ok(s, b"NOOP")
         baseline = rss_kb(pid)
         sampler = RssSampler(pid)
@@ -182,8 +188,8 @@ class BigMessageTests(ServerTestCase):
             reader = StreamingBody(s)
             self.assertEqual(reader.read(), (digest, size))
         peak = sampler.stop()
-        report("never-reading client with 10 x RETR of 20 MB + 15000 commands queued: "
-               "server RSS growth %d kB" % (peak - baseline))
+        report("never-reading client (%s) with 10 x RETR of 20 MB + 15000 commands queued: "
+               "server RSS growth %d kB" % ("TLS" if tls else "plain TCP", peak - baseline))
         self.assertLessEqual(peak - baseline, self.LIMIT_KB)
         s.close()
         self.assertTrue(t.command(b"NOOP").startswith(b"+OK"))
