@@ -588,3 +588,30 @@ class TLSPortTests(ServerTestCase):
         self.assertTrue(s.line().startswith(b"+OK"))
         self.assertEqual(s.body(), stuffed(wire_lines(MESSAGES[0])))
         self.assertTrue(s.line().startswith(b"+OK"))
+
+
+class CaseInsensitiveTests(ServerTestCase):
+    def test_every_verb_in_any_case(self):
+        user, password = self.fresh_user()
+        for m in MESSAGES:
+            self.server.deliver(user, m)
+        s = self.session()
+        s.line()
+        self.assertTrue(s.command(b"capa").startswith(b"+OK"))
+        s.body()
+        self.assertTrue(s.command(b"uSeR " + user.encode()).startswith(b"+OK"))
+        self.assertTrue(s.command(b"PaSs " + password.encode()).startswith(b"+OK"))
+        sizes = [len(wire_message(m)) for m in MESSAGES]
+        self.assertEqual(s.command(b"sTaT"), b"+OK 3 %d\r\n" % sum(sizes))
+        self.assertEqual(self.multi(s, b"list")[1], b"".join(b"%d %d\r\n" % (i + 1, n) for i, n in enumerate(sizes)) + b".\r\n")
+        self.assertEqual(self.multi(s, b"Uidl")[1], self.multi(s, b"UIDL")[1])
+        self.assertEqual(s.command(b"uidl 2"), s.command(b"UIDL 2"))
+        self.assertEqual(self.multi(s, b"rEtR 1")[1], stuffed(wire_lines(MESSAGES[0])))
+        self.assertEqual(self.multi(s, b"tOp 3 1")[1], stuffed(top_lines(MESSAGES[2], 1)))
+        self.assertTrue(s.command(b"dele 1").startswith(b"+OK"))
+        self.assertTrue(s.command(b"Noop").startswith(b"+OK"))
+        self.assertTrue(s.command(b"rset").startswith(b"+OK"))
+        self.assertTrue(s.command(b"dele 2").startswith(b"+OK"))
+        self.assertTrue(s.command(b"qUiT").startswith(b"+OK"))
+        self.assertTrue(s.closed())
+        self.assertEqual(self.login(user).command(b"STAT"), b"+OK 2 %d\r\n" % (sizes[0] + sizes[2]))
