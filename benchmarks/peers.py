@@ -168,13 +168,18 @@ def status_kb(pid: int, field_name: str) -> int:
     return 0
 
 
-def pss_kb(pids: List[int]) -> int:
+def pss_kb(pids: List[int], field_name: str = "Pss_Dirty") -> int:
+    """Proportional set size of the processes, dirty pages only by default.
+
+    Clean file pages (the shared libraries) are left out: their PSS share changes whenever some
+    unrelated process maps the same libraries, which swamps a per-connection figure.
+    """
     total = 0
     for pid in pids:
         try:
             with open("/proc/%d/smaps_rollup" % pid) as f:
                 for line in f:
-                    if line.startswith("Pss:"):
+                    if line.startswith(field_name + ":"):
                         total += int(line.split()[1])
                         break
         except OSError:

@@ -92,18 +92,24 @@ def bench_many(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
 
 
 def bench_idle(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
-    """Memory per idle connection: PSS of all the peer's processes, measured after a first half
-    and after the second half of the connections (transients of earlier tests cancel out)."""
+    """Memory per idle connection: dirty PSS of all the peer's processes, measured after each of
+    five equal steps of connections; the median step counts (one-off growth such as a table
+    doubling, or transients of earlier tests, lands in one step only)."""
     peers.raise_nofile()
-    half = max(1, args.idle // 2)
-    socks = client.idle_connections(peer.target.port, half)
+    steps = 5
+    size = max(1, args.idle // steps)
+    socks: List[Any] = client.idle_connections(peer.target.port, size)
+    per_conn = []
     try:
         time.sleep(1.0)
-        middle = peers.pss_kb(peer.pids())
-        socks += client.idle_connections(peer.target.port, args.idle - half)
-        time.sleep(1.0)
-        after = peers.pss_kb(peer.pids())
-        out["idle_kb"] = (after - middle) / (args.idle - half)
+        last = peers.pss_kb(peer.pids())
+        for _ in range(steps - 1):
+            socks += client.idle_connections(peer.target.port, size)
+            time.sleep(1.0)
+            now = peers.pss_kb(peer.pids())
+            per_conn.append((now - last) / size)
+            last = now
+        out["idle_kb"] = sorted(per_conn)[len(per_conn) // 2]
     finally:
         for sock in socks:
             sock.close()
