@@ -53,6 +53,12 @@ CHUNK_SIZE = 256 * 1024
 MAX_QUEUED_INPUT = 64 * 1024
 #: Chunks written in one reactor turn before yielding, when the transport never pushes back.
 CHUNKS_PER_TURN = 16
+#: Seconds a closing connection may take to deliver its last reply before it is aborted: a peer
+#: that never reads, or never completes the TLS handshake, would otherwise keep the connection (and
+#: the maildrop lock) forever, since loseConnection waits for the write buffer to drain. After QUIT
+#: a slow client may still be receiving a message: it gets longer.
+CLOSE_GRACE = 5.0
+QUIT_CLOSE_GRACE = 60.0
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,7 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     _bad_commands = 0
     _closing = False
     _reading_paused = False
+    _abort_call: Any = None
     #: While a SASL exchange waits for a client line, lines go here instead of the dispatcher.
     line_hook: Optional[Callable[[bytes], Any]] = None
 
@@ -264,6 +271,14 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
             # unregisterProducer), so a QUIT over TLS would never close: unregister first.
             self.transport.unregisterProducer()
             self.transport.loseConnection()
+            if self._abort_call is None:
+                grace = QUIT_CLOSE_GRACE if ok or self.state == UPDATE else CLOSE_GRACE
+                self._abort_call = self.clock.callLater(grace, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _block(self, reason: str) -> None:
         """Stop processing command lines until every reason is gone."""
@@ -314,6 +329,9 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def connectionLost(self, reason: Failure = None) -> None:
         self.setTimeout(None)
         self._closing = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self._stop_stream()
         if self.state != UPDATE:
             self._do_logout()
