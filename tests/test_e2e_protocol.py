@@ -3,6 +3,7 @@ pipelining and hostile input, byte for byte over real sockets against ``twistd -
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -615,3 +616,18 @@ class CaseInsensitiveTests(ServerTestCase):
         self.assertTrue(s.command(b"qUiT").startswith(b"+OK"))
         self.assertTrue(s.closed())
         self.assertEqual(self.login(user).command(b"STAT"), b"+OK 2 %d\r\n" % (sizes[0] + sizes[2]))
+
+
+class UserNameTests(ServerTestCase):
+    def test_address_like_user_added_while_running(self):
+        # the passwd-file is re-read when it changes; user names may look like addresses
+        name, password = "bob.smith+pop@example.org", "  leading and trailing spaces  "
+        with open(os.path.join(self.server.root, "users"), "a") as f:
+            f.write("%s:{PLAIN}%s\n" % (name, password))
+        self.server.deliver(name, MESSAGES[1])
+        s = self.session()
+        s.line()
+        self.ok(s, b"USER " + name.encode())
+        reply = s.command(b"PASS " + password.encode())
+        self.assertTrue(reply.startswith(b"+OK"), reply)
+        self.assertEqual(self.multi(s, b"RETR 1")[1], stuffed(wire_lines(MESSAGES[1])))

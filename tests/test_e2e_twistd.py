@@ -152,3 +152,38 @@ class LoginTimeoutTests(ServerTestCase):
         self.assertGreater(elapsed, 1.5)
         self.assertLess(elapsed, 6)
         self.assertEqual(len(maildir_files(self.server, user)), 1)
+
+    def test_login_timeout_without_tls_handshake(self):
+        sock = socket.create_connection(("127.0.0.1", self.server.tls_port), 10)
+        self.addCleanup(sock.close)
+        start = time.monotonic()
+        sock.settimeout(10)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        # login timeout (1 s) + the grace for delivering the last reply
+        self.assertLess(time.monotonic() - start, 9)
+
+    def test_idle_timeout_closes_a_client_that_never_reads(self):
+        # loseConnection waits for the write buffer to drain, which never happens here: the
+        # timeout must still end the session (and release the maildrop lock).
+        from .test_e2e_load import write_big_message
+
+        user, password = self.fresh_user()
+        write_big_message(self.server.maildir(user), 8 * 1024 * 1024, "1700000000.M1P1.stuck")
+        s = self.login(user)
+        s.send(b"RETR 1\r\n")
+        deadline = time.monotonic() + 30
+        while True:
+            t = self.session()
+            t.line()
+            t.command(b"USER " + user.encode())
+            reply = t.command(b"PASS " + password.encode())
+            t.close()
+            if reply.startswith(b"+OK"):
+                break
+            self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
+            self.assertLess(time.monotonic(), deadline, "the stuck session was never closed")
+            time.sleep(0.5)
