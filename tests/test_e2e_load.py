@@ -266,7 +266,7 @@ class LatencyTests(ServerTestCase):
             self.assertTrue(s.command(b"NOOP").startswith(b"+OK"))
         per_round = (time.monotonic() - start) / 100
         report("RETR+LIST+NOOP round trips over %s: %.2f ms each" % ("TLS" if tls else "TCP", per_round * 1000))
-        self.assertLess(per_round, 0.02)
+        self.assertLess(per_round, 0.03)  # a Nagle stall costs 40 ms
 
     def test_plain(self):
         self._round_trips(False)
