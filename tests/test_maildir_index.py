@@ -152,3 +152,19 @@ class IndexTests(unittest.TestCase):
         time.sleep(0.01)
         self.session()
         self.assertEqual(os.stat(lock_path).st_mtime_ns, before)
+
+
+class OrderTests(unittest.TestCase):
+    def test_fast_string_order_only_when_it_is_delivery_order(self) -> None:
+        import random
+
+        names = ["999999999.M1P1.host", "1700000000.M5P1.host", "1700000000.M999P1.host",
+                 "1700000000.M1000P1.host", "1700000000.M000001P1.x", "1700000001.M0P1.host",
+                 "zzz-not-standard"]
+        padded = ["17000000%02d.M%06dP1.host" % (i % 7, (i * 7919) % 10 ** 6) for i in range(300)]
+        rng = random.Random(5)
+        for sample in (names, padded, padded + ["1700000000.M5P1.host"]):
+            for _ in range(10):
+                shuffled = list(sample)
+                rng.shuffle(shuffled)
+                self.assertEqual(mi.delivery_order(shuffled), sorted(sample, key=mi.order_key))
