@@ -187,3 +187,50 @@ class LoginTimeoutTests(ServerTestCase):
             self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
             self.assertLess(time.monotonic(), deadline, "the stuck session was never closed")
             time.sleep(0.5)
+
+
+class DemoTests(unittest.TestCase):
+    """``twistd -n pop3ng --demo`` (the README's first command) serves mail its printed curl lines fetch."""
+
+    def test_demo_prints_working_curl_lines(self):
+        import re
+        import signal
+
+        from .dovecot import free_port
+
+        work = tempfile.mkdtemp(prefix="pop3ng-demo-")
+        self.addCleanup(shutil.rmtree, work, True)
+        plain, secure = free_port(), free_port()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(HERE), env.get("PYTHONPATH")]))
+        log_path = os.path.join(work, "out.txt")
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "pop3ng", "--demo",
+                 "--listen", "tcp:%d:interface=127.0.0.1" % plain,
+                 "--tls-listen", "tcp:%d:interface=127.0.0.1" % secure],
+                stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env)
+
+        def stop():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(10)
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline and len(lines) < 2:
+            with open(log_path) as f:
+                lines = re.findall(r"^\s*(curl .*)$", f.read(), re.M)
+            self.assertIsNone(process.poll(), open(log_path).read())
+            time.sleep(0.1)
+        self.assertEqual(len(lines), 2, open(log_path).read())
+        schemes = set()
+        for line in lines:
+            result = subprocess.run(line + " --silent --show-error --max-time 20", shell=True,
+                                    capture_output=True, timeout=60, cwd="/")
+            self.assertEqual(result.returncode, 0, (line, result.stderr))
+            self.assertIn(b"Subject:", result.stdout)
+            schemes.add(line.split("://")[0].split()[-1])
+        self.assertEqual(schemes, {"pop3", "pop3s"})
+        with open(log_path) as f:
+            self.assertNotIn("Traceback", f.read())
