@@ -43,6 +43,9 @@ TRICKY = {
     "long_line_100k": b"Subject: long\n\n" + b"x" * 100_000 + b"\n.after\n",
     "long_dot_line": b"Subject: long\n\n." + b"y" * 100_000 + b"\r\n.\r\n",
     "long_line_no_newline": b"Subject: long\n\n" + b"z" * 300_000,
+    "long_header_line": b"Subject: " + b"h" * 300_000 + b"\nX-Dot:\n .folded\n\n.body\n",
+    "crlf_only_lines": b"\r\n\r\n\r\n",
+    "separator_with_spaces": b"Subject: x\n \nnot a separator\n\nbody 1\nbody 2\n",
 }
 
 
