@@ -72,13 +72,16 @@ def _session_worker(job: Tuple[int, str, float]) -> Tuple[int, int]:
 
 def bench_sessions(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
     jobs = [(peer.target.port, "s%d" % i, args.session_seconds) for i in range(spec.session_users)]
+    best = failures = 0.0
     with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
-        start = time.perf_counter()
-        results = pool.map(_session_worker, jobs)
-        elapsed = time.perf_counter() - start
-    done = sum(r[0] for r in results)
-    out["sessions"] = done / elapsed
-    out["session_failures"] = sum(r[1] for r in results)
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            results = pool.map(_session_worker, jobs)
+            elapsed = time.perf_counter() - start
+            best = max(best, sum(r[0] for r in results) / elapsed)
+            failures += sum(r[1] for r in results)
+    out["sessions"] = best
+    out["session_failures"] = failures
 
 
 def bench_many(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
@@ -132,6 +135,9 @@ BENCHMARKS: Dict[str, Callable[[Running, DataSpec, Any, Result], None]] = {
     "many": bench_many,
     "idle": bench_idle,
 }
+#: Memory measurements get a freshly started peer: memory freed by earlier tests (a 100k-message
+#: listing, say) would otherwise be reused and hide the growth being measured.
+FRESH = {"big", "idle"}
 
 
 # -- the table --------------------------------------------------------------------------------------
@@ -258,7 +264,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Any:
     parser.add_argument("--idle", type=int, default=None, help="idle connections")
     parser.add_argument("--session-clients", type=int, default=4)
     parser.add_argument("--session-seconds", type=float, default=None)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each throughput test")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each throughput and session-rate test (the best counts)")
     parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before cold")
     parser.add_argument("--root", default="/tmp/pop3ng-bench", help="work directory (data reused)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -268,21 +275,27 @@ def parse_args(argv: Optional[List[str]] = None) -> Any:
     if args.idle is None:
         args.idle = 1_000 if args.quick else 10_000
     if args.session_seconds is None:
-        args.session_seconds = 3.0 if args.quick else 5.0
+        args.session_seconds = 2.0 if args.quick else 4.0
     return args
 
 
 def run_peer(name: str, spec: DataSpec, template: str, args: Any) -> Result:
     root = os.path.join(args.root, name.replace(".", "-"))
     peers.clone_mail(template, root)
-    log("%s: starting" % name)
-    if name == "ours":
-        running = peers.start_ours(root, spec.users(), args.workers, args.ours_args.split())
-    else:
-        running = peers.PEERS[name](root, spec.users())
+
+    def start() -> Running:
+        log("%s: starting" % name)
+        if name == "ours":
+            return peers.start_ours(root, spec.users(), args.workers, args.ours_args.split())
+        return peers.PEERS[name](root, spec.users())
+
+    running = start()
     out: Result = {}
     try:
-        for bench in args.only.split(","):
+        for n, bench in enumerate(args.only.split(",")):
+            if bench in FRESH and n:
+                running.stop()
+                running = start()
             log("%s: %s" % (name, bench))
             try:
                 BENCHMARKS[bench](running, spec, args, out)
