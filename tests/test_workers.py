@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Dict, List, Set
+from typing import Dict, List
 
 from twisted.python import usage
 from twisted.trial import unittest
@@ -77,23 +77,26 @@ class WorkersTests(unittest.TestCase):
         return session
 
     def test_both_processes_serve_and_the_lock_holds_across_them(self) -> None:
-        holder = self.connect()
-        self.assertTrue(holder.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
-        holder_pid = serving_pid(holder.sock.getsockname()[1], self.server.port, self.pids)
-        refused_by: Set[int] = set()
-        for _ in range(200):
-            other = self.connect()
-            reply = other.login(b"alice", PASSWORD.encode())
-            self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
-            refused_by.add(serving_pid(other.sock.getsockname()[1], self.server.port, self.pids))
-            other.close()
-            if refused_by - {holder_pid}:
+        # Keep connections open until both processes hold at least one.
+        by_pid: Dict[int, Session] = {}
+        for _ in range(300):
+            session = self.connect()
+            self.assertTrue(session.line().startswith(b"+OK"))
+            by_pid.setdefault(serving_pid(session.sock.getsockname()[1], self.server.port,
+                                          self.pids), session)
+            if len(by_pid) == 2:
                 break
-        self.assertTrue(refused_by - {holder_pid}, "every connection went to one process")
+        self.assertEqual(len(by_pid), 2, "every connection went to one process")
+        holder, other = by_pid.values()
+        self.assertTrue(holder.command(b"USER alice").startswith(b"+OK"))
+        self.assertTrue(holder.command(b"PASS " + PASSWORD.encode()).startswith(b"+OK"))
+        self.assertTrue(other.command(b"USER alice").startswith(b"+OK"))
+        reply = other.command(b"PASS " + PASSWORD.encode())
+        self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
         self.assertEqual(holder.command(b"STAT"), b"+OK 1 %d\r\n" % len(b"Subject: x\r\n\r\nhello\r\n"))
         holder.command(b"QUIT")
-        late = self.connect()
-        self.assertTrue(late.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+        self.assertTrue(other.command(b"USER alice").startswith(b"+OK"))
+        self.assertTrue(other.command(b"PASS " + PASSWORD.encode()).startswith(b"+OK"))
 
     def test_a_dead_worker_is_replaced_and_stop_ends_all(self) -> None:
         worker = [p for p in self.pids if p != self.server.process.pid][0]
