@@ -133,8 +133,15 @@ class ServerTestCase(unittest.TestCase):
     # setUp in a process and stopped after the last of the class's tests in it (or at exit, when
     # ``trial -j`` spread the class over several workers).
 
+    #: The class whose server runs in this process (tests arrive class by class, also with -j).
+    _active: Optional[type] = None
+
     def setUp(self) -> None:
         cls = type(self)
+        previous = ServerTestCase._active
+        if previous is not None and previous is not cls:
+            previous._stop_server()
+        ServerTestCase._active = cls
         if cls.__dict__.get("_server") is None:
             root = tempfile.mkdtemp(prefix="pop3ng-e2e-")
             cls._server = start_server(root, users=dict(USERS), tls=cls.tls, extra_args=list(cls.extra_args),

@@ -105,6 +105,17 @@ class ServerProcess:
                 self.process.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL (Linux), so a
+    killed trial worker leaves no server behind. (twistd --uid clears it: best effort.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = True,
                  extra_args: Optional[List[str]] = None, plain_listeners: int = 1,
                  twistd_args: Optional[List[str]] = None) -> ServerProcess:
@@ -131,7 +142,8 @@ def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = 
     log = open(log_path, "wb")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(HERE), env.get("PYTHONPATH")]))
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
+                               preexec_fn=_die_with_parent)
     log.close()
     server = ServerProcess(process, root, log_path, certs=certs)
     deadline = time.monotonic() + 30
