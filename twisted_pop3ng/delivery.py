@@ -4,7 +4,9 @@ A destination hands out one *sink* per message (``write`` as the body streams in
 batch of finished sinks durable in :meth:`commit`. Only after ``commit`` returned may the fetcher
 record the messages as delivered and, later, send their ``DELE``.
 
-* **Maildir**: tmp/NAME written as the message arrives; at commit each file is fsynced, renamed into
+* **Maildir**: tmp/NAME written as the message arrives, with LF line endings as Unix mail stores
+  use (what Dovecot, mutt, fetchmail's MDAs and getmail write; the POP3 transfer's CRLF is undone,
+  a CR split from its LF across chunks included); at commit each file is fsynced, renamed into
   new/, and new/ is fsynced once per batch. NAME is derived from the account and the UIDL
   (``pop3ng-<digest>``), so :meth:`MaildirDestination.has` can tell after a crash that a message got
   as far as new/ (or was since moved to cur/ by a mail reader) before the state file recorded it:
@@ -130,7 +132,17 @@ class _MaildirSink:
                 raise DeliveryError("cannot create %s: %s" % (self.tmp_path, error))
         return self._fd
 
+    _held_cr = b""
+
     def write(self, data: bytes) -> None:
+        data, self._held_cr = self._held_cr + data, b""
+        if data[-1:] == b"\r":
+            data, self._held_cr = data[:-1], b"\r"
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         fd = self._open()
         view = memoryview(data)
         try:
@@ -142,6 +154,9 @@ class _MaildirSink:
 
     def finish(self) -> None:
         self._open()
+        if self._held_cr:
+            self._held_cr, held = b"", self._held_cr
+            self._write(held)
 
     def sync(self) -> None:
         fd = self._open()
