@@ -142,3 +142,29 @@ class WorkerOptionTests(unittest.TestCase):
                 "--workers=2", "--listen", "tcp:0"]
         self.assertEqual(workers.without_workers(workers.pop3ng_arguments(argv)),
                          ["--auth", "x", "--listen", "tcp:0"])
+
+
+class BacklogTests(unittest.TestCase):
+    def test_tcp_endpoints_get_a_large_backlog_unless_given(self) -> None:
+        self.assertEqual(tap.with_backlog("tcp:110"), "tcp:110:backlog=%d" % tap.DEFAULT_BACKLOG)
+        self.assertEqual(tap.with_backlog("tcp6:995:interface=\\:\\:1"),
+                         "tcp6:995:interface=\\:\\:1:backlog=%d" % tap.DEFAULT_BACKLOG)
+        self.assertEqual(tap.with_backlog("tcp:110:backlog=5"), "tcp:110:backlog=5")
+        self.assertEqual(tap.with_backlog("unix:/run/pop3.sock"), "unix:/run/pop3.sock")
+
+    def test_a_burst_of_connections_is_greeted_at_once(self) -> None:
+        import socket
+
+        server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD}, tls=False,
+                              extra_args=["--max-connections-per-address", "0"])
+        self.addCleanup(server.stop)
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+        try:
+            start = time.monotonic()
+            for sock in socks:
+                self.assertTrue(sock.recv(100).startswith(b"+OK"))
+            # With Twisted's default backlog of 50 the last ones waited for SYN-ACK retransmits.
+            self.assertLess(time.monotonic() - start, 0.9)
+        finally:
+            for sock in socks:
+                sock.close()

@@ -154,6 +154,19 @@ def _listener(listener: Any, description: str, parent: service.MultiService) -> 
     listener.setServiceParent(parent)
 
 
+#: Listen backlog when a tcp: endpoint names none. Twisted's default (50) makes a burst of
+#: connections wait for SYN-ACK retransmissions (1 s, 3 s, ...) once 50 are pending accept.
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=DEFAULT_BACKLOG`` added to a tcp/tcp6 endpoint without one."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return "%s:backlog=%d" % (description, DEFAULT_BACKLOG)
+    return description
+
+
 def make_factory(options: Options) -> Any:
     """The POP3 server factory the options describe (also used by each ``--workers`` process)."""
     from twisted.cred.portal import Portal
@@ -183,10 +196,10 @@ def makeService(options: Options) -> service.MultiService:
     factory = make_factory(options)
     top = _Listeners()
     for desc in options["listen"]:
-        endpoint = endpoints.serverFromString(reactor, desc)
+        endpoint = endpoints.serverFromString(reactor, with_backlog(desc))
         _listener(StreamServerEndpointService(endpoint, factory), desc, top)
     for desc in options["tls-listen"]:
-        endpoint = endpoints.serverFromString(reactor, desc)
+        endpoint = endpoints.serverFromString(reactor, with_backlog(desc))
         tls_factory = TLSMemoryBIOFactory(options["tls"], False, factory)
         _listener(StreamServerEndpointService(endpoint, tls_factory), desc, top)
     if options["workers"] > 1:
