@@ -109,6 +109,8 @@ class ServerConfig:
 class _TransportFlow:
     """Registered with the transport for the whole connection: its write buffer pushes back here."""
 
+    __slots__ = ("protocol",)  # one per connection: no instance dict
+
     def __init__(self, protocol: "POP3ServerProtocol") -> None:
         self.protocol = protocol
 
