@@ -106,6 +106,12 @@ class MaildirLock:
             os.close(fd)
 
 
+def _open_message_file(path: str) -> BinaryIO:
+    """Open a message without following a symlink: a user who can write to a maildir must not
+    make a server running as root send them /etc/shadow (ELOOP becomes -ERR [SYS/PERM])."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
+
+
 @implementer(IMailboxStore)
 class MaildirStore:
     """Maildrops at ``template.format(user=…)``; created (0700) on first login when missing."""
@@ -168,11 +174,11 @@ class MaildirMailbox:
 
     def open_message(self, index: int) -> BinaryIO:
         try:
-            return open(os.path.join(self.path, self.files[index]), "rb", buffering=0)
+            return _open_message_file(os.path.join(self.path, self.files[index]))
         except FileNotFoundError:
             if self._locate(index) is None:
                 raise MessageVanished()
-            return open(os.path.join(self.path, self.files[index]), "rb", buffering=0)
+            return _open_message_file(os.path.join(self.path, self.files[index]))
 
     def commit(self, deleted: Sequence[int]) -> None:
         for index in deleted:

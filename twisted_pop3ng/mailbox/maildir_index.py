@@ -203,7 +203,7 @@ def flush(path: str, snapshot: Snapshot) -> None:
 
 def measure(dir_fd: int, name: str) -> int:
     """Wire size of one message (CRLF line endings, unstuffed), read in one call when small."""
-    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)  # no symlinks: see maildir.py
     try:
         data = os.read(fd, SMALL_READ)
         if len(data) == SMALL_READ:
@@ -259,7 +259,7 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
                     # Unreadable (permissions): one bad file must not lock the user out of the
                     # rest; list it with its size on disk, RETR answers -ERR, measure it next time.
                     try:
-                        size = os.stat(filename[4:], dir_fd=fds[sub]).st_size
+                        size = os.stat(filename[4:], dir_fd=fds[sub], follow_symlinks=False).st_size
                     except OSError:
                         continue
                     provisional.add(base)
