@@ -495,3 +495,22 @@ class NotMessagesTests(ServerTestCase):
                 f.write(b"Subject: not a message\n\n")
         s = self.login(user)
         self.assertEqual(s.command(b"STAT"), b"+OK 1 %d\r\n" % len(wire_message(message(1))))
+
+
+class SymlinkTests(ServerTestCase):
+    def test_symlinked_message_is_not_followed(self):
+        # a user who can write to a maildir must not make the server (root, here) send other files
+        self.tracebacks_allowed = True  # ELOOP is logged like any storage error
+        user, _ = self.fresh_user()
+        self.server.deliver(user, message(0), name="1700000000.M1P1.real")
+        secret = os.path.join(self.server.root, "secret")
+        with open(secret, "wb") as f:
+            f.write(b"Subject: secret\n\nTOP SECRET CONTENT\n")
+        os.chmod(secret, 0o600)
+        os.symlink(secret, os.path.join(self.server.maildir(user), "new", "1700000001.M1P1.link"))
+        s = self.login(user)
+        for command in (b"RETR 2", b"TOP 2 5"):
+            reply = s.command(command)
+            self.assertTrue(reply.startswith(b"-ERR"), reply)
+        self.assertEqual(self.retr(s, 1), stuffed(wire_lines(message(0))))
+        self.assertNotIn(b"SECRET", s.buffer)
