@@ -107,9 +107,15 @@ class MaildirLock:
 
 
 def _open_message_file(path: str) -> BinaryIO:
-    """Open a message without following a symlink: a user who can write to a maildir must not
-    make a server running as root send them /etc/shadow (ELOOP becomes -ERR [SYS/PERM])."""
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
+    """Open a message following no symlink in new/ or cur/ nor in the file name: a user who can
+    write to a maildir must not make a server running as root send them /etc/shadow (ELOOP or
+    ENOTDIR become -ERR [SYS/PERM])."""
+    directory, name = os.path.split(path)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        return os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), "rb", buffering=0)
+    finally:
+        os.close(dir_fd)
 
 
 @implementer(IMailboxStore)

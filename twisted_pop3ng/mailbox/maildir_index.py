@@ -250,7 +250,8 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
             if size is None:
                 sub = filename[:3]
                 if sub not in fds:
-                    fds[sub] = os.open(os.path.join(path, sub), os.O_RDONLY | os.O_DIRECTORY)
+                    fds[sub] = os.open(os.path.join(path, sub),
+                                       os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 try:
                     size = measure(fds[sub], filename[4:])
                 except (FileNotFoundError, IsADirectoryError):
