@@ -514,3 +514,28 @@ class SymlinkTests(ServerTestCase):
             self.assertTrue(reply.startswith(b"-ERR"), reply)
         self.assertEqual(self.retr(s, 1), stuffed(wire_lines(message(0))))
         self.assertNotIn(b"SECRET", s.buffer)
+
+    def test_new_swapped_for_a_symlink_during_the_session(self):
+        # the user delivers a message named like a file elsewhere, logs in, then swaps new/ for a
+        # symlink to that elsewhere: RETR must not follow it
+        self.tracebacks_allowed = True
+        user, _ = self.fresh_user()
+        elsewhere = os.path.join(self.server.root, "elsewhere")
+        os.makedirs(elsewhere, exist_ok=True)
+        with open(os.path.join(elsewhere, "secret"), "wb") as f:
+            f.write(b"Subject: secret\n\nTOP SECRET CONTENT\n")
+        self.server.deliver(user, message(0), name="secret")
+        s = self.login(user)
+        md = self.server.maildir(user)
+        os.rename(os.path.join(md, "new"), os.path.join(md, "new.orig"))
+        os.symlink(elsewhere, os.path.join(md, "new"))
+        try:
+            reply = s.command(b"RETR 1")
+            if reply.startswith(b"+OK"):
+                self.assertNotIn(b"SECRET", s.body())
+            else:
+                self.assertTrue(reply.startswith(b"-ERR"), reply)
+            self.ok(s, b"NOOP")
+        finally:
+            os.unlink(os.path.join(md, "new"))
+            os.rename(os.path.join(md, "new.orig"), os.path.join(md, "new"))
