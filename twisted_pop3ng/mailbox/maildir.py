@@ -50,7 +50,8 @@ def fsync_directory(path: str) -> None:
 def write_atomically(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
     tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_NOFOLLOW: in a user-writable maildir, a planted symlink must not make root truncate a file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -84,7 +85,8 @@ class MaildirLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        # O_NOFOLLOW: a pop3ng.lock symlink to /etc/passwd must not be truncated by root.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -114,6 +116,17 @@ def _open_message_file(path: str) -> BinaryIO:
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         return os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), "rb", buffering=0)
+    finally:
+        os.close(dir_fd)
+
+
+def _unlink_message_file(path: str) -> None:
+    """Unlink a message without following a symlinked new/ or cur/ (root must not delete files
+    elsewhere because a user swapped a directory for a symlink during the session)."""
+    directory, name = os.path.split(path)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.unlink(name, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -189,11 +202,11 @@ class MaildirMailbox:
     def commit(self, deleted: Sequence[int]) -> None:
         for index in deleted:
             try:
-                os.unlink(os.path.join(self.path, self.files[index]))
+                _unlink_message_file(os.path.join(self.path, self.files[index]))
             except FileNotFoundError:
                 if self._locate(index) is not None:
                     try:
-                        os.unlink(os.path.join(self.path, self.files[index]))
+                        _unlink_message_file(os.path.join(self.path, self.files[index]))
                     except FileNotFoundError:
                         pass
         for sub in ("new", "cur"):
