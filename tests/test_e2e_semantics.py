@@ -539,3 +539,50 @@ class SymlinkTests(ServerTestCase):
         finally:
             os.unlink(os.path.join(md, "new"))
             os.rename(os.path.join(md, "new.orig"), os.path.join(md, "new"))
+
+    def test_dele_then_new_swapped_for_a_symlink(self):
+        self.tracebacks_allowed = True  # the refused operations are logged
+        # ... and QUIT must not delete the file elsewhere either
+        user, _ = self.fresh_user()
+        elsewhere = os.path.join(self.server.root, "elsewhere2")
+        os.makedirs(elsewhere, exist_ok=True)
+        victim = os.path.join(elsewhere, "victim")
+        with open(victim, "wb") as f:
+            f.write(b"precious\n")
+        self.server.deliver(user, message(0), name="victim")
+        s = self.login(user)
+        self.ok(s, b"DELE 1")
+        md = self.server.maildir(user)
+        os.rename(os.path.join(md, "new"), os.path.join(md, "new.orig"))
+        os.symlink(elsewhere, os.path.join(md, "new"))
+        try:
+            s.command(b"QUIT")
+            self.assertTrue(s.closed())
+            self.assertTrue(os.path.exists(victim))
+        finally:
+            os.unlink(os.path.join(md, "new"))
+            os.rename(os.path.join(md, "new.orig"), os.path.join(md, "new"))
+
+    def test_planted_symlinks_for_lock_and_index_files(self):
+        self.tracebacks_allowed = True  # the refused operations are logged
+        # pop3ng.lock and the index's temporary file are created by the server in the maildir:
+        # symlinks planted there must not make it truncate or overwrite their targets
+        user, _ = self.fresh_user()
+        self.server.deliver(user, message(0))
+        md = self.server.maildir(user)
+        targets = []
+        for i, name in enumerate(["pop3ng.lock"] + ["pop3ng-index.tmp.%d" % self.server.process.pid]):
+            target = os.path.join(self.server.root, "target%d" % i)
+            with open(target, "wb") as f:
+                f.write(b"precious\n")
+            targets.append(target)
+            os.symlink(target, os.path.join(md, name))
+        s = self.session()
+        s.line()
+        s.command(b"USER " + user.encode())
+        s.command(b"PASS " + USERS[user].encode())
+        s.command(b"QUIT")
+        s.closed()
+        for target in targets:
+            with open(target, "rb") as f:
+                self.assertEqual(f.read(), b"precious\n", target)
