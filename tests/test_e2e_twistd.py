@@ -22,6 +22,8 @@ class CommandLineErrorTests(unittest.TestCase):
     def _setup(cls):
         if getattr(cls, "root", None) is None:
             cls.root = tempfile.mkdtemp(prefix="pop3ng-cli-")
+            import atexit
+            atexit.register(shutil.rmtree, cls.root, True)
             cls.certs = make_certificates(cls.root)
             cls.users = write_users(os.path.join(cls.root, "users"), {"alice": "a b c"})
 
