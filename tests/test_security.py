@@ -156,6 +156,9 @@ class LimitTests(ServerMixin, unittest.TestCase):
         first.command(b"QUIT")
         self.assertTrue(first.closed())
         self.session(server, "127.0.0.8")
+        # Local connections (client address == server address) are not limited.
+        for _ in range(3):
+            self.session(server, "127.0.0.1")
 
     def test_login_delay_and_expire_advertised_and_enforced(self) -> None:
         server = self.start(args=["--login-delay", "3600", "--expire", "30"])

@@ -42,7 +42,8 @@ class SecurityConfig:
     #: SASL mechanisms to offer (None: every one the configuration can support).
     mechanisms: Optional[Sequence[str]] = None
     max_failure_delay: float = MAX_FAILURE_DELAY
-    #: Simultaneous connections from one address (0: no limit) and sessions of one user.
+    #: Simultaneous connections from one remote address (0: no limit; local connections are not
+    #: counted) and sessions of one user.
     max_connections_per_address: int = 50
     max_connections_per_user: int = 10
     #: RFC 2449 LOGIN-DELAY (seconds between logins of a user, enforced) and EXPIRE (days or
@@ -188,7 +189,13 @@ def user_capability(protocol: Any) -> Optional[str]:
 
 
 def connection_made(protocol: Any) -> bool:
-    """False (after a reply) when the address already holds too many connections."""
+    """False (after a reply) when the address already holds too many connections.
+
+    Local connections (client address == server address: the host itself, its MUAs, monitoring,
+    benchmarks) are not counted: the limit is against remote floods, as Dovecot's are.
+    """
+    if is_local(protocol):
+        return True
     address = peer_ip(protocol)
     if not guard(protocol).open_connection(address):
         protocol.close("Too many connections from your address", code="SYS/TEMP")

@@ -27,7 +27,7 @@ OPT_PARAMETERS = [
     ["max-auth-failure-delay", None, policy.MAX_FAILURE_DELAY,
      "Ceiling of the failure delay, which doubles per failure from an address.", float],
     ["max-connections-per-address", None, 50,
-     "Simultaneous connections from one address (0: no limit).", int],
+     "Simultaneous connections from one remote address (0: no limit; local ones are not counted).", int],
     ["max-connections-per-user", None, 10, "Simultaneous sessions of one user (0: no limit).", int],
     ["login-delay", None, None, "RFC 2449 LOGIN-DELAY: minimum seconds between logins of a user; "
                                 "advertised and enforced.", int],
