@@ -35,6 +35,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from tests.dovecot import give_to_mail_user, start_dovecot  # noqa: E402
+from tests.support import make_certificates  # noqa: E402
 from twisted_pop3ng.mailbox.maildir import deliver  # noqa: E402
 
 USER, PASSWORD = "bob", "bench password"
@@ -53,21 +54,6 @@ def make_messages(count: int, size: int) -> List[bytes]:
     return out
 
 
-def _certificates(directory: str) -> Dict[str, str]:
-    """Like tests.support.make_certificates, plus a subject CN (fetchmail insists on one)."""
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
-    paths = {name: os.path.join(directory, name + ".pem") for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(paths["ca"])
-    cert.cert_chain_pems[0].write_to_path(paths["cert"])
-    for extra in cert.cert_chain_pems[1:]:
-        extra.write_to_path(paths["cert"], append=True)
-    cert.private_key_pem.write_to_path(paths["key"])
-    return paths
-
-
 def count_maildir(path: str) -> int:
     return sum(len(os.listdir(os.path.join(path, sub))) for sub in ("new", "cur")
                if os.path.isdir(os.path.join(path, sub)))
@@ -80,7 +66,7 @@ class RunFailed(Exception):
 class Bench:
     def __init__(self, work: str, count: int, size: int) -> None:
         self.work = work
-        self.certs = _certificates(work)
+        self.certs = make_certificates(work)
         self.dovecot = start_dovecot(os.path.join(work, "dovecot"), {USER: PASSWORD}, certs=self.certs)
         self.messages = make_messages(count, size)
         self.password_file = os.path.join(work, "password")
