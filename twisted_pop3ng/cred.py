@@ -26,23 +26,19 @@ from . import passwords
 #: Threads that hash passwords at once: Argon2ID takes 64 MB each, so a flood of logins must queue
 #: rather than multiply memory (Dovecot bounds its auth workers the same way).
 HASH_THREADS = 4
-_hash_pool: Any = None
+_hash_slots = defer.DeferredSemaphore(HASH_THREADS)
 #: Schemes verified on the reactor thread: plaintext compares and single fast digests.
 CHEAP_SCHEMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT", "CRAM-MD5", "PLAIN-MD5", "MD5", "SHA",
                            "SHA1", "SHA256", "SHA512", "SMD5", "SSHA", "SSHA256", "SSHA512"})
 
 
 def hash_in_thread(function: Any, *args: Any) -> defer.Deferred:
-    """Run a password-hashing call in the bounded hashing pool; never on the reactor thread."""
-    global _hash_pool
-    from twisted.internet import reactor
-    from twisted.python.threadpool import ThreadPool
+    """Run a password-hashing call in the reactor's thread pool, at most HASH_THREADS at once.
 
-    if _hash_pool is None:
-        _hash_pool = ThreadPool(0, HASH_THREADS, "pop3ng-hash")
-        _hash_pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", _hash_pool.stop)
-    return threads.deferToThreadPool(reactor, _hash_pool, function, *args)
+    The reactor owns (starts, stops, and in trial, resets) the pool; the semaphore bounds how many
+    hashes run together, so a login flood queues instead of multiplying Argon2's memory.
+    """
+    return _hash_slots.run(threads.deferToThread, function, *args)
 
 
 class ISecretStore(Interface):
