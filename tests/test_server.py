@@ -181,6 +181,27 @@ class AuthorizationTests(ServerTestCase):
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
 
+    def test_many_sessions_share_one_timer_and_each_times_out_on_time(self) -> None:
+        """Idle sessions cost no DelayedCall each (memory per idle connection), yet each keeps its
+        own deadline: one logged in (600 s), the others not (60 s), one active."""
+        self.login()
+        others = [self.connect() for _ in range(20)]
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        active_proto, active_transport = others[0]
+        for _ in range(3):
+            self.clock.advance(30)
+            self.talk(b"CAPA\r\n", active_proto, active_transport)
+        self.assertTrue(all(t.disconnecting for _, t in others[1:]))  # 60 s before login
+        self.assertFalse(active_transport.disconnecting)
+        self.clock.advance(59)
+        self.assertFalse(active_transport.disconnecting)
+        self.clock.advance(1)  # 60 s after its last command
+        self.assertTrue(active_transport.disconnecting)
+        self.clock.advance(449)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)  # 600 s after login
+        self.assertTrue(self.transport.disconnecting)
+
     def test_bad_commands_limit(self) -> None:
         limit = self.factory.config.max_bad_commands
         reply = self.talk(b"BOGUS\r\n" * (limit + 1))

@@ -17,14 +17,13 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, interfaces as iinternet
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -103,6 +102,52 @@ class ServerConfig:
     extra_capabilities: List[str] = field(default_factory=list)
     #: Plaintext policy, APOP, SASL mechanisms, abuse limits, LOGIN-DELAY/EXPIRE (see policy.py).
     security: policy.SecurityConfig = field(default_factory=policy.SecurityConfig)
+
+
+class _IdleSweeper:
+    """One timer for all of a factory's sessions instead of a DelayedCall each.
+
+    A DelayedCall costs ~0.5 KB per connection and a heap update on every command line; here a
+    session keeps a deadline (a float) and one call, scheduled for the earliest deadline (at most
+    every ``MIN_INTERVAL`` seconds), closes the sessions whose deadline has passed.
+    """
+
+    MIN_INTERVAL = 1.0
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.sessions: Set[Any] = set()
+        self._call: Any = None
+
+    def add(self, protocol: Any) -> None:
+        self.sessions.add(protocol)
+        self._schedule(protocol._deadline)
+
+    def discard(self, protocol: Any) -> None:
+        self.sessions.discard(protocol)
+        if not self.sessions and self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _schedule(self, when: float) -> None:
+        now = self.clock.seconds()
+        if self._call is not None:
+            if self._call.getTime() <= when:
+                return
+            self._call.cancel()
+        self._call = self.clock.callLater(max(when - now, 0), self._sweep)
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        due = [p for p in self.sessions if p._deadline is not None and p._deadline <= now]
+        for protocol in due:
+            self.sessions.discard(protocol)
+            protocol._deadline = protocol._timeout = None
+            protocol.timeoutConnection()
+        deadlines = [p._deadline for p in self.sessions if p._deadline is not None]
+        if deadlines:
+            self._schedule(max(min(deadlines), now + self.MIN_INTERVAL))
 
 
 @implementer(iinternet.IPushProducer)
@@ -196,7 +241,7 @@ class _MessageStream:
             self.deferred.errback(failure)
 
 
-class POP3ServerProtocol(LineReceiver, TimeoutMixin):
+class POP3ServerProtocol(LineReceiver):
     """One POP3 session: AUTHORIZATION -> TRANSACTION -> UPDATE against an ``IMailbox`` avatar."""
 
     # Accept bare LF as well as CRLF from clients; a trailing CR is stripped in lineReceived.
@@ -233,12 +278,27 @@ class POP3ServerProtocol(LineReceiver, TimeoutMixin):
     def clock(self) -> Any:
         return self.factory.clock
 
-    def callLater(self, delay: float, function: Callable, *args: Any, **kwargs: Any) -> Any:
-        """TimeoutMixin's scheduler: the factory's clock (a method, not a per-connection attribute)."""
-        return self.factory.clock.callLater(delay, function, *args, **kwargs)
+    #: Inactivity allowed now (None: no timeout) and the clock time at which it runs out.
+    _timeout: Optional[float] = None
+    _deadline: Optional[float] = None
+
+    def setTimeout(self, period: Optional[float]) -> None:
+        """Start, change or (None) cancel the inactivity timeout; see :class:`_IdleSweeper`."""
+        self._timeout = period
+        sweeper = self.factory.idle_sweeper()
+        if period is None:
+            self._deadline = None
+            sweeper.discard(self)
+        else:
+            self._deadline = self.clock.seconds() + period
+            sweeper.add(self)
+
+    def resetTimeout(self) -> None:
+        """Activity: push the deadline out (a float store, no timer juggling per line)."""
+        if self._timeout is not None:
+            self._deadline = self.clock.seconds() + self._timeout
 
     def connectionMade(self) -> None:
-        self.timeOut = None
         self.setTimeout(self.config.login_timeout)
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
@@ -692,6 +752,12 @@ class POP3ServerFactory(Factory):
         self.config = config or ServerConfig()
         self.clock = clock
         self.sessions = itertools.count(1)
+        self._idle_sweeper: Optional[_IdleSweeper] = None
+
+    def idle_sweeper(self) -> _IdleSweeper:
+        if self._idle_sweeper is None:
+            self._idle_sweeper = _IdleSweeper(self.clock)
+        return self._idle_sweeper
 
 
 # STLS, AUTH, APOP and UTF8 register themselves with @command.
