@@ -29,6 +29,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks.client import Target  # noqa: E402
+from tests.support import process_tree  # noqa: E402
 
 PASSWORD = "bench password"
 
@@ -130,32 +131,6 @@ def clone_mail(template_mail: str, root: str) -> None:
 
 
 # -- /proc ------------------------------------------------------------------------------------------
-
-def children_map() -> Dict[int, List[int]]:
-    result: Dict[int, List[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-        result.setdefault(ppid, []).append(int(name))
-    return result
-
-
-def process_tree(pid: int) -> List[int]:
-    """``pid`` and all its descendants."""
-    children = children_map()
-    result, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        result.append(current)
-        todo.extend(children.get(current, []))
-    return result
-
 
 def status_kb(pid: int, field_name: str) -> int:
     try:

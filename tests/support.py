@@ -229,3 +229,24 @@ class Session:
             self.sock.close()
         except OSError:
             pass
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and all its descendants (from /proc): a server's worker processes, Dovecot's."""
+    children: Dict[int, List[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    result, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        result.append(current)
+        todo.extend(children.get(current, []))
+    return result

@@ -12,28 +12,9 @@ from twisted.trial import unittest
 
 from twisted_pop3ng import tap, workers
 
-from .support import Session, start_server
+from .support import Session, process_tree, start_server
 
 PASSWORD = "correct horse battery staple"
-
-
-def process_tree(pid: int) -> List[int]:
-    children: Dict[int, List[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name, "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(name))
-    result, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        result.append(current)
-        todo.extend(children.get(current, []))
-    return result
 
 
 def serving_pid(client_port: int, server_port: int, pids: List[int]) -> int:
