@@ -12,10 +12,9 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from twisted.trial import unittest
 

@@ -9,7 +9,6 @@ Our deliberate strictness (arguments to NOOP/STAT/RSET/CAPA are errors) is not c
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import tempfile

@@ -6,7 +6,6 @@ import os
 from typing import Any, List
 
 from twisted.internet import defer
-from twisted.trial import unittest
 
 from twisted_pop3ng import server, wire
 

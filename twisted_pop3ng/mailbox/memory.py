@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from typing import Dict, Iterable, List, Sequence, Set, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 from zope.interface import implementer
 
