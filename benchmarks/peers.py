@@ -29,7 +29,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks.client import Target  # noqa: E402
-from tests.support import process_tree  # noqa: E402
+from tests.support import process_tree, stop_process  # noqa: E402
 
 PASSWORD = "bench password"
 
@@ -233,12 +233,7 @@ def start_twisted_mail(root: str, users: Dict[str, str]) -> Running:
         raise RuntimeError("twisted.mail peer did not start; see %s/twisted-mail.log" % root)
 
     def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
     target = Target("twisted.mail", int(line[1]), int(line[2]), certs["ca"])
     return Running("twisted.mail", target, process.pid, stop)

@@ -24,7 +24,6 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -32,6 +31,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
+
+from .support import stop_process
 
 MAIL_USER = "nobody"
 LOGIN_USER = "dovenull"
@@ -118,13 +119,7 @@ class DovecotProcess:
 
     def stop(self) -> None:
         """SIGTERM the master (it stops its children), wait, and remove the socket directory."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 

@@ -18,7 +18,7 @@ import time
 from twisted.internet import task
 from twisted.trial import unittest
 
-from tests.support import TWISTD_MAIN, HERE, Session, start_server
+from tests.support import TWISTD_MAIN, HERE, Session, start_server, stop_process
 from tests.test_sasl_support import b64, connect_from, starttls
 from twisted_pop3ng import policy
 from twisted_pop3ng.oauth import HMACTokenValidator, issue_token
@@ -220,7 +220,7 @@ class PrivilegeDropTests(unittest.TestCase):
                  "--mailbox", "maildir:" + os.path.join(root, "mail", "{user}", "Maildir")],
                 stdout=log, stderr=subprocess.STDOUT, cwd=root,
                 env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
-        self.addCleanup(_stop, process)
+        self.addCleanup(stop_process, process)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -255,13 +255,6 @@ def _free_privileged_port() -> int:
     raise RuntimeError("no free port below 1024")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class GuardUnitTests(unittest.TestCase):
