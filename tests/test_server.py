@@ -57,6 +57,10 @@ class PausingTransport(StringTransport):
 
     _paused_producer = False
 
+    def writeSequence(self, data: list) -> None:
+        # StringTransport.writeSequence bypasses write(); a real transport pauses either way.
+        self.write(b"".join(data))
+
     def drain(self) -> bytes:
         data = self.value()
         self.clear()

@@ -37,3 +37,23 @@ class StuffDotsTests(unittest.TestCase):
             crlf = data.replace(b"\n", b"\r\n")
             expected = (b"." if crlf[:1] == b"." else b"") + reference(crlf) + b".\r\n"
             self.assertEqual(wire.encode_message(data), expected)
+
+
+class EncodeWholeTests(unittest.TestCase):
+    """``encode_whole`` (the one-shot RETR path) equals the chunked ``MessageEncoder``."""
+
+    def test_equals_the_encoder_on_random_messages(self) -> None:
+        rng = random.Random(5)
+        alphabets = [b"ab\n.", b"a\r\n.", b"\r\n", b"xyz.\r", b"abcdefghij\n" + b"."]
+        for _ in range(4000):
+            alphabet = rng.choice(alphabets)
+            data = bytes(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 2, 3, 7, 40, 900])))
+            self.assertEqual(wire.encode_whole(data), wire.encode_message(data), data)
+
+    def test_edges(self) -> None:
+        cases = {b"": b".\r\n", b".": b"..\r\n.\r\n", b"\r": b"\r\n.\r\n", b"a\r\r": b"a\r\r\n.\r\n",
+                 b"a\n\r": b"a\r\n\r\n.\r\n", b".a\n.b": b"..a\r\n..b\r\n.\r\n",
+                 b"x\r\n.\r\n": b"x\r\n..\r\n.\r\n"}
+        for data, expected in cases.items():
+            self.assertEqual(wire.encode_whole(data), expected, data)
+            self.assertEqual(wire.encode_message(data), expected, data)

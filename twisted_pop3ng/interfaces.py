@@ -41,6 +41,10 @@ class IMailbox(Interface):
         """A binary file-like object (``read(n)``, ``close()``) with the stored message, or a Deferred.
 
         Raise :class:`~twisted_pop3ng.errors.MessageVanished` (or ``OSError``) when it is gone.
+
+        A mailbox may also offer the optional, synchronous ``read_whole(index, limit)``: the stored
+        message as bytes when it is shorter than ``limit`` octets, else None. The server then sends
+        small messages in one write and streams only the large ones (both built-in backends do).
         """
 
     def commit(deleted):

@@ -48,6 +48,9 @@ TRANSITIONS = {
 
 #: Bytes read from a stored message per step; large enough that a 10 KB message is one read.
 CHUNK_SIZE = 256 * 1024
+#: Replies collected in one batch of input lines are written once they reach this size (Twisted
+#: sends at most 128 KiB per ``send``; the transport pauses us past its 64 KiB buffer).
+FLUSH_SIZE = 128 * 1024
 #: Input queued while commands wait, beyond which the socket is no longer read.
 MAX_QUEUED_INPUT = 64 * 1024
 #: Chunks written in one reactor turn before yielding, when the transport never pushes back.
@@ -212,7 +215,7 @@ class _MessageStream:
             if self._head is not None:
                 out, self._head = self._head + out, None
             if out:
-                self.protocol.transport.write(out)
+                self.protocol.write(out)
             self.protocol.resetTimeout()
             if last:
                 self._finish(None)
@@ -314,9 +317,32 @@ class POP3ServerProtocol(LineReceiver):
     def greeting(self) -> str:
         return policy.greeting(self, "POP3 server ready.")
 
+    #: While a batch of received lines is processed, replies collect here and leave in one
+    #: ``writeSequence`` (with TLS: one record stream instead of one SSL_write per reply).
+    _out: Optional[List[bytes]] = None
+    _out_size = 0
+
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closing:
+        if self.transport is None or self._closing:
+            return
+        out = self._out
+        if out is None:
             self.transport.write(data)
+            return
+        out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_SIZE:
+            # Hand it over now: past the transport's buffer size this pauses us (backpressure).
+            self.flush_output()
+
+    def flush_output(self) -> None:
+        """Write what the current batch collected (before STLS, closing, or a full batch)."""
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+            if self.transport is not None:
+                self.transport.writeSequence(out)
 
     def reply(self, ok: bool, text: str = "", code: Optional[str] = None) -> None:
         self.write(wire.response(ok, text, code))
@@ -329,6 +355,7 @@ class POP3ServerProtocol(LineReceiver):
     def close(self, text: Optional[str] = None, ok: bool = False, code: Optional[str] = None) -> None:
         if text is not None:
             self.reply(ok, text, code)
+        self.flush_output()
         self._closing = True
         self.setTimeout(None)
         if self.transport is not None:
@@ -366,6 +393,17 @@ class POP3ServerProtocol(LineReceiver):
         self.dataReceived(b"")
 
     def dataReceived(self, data: bytes) -> None:
+        if self._out is None:
+            self._out = []
+            try:
+                self._receive(data)
+            finally:
+                self.flush_output()
+                self._out = None
+        else:  # resumed from inside a batch (a Deferred that fired at once): same batch
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         LineReceiver.dataReceived(self, data)
         # While commands wait (async login, a transfer, a client that does not read its replies),
         # stop reading the socket once enough input is queued: memory stays bounded.
@@ -665,8 +703,14 @@ class POP3ServerProtocol(LineReceiver):
         if len(words) != 1:
             raise BadCommand("RETR needs one message number")
         index = self._message(words[0])
-        status = "%d octets" % self.messages[index].size
-        return self.send_message(index, status, wire.MessageEncoder())
+        size = self.messages[index].size
+        read_whole = getattr(self.mailbox, "read_whole", None)
+        if read_whole is not None:
+            data = read_whole(index, CHUNK_SIZE)
+            if data is not None:
+                self.write(b"+OK %d octets\r\n" % size + wire.encode_whole(data))
+                return None
+        return self.send_message(index, "%d octets" % size, wire.MessageEncoder())
 
     @command("TOP", TRANSACTION, capability="TOP")
     def do_TOP(self, cmd: wire.Command) -> defer.Deferred:
@@ -678,6 +722,12 @@ class POP3ServerProtocol(LineReceiver):
             lines = wire.parse_count(words[1])
         except wire.WireError as error:
             raise BadCommand(str(error))
+        read_whole = getattr(self.mailbox, "read_whole", None)
+        if read_whole is not None:
+            data = read_whole(index, CHUNK_SIZE)
+            if data is not None:
+                self.write(b"+OK Message follows\r\n" + wire.encode_message(data, lines))
+                return None
         return self.send_message(index, "Message follows", wire.MessageEncoder(body_lines=lines))
 
     def send_message(self, index: int, status: str,

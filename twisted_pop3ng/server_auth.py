@@ -123,6 +123,7 @@ def do_STLS(protocol: Any, cmd: wire.Command) -> None:
     # TLS (CVE-2011-0411). The reply above is already buffered in plaintext ahead of the handshake.
     protocol.clearLineBuffer()
     protocol._username = None
+    protocol.flush_output()
     protocol.transport.startTLS(tls)
 
 

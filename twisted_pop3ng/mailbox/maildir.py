@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import socket
-from typing import BinaryIO, List, Optional, Sequence
+from typing import BinaryIO, Dict, List, Optional, Sequence
 
 from zope.interface import implementer
 
@@ -108,18 +108,6 @@ class MaildirLock:
             os.close(fd)
 
 
-def _open_message_file(path: str) -> BinaryIO:
-    """Open a message following no symlink in new/ or cur/ nor in the file name: a user who can
-    write to a maildir must not make a server running as root send them /etc/shadow (ELOOP or
-    ENOTDIR become -ERR [SYS/PERM])."""
-    directory, name = os.path.split(path)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        return os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), "rb", buffering=0)
-    finally:
-        os.close(dir_fd)
-
-
 def _unlink_message_file(path: str) -> None:
     """Unlink a message without following a symlinked new/ or cur/ (root must not delete files
     elsewhere because a user swapped a directory for a symlink during the session)."""
@@ -171,6 +159,8 @@ class MaildirMailbox:
         #: This session's copy: ``_locate`` may update a file name after another agent's rename.
         self.files: List[str] = list(snapshot.files)
         self.infos: List[MessageInfo] = snapshot.infos
+        #: Descriptors of new/ and cur/, opened on first use and closed with the mailbox.
+        self._dir_fds: Dict[str, int] = {}
 
     # -- IMailbox ---------------------------------------------------------------------------------
 
@@ -191,13 +181,45 @@ class MaildirMailbox:
                     return self.files[index]
         return None
 
+    def _open_fd(self, index: int) -> int:
+        """A descriptor of message ``index``, found again if another agent renamed it.
+
+        Opened relative to descriptors of ``new/`` and ``cur/`` taken once per session (one system
+        call per message), following no symlink in new/ or cur/ nor in the file name: a user who
+        can write to a maildir must not make a server running as root send them /etc/shadow
+        (ELOOP or ENOTDIR become -ERR [SYS/PERM]).
+        """
+        for attempt in (0, 1):
+            filename = self.files[index]
+            sub = filename[:3]
+            dir_fd = self._dir_fds.get(sub)
+            if dir_fd is None:
+                dir_fd = os.open(os.path.join(self.path, sub),
+                                 os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                self._dir_fds[sub] = dir_fd
+            try:
+                return os.open(filename[4:], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if attempt or self._locate(index) is None:
+                    raise MessageVanished()
+        raise MessageVanished()  # not reached
+
     def open_message(self, index: int) -> BinaryIO:
+        return os.fdopen(self._open_fd(index), "rb", buffering=0)
+
+    def read_whole(self, index: int, limit: int) -> Optional[bytes]:
+        """The stored message when it is shorter than ``limit`` octets (one read); else None.
+
+        The optional fast path of :class:`~twisted_pop3ng.interfaces.IMailbox`: the server sends
+        such a message in one write instead of streaming it. A short read of a regular file is
+        its end.
+        """
+        fd = self._open_fd(index)
         try:
-            return _open_message_file(os.path.join(self.path, self.files[index]))
-        except FileNotFoundError:
-            if self._locate(index) is None:
-                raise MessageVanished()
-            return _open_message_file(os.path.join(self.path, self.files[index]))
+            data = os.read(fd, limit)
+        finally:
+            os.close(fd)
+        return data if len(data) < limit else None
 
     def commit(self, deleted: Sequence[int]) -> None:
         for index in deleted:
@@ -213,6 +235,9 @@ class MaildirMailbox:
             fsync_directory(os.path.join(self.path, sub))
 
     def close(self) -> None:
+        fds, self._dir_fds = self._dir_fds, {}
+        for fd in fds.values():
+            os.close(fd)
         maildir_index.flush(self.path, self._snapshot)
         if self.lock is not None:
             self.lock.release()

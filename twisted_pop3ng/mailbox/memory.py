@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from zope.interface import implementer
 
@@ -61,6 +61,11 @@ class MemoryMailbox:
         if all(u != uid for u, _ in self.store.maildrops.get(self.user, [])):
             raise MessageVanished()
         return io.BytesIO(data)
+
+    def read_whole(self, index: int, limit: int) -> Optional[bytes]:
+        """The optional fast path: a message shorter than ``limit`` as bytes, else None."""
+        data = self.open_message(index).getvalue()
+        return data if len(data) < limit else None
 
     def commit(self, deleted: Sequence[int]) -> None:
         doomed = {self._messages[i][0] for i in deleted}
