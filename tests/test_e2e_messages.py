@@ -8,6 +8,8 @@ reading of RFC 1939), not from the server's codec.
 
 from __future__ import annotations
 
+import time
+
 from .e2e import ServerTestCase, stuffed, top_lines, wire_lines, wire_message
 
 #: The server reads a stored message in chunks of this size (server.CHUNK_SIZE); the maildir size
@@ -150,3 +152,25 @@ class TrickyMessageTests(ServerTestCase):
         second = self.list_map(self.login(user))
         self.assertEqual(first, second)
         self.assertEqual(first, {i + 1: len(wire_message(messages[n])) for i, n in enumerate(names)})
+
+    def test_pipelined_retr_over_tls_across_record_and_batch_sizes(self):
+        # The server batches the replies of pipelined commands into large TLS writes: sizes around
+        # one TLS record (16 KiB), the batch flush size (128 KiB) and the server's read chunk
+        # (256 KiB) must all arrive byte-exact, in order, also while the client reads slowly.
+        sizes = (0, 1, 16383, 16384, 16385, 131071, 262143, 262144, 262145, 600_000, 3_000_000)
+        messages = {}
+        for i, size in enumerate(sizes):
+            line = b".%06d dotted line of message %d\n" % (i, i)
+            messages["s%02d" % i] = (line * (size // len(line) + 1))[:size]
+        user, names = self._deliver_all(messages)
+        s = self.login(user, tls=True)
+        # The server prefers AES-128-GCM (Mozilla's order) over OpenSSL's default AES-256-GCM.
+        self.assertEqual(s.sock.cipher()[0], "TLS_AES_128_GCM_SHA256")
+        s.send(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(len(names))) + b"NOOP\r\n")
+        for i, name in enumerate(names):
+            if i % 3 == 0:
+                time.sleep(0.2)  # let the server fill the socket and pause
+            status = s.line()
+            self.assertTrue(status.startswith(b"+OK"), (name, status))
+            self.assertEqual(s.body(), stuffed(wire_lines(messages[name])), name)
+        self.assertEqual(s.line(), b"+OK\r\n")
