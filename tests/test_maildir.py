@@ -133,6 +133,33 @@ class MaildirTests(unittest.TestCase):
         holder.stdout.close()
         self.open()  # the dead process's lock is gone with it
 
+    def test_read_whole_and_uidl_listing_follow_the_snapshot(self) -> None:
+        self.deliver(b"one\n", "1700000001.a.host")
+        self.deliver(b"two\n" * 10, "1700000002.b.host")
+        box = self.open()
+        self.assertEqual(box.read_whole(0, 100), b"one\n")
+        self.assertIsNone(box.read_whole(1, 40))  # 40 octets: not shorter than the limit
+        self.assertEqual(box.read_whole(1, 41), b"two\n" * 10)
+        listing = b"1 1700000001.a.host\r\n2 1700000002.b.host\r\n"
+        self.assertEqual(box.uidl_listing(), listing)
+        self.assertEqual(box.uidl_listing(), listing)  # kept
+        # Moved to cur/ with flags by another agent: still read, by its new name.
+        os.rename(os.path.join(self.path, "new", "1700000001.a.host"),
+                  os.path.join(self.path, "cur", "1700000001.a.host:2,S"))
+        self.assertEqual(box.read_whole(0, 100), b"one\n")
+        box.commit([0])
+        box.close()
+        # The next session has a new snapshot, and a new listing.
+        self.deliver(b"three\n", "1700000003.c.host")
+        again = self.open()
+        self.assertEqual(again.uidl_listing(), b"1 1700000002.b.host\r\n2 1700000003.c.host\r\n")
+
+    def test_read_whole_of_a_vanished_message(self) -> None:
+        self.deliver(b"gone soon\n", "1700000001.a.host")
+        box = self.open()
+        os.unlink(os.path.join(self.path, "new", "1700000001.a.host"))
+        self.assertRaises(MessageVanished, box.read_whole, 0, 100)
+
     def test_unsafe_user_names_refused(self) -> None:
         for user in ("..", "a/b", ".", "", "x\ny"):
             self.assertRaises(POP3Error, self.store.open_mailbox, user)

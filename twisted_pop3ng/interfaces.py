@@ -45,6 +45,8 @@ class IMailbox(Interface):
         A mailbox may also offer the optional, synchronous ``read_whole(index, limit)``: the stored
         message as bytes when it is shorter than ``limit`` octets, else None. The server then sends
         small messages in one write and streams only the large ones (both built-in backends do).
+        Likewise ``uidl_listing()``: the bytes of a full ``UIDL`` body (``N UID\\r\\n`` for every
+        message of the snapshot), which a backend may keep between sessions (the maildir does).
         """
 
     def commit(deleted):

@@ -25,7 +25,8 @@ import hashlib
 import os
 import re
 import socket
-from typing import BinaryIO, Dict, List, Optional, Sequence
+from collections import OrderedDict
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
@@ -37,6 +38,10 @@ from .maildir_index import INDEX_HEADER, INDEX_NAME  # noqa: F401  (re-exported)
 LOCK_NAME = "pop3ng.lock"
 READ_SIZE = 1 << 20
 _HOSTNAME = socket.gethostname()
+#: Encoded UIDL listings of recent snapshots, by snapshot identity (the snapshot is kept with its
+#: listing, so the identity stays valid), least recently used first, bounded in total size.
+_UIDL_LISTINGS: "OrderedDict[int, Tuple[Any, bytes]]" = OrderedDict()
+MAX_UIDL_LISTING_BYTES = 64 << 20
 
 
 def fsync_directory(path: str) -> None:
@@ -220,6 +225,29 @@ class MaildirMailbox:
         finally:
             os.close(fd)
         return data if len(data) < limit else None
+
+    def uidl_listing(self) -> bytes:
+        """The body of ``UIDL`` for the whole snapshot: ``N UID\\r\\n`` per message.
+
+        The optional listing hook of :class:`~twisted_pop3ng.interfaces.IMailbox`. A warm login
+        reuses the snapshot of the last one, so its listing is kept too: 100,000 UIDLs cost one
+        dictionary lookup instead of ~60 ms of formatting.
+        """
+        snapshot = self._snapshot
+        hit = _UIDL_LISTINGS.get(id(snapshot))
+        if hit is not None and hit[0] is snapshot:
+            _UIDL_LISTINGS.move_to_end(id(snapshot))
+            return hit[1]
+        infos = self.infos
+        body = "".join(["%d %s\r\n" % (i, infos[i - 1].uid) for i in range(1, len(infos) + 1)])
+        data = body.encode("ascii")
+        if len(data) <= MAX_UIDL_LISTING_BYTES:
+            _UIDL_LISTINGS[id(snapshot)] = (snapshot, data)
+            total = sum(len(listing) for _, listing in _UIDL_LISTINGS.values())
+            while total > MAX_UIDL_LISTING_BYTES:
+                _, (_, evicted) = _UIDL_LISTINGS.popitem(last=False)
+                total -= len(evicted)
+        return data
 
     def commit(self, deleted: Sequence[int]) -> None:
         for index in deleted:
