@@ -51,6 +51,10 @@ CHUNK_SIZE = 256 * 1024
 #: Replies collected in one batch of input lines are written once they reach this size (Twisted
 #: sends at most 128 KiB per ``send``; the transport pauses us past its 64 KiB buffer).
 FLUSH_SIZE = 128 * 1024
+#: Command words already parsed once (b"RETR", b"retr", ...) and their verbs: the common case skips
+#: the parser. Only words naming a registered command get in, and at most this many.
+MAX_KNOWN_VERBS = 256
+_KNOWN_VERBS: Dict[bytes, str] = {}
 #: The transport class of an accepted plain TCP connection (see ``POP3ServerProtocol._send``).
 _TCP_SERVER = tcp.Server
 #: Input queued while commands wait, beyond which the socket is no longer read.
@@ -431,7 +435,7 @@ class POP3ServerProtocol(LineReceiver):
             self._receive(data)
 
     def _receive(self, data: bytes) -> None:
-        LineReceiver.dataReceived(self, data)
+        self._split_lines(data)
         # While commands wait (async login, a transfer, a client that does not read its replies),
         # stop reading the socket once enough input is queued: memory stays bounded.
         if self.paused and not self._reading_paused and len(self._buffer) > MAX_QUEUED_INPUT:
@@ -477,25 +481,83 @@ class POP3ServerProtocol(LineReceiver):
 
     # -- command dispatch -------------------------------------------------------------------------
 
+    _busy_splitting = False
+    _line_buffer_cleared = False
+
+    def _split_lines(self, data: bytes) -> None:
+        """``LineReceiver.dataReceived`` without its copy of the whole buffer per line.
+
+        Same contract: lines go to :meth:`lineReceived` until ``paused``; input that arrives
+        meanwhile (re-entrantly) is queued; :meth:`clearLineBuffer` (STLS) drops the rest; a line or
+        a pending partial line beyond ``MAX_LENGTH`` goes to :meth:`lineLengthExceeded`.
+        """
+        if self._busy_splitting:
+            self._buffer += data
+            return
+        self._busy_splitting = True
+        try:
+            buffer = self._buffer + data if self._buffer else data
+            self._buffer = b""
+            start = 0
+            find = buffer.find
+            while not self.paused:
+                end = find(b"\n", start)
+                if end == -1:
+                    if len(buffer) - start > self.MAX_LENGTH:
+                        self._buffer, rest, start, buffer = b"", buffer[start:], 0, b""
+                        self.lineLengthExceeded(rest)
+                        return
+                    break
+                line = buffer[start:end]
+                start = end + 1
+                if len(line) > self.MAX_LENGTH:
+                    self._buffer, start, buffer = b"", 0, b""
+                    self.lineLengthExceeded(line)
+                    return
+                self.lineReceived(line)
+                if self._line_buffer_cleared:
+                    self._line_buffer_cleared = False
+                    start, buffer = 0, b""
+                    break
+                if self.transport is None or self.transport.disconnecting:
+                    break
+            if start < len(buffer):
+                self._buffer = buffer[start:] + self._buffer if start else buffer + self._buffer
+        finally:
+            self._busy_splitting = False
+
+    def clearLineBuffer(self) -> bytes:
+        """Drop unprocessed input (STLS: what was pipelined in plaintext must not run in TLS)."""
+        self._line_buffer_cleared = self._busy_splitting
+        return LineReceiver.clearLineBuffer(self)
+
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return
-        self.resetTimeout()
-        if line.endswith(b"\r"):
+        if self._timeout is not None:  # resetTimeout(), inline: once per command line
+            self._deadline = self.factory.clock.seconds() + self._timeout
+        if line[-1:] == b"\r":
             line = line[:-1]
         if self.line_hook is not None:
             self._handle_result(self.line_hook(line), "AUTH")
             return
         # RFC 5034 §4: an AUTH initial response may exceed the 255-octet command limit (tokens).
-        limit = wire.MAX_AUTH_LINE if line[:5].upper() == b"AUTH " else wire.MAX_COMMAND_LINE
-        if len(line) + 2 > limit:
+        if len(line) + 2 > wire.MAX_COMMAND_LINE and (
+                line[:5].upper() != b"AUTH " or len(line) + 2 > wire.MAX_AUTH_LINE):
             self.bad_command("Command line too long")
             return
-        try:
-            cmd = wire.parse_command(line)
-        except wire.WireError as error:
-            self.bad_command(str(error))
-            return
+        word, _, rest = line.partition(b" ")
+        verb = _KNOWN_VERBS.get(word)
+        if verb is not None:
+            cmd = wire.Command(verb, rest)
+        else:
+            try:
+                cmd = wire.parse_command(line)
+            except wire.WireError as error:
+                self.bad_command(str(error))
+                return
+            if cmd.verb in _REGISTRY and len(_KNOWN_VERBS) < MAX_KNOWN_VERBS:
+                _KNOWN_VERBS[word] = cmd.verb
         handler = _REGISTRY.get(cmd.verb)
         if handler is None:
             self.bad_command("Unknown command: %s" % cmd.verb)
@@ -512,7 +574,9 @@ class POP3ServerProtocol(LineReceiver):
 
     def _handle_result(self, result: Any, verb: str) -> None:
         """A handler's result: a Deferred blocks further command lines until it has finished."""
-        if isinstance(result, defer.Deferred):
+        if result is None:
+            self._bad_commands = 0
+        elif isinstance(result, defer.Deferred):
             # ``called`` is not enough: a fired Deferred may still wait on an inner one.
             finished: List[bool] = []
             result.addCallback(self._command_succeeded)
