@@ -156,19 +156,24 @@ class PasswdFileChecker:
                 password = password.encode("utf-8")
             stored = entry.password if entry is not None else self._dummy
             if passwords.split_scheme(stored, self.default_scheme)[0] in CHEAP_SCHEMES:
-                # A compare or one fast digest: a thread hop would cost more than the check.
-                d = defer.maybeDeferred(self._verify, entry, username, password)
+                # A compare or one fast digest: a thread hop (or a Deferred chain) would cost
+                # more than the check.
+                try:
+                    return defer.succeed(self._avatar_id(self._verify(entry, username, password), entry))
+                except Exception:
+                    return defer.fail()
             else:
                 d = hash_in_thread(self._verify, entry, username, password)
         else:
             d = defer.succeed(self._check_hashed(entry, credentials))
 
-        def result(ok: bool) -> Any:
-            if ok and entry is not None:
-                return entry.user
-            raise UnauthorizedLogin("authentication failed")
+        return d.addCallback(self._avatar_id, entry)
 
-        return d.addCallback(result)
+    @staticmethod
+    def _avatar_id(ok: bool, entry: Optional[PasswdEntry]) -> Any:
+        if ok and entry is not None:
+            return entry.user
+        raise UnauthorizedLogin("authentication failed")
 
     def _verify(self, entry: Optional[PasswdEntry], username: str, password: bytes) -> bool:
         try:

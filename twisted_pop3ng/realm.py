@@ -18,13 +18,15 @@ class MailboxRealm:
     def __init__(self, store: Any) -> None:
         self.store = store
 
-    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
         if IMailbox not in interfaces:
             raise NotImplementedError("this realm only provides IMailbox")
         user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else str(avatarId)
-        d = defer.maybeDeferred(self.store.open_mailbox, user)
-
         def avatar(mailbox: Any) -> Tuple[Any, Any, Callable[[], None]]:
             return IMailbox, mailbox, mailbox.close
 
-        return d.addCallback(avatar)
+        # The portal takes a value or a Deferred; a synchronous store needs no Deferred of its own.
+        opened = self.store.open_mailbox(user)
+        if isinstance(opened, defer.Deferred):
+            return opened.addCallback(avatar)
+        return avatar(opened)

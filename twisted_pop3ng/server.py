@@ -579,9 +579,16 @@ class POP3ServerProtocol(LineReceiver):
         elif isinstance(result, defer.Deferred):
             # ``called`` is not enough: a fired Deferred may still wait on an inner one.
             finished: List[bool] = []
-            result.addCallback(self._command_succeeded)
-            result.addErrback(self._command_failed, verb)
-            result.addBoth(lambda _: finished.append(True) or self._unblock("command"))
+
+            def outcome(value: Any) -> None:
+                if isinstance(value, Failure):
+                    self._command_failed(value, verb)
+                else:
+                    self._bad_commands = 0
+                finished.append(True)
+                self._unblock("command")
+
+            result.addBoth(outcome)
             if not finished:
                 self._block("command")
         else:
@@ -681,13 +688,12 @@ class POP3ServerProtocol(LineReceiver):
         d.addErrback(self._login_failed)
         return d
 
-    def _logged_in(self, result: Any) -> defer.Deferred:
+    def _logged_in(self, result: Any) -> Optional[defer.Deferred]:
         _, mailbox, logout = result
         if self._closing or self.transport is None:
             logout()
             return defer.succeed(None)
         self.mailbox, self._logout = mailbox, logout
-        d = defer.maybeDeferred(mailbox.list_messages)
 
         def snapshot(messages: Any) -> None:
             self.messages = list(messages)
@@ -700,7 +706,14 @@ class POP3ServerProtocol(LineReceiver):
             self._do_logout()
             return failure
 
-        return d.addCallbacks(snapshot, failed)
+        try:
+            messages = mailbox.list_messages()
+        except Exception:
+            return failed(Failure())
+        if isinstance(messages, defer.Deferred):
+            return messages.addCallbacks(snapshot, failed)
+        snapshot(messages)
+        return None
 
     def _login_failed(self, failure: Failure) -> defer.Deferred:
         code, text, expected = classify(failure.value)
@@ -722,11 +735,15 @@ class POP3ServerProtocol(LineReceiver):
             return None
         self.state = TRANSITIONS[(self.state, "quit")]
         doomed = sorted(self.deleted)
-        d = defer.maybeDeferred(self.mailbox.commit, doomed) if doomed else defer.succeed(None)
+        if not doomed:
+            self._do_logout()
+            self.close("Logging out.", ok=True)
+            return None
+        d = defer.maybeDeferred(self.mailbox.commit, doomed)
 
         def done(_: Any) -> None:
             self._do_logout()
-            self.close("Logging out, messages deleted." if doomed else "Logging out.", ok=True)
+            self.close("Logging out, messages deleted.", ok=True)
 
         def failed(failure: Failure) -> None:
             code, text, expected = classify(failure.value)
