@@ -812,8 +812,8 @@ class POP3ServerProtocol(LineReceiver):
         self.reply(True, "Marked to be deleted.")
 
     @command("RETR", TRANSACTION)
-    def do_RETR(self, cmd: wire.Command) -> defer.Deferred:
-        words = cmd.words()
+    def do_RETR(self, cmd: wire.Command) -> Optional[defer.Deferred]:
+        words = cmd.rest.split()
         if len(words) != 1:
             raise BadCommand("RETR needs one message number")
         index = self._message(words[0])
@@ -822,7 +822,9 @@ class POP3ServerProtocol(LineReceiver):
         if read_whole is not None:
             data = read_whole(index, CHUNK_SIZE)
             if data is not None:
-                self.write(b"+OK %d octets\r\n" % size + wire.encode_whole(data))
+                # Status and body as separate pieces of the batch: no copy of the body to join them.
+                self.write(b"+OK %d octets\r\n" % size)
+                self.write(wire.encode_whole(data))
                 return None
         return self.send_message(index, "%d octets" % size, wire.MessageEncoder())
 
