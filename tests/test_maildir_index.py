@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 
 from twisted.trial import unittest
@@ -10,6 +11,10 @@ from twisted.trial import unittest
 from twisted_pop3ng import wire
 from twisted_pop3ng.mailbox import maildir as md
 from twisted_pop3ng.mailbox import maildir_index as mi
+from twisted_pop3ng.mailbox import maildir_listing as rows
+from twisted_pop3ng.mailbox import maildir_measure as mm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class IndexTests(unittest.TestCase):
@@ -66,8 +71,13 @@ class IndexTests(unittest.TestCase):
         self.age_directories()
         self.session()
         measured = []
-        real = mi.measure
-        self.patch(mi, "measure", lambda fd, name: measured.append(name) or real(fd, name))
+        real = mi.Measurement
+
+        def recording(path, names, boundary):  # type: ignore[no-untyped-def]
+            measured.extend(names)
+            return real(path, names, boundary)
+
+        self.patch(mi, "Measurement", recording)
         self.deliver(b"three\n", "1700000003.c.host")
         os.rename(os.path.join(self.path, "new", "1700000001.a.host"),
                   os.path.join(self.path, "cur", "1700000001.a.host:2,S"))
@@ -168,3 +178,171 @@ class OrderTests(unittest.TestCase):
                 shuffled = list(sample)
                 rng.shuffle(shuffled)
                 self.assertEqual(mi.delivery_order(shuffled), sorted(sample, key=mi.order_key))
+
+    def test_positions_follow_the_same_order_one_per_name(self) -> None:
+        import random
+
+        padded = ["17000000%02d.M%06dP1.host" % (i % 7, (i * 7919) % 10 ** 6) for i in range(300)]
+        rng = random.Random(7)
+        for sample in (padded, padded + ["1700000000.M5P1.host", "zzz", "999999999.M1P1.h"]):
+            names = sample + rng.sample(sample, 20)  # some listed twice
+            rng.shuffle(names)
+            positions = rows.delivery_positions(names)
+            self.assertEqual([names[i] for i in positions], mi.delivery_order(sorted(set(names))))
+            last = {name: i for i, name in enumerate(names)}
+            self.assertEqual(sorted(positions), sorted(last.values()))
+
+
+class RowTests(unittest.TestCase):
+    """The list-at-a-time helpers of maildir_listing give what the plain per-name code gives."""
+
+    def test_uids_as_uid_for_gives_them(self) -> None:
+        valid = ["1700000000.M%06dP1.host" % i for i in range(50)]
+        for bases in (valid, valid + ["with space"], valid + ["x" * 71], valid + ["a\nb"], []):
+            self.assertEqual(rows.uids_of(bases, md.uid_for), [md.uid_for(b) for b in bases])
+        other = rows.uids_of(valid, lambda base: "u" + base[:8])
+        self.assertEqual(other, ["u" + b[:8] for b in valid])
+
+    def test_infos_are_plain_message_infos(self) -> None:
+        import dataclasses
+
+        uids, sizes = ["a", "b", "c"], [1, 0, 70000]
+        for fast in (True, False):
+            self.patch(rows, "FAST_INFOS", fast)
+            infos = rows.sized_infos(rows.unsized_infos(list(uids)), sizes)
+            expected = [md.MessageInfo(u, s) for u, s in zip(uids, sizes)]
+            self.assertEqual(infos, expected)
+            self.assertEqual([hash(i) for i in infos], [hash(i) for i in expected])
+            self.assertEqual([repr(i) for i in infos], [repr(i) for i in expected])
+            self.assertEqual([type(i) for i in infos], [md.MessageInfo] * 3)
+            self.assertRaises(dataclasses.FrozenInstanceError, setattr, infos[0], "size", 5)
+        self.assertTrue(rows._fast_infos_possible())
+
+    def test_infos_made_first_in_a_process_stay_compact(self) -> None:
+        # In a fresh interpreter, where no MessageInfo exists yet: objects made by the fast path
+        # must take no more memory than constructed ones (not a dictionary each).
+        import subprocess
+        import sys
+
+        code = textwrap.dedent("""
+            import sys, tracemalloc
+            from twisted_pop3ng.interfaces import MessageInfo
+            from twisted_pop3ng.mailbox import maildir_listing as rows
+            uids = ["1700000000.M%06dP1.host" % i for i in range(20000)]
+            tracemalloc.start()
+            if sys.argv[1] == "fast":
+                infos = rows.sized_infos(rows.unsized_infos(uids), list(range(20000)))
+            else:
+                infos = list(map(MessageInfo, uids, range(20000)))
+            print(tracemalloc.get_traced_memory()[0] // len(infos))
+            """)
+        used = {}
+        for how in ("fast", "constructor"):
+            out = subprocess.run([sys.executable, "-c", code, how], check=True, cwd=REPO,
+                                 stdout=subprocess.PIPE).stdout
+            used[how] = int(out)
+        self.assertLessEqual(used["fast"], used["constructor"] * 1.1, used)
+
+    def test_gc_is_paused_and_restored(self) -> None:
+        import gc
+
+        self.assertTrue(gc.isenabled())
+        for big in (False, True):
+            with rows.gc_paused(big):
+                self.assertFalse(gc.isenabled())
+            self.assertTrue(gc.isenabled())
+            self.assertEqual(gc.get_freeze_count(), 0)
+        gc.disable()
+        try:
+            with rows.gc_paused(True):
+                pass
+            self.assertFalse(gc.isenabled())
+        finally:
+            gc.enable()
+
+
+class ParallelScanTests(unittest.TestCase):
+    """A scan whose files are read by a forked helper gives what the serial scan gives."""
+
+    SAMPLES = [b"", b"a", b"a\r\nb", b"x\r", b"a\nb\r\nc\rd\n", b".dot\n" * 50, b"no newline",
+               b"long" * 40000 + b"\n", b"crlf\r\n" * 20000, b"From: x\n\nbody\n"]
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(self.path, sub))
+        self.data = {}
+        for i in range(120):
+            name = "17000000%02d.M%06dP1.host" % (i % 50, (i * 7919) % 10 ** 6)
+            if i % 17 == 0:
+                name = "17000000%02d.M%dP1.odd" % (i % 50, i)  # not zero-padded: numeric order
+            if i == 3:
+                name = "not standard, and not a valid UIDL"
+            self.write("cur" if i % 4 else "new", name + (":2,S" if i % 4 else ""),
+                       self.SAMPLES[i % len(self.SAMPLES)])
+            self.data[name] = self.SAMPLES[i % len(self.SAMPLES)]
+        # Listed twice, as when moved from new/ to cur/ between the two listings.
+        os.link(os.path.join(self.path, "new", "1700000004.M031676P1.host"),
+                os.path.join(self.path, "cur", "1700000004.M031676P1.host:2,RS"))
+        self.patch(mm, "FORK_MIN", 8)
+        self.patch(mm, "CHUNK", 5)
+
+    def write(self, sub: str, name: str, data: bytes) -> None:
+        with open(os.path.join(self.path, sub, name), "wb") as f:
+            f.write(data)
+
+    def scan(self, parallel: bool) -> mi.Snapshot:
+        forks = []
+        fork = os.fork
+        self.patch(os, "fork", lambda: forks.append(1) or fork())
+        if not parallel:
+            self.patch(mm, "FORK_MIN", 10 ** 9)
+        snapshot = mi.scan(self.path, None, md.uid_for)
+        self.assertEqual(bool(forks), parallel)
+        self.patch(mm, "FORK_MIN", 8)
+        return snapshot
+
+    def test_parallel_scan_is_the_serial_scan(self) -> None:
+        parallel, serial = self.scan(True), self.scan(False)
+        self.assertEqual(parallel.files, serial.files)
+        self.assertEqual(parallel.infos, serial.infos)
+        bases = [mi.base_name(f[4:]) for f in parallel.files]
+        self.assertEqual(bases, mi.delivery_order(list(self.data)))
+        self.assertEqual([i.size for i in parallel.infos],
+                         [wire.wire_size([self.data[b]]) for b in bases])
+        self.assertEqual([i.uid for i in parallel.infos], [md.uid_for(b) for b in bases])
+        self.assertIn("cur/1700000004.M031676P1.host:2,RS", parallel.files)
+        # A ,W= field or a previous snapshot: not cold, the same rows.
+        self.write("cur", "1700000099.M000001P1.host,W=77:2,S", b"seventy-seven? no\n")
+        with_w = self.scan(True)
+        added = md.MessageInfo("1700000099.M000001P1.host,W=77", 77)
+        self.assertEqual([i for i in with_w.infos if i != added], serial.infos)
+        self.assertEqual(len(with_w.infos), len(serial.infos) + 1)
+        self.assertEqual(mi.scan(self.path, with_w, md.uid_for).infos, with_w.infos)
+
+    def test_vanished_and_unreadable_files(self) -> None:
+        gone = "1700000010.M079190P1.host"
+        refused = "1700000021.M166299P1.host"
+        link = "1700000022.M174218P1.host"
+        os.unlink(os.path.join(self.path, "cur", gone + ":2,S"))
+        os.mkdir(os.path.join(self.path, "cur", gone + ":2,S"))  # no message
+        os.unlink(os.path.join(self.path, "cur", link + ":2,S"))
+        os.symlink("/etc/passwd", os.path.join(self.path, "cur", link + ":2,S"))
+        real_open = os.open
+
+        def refusing(name, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if name.startswith(refused):
+                raise PermissionError(13, "Permission denied", name)
+            return real_open(name, flags, *args, **kwargs)
+
+        self.patch(os, "open", refusing)
+        for parallel in (True, False):
+            snapshot = self.scan(parallel)
+            uids = [i.uid for i in snapshot.infos]
+            self.assertNotIn(gone, uids)
+            self.assertEqual(snapshot.provisional, frozenset([refused, link]))
+            sizes = dict((i.uid, i.size) for i in snapshot.infos)
+            self.assertEqual(sizes[refused], len(self.data[refused]))  # its size on disk
+            self.assertEqual(sizes[link], len("/etc/passwd"))  # the link's, not the target's
+            self.assertIsNone(snapshot.signature)  # not trusted next time
+            self.assertEqual(len(snapshot.infos), len(self.data) - 1)

@@ -22,18 +22,27 @@ Rules of trust:
 
 Besides the file, the last snapshots stay in memory (bounded by :data:`MAX_CACHED_MESSAGES`), so a
 second login in the same process costs two ``stat`` calls.
+
+A scan (:func:`scan`) lists both directories and reads only the messages whose size it does not
+know; on a cold login to a big maildir that is every message, read by this process and a forked
+helper side by side (:mod:`.maildir_measure`) while the rows are built (:mod:`.maildir_listing`).
+The index file is written at logout (:func:`flush`), after the session, not during the login.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import time
+from array import array
 from collections import OrderedDict
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from ..interfaces import MessageInfo
-from ..wire import wire_size
+from . import maildir_listing as rows
+from .maildir_listing import UIDS as _UIDS, delivery_order, order_key  # noqa: F401 (re-exported)
+from .maildir_measure import FORK_MIN, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
 
 INDEX_NAME = "pop3ng-index"
 INDEX_HEADER = "pop3ng-index 2"
@@ -41,17 +50,9 @@ INDEX_HEADER = "pop3ng-index 2"
 SETTLE_NS = 2 * 10 ** 9
 #: Messages kept in the in-process cache over all maildrops (~350 bytes each).
 MAX_CACHED_MESSAGES = 300_000
-#: One read measures a message up to this size; larger ones are streamed.
-SMALL_READ = 1 << 16
 
 Signature = Tuple[int, int, int, int]
 
-_W_FIELD = re.compile(r",W=(\d+)")
-#: Standard names start TIME.M<usec>; usec is not zero-padded, so order numerically, not by name.
-_ORDER = re.compile(r"(\d{1,20})(?:\.M(\d{1,9}))?")
-#: A name whose order as a string may differ from delivery order (not TIME(10).M<usec>(6)...).
-_UNPADDED = re.compile(r"^(?!\d{10}\.M\d{6}(?!\d))", re.MULTILINE)
-_UIDS = re.compile(r"[\x21-\x7e]{1,70}(?:\n[\x21-\x7e]{1,70})*")
 _FILES = re.compile(r"(?:cur|new)/[^/\n\x00.][^/\n\x00]*(?:\n(?:cur|new)/[^/\n\x00.][^/\n\x00]*)*")
 _ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
 
@@ -98,23 +99,6 @@ def _file_signature(path: str) -> Optional[Tuple[int, int, int]]:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def order_key(base: str) -> Tuple[int, int, str]:
-    """Delivery order: seconds, then microseconds of standard names; other names after, by name."""
-    match = _ORDER.match(base)
-    if match is None:
-        return (1 << 64, 0, base)
-    return (int(match.group(1)), int(match.group(2) or 0), base)
-
-
-def delivery_order(bases: List[str]) -> List[str]:
-    """``bases`` sorted by :func:`order_key`; when every name has the zero-padded standard form,
-    plain string order is the same, and much cheaper than a Python key per name."""
-    ordered = sorted(bases)
-    if ordered and _UNPADDED.search("\n".join(ordered)):
-        ordered.sort(key=order_key)
-    return ordered
-
-
 def _settled(sig: Signature, now_ns: int) -> bool:
     return max(sig[1], sig[3]) <= now_ns - SETTLE_NS
 
@@ -139,34 +123,40 @@ def load(path: str) -> Optional[Snapshot]:
         with open(os.path.join(path, INDEX_NAME), "rb") as f:
             st = os.fstat(f.fileno())
             text = f.read().decode("utf-8", "surrogateescape")
-        header, dirs, body = text.split("\n", 2)
-        if header != INDEX_HEADER or not dirs.startswith("dirs "):
-            return None
-        sig: Optional[Signature] = None
-        if dirs != "dirs -":
-            cur, new = dirs[5:].split(" ")
-            sig = tuple(int(x) for x in cur.split(":") + new.split(":"))  # type: ignore
-            if len(sig) != 4:
-                return None
-        parts = body.replace("\n", " ").split(" ")
-        if parts[-1] == "":
-            parts.pop()
-        if len(parts) % 3:
-            return None
-        sizes = list(map(int, parts[0::3]))
-        uids, files = parts[1::3], parts[2::3]
-        if sizes and (min(sizes) < 0 or not _UIDS.fullmatch("\n".join(uids))):
-            return None
-        joined = "\n".join(files)
-        if files and not _FILES.fullmatch(joined):
-            return None
-        if "%" in joined:
-            files = [_unescape(f) if "%" in f else f for f in files]
-        snapshot = Snapshot(sig, files, list(map(MessageInfo, uids, sizes)))
-        snapshot.stored = (st.st_ino, st.st_mtime_ns, st.st_size)
-        return snapshot
+        with rows.gc_paused(len(text) > 64 * FORK_MIN):  # about FORK_MIN rows or more
+            snapshot = _parse(text)
     except (OSError, ValueError, UnicodeError):
         return None
+    if snapshot is not None:
+        snapshot.stored = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return snapshot
+
+
+def _parse(text: str) -> Optional[Snapshot]:
+    header, dirs, body = text.split("\n", 2)
+    if header != INDEX_HEADER or not dirs.startswith("dirs "):
+        return None
+    sig: Optional[Signature] = None
+    if dirs != "dirs -":
+        cur, new = dirs[5:].split(" ")
+        sig = tuple(int(x) for x in cur.split(":") + new.split(":"))  # type: ignore
+        if len(sig) != 4:
+            return None
+    parts = body.replace("\n", " ").split(" ")
+    if parts[-1] == "":
+        parts.pop()
+    if len(parts) % 3:
+        return None
+    sizes = list(map(int, parts[0::3]))
+    uids, files = parts[1::3], parts[2::3]
+    if sizes and (min(sizes) < 0 or not _UIDS.fullmatch("\n".join(uids))):
+        return None
+    joined = "\n".join(files)
+    if files and not _FILES.fullmatch(joined):
+        return None
+    if "%" in joined:
+        files = [_unescape(f) if "%" in f else f for f in files]
+    return Snapshot(sig, files, rows.sized_infos(rows.unsized_infos(uids), sizes))
 
 
 def save(path: str, snapshot: Snapshot) -> None:
@@ -199,78 +189,74 @@ def flush(path: str, snapshot: Snapshot) -> None:
     if snapshot.dirty:
         save(path, snapshot)
 
-# -- listing and measuring --------------------------------------------------------------------------
-
-def measure(dir_fd: int, name: str) -> int:
-    """Wire size of one message (CRLF line endings, unstuffed), read in one call when small."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)  # no symlinks: see maildir.py
-    try:
-        data = os.read(fd, SMALL_READ)
-        if len(data) == SMALL_READ:
-            rest = iter(lambda: os.read(fd, 1 << 20), b"")
-            return wire_size(_chain(data, rest))
-    finally:
-        os.close(fd)
-    if b"\r" in data:
-        return wire_size([data])
-    if not data:
-        return 0
-    # LF-only (the usual maildir form): each LF becomes CRLF; a last line without LF gets CRLF.
-    return len(data.replace(b"\n", b"\r\n")) + (0 if data[-1] == 0x0A else 2)
-
-
-def _chain(first: bytes, rest):  # type: ignore[no-untyped-def]
-    yield first
-    yield from rest
-
+# -- listing and measuring -------------------------------------------------------------------------
 
 def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type: ignore
-    """List ``new/`` and ``cur/``; sizes come from ``,W=``, ``previous`` or reading the file."""
+    """List ``new/`` and ``cur/``; sizes come from ``previous``, ``,W=`` or reading the file.
+
+    The files are read by this process and a forked helper (see :mod:`.maildir_measure`) while
+    the rows are built (see :mod:`.maildir_listing`).
+    """
     now = time.time_ns()
     before = signature(path)
-    found: Dict[str, str] = {}
-    for sub in ("new", "cur"):
-        prefix = sub + "/"
-        for name in os.listdir(os.path.join(path, sub)):
-            if name[:1] != ".":
-                found[name.partition(":")[0]] = prefix + name
+    new = rows.listing(path, "new")
+    cur = rows.listing(path, "cur")
     after = signature(path)
-    known = previous.sizes_by_base() if previous is not None else {}
-    files: List[str] = []
-    infos: List[MessageInfo] = []
-    provisional = set()
-    fds: Dict[str, int] = {}
-    try:
-        for base in delivery_order(list(found)):
-            filename = found[base]
-            size = known.get(base)
-            if size is None and ",W=" in base:
-                match = _W_FIELD.search(base)
-                size = int(match.group(1)) if match else None
-            if size is None:
-                sub = filename[:3]
-                if sub not in fds:
-                    fds[sub] = os.open(os.path.join(path, sub),
-                                       os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-                try:
-                    size = measure(fds[sub], filename[4:])
-                except (FileNotFoundError, IsADirectoryError):
-                    continue  # moved or deleted meanwhile (the next session sees it), or no message
-                except OSError:
-                    # Unreadable (permissions): one bad file must not lock the user out of the
-                    # rest; list it with its size on disk, RETR answers -ERR, measure it next time.
-                    try:
-                        size = os.stat(filename[4:], dir_fd=fds[sub], follow_symlinks=False).st_size
-                    except OSError:
-                        continue
-                    provisional.add(base)
-            files.append(filename)
-            infos.append(MessageInfo(uid_for(base), size))
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    with rows.gc_paused(len(new) + len(cur) >= FORK_MIN):
+        names = new + cur  # listing order: positions below len(new) are in new/
+        # Cold (nothing known, no ,W= field): everything is read, and the helper is forked before
+        # anything else is built, so that fewer pages are shared with it (each costs a copy).
+        cold = (previous is None or not previous.files) and ",W=" not in "\n".join(names)
+        bases: List[str] = []
+        sizes: Optional[List[Optional[int]]] = None
+        todo: Sequence[int] = range(len(names))
+        todo_names: Sequence[str] = names
+        if not cold:
+            bases = [name.partition(":")[0] for name in names]
+            sizes = rows.known_sizes(bases, previous.sizes_by_base() if previous else {})
+            todo = [i for i, size in enumerate(sizes) if size is None]
+            todo_names = list(map(names.__getitem__, todo))
+        with Measurement(path, todo_names, bisect.bisect_left(todo, len(new))) as measurement:
+            measurement.start()
+            if cold:
+                bases = [name.partition(":")[0] for name in names]
+            positions = rows.delivery_positions(bases)
+            uids = rows.uids_of(bases, uid_for)
+            files = rows.prefixed(new, cur, positions)
+            infos = rows.unsized_infos(list(map(uids.__getitem__, positions)))
+            measured = measurement.finish()
+            if sizes is not None:
+                for i, size in zip(todo, measured):
+                    sizes[i] = size
+                measured = array("q", sizes)  # type: ignore[arg-type]
+            # New int objects, made in message order too (a warm STAT reads them all).
+            ordered = list(map(measured.__getitem__, positions))
+            provisional: Set[str] = set()
+            if VANISHED in ordered or UNREADABLE in ordered:
+                keep = _failures(positions, ordered, todo, bases, measurement, provisional)
+                files, infos, ordered = (list(map(x.__getitem__, keep)) for x in (files, infos, ordered))
+        infos = rows.sized_infos(infos, ordered)
     sig = after if before == after and _settled(after, now) and not provisional else None
     return Snapshot(sig, files, infos, frozenset(provisional))
+
+
+def _failures(positions: List[int], ordered: List[int], todo: Sequence[int], bases: List[str],
+              measurement: Measurement, provisional: Set[str]) -> List[int]:
+    """The rows (indexes in ``ordered``) to keep when some files could not be measured."""
+    keep = []
+    for k, i in enumerate(positions):
+        if ordered[k] == VANISHED:
+            continue  # moved or deleted meanwhile (the next session sees it), or no message
+        if ordered[k] == UNREADABLE:
+            # Unreadable (permissions): one bad file must not lock the user out of the rest;
+            # list it with its size on disk, RETR answers -ERR, measure it next time.
+            on_disk = measurement.size_on_disk(bisect.bisect_left(todo, i))
+            if on_disk is None:
+                continue
+            ordered[k] = on_disk
+            provisional.add(bases[i])
+        keep.append(k)
+    return keep
 
 
 # -- the in-process cache ---------------------------------------------------------------------------
