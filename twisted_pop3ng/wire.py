@@ -85,8 +85,8 @@ def encode_whole(data: bytes) -> bytes:
         tail = CRLF + TERMINATOR
         if data[-1] == 0x0D:
             data = data[:-1]
-    if b"\n" in data:
-        if b"\r" in data:
+    if 0x0A in data:  # an int: memchr at once, cheaper than a one-byte bytes needle
+        if 0x0D in data:
             data = data.replace(b"\r\n", b"\n")
         data = stuff_dots(data.replace(b"\n", b"\r\n"))
     if data[:1] == b".":
@@ -237,8 +237,8 @@ class MessageEncoder:
             data = data[:-1]
             if not data:
                 return b""
-        if b"\n" in data:
-            if b"\r" in data:  # one-byte test: memchr, ~100x faster than searching for CRLF
+        if 0x0A in data:
+            if 0x0D in data:  # memchr: ~100x faster than searching for CRLF
                 data = data.replace(b"\r\n", b"\n")
             data = data.replace(b"\n", b"\r\n")
         if self._limit is not None:
