@@ -7,8 +7,10 @@ Rules of this module:
 * one small handler per verb; a handler either answers at once or returns a Deferred, and while that
   Deferred is pending no further command line is read (so pipelined commands are answered in order,
   also after an asynchronous login);
-* the protocol never touches files: messages come from the ``IMailbox`` avatar as file-like objects
-  and are streamed through :class:`~twisted_pop3ng.wire.MessageEncoder` with backpressure;
+* the protocol never touches files: messages come from the ``IMailbox`` avatar, as bytes when
+  small (the optional ``read_whole``) or as file-like objects streamed through
+  :class:`~twisted_pop3ng.wire.MessageEncoder`; how lines come in and replies go out (batching,
+  backpressure, streaming, timeouts) is :mod:`.server_io`'s business;
 * every error goes through :func:`twisted_pop3ng.errors.classify`; no exception text reaches the peer.
 """
 
@@ -17,15 +19,13 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet import defer, interfaces as iinternet, tcp
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from . import __version__, policy, wire
 from .errors import (
@@ -36,6 +36,7 @@ from .errors import (
     classify,
 )
 from .interfaces import IMailbox, MessageInfo
+from .server_io import CHUNK_SIZE, IdleSweeper, MessageStream, SessionIO, TransportFlow
 
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
@@ -46,21 +47,10 @@ TRANSITIONS = {
     (TRANSACTION, "quit"): UPDATE,
 }
 
-#: Bytes read from a stored message per step; large enough that a 10 KB message is one read.
-CHUNK_SIZE = 256 * 1024
-#: Replies collected in one batch of input lines are written once they reach this size (Twisted
-#: sends at most 128 KiB per ``send``; the transport pauses us past its 64 KiB buffer).
-FLUSH_SIZE = 128 * 1024
 #: Command words already parsed once (b"RETR", b"retr", ...) and their verbs: the common case skips
 #: the parser. Only words naming a registered command get in, and at most this many.
 MAX_KNOWN_VERBS = 256
 _KNOWN_VERBS: Dict[bytes, str] = {}
-#: The transport class of an accepted plain TCP connection (see ``POP3ServerProtocol._send``).
-_TCP_SERVER = tcp.Server
-#: Input queued while commands wait, beyond which the socket is no longer read.
-MAX_QUEUED_INPUT = 64 * 1024
-#: Chunks written in one reactor turn before yielding, when the transport never pushes back.
-CHUNKS_PER_TURN = 16
 #: Seconds a closing connection may take to deliver its last reply before it is aborted: a peer
 #: that never reads, or never completes the TLS handshake, would otherwise keep the connection (and
 #: the maildrop lock) forever, since loseConnection waits for the write buffer to drain. After QUIT
@@ -113,144 +103,7 @@ class ServerConfig:
     security: policy.SecurityConfig = field(default_factory=policy.SecurityConfig)
 
 
-class _IdleSweeper:
-    """One timer for all of a factory's sessions instead of a DelayedCall each.
-
-    A DelayedCall costs ~0.5 KB per connection and a heap update on every command line; here a
-    session keeps a deadline (a float) and one call, scheduled for the earliest deadline (at most
-    every ``MIN_INTERVAL`` seconds), closes the sessions whose deadline has passed.
-    """
-
-    MIN_INTERVAL = 1.0
-
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        self.sessions: Set[Any] = set()
-        self._call: Any = None
-
-    def add(self, protocol: Any) -> None:
-        self.sessions.add(protocol)
-        self._schedule(protocol._deadline)
-
-    def discard(self, protocol: Any) -> None:
-        self.sessions.discard(protocol)
-        if not self.sessions and self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-    def _schedule(self, when: float) -> None:
-        now = self.clock.seconds()
-        if self._call is not None:
-            if self._call.getTime() <= when:
-                return
-            self._call.cancel()
-        self._call = self.clock.callLater(max(when - now, 0), self._sweep)
-
-    def _sweep(self) -> None:
-        self._call = None
-        now = self.clock.seconds()
-        due = [p for p in self.sessions if p._deadline is not None and p._deadline <= now]
-        for protocol in due:
-            self.sessions.discard(protocol)
-            protocol._deadline = protocol._timeout = None
-            protocol.timeoutConnection()
-        deadlines = [p._deadline for p in self.sessions if p._deadline is not None]
-        if deadlines:
-            self._schedule(max(min(deadlines), now + self.MIN_INTERVAL))
-
-
-@implementer(iinternet.IPushProducer)
-class _TransportFlow:
-    """Registered with the transport for the whole connection: its write buffer pushes back here."""
-
-    __slots__ = ("protocol",)  # one per connection: no instance dict
-
-    def __init__(self, protocol: "POP3ServerProtocol") -> None:
-        self.protocol = protocol
-
-    def pauseProducing(self) -> None:
-        self.protocol._write_paused(True)
-
-    def resumeProducing(self) -> None:
-        self.protocol._write_paused(False)
-
-    def stopProducing(self) -> None:
-        # The connection is going away (the client left mid-transfer): not a server failure to log.
-        self.protocol._closing = True
-        self.protocol._stop_stream()
-
-
-class _MessageStream:
-    """Copies one stored message to the transport through the encoder, honouring backpressure."""
-
-    def __init__(self, protocol: "POP3ServerProtocol", source: Any, status: bytes,
-                 encoder: wire.MessageEncoder) -> None:
-        self.protocol = protocol
-        self.source = source
-        self.encoder = encoder
-        self.deferred: defer.Deferred = defer.Deferred()
-        self._head: Optional[bytes] = status
-        self._paused = False
-        self._finished = False
-        self._scheduled = None
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-        self._schedule()
-
-    def stop(self) -> None:
-        if not self._finished:
-            self._finish(Failure(ConnectionError("connection lost during transfer")))
-
-    def run(self) -> None:
-        self._scheduled = None
-        turns = 0
-        while not (self._paused or self._finished):
-            try:
-                chunk = self.source.read(CHUNK_SIZE)
-            except Exception:
-                self._finish(Failure())
-                return
-            out = self.encoder.feed(chunk) if chunk else b""
-            last = not chunk or self.encoder.done
-            if last:
-                out += self.encoder.finish()
-            if self._head is not None:
-                out, self._head = self._head + out, None
-            if out:
-                self.protocol.write(out)
-            self.protocol.resetTimeout()
-            if last:
-                self._finish(None)
-                return
-            turns += 1
-            if turns >= CHUNKS_PER_TURN:
-                self._schedule()
-                return
-
-    def _schedule(self) -> None:
-        if self._scheduled is None and not (self._paused or self._finished):
-            self._scheduled = self.protocol.clock.callLater(0, self.run)
-
-    def _finish(self, failure: Optional[Failure]) -> None:
-        self._finished = True
-        if self._scheduled is not None and self._scheduled.active():
-            self._scheduled.cancel()
-        self._scheduled = None
-        try:
-            self.source.close()
-        except Exception:
-            pass
-        if failure is None:
-            self.deferred.callback(None)
-        else:
-            self.deferred.errback(failure)
-
-
-class POP3ServerProtocol(LineReceiver):
+class POP3ServerProtocol(SessionIO):
     """One POP3 session: AUTHORIZATION -> TRANSACTION -> UPDATE against an ``IMailbox`` avatar."""
 
     # Accept bare LF as well as CRLF from clients; a trailing CR is stripped in lineReceived.
@@ -269,7 +122,7 @@ class POP3ServerProtocol(LineReceiver):
     _username: Optional[bytes] = None
     #: Why command lines are not read now; an empty default until the first block.
     _blocks: AbstractSet[str] = frozenset()
-    _stream: Optional[_MessageStream] = None
+    _stream: Optional[MessageStream] = None
     _bad_commands = 0
     _closing = False
     _reading_paused = False
@@ -287,26 +140,6 @@ class POP3ServerProtocol(LineReceiver):
     def clock(self) -> Any:
         return self.factory.clock
 
-    #: Inactivity allowed now (None: no timeout) and the clock time at which it runs out.
-    _timeout: Optional[float] = None
-    _deadline: Optional[float] = None
-
-    def setTimeout(self, period: Optional[float]) -> None:
-        """Start, change or (None) cancel the inactivity timeout; see :class:`_IdleSweeper`."""
-        self._timeout = period
-        sweeper = self.factory.idle_sweeper()
-        if period is None:
-            self._deadline = None
-            sweeper.discard(self)
-        else:
-            self._deadline = self.clock.seconds() + period
-            sweeper.add(self)
-
-    def resetTimeout(self) -> None:
-        """Activity: push the deadline out (a float store, no timer juggling per line)."""
-        if self._timeout is not None:
-            self._deadline = self.clock.seconds() + self._timeout
-
     def connectionMade(self) -> None:
         self.setTimeout(self.config.login_timeout)
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -315,65 +148,13 @@ class POP3ServerProtocol(LineReceiver):
                 no_delay(True)
             except Exception:
                 pass
-        self.transport.registerProducer(_TransportFlow(self), True)
+        self.transport.registerProducer(TransportFlow(self), True)
         if not policy.connection_made(self):  # too many connections from this address
             return
         self.write(wire.response(True, self.greeting()))
 
     def greeting(self) -> str:
         return policy.greeting(self, "POP3 server ready.")
-
-    #: While a batch of received lines is processed, replies collect here and leave together
-    #: (one ``send``, or one TLS write, for a pipelined burst).
-    _out: Optional[List[bytes]] = None
-    _out_size = 0
-
-    def write(self, data: bytes) -> None:
-        if self.transport is None or self._closing:
-            return
-        out = self._out
-        if out is None:
-            self._send([data])
-            return
-        out.append(data)
-        self._out_size += len(data)
-        if self._out_size >= FLUSH_SIZE:
-            # Hand it over now: past the transport's buffer size this pauses us (backpressure).
-            self.flush_output()
-
-    def flush_output(self) -> None:
-        """Send what the current batch collected (before STLS, closing, or a full batch)."""
-        out = self._out
-        if out:
-            self._out = []
-            self._out_size = 0
-            self._send(out)
-
-    def _send(self, out: List[bytes]) -> None:
-        """Write ``out`` to the transport; on plain TCP with nothing queued, ``send`` it at once.
-
-        A Twisted transport sends only when the reactor next reports the socket writable: per
-        reply an ``epoll_ctl`` on, an ``epoll_wait`` turn, a dispatch and an ``epoll_ctl`` off — a
-        third of a short session's CPU. When the transport holds nothing (so order is kept) the
-        replies go straight to the socket (not after STLS: TLS then lives inside the transport);
-        whatever the socket does not take, and any error, is left to the transport as before (it
-        reports errors on its next write).
-        """
-        transport = self.transport
-        if transport is None:
-            return
-        if (type(transport) is _TCP_SERVER and not transport.TLS and transport.connected
-                and not transport.disconnecting and not transport.dataBuffer
-                and not transport._tempDataLen):
-            data = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            out = [data[sent:]]
-        transport.writeSequence(out)
 
     def reply(self, ok: bool, text: str = "", code: Optional[str] = None) -> None:
         self.write(wire.response(ok, text, code))
@@ -403,59 +184,6 @@ class POP3ServerProtocol(LineReceiver):
         if self.transport is not None:
             self.transport.abortConnection()
 
-    def _block(self, reason: str) -> None:
-        """Stop processing command lines until every reason is gone."""
-        self.paused = True
-        if self._blocks:
-            self._blocks.add(reason)  # type: ignore[attr-defined]
-        else:
-            self._blocks = {reason}
-
-    def _unblock(self, reason: str) -> None:
-        if reason not in self._blocks:
-            return
-        self._blocks.discard(reason)  # type: ignore[attr-defined]
-        if self._blocks or self._closing or self.transport is None:
-            return
-        self.paused = False
-        if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resumeProducing()
-        self.dataReceived(b"")
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._out is None:
-            self._out = []
-            try:
-                self._receive(data)
-            finally:
-                self.flush_output()
-                self._out = None
-        else:  # resumed from inside a batch (a Deferred that fired at once): same batch
-            self._receive(data)
-
-    def _receive(self, data: bytes) -> None:
-        self._split_lines(data)
-        # While commands wait (async login, a transfer, a client that does not read its replies),
-        # stop reading the socket once enough input is queued: memory stays bounded.
-        if self.paused and not self._reading_paused and len(self._buffer) > MAX_QUEUED_INPUT:
-            self._reading_paused = True
-            self.transport.pauseProducing()
-
-    def _write_paused(self, paused: bool) -> None:
-        if paused:
-            self._block("write")
-            if self._stream is not None:
-                self._stream.pause()
-        else:
-            if self._stream is not None:
-                self._stream.resume()
-            self._unblock("write")
-
-    def _stop_stream(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-
     def timeoutConnection(self) -> None:
         self.log.info("closing idle connection")
         self.close("Disconnected for inactivity.")
@@ -480,56 +208,6 @@ class POP3ServerProtocol(LineReceiver):
                 self.log.failure("logout failed")
 
     # -- command dispatch -------------------------------------------------------------------------
-
-    _busy_splitting = False
-    _line_buffer_cleared = False
-
-    def _split_lines(self, data: bytes) -> None:
-        """``LineReceiver.dataReceived`` without its copy of the whole buffer per line.
-
-        Same contract: lines go to :meth:`lineReceived` until ``paused``; input that arrives
-        meanwhile (re-entrantly) is queued; :meth:`clearLineBuffer` (STLS) drops the rest; a line or
-        a pending partial line beyond ``MAX_LENGTH`` goes to :meth:`lineLengthExceeded`.
-        """
-        if self._busy_splitting:
-            self._buffer += data
-            return
-        self._busy_splitting = True
-        try:
-            buffer = self._buffer + data if self._buffer else data
-            self._buffer = b""
-            start = 0
-            find = buffer.find
-            while not self.paused:
-                end = find(b"\n", start)
-                if end == -1:
-                    if len(buffer) - start > self.MAX_LENGTH:
-                        self._buffer, rest, start, buffer = b"", buffer[start:], 0, b""
-                        self.lineLengthExceeded(rest)
-                        return
-                    break
-                line = buffer[start:end]
-                start = end + 1
-                if len(line) > self.MAX_LENGTH:
-                    self._buffer, start, buffer = b"", 0, b""
-                    self.lineLengthExceeded(line)
-                    return
-                self.lineReceived(line)
-                if self._line_buffer_cleared:
-                    self._line_buffer_cleared = False
-                    start, buffer = 0, b""
-                    break
-                if self.transport is None or self.transport.disconnecting:
-                    break
-            if start < len(buffer):
-                self._buffer = buffer[start:] + self._buffer if start else buffer + self._buffer
-        finally:
-            self._busy_splitting = False
-
-    def clearLineBuffer(self) -> bytes:
-        """Drop unprocessed input (STLS: what was pipelined in plaintext must not run in TLS)."""
-        self._line_buffer_cleared = self._busy_splitting
-        return LineReceiver.clearLineBuffer(self)
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
@@ -861,7 +539,7 @@ class POP3ServerProtocol(LineReceiver):
             if self._closing:
                 source.close()
                 return defer.succeed(None)
-            self._stream = _MessageStream(self, source, wire.response(True, status), encoder)
+            self._stream = MessageStream(self, source, wire.response(True, status), encoder)
             if self.paused and "write" in self._blocks:
                 self._stream.pause()
             self._stream.run()
@@ -918,11 +596,11 @@ class POP3ServerFactory(Factory):
         self.config = config or ServerConfig()
         self.clock = clock
         self.sessions = itertools.count(1)
-        self._idle_sweeper: Optional[_IdleSweeper] = None
+        self._idle_sweeper: Optional[IdleSweeper] = None
 
-    def idle_sweeper(self) -> _IdleSweeper:
+    def idle_sweeper(self) -> IdleSweeper:
         if self._idle_sweeper is None:
-            self._idle_sweeper = _IdleSweeper(self.clock)
+            self._idle_sweeper = IdleSweeper(self.clock)
         return self._idle_sweeper
 
 
