@@ -190,7 +190,7 @@ def make_factory(options: Options) -> Any:
 def makeService(options: Options) -> service.MultiService:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet import endpoints, reactor
-    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from .tls import tls_factory
 
     factory = make_factory(options)
     top = _Listeners()
@@ -199,8 +199,7 @@ def makeService(options: Options) -> service.MultiService:
         _listener(StreamServerEndpointService(endpoint, factory), desc, top)
     for desc in options["tls-listen"]:
         endpoint = endpoints.serverFromString(reactor, with_backlog(desc))
-        tls_factory = TLSMemoryBIOFactory(options["tls"], False, factory)
-        _listener(StreamServerEndpointService(endpoint, tls_factory), desc, top)
+        _listener(StreamServerEndpointService(endpoint, tls_factory(options["tls"], factory)), desc, top)
     if options["workers"] > 1:
         from .workers import WorkerPool
 

@@ -207,9 +207,8 @@ def worker_main(argv: Sequence[str]) -> None:
         raise SystemExit("usage: python -m twisted_pop3ng.workers FD:KIND,... -- POP3NG-ARGS")
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
     from . import tap
+    from .tls import tls_factory
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     options = tap.Options()
@@ -221,7 +220,7 @@ def worker_main(argv: Sequence[str]) -> None:
         probe = socket.socket(fileno=os.dup(fd))
         family = probe.family
         probe.close()
-        served = TLSMemoryBIOFactory(options["tls"], False, factory) if kind == "tls" else factory
+        served = tls_factory(options["tls"], factory) if kind == "tls" else factory
         reactor.adoptStreamPort(fd, family, served)
         os.close(fd)
     _watch_master(reactor)
