@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from . import sasl_client, wire
 from .client_auth import LoginMixin
+from .server_io import set_no_delay
 from .client_errors import (AuthError, CapabilityError, InUseError, LoginDelayError,
                             PermanentError, ProtocolError, ServerError, TemporaryError, TLSError,
                             error_for)
@@ -140,12 +141,7 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         if self.clock is not None:
             self.callLater = self.clock.callLater
-        no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if no_delay is not None:
-            try:
-                no_delay(True)
-            except Exception:
-                pass
+        set_no_delay(self.transport)
         self._arm_timeout()
 
     def _arm_timeout(self) -> None:

@@ -36,7 +36,8 @@ from .errors import (
     classify,
 )
 from .interfaces import IMailbox, MessageInfo
-from .server_io import CHUNK_SIZE, IdleSweeper, MessageStream, SessionIO, TransportFlow
+from .server_io import (CHUNK_SIZE, IdleSweeper, MessageStream, SessionIO, TransportFlow,
+                        set_no_delay)
 
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
@@ -142,12 +143,7 @@ class POP3ServerProtocol(SessionIO):
 
     def connectionMade(self) -> None:
         self.setTimeout(self.config.login_timeout)
-        no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if no_delay is not None:
-            try:
-                no_delay(True)
-            except Exception:
-                pass
+        set_no_delay(self.transport)
         self.transport.registerProducer(TransportFlow(self), True)
         if not policy.connection_made(self):  # too many connections from this address
             return

@@ -41,6 +41,17 @@ MAX_QUEUED_INPUT = 64 * 1024
 CHUNKS_PER_TURN = 16
 
 
+def set_no_delay(transport: Any) -> None:
+    """Turn Nagle off where the transport can (TCP): replies are whole, and a small one must not
+    wait for the ACK of the previous one. Shared by the server and the client."""
+    no_delay = getattr(transport, "setTcpNoDelay", None)
+    if no_delay is not None:
+        try:
+            no_delay(True)
+        except Exception:  # not a socket after all (a test transport, a closed one)
+            pass
+
+
 class IdleSweeper:
     """One timer for all of a factory's sessions instead of a DelayedCall each.
 
