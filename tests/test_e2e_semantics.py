@@ -6,6 +6,7 @@ nothing committed on a drop, the maildrop lock, and storage errors that leave th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -14,6 +15,19 @@ import time
 
 from .e2e import USERS, ServerTestCase, maildir_files, stuffed, wait_for, wire_lines, wire_message
 from .support import Session
+
+
+@contextlib.contextmanager
+def new_swapped_for_symlink(maildir: str, elsewhere: str):
+    """The user's move: ``new/`` replaced by a symlink to ``elsewhere`` (put back afterwards)."""
+    new = os.path.join(maildir, "new")
+    os.rename(new, new + ".orig")
+    os.symlink(elsewhere, new)
+    try:
+        yield
+    finally:
+        os.unlink(new)
+        os.rename(new + ".orig", new)
 
 
 def message(i: int) -> bytes:
@@ -526,19 +540,13 @@ class SymlinkTests(ServerTestCase):
             f.write(b"Subject: secret\n\nTOP SECRET CONTENT\n")
         self.server.deliver(user, message(0), name="secret")
         s = self.login(user)
-        md = self.server.maildir(user)
-        os.rename(os.path.join(md, "new"), os.path.join(md, "new.orig"))
-        os.symlink(elsewhere, os.path.join(md, "new"))
-        try:
+        with new_swapped_for_symlink(self.server.maildir(user), elsewhere):
             reply = s.command(b"RETR 1")
             if reply.startswith(b"+OK"):
                 self.assertNotIn(b"SECRET", s.body())
             else:
                 self.assertTrue(reply.startswith(b"-ERR"), reply)
             self.ok(s, b"NOOP")
-        finally:
-            os.unlink(os.path.join(md, "new"))
-            os.rename(os.path.join(md, "new.orig"), os.path.join(md, "new"))
 
     def test_dele_then_new_swapped_for_a_symlink(self):
         self.tracebacks_allowed = True  # the refused operations are logged
@@ -552,16 +560,10 @@ class SymlinkTests(ServerTestCase):
         self.server.deliver(user, message(0), name="victim")
         s = self.login(user)
         self.ok(s, b"DELE 1")
-        md = self.server.maildir(user)
-        os.rename(os.path.join(md, "new"), os.path.join(md, "new.orig"))
-        os.symlink(elsewhere, os.path.join(md, "new"))
-        try:
+        with new_swapped_for_symlink(self.server.maildir(user), elsewhere):
             s.command(b"QUIT")
             self.assertTrue(s.closed())
             self.assertTrue(os.path.exists(victim))
-        finally:
-            os.unlink(os.path.join(md, "new"))
-            os.rename(os.path.join(md, "new.orig"), os.path.join(md, "new"))
 
     def test_planted_symlinks_for_lock_and_index_files(self):
         self.tracebacks_allowed = True  # the refused operations are logged
