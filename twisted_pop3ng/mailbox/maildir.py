@@ -26,7 +26,7 @@ import os
 import re
 import socket
 from collections import OrderedDict
-from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from zope.interface import implementer
 
@@ -36,6 +36,7 @@ from . import maildir_index, safe_username
 from .maildir_index import INDEX_HEADER, INDEX_NAME  # noqa: F401  (re-exported)
 
 LOCK_NAME = "pop3ng.lock"
+T = TypeVar("T")
 READ_SIZE = 1 << 20
 _HOSTNAME = socket.gethostname()
 #: Encoded UIDL listings of recent snapshots, by snapshot identity (the snapshot is kept with its
@@ -113,17 +114,6 @@ class MaildirLock:
             os.close(fd)
 
 
-def _unlink_message_file(path: str) -> None:
-    """Unlink a message without following a symlinked new/ or cur/ (root must not delete files
-    elsewhere because a user swapped a directory for a symlink during the session)."""
-    directory, name = os.path.split(path)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 @implementer(IMailboxStore)
 class MaildirStore:
     """Maildrops at ``template.format(user=…)``; created (0700) on first login when missing."""
@@ -186,28 +176,36 @@ class MaildirMailbox:
                     return self.files[index]
         return None
 
-    def _open_fd(self, index: int) -> int:
-        """A descriptor of message ``index``, found again if another agent renamed it.
+    def _dir_fd(self, sub: str) -> int:
+        """The session's descriptor of ``new/`` or ``cur/``, opened on first use without following
+        a symlink: a user who can write to a maildir must not make a server running as root read
+        or delete files elsewhere (ELOOP or ENOTDIR become -ERR [SYS/PERM]). Held for the session,
+        it keeps pointing at the real directory if the user swaps it for a symlink later."""
+        fd = self._dir_fds.get(sub)
+        if fd is None:
+            fd = self._dir_fds[sub] = os.open(os.path.join(self.path, sub),
+                                              os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        return fd
 
-        Opened relative to descriptors of ``new/`` and ``cur/`` taken once per session (one system
-        call per message), following no symlink in new/ or cur/ nor in the file name: a user who
-        can write to a maildir must not make a server running as root send them /etc/shadow
-        (ELOOP or ENOTDIR become -ERR [SYS/PERM]).
-        """
-        for attempt in (0, 1):
-            filename = self.files[index]
-            sub = filename[:3]
-            dir_fd = self._dir_fds.get(sub)
-            if dir_fd is None:
-                dir_fd = os.open(os.path.join(self.path, sub),
-                                 os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-                self._dir_fds[sub] = dir_fd
-            try:
-                return os.open(filename[4:], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            except FileNotFoundError:
-                if attempt or self._locate(index) is None:
-                    raise MessageVanished()
-        raise MessageVanished()  # not reached
+    def _on_file(self, index: int, action: Callable[[str, int], T]) -> T:
+        """``action(name, dir_fd)`` on the file of message ``index``, once more after finding the
+        file again if another agent renamed it (flags, new/ -> cur/); FileNotFoundError if gone."""
+        filename = self.files[index]
+        try:
+            return action(filename[4:], self._dir_fd(filename[:3]))
+        except FileNotFoundError:
+            if self._locate(index) is None:
+                raise
+        filename = self.files[index]  # where _locate found it
+        return action(filename[4:], self._dir_fd(filename[:3]))
+
+    def _open_fd(self, index: int) -> int:
+        """A descriptor of message ``index``: one ``openat`` per message, following no symlink."""
+        try:
+            return self._on_file(index, lambda name, dir_fd: os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd))
+        except FileNotFoundError:
+            raise MessageVanished()
 
     def open_message(self, index: int) -> BinaryIO:
         return os.fdopen(self._open_fd(index), "rb", buffering=0)
@@ -252,13 +250,9 @@ class MaildirMailbox:
     def commit(self, deleted: Sequence[int]) -> None:
         for index in deleted:
             try:
-                _unlink_message_file(os.path.join(self.path, self.files[index]))
+                self._on_file(index, lambda name, dir_fd: os.unlink(name, dir_fd=dir_fd))
             except FileNotFoundError:
-                if self._locate(index) is not None:
-                    try:
-                        _unlink_message_file(os.path.join(self.path, self.files[index]))
-                    except FileNotFoundError:
-                        pass
+                pass  # already gone: the deletion is done
         for sub in ("new", "cur"):
             fsync_directory(os.path.join(self.path, sub))
 
