@@ -49,6 +49,10 @@ class EncodeWholeTests(unittest.TestCase):
             alphabet = rng.choice(alphabets)
             data = bytes(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 2, 3, 7, 40, 900])))
             self.assertEqual(wire.encode_whole(data), wire.encode_message(data), data)
+            self.assertEqual(wire.MessageEncoder().encode_all(data), wire.encode_message(data), data)
+            lines = rng.choice([0, 1, 3])
+            self.assertEqual(wire.MessageEncoder(body_lines=lines).encode_all(data),
+                             wire.encode_message(data, lines), data)
 
     def test_edges(self) -> None:
         cases = {b"": b".\r\n", b".": b"..\r\n.\r\n", b"\r": b"\r\n.\r\n", b"a\r\r": b"a\r\r\n.\r\n",

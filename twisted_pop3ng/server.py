@@ -491,16 +491,7 @@ class POP3ServerProtocol(SessionIO):
         if len(words) != 1:
             raise BadCommand("RETR needs one message number")
         index = self._message(words[0])
-        size = self.messages[index].size
-        read_whole = getattr(self.mailbox, "read_whole", None)
-        if read_whole is not None:
-            data = read_whole(index, CHUNK_SIZE)
-            if data is not None:
-                # Status and body as separate pieces of the batch: no copy of the body to join them.
-                self.write(b"+OK %d octets\r\n" % size)
-                self.write(wire.encode_whole(data))
-                return None
-        return self.send_message(index, "%d octets" % size, wire.MessageEncoder())
+        return self.send_message(index, "%d octets" % self.messages[index].size, wire.MessageEncoder())
 
     @command("TOP", TRANSACTION, capability="TOP")
     def do_TOP(self, cmd: wire.Command) -> defer.Deferred:
@@ -512,18 +503,23 @@ class POP3ServerProtocol(SessionIO):
             lines = wire.parse_count(words[1])
         except wire.WireError as error:
             raise BadCommand(str(error))
-        read_whole = getattr(self.mailbox, "read_whole", None)
-        if read_whole is not None:
-            data = read_whole(index, CHUNK_SIZE)
-            if data is not None:
-                self.write(b"+OK Message follows\r\n" + wire.encode_message(data, lines))
-                return None
         return self.send_message(index, "Message follows", wire.MessageEncoder(body_lines=lines))
 
     def send_message(self, index: int, status: str,
                      encoder: wire.MessageEncoder) -> Optional[defer.Deferred]:
-        """Open a message and stream it; the status line goes out only once it could be opened."""
+        """Send a message: in one piece when small, else streamed; the status line goes out only
+        once the message could be read or opened.
+
+        Small messages come from the mailbox's optional ``read_whole`` (one read, no file object,
+        Deferred or stream: pipelined RETRs of small messages are the bulk case), else from a file
+        whose size ``fstat`` knows (:meth:`_send_whole`).
+        """
         try:
+            read_whole = getattr(self.mailbox, "read_whole", None)
+            data = read_whole(index, CHUNK_SIZE) if read_whole is not None else None
+            if data is not None:
+                self._write_message(status, encoder, data)
+                return None
             opened = self.mailbox.open_message(index)
         except Exception:
             return defer.fail()
@@ -543,12 +539,16 @@ class POP3ServerProtocol(SessionIO):
 
         return d.addCallback(stream)
 
+    def _write_message(self, status: str, encoder: wire.MessageEncoder, data: bytes) -> None:
+        # Status and body as separate pieces of the batch: no copy of the body to join them.
+        self.write(wire.response(True, status))
+        self.write(encoder.encode_all(data))
+
     def _send_whole(self, source: Any, status: str, encoder: wire.MessageEncoder) -> bool:
         """Send a small stored file in one write, synchronously; False: stream it instead.
 
-        Pipelined RETRs of small messages spent most of their time in the streaming machinery (a
-        Deferred, a stream object, a reactor turn each); a file that fits in one read needs none of
-        it. Only files whose size ``fstat`` knows qualify; one that changes meanwhile is streamed.
+        For mailboxes without ``read_whole`` whose files are real files: only files whose size
+        ``fstat`` knows qualify; one that changes meanwhile is streamed.
         """
         try:
             size = os.fstat(source.fileno()).st_size
@@ -561,12 +561,11 @@ class POP3ServerProtocol(SessionIO):
             if len(data) != size:
                 source.seek(0)
                 return False
-            out = encoder.feed(data) + encoder.finish()
         except BaseException:
             source.close()
             raise
         source.close()
-        self.write(wire.response(True, status) + out)
+        self._write_message(status, encoder, data)
         return True
 
     def _stream_done(self, result: Any) -> None:

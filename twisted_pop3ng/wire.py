@@ -245,6 +245,14 @@ class MessageEncoder:
             data = self._cut(data)
         return self._emit(data)
 
+    def encode_all(self, data: bytes) -> bytes:
+        """``feed(data) + finish()`` for a whole message given to a fresh encoder; without a TOP
+        limit that is the one-pass :func:`encode_whole` (the bulk RETR path)."""
+        if self._limit is None and self._stuff and self._empty and not self._pending_cr:
+            self.done = True
+            return encode_whole(data)
+        return self.feed(data) + self.finish()
+
     def finish(self) -> bytes:
         """The rest of the message, the final CRLF if one is missing, and the terminator."""
         tail = b""
