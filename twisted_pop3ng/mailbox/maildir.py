@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from ..errors import MailboxInUse, MessageVanished, POP3Error
 from ..interfaces import IMailbox, IMailboxStore, IMaildropLock, MessageInfo
+from ..wire import uidl_body
 from . import maildir_index, safe_username
 from .maildir_index import INDEX_HEADER, INDEX_NAME  # noqa: F401  (re-exported)
 
@@ -236,9 +237,7 @@ class MaildirMailbox:
         if hit is not None and hit[0] is snapshot:
             _UIDL_LISTINGS.move_to_end(id(snapshot))
             return hit[1]
-        infos = self.infos
-        body = "".join(["%d %s\r\n" % (i, infos[i - 1].uid) for i in range(1, len(infos) + 1)])
-        data = body.encode("ascii")
+        data = uidl_body(enumerate([info.uid for info in self.infos], 1))
         if len(data) <= MAX_UIDL_LISTING_BYTES:
             _UIDL_LISTINGS[id(snapshot)] = (snapshot, data)
             total = sum(len(listing) for _, listing in _UIDL_LISTINGS.values())
