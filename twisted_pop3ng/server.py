@@ -248,30 +248,27 @@ class POP3ServerProtocol(SessionIO):
 
     def _handle_result(self, result: Any, verb: str) -> None:
         """A handler's result: a Deferred blocks further command lines until it has finished."""
-        if result is None:
-            self._bad_commands = 0
-        elif isinstance(result, defer.Deferred):
-            # ``called`` is not enough: a fired Deferred may still wait on an inner one.
-            finished: List[bool] = []
+        if not isinstance(result, defer.Deferred):
+            self._command_succeeded()
+            return
+        # ``called`` is not enough: a fired Deferred may still wait on an inner one.
+        finished: List[bool] = []
 
-            def outcome(value: Any) -> None:
-                if isinstance(value, Failure):
-                    self._command_failed(value, verb)
-                else:
-                    self._bad_commands = 0
-                finished.append(True)
-                self._unblock("command")
+        def outcome(value: Any) -> None:
+            if isinstance(value, Failure):
+                self._command_failed(value, verb)
+            else:
+                self._command_succeeded()
+            finished.append(True)
+            self._unblock("command")
 
-            result.addBoth(outcome)
-            if not finished:
-                self._block("command")
-        else:
-            self._command_succeeded(None)
+        result.addBoth(outcome)
+        if not finished:
+            self._block("command")
 
-    def _command_succeeded(self, result: Any) -> Any:
+    def _command_succeeded(self) -> None:
         """Bad commands are counted in a row (as Dovecot does): a good one resets the count."""
         self._bad_commands = 0
-        return result
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line far beyond any limit is abuse: say so, then close."""
