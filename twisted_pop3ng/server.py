@@ -208,8 +208,7 @@ class POP3ServerProtocol(SessionIO):
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return
-        if self._timeout is not None:  # resetTimeout(), inline: once per command line
-            self._deadline = self.factory.clock.seconds() + self._timeout
+        self.resetTimeout()
         if line[-1:] == b"\r":
             line = line[:-1]
         if self.line_hook is not None:
