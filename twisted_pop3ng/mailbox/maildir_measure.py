@@ -34,7 +34,7 @@ import signal
 from array import array
 from typing import Dict, Iterator, MutableSequence, Optional, Sequence
 
-from ..wire import wire_size
+from ..wire import wire_size, wire_size_of
 
 #: Reported for a file that vanished since the listing (or is a directory: no message).
 VANISHED = -1
@@ -53,16 +53,6 @@ FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 #: file's owner and to root; dropped at the first file where it is refused).
 NOATIME = getattr(os, "O_NOATIME", 0)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-
-
-def wire_size_of(data: bytes) -> int:
-    """Wire size of a whole message held in memory (the same as ``wire.wire_size([data])``)."""
-    if 0x0D in data:  # CR (rare in a maildir); an int operand is a plain memchr
-        return wire_size((data,))
-    if not data:
-        return 0
-    # LF-only (the usual maildir form): each LF becomes CRLF; a last line without LF gets CRLF.
-    return len(data.replace(b"\n", b"\r\n")) + (0 if data[-1] == 0x0A else 2)
 
 
 def _stream_size(fd: int, first: bytes) -> int:

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from ..errors import MailboxInUse, MessageVanished
 from ..interfaces import IMailbox, IMailboxStore, MessageInfo
-from ..wire import wire_size
+from ..wire import wire_size_of
 
 
 @implementer(IMailboxStore)
@@ -54,7 +54,7 @@ class MemoryMailbox:
         self._closed = False
 
     def list_messages(self) -> List[MessageInfo]:
-        return [MessageInfo(uid, wire_size([data])) for uid, data in self._messages]
+        return [MessageInfo(uid, wire_size_of(data)) for uid, data in self._messages]
 
     def open_message(self, index: int) -> io.BytesIO:
         uid, data = self._messages[index]
