@@ -149,8 +149,22 @@ def guard(protocol: Any) -> AbuseGuard:
     return existing
 
 
+def _addresses(protocol: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(client IP, server IP) of the connection, asked of the transport once per connection
+    (each ``getPeer``/``getHost`` builds an address object, ``getHost`` costs a system call)."""
+    transport = protocol.transport
+    if transport is None:
+        return None, None
+    cached = protocol.__dict__.get("_address_cache")
+    if cached is not None and cached[0] is transport:
+        return cached[1], cached[2]
+    peer, host = _ip(transport.getPeer()), _ip(transport.getHost())
+    protocol._address_cache = (transport, peer, host)
+    return peer, host
+
+
 def peer_ip(protocol: Any) -> Optional[str]:
-    return _ip(protocol.transport.getPeer()) if protocol.transport is not None else None
+    return _addresses(protocol)[0]
 
 
 def is_secure(protocol: Any) -> bool:
@@ -159,7 +173,7 @@ def is_secure(protocol: Any) -> bool:
 
 def is_local(protocol: Any) -> bool:
     """Dovecot's rule: the client address equals the server address (or not an IP socket at all)."""
-    peer, host = peer_ip(protocol), _ip(protocol.transport.getHost())
+    peer, host = _addresses(protocol)
     return peer is None or host is None or peer == host
 
 

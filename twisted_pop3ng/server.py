@@ -170,6 +170,8 @@ class POP3ServerProtocol(SessionIO):
             # A registered producer holds off the TLS shutdown (TLSMemoryBIOProtocol waits for
             # unregisterProducer), so a QUIT over TLS would never close: unregister first.
             self.transport.unregisterProducer()
+            if self._close_at_once():
+                return
             self.transport.loseConnection()
             if self._abort_call is None:
                 grace = QUIT_CLOSE_GRACE if ok or self.state == UPDATE else CLOSE_GRACE
@@ -350,19 +352,37 @@ class POP3ServerProtocol(SessionIO):
         username, self._username = self._username, None
         return self.login(UsernamePassword(username, cmd.rest))
 
-    def login(self, credentials: Any) -> defer.Deferred:
-        """Authenticate through the portal, lock the maildrop and take the snapshot."""
+    def login(self, credentials: Any) -> Optional[defer.Deferred]:
+        """Authenticate through the portal, lock the maildrop and take the snapshot.
+
+        A portal whose checker and realm answer at once (cheap password schemes, a local
+        maildir) has fired its Deferred on return: the rest then runs as plain calls, and the
+        command finishes without a Deferred of its own.
+        """
         d = self.factory.portal.login(credentials, None, IMailbox)
-        d.addCallback(policy.admit, self, credentials)
-        d.addCallback(self._logged_in)
-        d.addErrback(self._login_failed)
-        return d
+        outcome: List[Any] = []
+        d.addBoth(outcome.append)  # takes the result (a Failure too: nothing left unhandled)
+        if outcome:
+            return self._after_login(outcome[0], credentials)
+        return d.addCallback(lambda _: self._after_login(outcome[0], credentials))
+
+    def _after_login(self, result: Any, credentials: Any) -> Optional[defer.Deferred]:
+        """The portal's result (avatar tuple or Failure): admit, then snapshot; None when done."""
+        if isinstance(result, Failure):
+            return self._login_failed(result)
+        try:
+            pending = self._logged_in(policy.admit(result, self, credentials))
+        except Exception:
+            return self._login_failed(Failure())
+        if pending is not None:
+            return pending.addErrback(self._login_failed)
+        return None
 
     def _logged_in(self, result: Any) -> Optional[defer.Deferred]:
         _, mailbox, logout = result
         if self._closing or self.transport is None:
             logout()
-            return defer.succeed(None)
+            return None
         self.mailbox, self._logout = mailbox, logout
 
         def snapshot(messages: Any) -> None:
@@ -379,7 +399,8 @@ class POP3ServerProtocol(SessionIO):
         try:
             messages = mailbox.list_messages()
         except Exception:
-            return failed(Failure())
+            self._do_logout()
+            raise
         if isinstance(messages, defer.Deferred):
             return messages.addCallbacks(snapshot, failed)
         snapshot(messages)

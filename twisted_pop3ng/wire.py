@@ -11,6 +11,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable, List, NamedTuple, Optional, Tuple
@@ -149,8 +150,11 @@ def is_valid_uid(uid: str) -> bool:
     return uid.isascii() and bool(_UID_RE.match(uid.encode("ascii")))
 
 
+@functools.lru_cache(maxsize=512)
 def response(ok: bool, text: str = "", code: Optional[str] = None) -> bytes:
-    """Format a single-line status response, never longer than ``MAX_RESPONSE_LINE``."""
+    """Format a single-line status response, never longer than ``MAX_RESPONSE_LINE``.
+
+    Cached: most replies are the same few lines (greeting, "Logged in.", "Logging out.")."""
     parts = ["+OK" if ok else "-ERR"]
     if code:
         parts.append("[%s]" % code)
