@@ -17,6 +17,7 @@ Rules of this module:
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Sequence
@@ -58,6 +59,10 @@ _KNOWN_VERBS: Dict[bytes, str] = {}
 #: a slow client may still be receiving a message: it gets longer.
 CLOSE_GRACE = 5.0
 QUIT_CLOSE_GRACE = 60.0
+
+
+#: The wire size of a MessageInfo (STAT sums them with ``map``).
+_SIZE = operator.attrgetter("size")
 
 
 @dataclass(frozen=True)
@@ -450,8 +455,11 @@ class POP3ServerProtocol(SessionIO):
     @command("STAT", TRANSACTION)
     def do_STAT(self, cmd: wire.Command) -> None:
         self._no_args(cmd)
-        live = self._live()
-        self.reply(True, "%d %d" % (len(live), sum(self.messages[i].size for i in live)))
+        if self.deleted:
+            live = self._live()
+            self.reply(True, "%d %d" % (len(live), sum(self.messages[i].size for i in live)))
+        else:
+            self.reply(True, "%d %d" % (len(self.messages), sum(map(_SIZE, self.messages))))
 
     @command("LIST", TRANSACTION)
     def do_LIST(self, cmd: wire.Command) -> None:
