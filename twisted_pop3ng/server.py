@@ -28,7 +28,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import __version__, policy, wire
+from . import __version__, cred, policy, wire
 from .errors import (
     BadCommand,
     MessageDeleted,
@@ -360,11 +360,16 @@ class POP3ServerProtocol(SessionIO):
     def login(self, credentials: Any) -> Optional[defer.Deferred]:
         """Authenticate through the portal, lock the maildrop and take the snapshot.
 
-        A portal whose checker and realm answer at once (cheap password schemes, a local
-        maildir) has fired its Deferred on return: the rest then runs as plain calls, and the
-        command finishes without a Deferred of its own.
+        When the checker and realm answer at once (cheap password schemes, a local maildir; see
+        :func:`.cred.login_now`) the rest runs as plain calls, and the command finishes without a
+        Deferred of its own.
         """
-        d = self.factory.portal.login(credentials, None, IMailbox)
+        try:
+            d = cred.login_now(self.factory.portal, credentials, IMailbox)
+        except Exception:
+            return self._after_login(Failure(), credentials)
+        if not isinstance(d, defer.Deferred):
+            return self._after_login(d, credentials)
         outcome: List[Any] = []
         d.addBoth(outcome.append)  # takes the result (a Failure too: nothing left unhandled)
         if outcome:
