@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import POP3Error
@@ -33,9 +34,11 @@ def store_from_spec(spec: str) -> Any:
     return target(rest)
 
 
+_UNSAFE_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
 def safe_username(user: str) -> str:
     """Refuse user names that could escape a path template (``..``, ``/``, NUL, control chars)."""
-    if (not user or user in (".", "..") or "/" in user or "\\" in user
-            or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in user)):
+    if not user or user in (".", "..") or _UNSAFE_IN_NAME.search(user):
         raise POP3Error("Invalid user name for this mailbox store", "SYS/PERM")
     return user
