@@ -190,15 +190,17 @@ def make_factory(options: Options) -> Any:
 def makeService(options: Options) -> service.MultiService:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet import endpoints, reactor
+    from .server_port import LeanTCPReactor
     from .tls import tls_factory
 
     factory = make_factory(options)
+    lean = LeanTCPReactor(reactor)  # tcp: endpoints listen with server_port.LeanPort
     top = _Listeners()
     for desc in options["listen"]:
-        endpoint = endpoints.serverFromString(reactor, with_backlog(desc))
+        endpoint = endpoints.serverFromString(lean, with_backlog(desc))
         _listener(StreamServerEndpointService(endpoint, factory), desc, top)
     for desc in options["tls-listen"]:
-        endpoint = endpoints.serverFromString(reactor, with_backlog(desc))
+        endpoint = endpoints.serverFromString(lean, with_backlog(desc))
         _listener(StreamServerEndpointService(endpoint, tls_factory(options["tls"], factory)), desc, top)
     if options["workers"] > 1:
         from .workers import WorkerPool
