@@ -250,7 +250,10 @@ class POP3ServerProtocol(SessionIO):
         except Exception:
             self._command_failed(Failure(), cmd.verb)
             return
-        self._handle_result(result, cmd.verb)
+        if result is None:  # done: what _handle_result -> _command_succeeded would do, inline
+            self._bad_commands = 0
+        else:
+            self._handle_result(result, cmd.verb)
 
     def _handle_result(self, result: Any, verb: str) -> None:
         """A handler's result: a Deferred blocks further command lines until it has finished."""
