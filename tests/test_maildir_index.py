@@ -203,12 +203,89 @@ class RowTests(unittest.TestCase):
         other = rows.uids_of(valid, lambda base: "u" + base[:8])
         self.assertEqual(other, ["u" + b[:8] for b in valid])
 
+    ODD = ["1700000000.M000001P1.host:2,S", "1700000000.M000001P12.host:2,S",  # base prefix of base
+           "1700000000.M000001P1.host.x:2,",
+           "1700000001.M5P1.host:2,S", "1700000001.M0000007P1.h:2,S",  # not padded, 7 digits
+           "17000000001.M000001P1.h", "999999999.M000001P1.h:2,RS",  # 11 and 9 digits
+           "zzz-not-standard", "with space:2,S", "x" * 80 + ":2,S", ":2,S", "a:b:c",
+           "1700000002.M000002P1.h:2,S", "1700000002.M000002P1.h:2,RS",  # one base, two flags
+           "1700000003.M00000xP1.h", "1700000004.M000004\u00e9.h:2,S", "1700000005.M000005P1.h:"]
+
+    def plain_rows(self, new, cur, uid_for):  # type: ignore[no-untyped-def]
+        """The rows as the per-name rules define them."""
+        names = new + cur
+        last = {name.partition(":")[0]: i for i, name in enumerate(names)}
+        bases = sorted(last, key=mi.order_key)
+        positions = [last[b] for b in bases]
+        files = [("new/" if i < len(new) else "cur/") + names[i] for i in positions]
+        return positions, bases, [uid_for(b) for b in bases], files
+
+    def test_message_rows_are_the_plain_rows(self) -> None:
+        import random
+
+        rng = random.Random(11)
+        padded = ["17000000%02d.M%06dP%d.host" % (i % 37, (i * 7919) % 10 ** 6, i % 3)
+                  for i in range(400)]
+        flags = [":2,S", ":2,", ":2,RS", "", ":2,FS"]
+        samples = [[p + flags[i % len(flags)] for i, p in enumerate(padded)]]
+        samples.append(samples[0] + [padded[5] + ":2,T"])  # a base listed twice
+        samples.append([p + ":2,%s" % "".join(rng.sample("DFPRSTabc", 4)) for p in padded])  # many flags
+        samples.append([p + ":2,S" for p in padded] + self.ODD)
+        for odd in self.ODD:
+            samples.append([p + ":2,S" for p in padded[:50]] + [odd])
+        samples.append([p + ":2,S" for p in padded[:50]] + ["1700000009.M000001P1\nx:2,S"])  # LF
+        samples.append([])
+        samples.append(["1700000000.M000001P1.h:2,S"])
+        for sample in samples:
+            for _ in range(3):
+                names = list(sample)
+                rng.shuffle(names)
+                cut = rng.choice([0, len(names), rng.randrange(len(names) + 1)])
+                new, cur = names[:cut], names[cut:]
+                for uid_for in (md.uid_for, lambda base: "u" + base[:20]):
+                    got = rows.message_rows(new, cur, uid_for)
+                    self.assertEqual(tuple(got), self.plain_rows(new, cur, uid_for), (sample[-1:], cut))
+
+    def test_padded_octets_is_the_regular_expression(self) -> None:
+        lines = ["1700000000.M000001P1.h", "1700000000.M000001", "1700000000.M0000011",
+                 "1700000000.M00000", "170000000.M000001x", "17000000000.M000001", "1700000000.m000001",
+                 "1700000000xM000001", "1700000000.M000001:2,S", "x1700000000.M000001", ""]
+        for first in lines:
+            for second in lines:
+                for text in (first, first + "\n" + second, "1700000000.M000009P\n" + first + "\n" + second):
+                    count = text.count("\n") + 1
+                    self.assertEqual(rows.padded(text, count), bool(rows._PADDED.fullmatch(text)), text)
+
+    def test_strip_infos_cuts_at_the_first_colon(self) -> None:
+        names = ["a:2,S", "b", "c:2,S", "d::x", "e:x:2,S", ":2,S", "f:", "g:2,RS", "h:2,S:2,S"]
+        for n in range(1, len(names) + 1):
+            text = "\n".join(names[:n])
+            self.assertEqual(rows.strip_infos(text), "\n".join(x.partition(":")[0] for x in names[:n]))
+        for n in range(1, len(names) + 1):
+            for sample in (names[:n], [x.partition(":")[0] + ":2,S" for x in names[:n]],
+                           [x.partition(":")[0] for x in names[:n]], names[:n] + ["z:2,S"]):
+                self.assertEqual(rows.split_bases("\n".join(sample), len(sample)),
+                                 [x.partition(":")[0] for x in sample], sample)
+        many = "\n".join("m%d:%d" % (i, i) for i in range(rows.MAX_INFOS + 1))
+        self.assertIsNone(rows.strip_infos(many))
+        self.assertIsNone(rows.split_bases(many, rows.MAX_INFOS + 1))
+        self.assertEqual(rows.base_names(many.split("\n"), many), ["m%d" % i for i in range(rows.MAX_INFOS + 1)])
+
+    def test_permuted(self) -> None:
+        from array import array
+
+        for values in ([5, 6, 7], array("q", [5, 6, 7])):
+            for positions in ([], [1], [2, 0], [2, 0, 1]):
+                self.assertEqual(rows.permuted(values, positions), [values[i] for i in positions])
+
     def test_infos_are_plain_message_infos(self) -> None:
         import dataclasses
 
         uids, sizes = ["a", "b", "c"], [1, 0, 70000]
-        for fast in (True, False):
+        setters = rows._SLOT_SETTERS
+        for fast, slots in ((True, setters), (True, None), (False, None)):
             self.patch(rows, "FAST_INFOS", fast)
+            self.patch(rows, "_SLOT_SETTERS", slots)
             infos = rows.sized_infos(rows.unsized_infos(list(uids)), sizes)
             expected = [md.MessageInfo(u, s) for u, s in zip(uids, sizes)]
             self.assertEqual(infos, expected)

@@ -7,12 +7,18 @@ or to ``twistd pop3ng``, never by subclassing the protocol.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from zope.interface import Attribute, Interface
 
+#: ``__slots__`` where dataclasses can add them to a frozen class (3.11: with a weakref slot, as
+#: before): a cold maildir login makes 100,000 of these, and a slot is set at half the cost of an
+#: attribute in a dictionary; each object is smaller too.
+_SLOTS = {"slots": True, "weakref_slot": True} if sys.version_info >= (3, 11) else {}
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, **_SLOTS)  # type: ignore[call-overload]
 class MessageInfo:
     """What the session knows of one message from login on: its UIDL and its wire size.
 

@@ -204,36 +204,33 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
     after = signature(path)
     with rows.gc_paused(len(new) + len(cur) >= FORK_MIN):
         names = new + cur  # listing order: positions below len(new) are in new/
+        text = "\n".join(names)
         # Cold (nothing known, no ,W= field): everything is read, and the helper is forked before
         # anything else is built, so that fewer pages are shared with it (each costs a copy).
-        cold = (previous is None or not previous.files) and ",W=" not in "\n".join(names)
-        bases: List[str] = []
+        cold = (previous is None or not previous.files) and ",W=" not in text
+        bases: Optional[List[str]] = None
         sizes: Optional[List[Optional[int]]] = None
         todo: Sequence[int] = range(len(names))
         todo_names: Sequence[str] = names
         if not cold:
-            bases = [name.partition(":")[0] for name in names]
+            bases = rows.base_names(names, text)
             sizes = rows.known_sizes(bases, previous.sizes_by_base() if previous else {})
             todo = [i for i, size in enumerate(sizes) if size is None]
             todo_names = list(map(names.__getitem__, todo))
         with Measurement(path, todo_names, bisect.bisect_left(todo, len(new))) as measurement:
             measurement.start()
-            if cold:
-                bases = [name.partition(":")[0] for name in names]
-            positions = rows.delivery_positions(bases)
-            uids = rows.uids_of(bases, uid_for)
-            files = rows.prefixed(new, cur, positions)
-            infos = rows.unsized_infos(list(map(uids.__getitem__, positions)))
+            positions, ordered_bases, uids, files = rows.message_rows(new, cur, uid_for, text, bases)
+            infos = rows.unsized_infos(uids)
             measured = measurement.finish()
             if sizes is not None:
                 for i, size in zip(todo, measured):
                     sizes[i] = size
                 measured = array("q", sizes)  # type: ignore[arg-type]
             # New int objects, made in message order too (a warm STAT reads them all).
-            ordered = list(map(measured.__getitem__, positions))
+            ordered = rows.permuted(measured, positions)
             provisional: Set[str] = set()
-            if VANISHED in ordered or UNREADABLE in ordered:
-                keep = _failures(positions, ordered, todo, bases, measurement, provisional)
+            if ordered and min(ordered) < 0:  # VANISHED or UNREADABLE
+                keep = _failures(positions, ordered, todo, ordered_bases, measurement, provisional)
                 files, infos, ordered = (list(map(x.__getitem__, keep)) for x in (files, infos, ordered))
         infos = rows.sized_infos(infos, ordered)
     sig = after if before == after and _settled(after, now) and not provisional else None
@@ -242,7 +239,8 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
 
 def _failures(positions: List[int], ordered: List[int], todo: Sequence[int], bases: List[str],
               measurement: Measurement, provisional: Set[str]) -> List[int]:
-    """The rows (indexes in ``ordered``) to keep when some files could not be measured."""
+    """The rows (indexes in ``ordered``, whose base names are ``bases``) to keep when some files
+    could not be measured."""
     keep = []
     for k, i in enumerate(positions):
         if ordered[k] == VANISHED:
@@ -254,7 +252,7 @@ def _failures(positions: List[int], ordered: List[int], todo: Sequence[int], bas
             if on_disk is None:
                 continue
             ordered[k] = on_disk
-            provisional.add(bases[i])
+            provisional.add(bases[k])
         keep.append(k)
     return keep
 

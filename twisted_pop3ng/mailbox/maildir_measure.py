@@ -41,6 +41,7 @@ VANISHED = -1
 #: Reported for a file that exists but cannot be read (permissions, I/O error, a symlink).
 UNREADABLE = -2
 _UNMEASURED = -3
+_UNMEASURED_OCTETS = array("q", [_UNMEASURED]).tobytes()
 #: One read measures a message up to this size; larger ones are streamed.
 SMALL_READ = 1 << 16
 #: Fewer files than this are measured here alone: a fork of a big server costs a few ms.
@@ -153,7 +154,9 @@ class Measurement:
         self._wait()
         sizes = array("q")
         sizes.frombytes(self._page[:8 * n])
-        if _UNMEASURED in sizes:  # the helper died: measure what it left
+        # A search of the octets for the marker (a false match only costs the loop below), not
+        # an int made per size.
+        if self._page.find(_UNMEASURED_OCTETS, 0, 8 * n) >= 0:  # the helper died: measure what it left
             for i, size in enumerate(sizes):
                 if size == _UNMEASURED:
                     self._measure(i, i + 1, sizes)
