@@ -93,7 +93,11 @@ class IndexTests(unittest.TestCase):
         self.age_directories()
         self.session()
         box = self.store.open_mailbox("alice")
-        box.list_messages().clear()
+        messages = box.list_messages()
+        if isinstance(messages, list):
+            messages.clear()
+        else:  # a MessageTable: shared, so read-only
+            self.assertFalse(hasattr(messages, "__setitem__") or hasattr(messages, "clear"))
         box.files.clear()
         box.close()
         self.assertEqual(len(self.session()), 1)
@@ -423,3 +427,55 @@ class ParallelScanTests(unittest.TestCase):
             self.assertEqual(sizes[link], len("/etc/passwd"))  # the link's, not the target's
             self.assertIsNone(snapshot.signature)  # not trusted next time
             self.assertEqual(len(snapshot.infos), len(self.data) - 1)
+
+
+class MessageTableTests(unittest.TestCase):
+    """``interfaces.MessageTable``: a snapshot's rows as columns (what a cold scan returns)."""
+
+    def test_rows_follow_the_order_column(self) -> None:
+        from array import array
+
+        from twisted_pop3ng.interfaces import MessageInfo, MessageTable
+
+        # Listing order has sizes 10, 20, 30, 99; message order is listing 2, 0, 1 (3 is a
+        # duplicate listing of a moved file: not a message, not counted).
+        table = MessageTable(["a", "b", "c"], array("q", [10, 20, 30, 99]), [2, 0, 1])
+        expected = [MessageInfo("a", 30), MessageInfo("b", 10), MessageInfo("c", 20)]
+        self.assertEqual(len(table), 3)
+        self.assertEqual([table[0], table[1], table[-1]], [expected[0], expected[1], expected[2]])
+        self.assertEqual(list(table), expected)
+        self.assertEqual(table, expected)
+        self.assertEqual(expected, table)
+        self.assertEqual(table[1:], expected[1:])
+        self.assertEqual(table.total_size(), 60)
+        self.assertEqual(table[2], expected[2])  # after materializing, the same rows
+        self.assertRaises(IndexError, table.__getitem__, 3)
+        self.assertEqual(MessageTable(["x", "y"], [5, 6]).total_size(), 11)
+        self.assertRaises(ValueError, MessageTable, ["x"], [1, 2])
+
+    def test_cold_scan_gives_the_same_rows_as_the_index(self) -> None:
+        """A scan returns columns, a reload of the index file a list: the same messages."""
+        import tempfile
+
+        from twisted_pop3ng.interfaces import MessageTable
+
+        root = tempfile.mkdtemp(dir=os.path.abspath("."))
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(root, sub))
+        for i in range(50):
+            with open(os.path.join(root, "cur", "17000000%02d.M%06dP1.h:2,S" % (49 - i, i)), "wb") as f:
+                f.write(b"Subject: %d\n\n" % i + b"line\n" * i + (b"no final newline" if i % 7 == 0 else b""))
+        mi.forget()
+        scanned = mi.scan(root, None, md.uid_for)
+        self.assertIsInstance(scanned.infos, MessageTable)
+        mi.save(root, scanned)
+        mi.forget()
+        loaded = mi.load(root)
+        self.assertEqual(list(scanned.infos), list(loaded.infos))
+        self.assertEqual(scanned.infos.total_size(), sum(i.size for i in loaded.infos))
+        self.assertEqual(scanned.files, loaded.files)
+        for name, info in zip(scanned.files, scanned.infos):  # each size is its own file's
+            with open(os.path.join(root, name), "rb") as f:
+                self.assertEqual(info.size, wire.wire_size_of(f.read()), name)
+        self.assertEqual([f.split(".")[0] for f in scanned.files],
+                         sorted(f.split(".")[0] for f in scanned.files))  # delivery order

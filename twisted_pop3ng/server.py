@@ -36,7 +36,7 @@ from .errors import (
     POP3Error,
     classify,
 )
-from .interfaces import IMailbox, MessageInfo
+from .interfaces import IMailbox, MessageInfo, MessageTable
 from .server_io import (CHUNK_SIZE, IdleSweeper, MessageStream, SessionIO, TransportFlow,
                         set_no_delay)
 
@@ -400,7 +400,8 @@ class POP3ServerProtocol(SessionIO):
         self.mailbox, self._logout = mailbox, logout
 
         def snapshot(messages: Any) -> None:
-            self.messages = list(messages)
+            # A MessageTable (read-only columns) is kept as it is; anything else is copied.
+            self.messages = messages if isinstance(messages, MessageTable) else list(messages)
             self.deleted = set()
             self.state = TRANSITIONS[(self.state, "login")]
             self.setTimeout(self.config.idle_timeout)
@@ -468,7 +469,10 @@ class POP3ServerProtocol(SessionIO):
             live = self._live()
             self.reply(True, "%d %d" % (len(live), sum(self.messages[i].size for i in live)))
         else:
-            self.reply(True, "%d %d" % (len(self.messages), sum(map(_SIZE, self.messages))))
+            messages = self.messages
+            total = (messages.total_size() if isinstance(messages, MessageTable)
+                     else sum(map(_SIZE, messages)))
+            self.reply(True, "%d %d" % (len(messages), total))
 
     @command("LIST", TRANSACTION)
     def do_LIST(self, cmd: wire.Command) -> None:

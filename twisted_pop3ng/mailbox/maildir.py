@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tupl
 from zope.interface import implementer
 
 from ..errors import MailboxInUse, MessageVanished, POP3Error
-from ..interfaces import IMailbox, IMailboxStore, IMaildropLock, MessageInfo
+from ..interfaces import IMailbox, IMailboxStore, IMaildropLock, MessageInfo, MessageTable
 from ..wire import uidl_body
 from . import maildir_index, safe_username
 from .maildir_index import INDEX_HEADER, INDEX_NAME  # noqa: F401  (re-exported)
@@ -154,14 +154,15 @@ class MaildirMailbox:
         self._snapshot = snapshot = maildir_index.snapshot(path, uid_for)
         #: This session's copy: ``_locate`` may update a file name after another agent's rename.
         self.files: List[str] = list(snapshot.files)
-        self.infos: List[MessageInfo] = snapshot.infos
+        self.infos: Sequence[MessageInfo] = snapshot.infos
         #: Descriptors of new/ and cur/, opened on first use and closed with the mailbox.
         self._dir_fds: Dict[str, int] = {}
 
     # -- IMailbox ---------------------------------------------------------------------------------
 
-    def list_messages(self) -> List[MessageInfo]:
-        return list(self.infos)
+    def list_messages(self) -> Sequence[MessageInfo]:
+        # A MessageTable is read-only: the session may keep it as it is.
+        return self.infos if isinstance(self.infos, MessageTable) else list(self.infos)
 
     def _locate(self, index: int) -> Optional[str]:
         """Find a message again after another agent renamed it (flags, new/ -> cur/)."""
@@ -237,7 +238,9 @@ class MaildirMailbox:
         if hit is not None and hit[0] is snapshot:
             _UIDL_LISTINGS.move_to_end(id(snapshot))
             return hit[1]
-        data = uidl_body(enumerate([info.uid for info in self.infos], 1))
+        infos = self.infos
+        uids = infos.uids if isinstance(infos, MessageTable) else [info.uid for info in infos]
+        data = uidl_body(enumerate(uids, 1))
         if len(data) <= MAX_UIDL_LISTING_BYTES:
             _UIDL_LISTINGS[id(snapshot)] = (snapshot, data)
             total = sum(len(listing) for _, listing in _UIDL_LISTINGS.values())

@@ -39,7 +39,7 @@ from array import array
 from collections import OrderedDict
 from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
-from ..interfaces import MessageInfo
+from ..interfaces import MessageInfo, MessageTable
 from . import maildir_listing as rows
 from .maildir_listing import UIDS as _UIDS, delivery_order, order_key  # noqa: F401 (re-exported)
 from .maildir_measure import FORK_MIN, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
@@ -63,7 +63,7 @@ class Snapshot:
     __slots__ = ("signature", "files", "infos", "stored", "dirty", "provisional")
 
     def __init__(self, signature: Optional[Signature], files: List[str],
-                 infos: List[MessageInfo], provisional: FrozenSet[str] = frozenset()) -> None:
+                 infos: Sequence[MessageInfo], provisional: FrozenSet[str] = frozenset()) -> None:
         self.signature = signature
         self.files = files
         self.infos = infos
@@ -220,19 +220,21 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
         with Measurement(path, todo_names, bisect.bisect_left(todo, len(new))) as measurement:
             measurement.start()
             positions, ordered_bases, uids, files = rows.message_rows(new, cur, uid_for, text, bases)
-            infos = rows.unsized_infos(uids)
             measured = measurement.finish()
             if sizes is not None:
                 for i, size in zip(todo, measured):
                     sizes[i] = size
                 measured = array("q", sizes)  # type: ignore[arg-type]
-            # New int objects, made in message order too (a warm STAT reads them all).
-            ordered = rows.permuted(measured, positions)
             provisional: Set[str] = set()
-            if ordered and min(ordered) < 0:  # VANISHED or UNREADABLE
+            if measured and min(measured) < 0:  # VANISHED or UNREADABLE: rows without them
+                ordered = rows.permuted(measured, positions)
                 keep = _failures(positions, ordered, todo, ordered_bases, measurement, provisional)
-                files, infos, ordered = (list(map(x.__getitem__, keep)) for x in (files, infos, ordered))
-        infos = rows.sized_infos(infos, ordered)
+                files, uids, ordered = (list(map(x.__getitem__, keep)) for x in (files, uids, ordered))
+                infos = MessageTable(uids, ordered)
+            else:
+                # Columns, not 100,000 objects: the sizes stay in listing order (STAT sums
+                # them as they are), message k's is measured[positions[k]].
+                infos = MessageTable(uids, measured, positions)
     sig = after if before == after and _settled(after, now) and not provisional else None
     return Snapshot(sig, files, infos, frozenset(provisional))
 
