@@ -26,15 +26,20 @@ def greeter_factory() -> protocol.Factory:
     return factory
 
 
+def read_to_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while True:
+        chunk = sock.recv(100)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def greeting(port: int, send: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(send)
-        data = b""
-        while True:
-            chunk = sock.recv(100)
-            if not chunk:
-                return data
-            data += chunk
+        return read_to_eof(sock)
 
 
 class LeanPortTests(unittest.TestCase):
@@ -120,16 +125,7 @@ def reactor_read(sock: socket.socket) -> defer.Deferred:
     """Read ``sock`` to EOF in a thread (the reactor must keep running to accept)."""
     from twisted.internet import threads
 
-    def read() -> bytes:
-        sock.settimeout(10)
-        data = b""
-        while True:
-            chunk = sock.recv(100)
-            if not chunk:
-                return data
-            data += chunk
-
-    return threads.deferToThread(read)
+    return threads.deferToThread(read_to_eof, sock)
 
 
 def deferToThreadGreeting(port: int, send: bytes = b"") -> defer.Deferred:

@@ -231,10 +231,12 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
                 keep = _failures(positions, ordered, todo, ordered_bases, measurement, provisional)
                 files, uids, ordered = (list(map(x.__getitem__, keep)) for x in (files, uids, ordered))
                 infos = MessageTable(uids, ordered)
-            else:
+            elif len(uids) >= FORK_MIN:
                 # Columns, not 100,000 objects: the sizes stay in listing order (STAT sums
                 # them as they are), message k's is measured[positions[k]].
                 infos = MessageTable(uids, measured, positions)
+            else:  # a list: each RETR reads a row, and a list row costs no Python call
+                infos = list(map(MessageInfo, uids, rows.permuted(measured, positions)))
     sig = after if before == after and _settled(after, now) and not provisional else None
     return Snapshot(sig, files, infos, frozenset(provisional))
 
