@@ -466,8 +466,12 @@ class MessageTableTests(unittest.TestCase):
             with open(os.path.join(root, "cur", "17000000%02d.M%06dP1.h:2,S" % (49 - i, i)), "wb") as f:
                 f.write(b"Subject: %d\n\n" % i + b"line\n" * i + (b"no final newline" if i % 7 == 0 else b""))
         mi.forget()
+        small = mi.scan(root, None, md.uid_for)
+        self.assertIsInstance(small.infos, list)  # below FORK_MIN: plain rows
+        self.patch(mi, "FORK_MIN", 10)  # columns from this many messages on
         scanned = mi.scan(root, None, md.uid_for)
         self.assertIsInstance(scanned.infos, MessageTable)
+        self.assertEqual(scanned.infos, small.infos)
         mi.save(root, scanned)
         mi.forget()
         loaded = mi.load(root)
