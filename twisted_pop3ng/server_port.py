@@ -4,7 +4,7 @@ A POP3 session is short (connect, five commands, close), so what Twisted does on
 connection is a visible share of it. ``tcp.Port.doRead`` wraps every round of accepts in a
 log-buffering context manager (an attrs object and an observer swap) and a generator. On the
 2-core test VM a do-nothing POP3 responder spent about 215 µs of server CPU per session with the
-stock port and about 190 µs with this one (``/tmp`` experiment recorded in docs/performance.rst).
+stock port and about 190 µs with this one (see docs/performance.rst, third round).
 
 :class:`LeanPort` accepts in a plain loop and builds the protocol and transport exactly as Twisted
 does (same transport class, same address objects, same adaptive number of accepts per round).
