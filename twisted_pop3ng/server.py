@@ -168,15 +168,17 @@ class POP3ServerProtocol(SessionIO):
     def close(self, text: Optional[str] = None, ok: bool = False, code: Optional[str] = None) -> None:
         if text is not None:
             self.reply(ok, text, code)
-        self.flush_output()
-        self._closing = True
         self.setTimeout(None)
         if self.transport is not None:
             # A registered producer holds off the TLS shutdown (TLSMemoryBIOProtocol waits for
             # unregisterProducer), so a QUIT over TLS would never close: unregister first.
             self.transport.unregisterProducer()
             if self._close_at_once():
+                self._closing = True
                 return
+        self.flush_output()
+        self._closing = True
+        if self.transport is not None:
             self.transport.loseConnection()
             if self._abort_call is None:
                 grace = QUIT_CLOSE_GRACE if ok or self.state == UPDATE else CLOSE_GRACE

@@ -41,9 +41,17 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def __init__(self) -> None:
         super().__init__()
+        self.lean_reactor = False
         self["listen"]: List[str] = []
         self["tls-listen"]: List[str] = []
         self["trusted-networks"]: List[Any] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # Before any option handler (an --auth checker, say) imports the default reactor.
+        from .reactor import install_default
+
+        self.lean_reactor = install_default() is not None
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         """Plain POP3 endpoint (repeatable), e.g. tcp:110 or tcp:1100:interface=127.0.0.1."""

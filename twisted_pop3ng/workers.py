@@ -205,6 +205,9 @@ def worker_main(argv: Sequence[str]) -> None:
     spec, separator, *args = argv
     if separator != "--":
         raise SystemExit("usage: python -m twisted_pop3ng.workers FD:KIND,... -- POP3NG-ARGS")
+    from .reactor import install_default
+
+    install_default()  # as twistd pop3ng does
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from . import tap

@@ -1,0 +1,124 @@
+"""The lean reactor (``twisted_pop3ng.reactor``): what twistd pop3ng runs on, and that it still
+behaves as Twisted's epoll reactor where applications depend on it.
+
+A reactor can be installed once per process, so each check runs a small program in a fresh
+interpreter over real sockets and reads what it printed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from twisted.trial import unittest
+
+from tests.support import HERE, Session, start_server
+
+ROOT = os.path.dirname(HERE)
+
+
+def run_program(source: str) -> str:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True,
+                          text=True, timeout=60, env=env)
+    if done.returncode != 0:
+        raise AssertionError("program failed (%d):\n%s%s" % (done.returncode, done.stdout, done.stderr))
+    return done.stdout
+
+
+class LeanReactorBehaviourTests(unittest.TestCase):
+    def test_sockets_timers_threads_and_errors(self) -> None:
+        out = run_program("""
+            import socket, threading
+            from twisted_pop3ng.reactor import LeanEPollReactor, install_default
+            reactor = install_default()
+            assert isinstance(reactor, LeanEPollReactor), reactor
+            assert install_default() is None  # once installed, never twice
+            from twisted.internet import protocol, reactor as global_reactor
+            from twisted.logger import globalLogPublisher
+            assert global_reactor is reactor
+            logged = []
+            def observe(event):
+                failure = event.get("log_failure") or event.get("failure")
+                if failure is not None:
+                    logged.append(failure.getErrorMessage())
+            globalLogPublisher.addObserver(observe)
+
+            class Echo(protocol.Protocol):
+                def dataReceived(self, data):
+                    if data == b"boom\\n":
+                        raise ValueError("boom in dataReceived")
+                    self.transport.write(data.upper())
+
+            port = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
+            number = port.getHost().port
+            results = {}
+
+            def client_side():
+                with socket.create_connection(("127.0.0.1", number), timeout=10) as s:
+                    s.sendall(b"hello\\n")
+                    results["echo"] = s.recv(100)
+                with socket.create_connection(("127.0.0.1", number), timeout=10) as s:
+                    s.sendall(b"boom\\n")
+                    results["after_error"] = s.recv(100)  # b"": the connection was dropped
+                reactor.callFromThread(reactor.callLater, 0.05, finish)
+
+            def failing_timer():
+                raise RuntimeError("boom in a timed call")
+
+            def finish():
+                results["timer_after_error"] = True
+                reactor.stop()
+
+            reactor.callLater(0, failing_timer)
+            reactor.callWhenRunning(threading.Thread(target=client_side, daemon=True).start)
+            reactor.callLater(30, reactor.stop)
+            reactor.run()
+            print(sorted(results.items()))
+            print(sorted(logged))
+        """)
+        results, logged = out.splitlines()
+        self.assertEqual(results, "[('after_error', b''), ('echo', b'HELLO\\n'), "
+                                  "('timer_after_error', True)]")
+        self.assertIn("boom in dataReceived", logged)
+        self.assertIn("boom in a timed call", logged)
+
+    def test_not_installed_over_another_reactor(self) -> None:
+        out = run_program("""
+            from twisted.internet import reactor
+            from twisted_pop3ng.reactor import install_default
+            print(install_default(), type(reactor).__name__)
+        """)
+        self.assertEqual(out.split(), ["None", "EPollReactor"])
+
+
+class TwistdReactorChoiceTests(unittest.TestCase):
+    def _reactor_line(self, twistd_args):
+        root = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, root, True)
+        server = start_server(root, tls=False, twistd_args=twistd_args)
+        self.addCleanup(server.stop)
+        session = Session(__import__("socket").create_connection(("127.0.0.1", server.port), 10))
+        try:
+            self.assertEqual(session.login(b"alice", b"correct horse battery staple"),
+                             b"+OK Logged in.\r\n")
+            self.assertEqual(session.command(b"QUIT"), b"+OK Logging out.\r\n")
+            self.assertTrue(session.closed())
+        finally:
+            session.close()
+        return [line for line in server.log().splitlines() if "reactor class" in line]
+
+    def test_twistd_pop3ng_runs_on_the_lean_reactor(self) -> None:
+        [line] = self._reactor_line([])
+        self.assertIn("twisted_pop3ng.reactor.LeanEPollReactor", line)
+
+    def test_an_explicit_reactor_choice_wins(self) -> None:
+        [line] = self._reactor_line(["--reactor=epoll"])
+        self.assertIn("twisted.internet.epollreactor.EPollReactor", line)
+
+    def test_the_reactor_can_be_chosen_by_name(self) -> None:
+        [line] = self._reactor_line(["--reactor=pop3ng-epoll"])
+        self.assertIn("twisted_pop3ng.reactor.LeanEPollReactor", line)
