@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 
 from .errors import AuthenticationFailed, LoginDelay, POP3Error
@@ -52,6 +53,9 @@ class SecurityConfig:
     expire: Optional[str] = None
     #: Host name for APOP and CRAM-MD5 challenges.
     hostname: str = field(default_factory=socket.gethostname)
+
+#: The transport of an accepted TCP connection (plain, or with STLS's TLS inside it).
+_TCP_SERVER = tcp.Server
 
 
 def parse_network(text: str) -> Network:
@@ -158,9 +162,32 @@ def _addresses(protocol: Any) -> Tuple[Optional[str], Optional[str]]:
     cached = protocol.__dict__.get("_address_cache")
     if cached is not None and cached[0] is transport:
         return cached[1], cached[2]
-    peer, host = _ip(transport.getPeer()), _ip(transport.getHost())
+    if type(transport) is _TCP_SERVER and len(transport.client) == 2:
+        # An accepted IPv4 connection: the raw address tuples, without building address objects.
+        peer, host = transport.client[0], _bound_host(transport.server)
+        if host is None:  # a wildcard listener: ask this connection
+            host = transport.socket.getsockname()[0]
+    else:
+        peer, host = _ip(transport.getPeer()), _ip(transport.getHost())
     protocol._address_cache = (transport, peer, host)
     return peer, host
+
+
+def _bound_host(port: Any) -> Optional[str]:
+    """The IPv4 address a listening port is bound to, unless it is the wildcard: then every
+    connection it accepts has that server address (asked of the socket once, kept on the port)."""
+    host = getattr(port, "_pop3ng_bound_host", False)
+    if host is False:
+        try:
+            bound = port.socket.getsockname()
+            host = bound[0] if len(bound) == 2 and bound[0] != "0.0.0.0" else None
+        except (AttributeError, OSError):
+            host = None
+        try:
+            port._pop3ng_bound_host = host
+        except AttributeError:
+            return host
+    return host
 
 
 def peer_ip(protocol: Any) -> Optional[str]:

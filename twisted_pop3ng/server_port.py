@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+
+_socket = tcp.socket.socket
 from twisted.logger import Logger
 
 
@@ -31,17 +33,20 @@ class LeanPort(tcp.Port):
     _lean_log = Logger()
 
     def doRead(self) -> None:
-        accept = self.socket.accept
+        listening = self.socket
+        # socket.accept() without its wrapper: it converts family and type to enums per call.
+        accept, family, kind = listening._accept, listening.family, listening.type
         accepted = 0
         try:
             for _ in range(self.numberAccepts):
                 try:
-                    skt, addr = accept()
+                    fd, addr = accept()
                 except BlockingIOError:
                     break
                 except OSError:
                     tcp.Port.doRead(self)  # the stock path meets the error and handles it
                     return
+                skt = _socket(family, kind, 0, fd)
                 accepted += 1
                 if len(addr) == 4:  # IPv6: with the scope id, as tcp.Port does
                     host = tcp.socket.getnameinfo(
