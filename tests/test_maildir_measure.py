@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Dict, List
 
@@ -87,6 +88,48 @@ class MeasurementTests(unittest.TestCase):
         self.slow_reads()
         self.assertEqual(self.measure(names), [wire.wire_size([files[f]]) for f in names])
         self.assertTrue(0 < len(set(here)) < len(names), here)
+
+    def test_reads_that_wait_for_the_disk_go_on_in_helper_threads(self) -> None:
+        """Reads that sleep (as a read from disk does) make the helper measure the rest with
+        several threads and this process stop after its first chunk; the sizes stay exact."""
+        files = self.fill(90)
+        names = self.names(files)
+        log = os.path.abspath(self.mktemp())
+        measure = mm.Measurement._measure
+        parent = os.getpid()
+        here: List[int] = []
+
+        def recording(m: mm.Measurement, start: int, end: int, out) -> None:  # type: ignore
+            if os.getpid() == parent:
+                here.extend(range(start, end))
+            else:  # the helper: one small append per chunk (atomic with O_APPEND)
+                with open(log, "a") as f:
+                    f.write("%d\n" % threading.get_ident())
+            measure(m, start, end, out)
+
+        self.patch(mm.Measurement, "_measure", recording)
+        self.patch(mm, "IO_BOUND_WAITS", 2)  # a chunk is 3 reads here
+        self.slow_reads(0.005)
+        self.assertEqual(self.measure(names), [wire.wire_size([files[f]]) for f in names])
+        with open(log) as f:
+            helper_threads = set(f.read().split())
+        self.assertGreater(len(helper_threads), 2, helper_threads)
+        self.assertEqual(len(here), mm.CHUNK)  # one chunk, then the helper's threads took over
+
+    def test_cached_reads_stay_single_threaded(self) -> None:
+        """Files in the page cache: no threads (they would only fight over the GIL)."""
+        files = self.fill(90)
+        names = self.names(files)
+        started = os.path.abspath(self.mktemp())
+        take_with_threads = mm.Measurement._take_with_threads
+
+        def recording(m: mm.Measurement) -> None:
+            open(started, "w").close()
+            take_with_threads(m)
+
+        self.patch(mm.Measurement, "_take_with_threads", recording)
+        self.assertEqual(self.measure(names), [wire.wire_size([files[f]]) for f in names])
+        self.assertFalse(os.path.exists(started))
 
     def test_vanished_unreadable_and_symlinks(self) -> None:
         files = self.fill(40)

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import resource
 import signal
+from contextlib import nullcontext
 from array import array
-from typing import Dict, Iterator, MutableSequence, Optional, Sequence
+from typing import Any, Dict, Iterator, MutableSequence, Optional, Sequence
 
 from ..wire import wire_size, wire_size_of
 
@@ -49,11 +51,28 @@ FORK_MIN = 4096
 #: Files claimed at a time by either side (about 1 ms of reading).
 CHUNK = 256
 
+#: A chunk during which the reading thread went to sleep this many times (voluntary context
+#: switches: a read that waited for the disk; being preempted on a busy CPU does not count) was
+#: not in the page cache.
+IO_BOUND_WAITS = 8
+#: Threads the helper reads with once its reading waits for the disk (20,000 uncached files on
+#: the test VM: 1.9-2.0 s with one thread, 0.7-0.8 s with 8, 0.8-1.0 s with 4 or 16).
+IO_THREADS = 8
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 #: Reading a message to measure it is not the user reading it: no atime update (allowed to the
 #: file's owner and to root; dropped at the first file where it is refused).
 NOATIME = getattr(os, "O_NOATIME", 0)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _waits() -> int:
+    """Voluntary context switches of the calling thread so far (0 where unknown)."""
+    try:
+        return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+    except (OSError, ValueError):
+        return 0
 
 
 def _stream_size(fd: int, first: bytes) -> int:
@@ -93,6 +112,8 @@ class Measurement:
         self._page: Optional[mmap.mmap] = None
         self._view: Optional[memoryview] = None
         self._fds: Dict[str, int] = {}
+        #: Guards the claims of the helper's threads; none needed without threads.
+        self._claim_lock: Any = nullcontext()
         # Opened here, so a new/ or cur/ swapped for a symlink fails the scan (ELOOP).
         try:
             if boundary > 0:
@@ -162,26 +183,54 @@ class Measurement:
                     self._measure(i, i + 1, sizes)
         return sizes
 
-    def _take(self, front: bool) -> None:
+    def _take(self, front: bool, probe: bool = True) -> None:
         """Claim and measure chunks from one end until the two sides meet. A chunk claimed by
-        both at the same moment is measured twice, which is harmless."""
+        both at the same moment (or by two of the helper's threads) is measured twice, which is
+        harmless.
+
+        While ``probe``, each chunk is watched: one whose reads kept waiting for the disk (the files
+        are not in the page cache) makes the helper go on with
+        :data:`IO_THREADS` threads, whose waits overlap, and this process leave the rest to them
+        (a single thread waiting in the Twisted server would only slow its reactor down)."""
         view = self._view
         assert view is not None
         n = len(self.names)
         while True:
-            if front:
-                start = view[n]
-                end = min(start + CHUNK, view[n + 1])
-                if start >= end:
-                    return
-                view[n] = end
-            else:
-                end = view[n + 1]
-                start = max(end - CHUNK, view[n])
-                if start >= end:
-                    return
-                view[n + 1] = start
+            with self._claim_lock:
+                if front:
+                    start = view[n]
+                    end = min(start + CHUNK, view[n + 1])
+                    if start >= end:
+                        return
+                    view[n] = end
+                else:
+                    end = view[n + 1]
+                    start = max(end - CHUNK, view[n])
+                    if start >= end:
+                        return
+                    view[n + 1] = start
+            if not probe:
+                self._measure(start, end, view)
+                continue
+            waits = _waits()
             self._measure(start, end, view)
+            if _waits() - waits >= IO_BOUND_WAITS:
+                if front:
+                    self._take_with_threads()
+                return  # (this process: the helper's threads take the rest; finish() waits)
+
+    def _take_with_threads(self) -> None:
+        """The helper, once its reading waits for the disk: :data:`IO_THREADS` threads claim
+        chunks from the front (a lock keeps their claims apart)."""
+        import threading
+
+        self._claim_lock = threading.Lock()
+        threads = [threading.Thread(target=self._take, args=(True, False), daemon=True)
+                   for _ in range(IO_THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def _measure(self, start: int, end: int, out: MutableSequence[int]) -> None:
         """Measure ``names[start:end]`` into ``out`` (the loop of :func:`measure`, inlined)."""
