@@ -273,3 +273,34 @@ class LatencyTests(ServerTestCase):
 
     def test_tls(self):
         self._round_trips(True)
+
+
+class PipelinedBulkTests(ServerTestCase):
+    """Pipelined RETRs of many small messages leave in large gathered writes (``sendmsg`` of the
+    batch's pieces); a reader with a small receive buffer that reads slowly makes the kernel take
+    part of a batch at a time. Every byte must still arrive, in order, stuffed once."""
+
+    def _bulk(self, tls: bool) -> None:
+        user, _ = self.fresh_user()
+        messages = []
+        for i in range(60):  # ~6 MB in all: more than the sockets' buffers hold
+            body = b"".join(b"%s line %d of message %d\n" % (b"." if j % 7 == 0 else b"", j, i)
+                            for j in range(i % 50 + 4000))
+            raw = b"Subject: %d\n\n" % i + body + (b"" if i % 3 else b"no final newline")
+            messages.append(raw)
+            self.server.deliver(user, raw, name="%010d.M%dP1.bulk" % (1_700_000_000 + i, i))
+        s = self.login(user, tls=tls)
+        s.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 65536)
+        s.send(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(len(messages))))
+        for i, raw in enumerate(messages):
+            if i % 10 == 0:
+                time.sleep(0.2)  # let the server's socket buffer fill: partial sends follow
+            self.assertTrue(s.line().startswith(b"+OK"), i)
+            self.assertEqual(s.body(), stuffed(wire_lines(raw)), i)
+        self.assertEqual(s.command(b"QUIT"), b"+OK Logging out.\r\n")
+
+    def test_plain(self):
+        self._bulk(False)
+
+    def test_tls(self):
+        self._bulk(True)

@@ -217,7 +217,6 @@ class POP3ServerProtocol(SessionIO):
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return
-        self.resetTimeout()
         if line[-1:] == b"\r":
             line = line[:-1]
         if self.line_hook is not None:
@@ -580,7 +579,7 @@ class POP3ServerProtocol(SessionIO):
     def _write_message(self, status: str, encoder: wire.MessageEncoder, data: bytes) -> None:
         # Status and body as separate pieces of the batch: no copy of the body to join them.
         self.write(wire.response(True, status))
-        self.write(encoder.encode_all(data))
+        self.write_pieces(encoder.encode_all(data))
 
     def _send_whole(self, source: Any, status: str, encoder: wire.MessageEncoder) -> bool:
         """Send a small stored file in one write, synchronously; False: stream it instead.

@@ -51,10 +51,25 @@ def _plain_and_empty(transport: Any) -> bool:
     return (type(transport) is _TCP_SERVER and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport.dataBuffer
             and not transport._tempDataLen)
+#: A batch this large goes to ``sendmsg`` piece by piece instead of being joined first (a short
+#: one, such as a UIDL listing's three pieces, is cheaper to join than to gather).
+GATHER_MIN = 32 * 1024
+#: Pieces handed to one ``sendmsg`` at most (Linux takes up to IOV_MAX, 1024); a longer batch
+#: of tiny pieces is joined instead.
+MAX_GATHER = 512
 #: Input queued while commands wait, beyond which the socket is no longer read.
 MAX_QUEUED_INPUT = 64 * 1024
 #: Chunks written in one reactor turn before yielding, when the transport never pushes back.
 CHUNKS_PER_TURN = 16
+
+
+def _unsent(pieces: List[bytes], sent: int) -> List[bytes]:
+    """What is left of ``pieces`` after the first ``sent`` octets went out."""
+    for i, piece in enumerate(pieces):
+        if sent < len(piece):
+            return [piece[sent:]] + pieces[i + 1:] if sent else pieces[i:]
+        sent -= len(piece)
+    return []
 
 
 def set_no_delay(transport: Any) -> None:
@@ -247,15 +262,27 @@ class SessionIO(LineReceiver):
             # Hand it over now: past the transport's buffer size this pauses us (backpressure).
             self.flush_output()
 
+    def write_pieces(self, pieces: List[bytes]) -> None:
+        """``write`` each of ``pieces`` in order (one message's status, body and terminator)."""
+        if self.transport is None or self._closing:
+            return
+        out = self._out
+        if out is None:
+            self._send(pieces, sum(map(len, pieces)) >= GATHER_MIN)
+            return
+        out += pieces
+        self._out_size += sum(map(len, pieces))
+        if self._out_size >= FLUSH_SIZE:
+            self.flush_output()
+
     def flush_output(self) -> None:
         """Send what the current batch collected (before STLS, closing, or a full batch)."""
         out = self._out
         if out:
-            self._out = []
-            self._out_size = 0
-            self._send(out)
+            size, self._out, self._out_size = self._out_size, [], 0
+            self._send(out, size >= GATHER_MIN)
 
-    def _send(self, out: List[bytes]) -> None:
+    def _send(self, out: List[bytes], gather: bool = False) -> None:
         """Write ``out`` to the transport; on plain TCP with nothing queued, ``send`` it at once.
 
         A Twisted transport sends only when the reactor next reports the socket writable: per
@@ -269,14 +296,33 @@ class SessionIO(LineReceiver):
         if transport is None:
             return
         if _plain_and_empty(transport):
-            data = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            out = [data[sent:]]
+            if len(out) == 1:
+                data = out[0]
+                try:
+                    sent = transport.socket.send(data)
+                except OSError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                out = [data[sent:]]
+            elif gather and len(out) <= MAX_GATHER:
+                # The pieces as they are (sendmsg gathers them): no join, no copy of the batch.
+                try:
+                    sent = transport.socket.sendmsg(out)
+                except OSError:
+                    sent = 0
+                out = _unsent(out, sent)
+                if not out:
+                    return
+            else:
+                data = b"".join(out)
+                try:
+                    sent = transport.socket.send(data)
+                except OSError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                out = [data[sent:]]
         transport.writeSequence(out)
 
     def _close_at_once(self) -> bool:
@@ -379,6 +425,8 @@ class SessionIO(LineReceiver):
             self._buffer += data
             return
         self._busy_splitting = True
+        # Activity: once per batch of lines (input arrived, or waiting lines resume), not per line.
+        self.resetTimeout()
         try:
             buffer = self._buffer + data if self._buffer else data
             self._buffer = b""
