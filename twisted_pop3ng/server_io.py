@@ -296,16 +296,7 @@ class SessionIO(LineReceiver):
         if transport is None:
             return
         if _plain_and_empty(transport):
-            if len(out) == 1:
-                data = out[0]
-                try:
-                    sent = transport.socket.send(data)
-                except OSError:
-                    sent = 0
-                if sent == len(data):
-                    return
-                out = [data[sent:]]
-            elif gather and len(out) <= MAX_GATHER:
+            if len(out) > 1 and gather and len(out) <= MAX_GATHER:
                 # The pieces as they are (sendmsg gathers them): no join, no copy of the batch.
                 try:
                     sent = transport.socket.sendmsg(out)
@@ -315,7 +306,7 @@ class SessionIO(LineReceiver):
                 if not out:
                     return
             else:
-                data = b"".join(out)
+                data = out[0] if len(out) == 1 else b"".join(out)
                 try:
                     sent = transport.socket.send(data)
                 except OSError:
