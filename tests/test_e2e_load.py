@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 import threading
 import time
@@ -290,7 +291,7 @@ class PipelinedBulkTests(ServerTestCase):
             messages.append(raw)
             self.server.deliver(user, raw, name="%010d.M%dP1.bulk" % (1_700_000_000 + i, i))
         s = self.login(user, tls=tls)
-        s.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 65536)
+        s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         s.send(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(len(messages))))
         for i, raw in enumerate(messages):
             if i % 10 == 0:

@@ -8,6 +8,8 @@ interpreter over real sockets and reads what it printed.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -98,10 +100,10 @@ class LeanReactorBehaviourTests(unittest.TestCase):
 class TwistdReactorChoiceTests(unittest.TestCase):
     def _reactor_line(self, twistd_args):
         root = tempfile.mkdtemp()
-        self.addCleanup(__import__("shutil").rmtree, root, True)
+        self.addCleanup(shutil.rmtree, root, True)
         server = start_server(root, tls=False, twistd_args=twistd_args)
         self.addCleanup(server.stop)
-        session = Session(__import__("socket").create_connection(("127.0.0.1", server.port), 10))
+        session = Session(socket.create_connection(("127.0.0.1", server.port), 10))
         try:
             self.assertEqual(session.login(b"alice", b"correct horse battery staple"),
                              b"+OK Logged in.\r\n")

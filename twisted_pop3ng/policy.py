@@ -186,7 +186,7 @@ def _bound_host(port: Any) -> Optional[str]:
         try:
             port._pop3ng_bound_host = host
         except AttributeError:
-            return host
+            pass  # a port that takes no attributes: asked again next time
     return host
 
 

@@ -72,6 +72,15 @@ def _unsent(pieces: List[bytes], sent: int) -> List[bytes]:
     return []
 
 
+def _sent(send: Any, *args: Any) -> int:
+    """Octets a non-blocking ``send``/``sendmsg`` call took; 0 on any socket error (the
+    transport, handed the rest, meets the error again and reports it)."""
+    try:
+        return send(*args)
+    except OSError:
+        return 0
+
+
 def set_no_delay(transport: Any) -> None:
     """Turn Nagle off where the transport can (TCP): replies are whole, and a small one must not
     wait for the ACK of the previous one. Shared by the server and the client."""
@@ -298,19 +307,12 @@ class SessionIO(LineReceiver):
         if _plain_and_empty(transport):
             if len(out) > 1 and gather and len(out) <= MAX_GATHER:
                 # The pieces as they are (sendmsg gathers them): no join, no copy of the batch.
-                try:
-                    sent = transport.socket.sendmsg(out)
-                except OSError:
-                    sent = 0
-                out = _unsent(out, sent)
+                out = _unsent(out, _sent(transport.socket.sendmsg, out))
                 if not out:
                     return
             else:
                 data = out[0] if len(out) == 1 else b"".join(out)
-                try:
-                    sent = transport.socket.send(data)
-                except OSError:
-                    sent = 0
+                sent = _sent(transport.socket.send, data)
                 if sent == len(data):
                     return
                 out = [data[sent:]]
@@ -336,10 +338,7 @@ class SessionIO(LineReceiver):
         out = self._out
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                sent = transport.socket.send(data, _MSG_MORE)
-            except OSError:
-                sent = 0
+            sent = _sent(transport.socket.send, data, _MSG_MORE)
             if sent != len(data):
                 # Leave the rest to the transport (its own send pushes the corked part too).
                 self._out, self._out_size = [data[sent:]], len(data) - sent

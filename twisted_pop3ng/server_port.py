@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.logger import Logger
 
 _socket = tcp.socket.socket
-from twisted.logger import Logger
 
 
 class LeanPort(tcp.Port):

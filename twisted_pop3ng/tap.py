@@ -41,7 +41,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def __init__(self) -> None:
         super().__init__()
-        self.lean_reactor = False
         self["listen"]: List[str] = []
         self["tls-listen"]: List[str] = []
         self["trusted-networks"]: List[Any] = []
@@ -50,7 +49,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         # Before any option handler (an --auth checker, say) imports the default reactor.
         from .reactor import install_default
 
-        self.lean_reactor = install_default() is not None
+        install_default()
         super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:

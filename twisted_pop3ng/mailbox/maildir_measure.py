@@ -32,8 +32,8 @@ import mmap
 import os
 import resource
 import signal
-from contextlib import nullcontext
 from array import array
+from contextlib import nullcontext
 from typing import Any, Dict, Iterator, MutableSequence, Optional, Sequence
 
 from ..wire import wire_size, wire_size_of
