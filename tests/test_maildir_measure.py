@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from typing import Dict, List
 
@@ -89,12 +88,28 @@ class MeasurementTests(unittest.TestCase):
         self.assertEqual(self.measure(names), [wire.wire_size([files[f]]) for f in names])
         self.assertTrue(0 < len(set(here)) < len(names), here)
 
-    def test_reads_that_wait_for_the_disk_go_on_in_helper_threads(self) -> None:
-        """Reads that sleep (as a read from disk does) make the helper measure the rest with
-        several threads and this process stop after its first chunk; the sizes stay exact."""
+    def record_prefetch(self) -> str:
+        """Log (one line per file, O_APPEND) every file the kernel is asked to read ahead, in
+        this process or the helper; returns the log's path."""
+        log = os.path.abspath(self.mktemp())
+        fadvise = mm._FADVISE
+        assert fadvise is not None
+
+        def recording(fd: int, offset: int, length: int, advice: int) -> None:
+            self.assertEqual((offset, length, advice), (0, mm.SMALL_READ, os.POSIX_FADV_WILLNEED))
+            with open(log, "a") as f:
+                f.write("%d %d\n" % (os.getpid(), os.fstat(fd).st_ino))
+            fadvise(fd, offset, length, advice)
+
+        self.patch(mm, "_FADVISE", recording)
+        return log
+
+    def test_reads_that_wait_for_the_disk_make_the_helper_ask_ahead(self) -> None:
+        """Reads that sleep (as a read from disk does) make the helper ask the kernel for the
+        files ahead of it, a window at a time, and this process stop after its first chunk; the
+        sizes stay exact."""
         files = self.fill(90)
         names = self.names(files)
-        log = os.path.abspath(self.mktemp())
         measure = mm.Measurement._measure
         parent = os.getpid()
         here: List[int] = []
@@ -102,34 +117,32 @@ class MeasurementTests(unittest.TestCase):
         def recording(m: mm.Measurement, start: int, end: int, out) -> None:  # type: ignore
             if os.getpid() == parent:
                 here.extend(range(start, end))
-            else:  # the helper: one small append per chunk (atomic with O_APPEND)
-                with open(log, "a") as f:
-                    f.write("%d\n" % threading.get_ident())
             measure(m, start, end, out)
 
         self.patch(mm.Measurement, "_measure", recording)
+        log = self.record_prefetch()
         self.patch(mm, "IO_BOUND_WAITS", 2)  # a chunk is 3 reads here
+        self.patch(mm, "PREFETCH", 10)
         self.slow_reads(0.005)
         self.assertEqual(self.measure(names), [wire.wire_size([files[f]]) for f in names])
         with open(log) as f:
-            helper_threads = set(f.read().split())
-        self.assertGreater(len(helper_threads), 2, helper_threads)
-        self.assertEqual(len(here), mm.CHUNK)  # one chunk, then the helper's threads took over
+            asked = [line.split() for line in f]
+        self.assertEqual({pid for pid, _ in asked} - {str(parent)}, {pid for pid, _ in asked})
+        inodes = {os.stat(os.path.join(self.path, f)).st_ino: f for f in names}
+        asked_names = [inodes[int(ino)] for _, ino in asked]
+        self.assertEqual(len(asked_names), len(set(asked_names)))  # each file asked for once
+        # All but the helper's first chunk and this process's one chunk were asked for ahead.
+        self.assertEqual(len(here), mm.CHUNK)
+        self.assertGreaterEqual(len(asked_names), len(names) - 2 * mm.CHUNK - mm.CHUNK)
+        self.assertEqual(asked_names, sorted(asked_names, key=names.index))  # front to back
 
-    def test_cached_reads_stay_single_threaded(self) -> None:
-        """Files in the page cache: no threads (they would only fight over the GIL)."""
+    def test_cached_reads_are_not_asked_for_ahead(self) -> None:
+        """Files in the page cache: no read-ahead requests (one more syscall per file)."""
         files = self.fill(90)
         names = self.names(files)
-        started = os.path.abspath(self.mktemp())
-        take_with_threads = mm.Measurement._take_with_threads
-
-        def recording(m: mm.Measurement) -> None:
-            open(started, "w").close()
-            take_with_threads(m)
-
-        self.patch(mm.Measurement, "_take_with_threads", recording)
+        log = self.record_prefetch()
         self.assertEqual(self.measure(names), [wire.wire_size([files[f]]) for f in names])
-        self.assertFalse(os.path.exists(started))
+        self.assertFalse(os.path.exists(log))
 
     def test_vanished_unreadable_and_symlinks(self) -> None:
         files = self.fill(40)

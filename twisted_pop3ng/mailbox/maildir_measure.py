@@ -33,8 +33,7 @@ import os
 import resource
 import signal
 from array import array
-from contextlib import nullcontext
-from typing import Any, Dict, Iterator, MutableSequence, Optional, Sequence
+from typing import Dict, Iterator, MutableSequence, Optional, Sequence, Tuple
 
 from ..wire import wire_size, wire_size_of
 
@@ -55,10 +54,15 @@ CHUNK = 256
 #: switches: a read that waited for the disk; being preempted on a busy CPU does not count) was
 #: not in the page cache.
 IO_BOUND_WAITS = 8
-#: Threads the helper reads with once its reading waits for the disk (20,000 uncached files on
-#: the test VM: 1.9-2.0 s with one thread, 0.7-0.8 s with 8, 0.8-1.0 s with 4 or 16).
-IO_THREADS = 8
+#: Once its reads wait for the disk, the helper asks the kernel for this many files ahead of its
+#: reading (``posix_fadvise(WILLNEED)`` of their first :data:`SMALL_READ` bytes: the reads queue
+#: up and the disk serves them back to back instead of one wait per file), then measures them from
+#: the page cache. 100,000 uncached 4 KB files on the test VM: 9.4 s one read after another,
+#: 3.0 s with 8 reading threads, 1.3-1.4 s asked for ahead.
+PREFETCH = 4096
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+_FADVISE = getattr(os, "posix_fadvise", None)
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", 0)
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 #: Reading a message to measure it is not the user reading it: no atime update (allowed to the
@@ -112,8 +116,6 @@ class Measurement:
         self._page: Optional[mmap.mmap] = None
         self._view: Optional[memoryview] = None
         self._fds: Dict[str, int] = {}
-        #: Guards the claims of the helper's threads; none needed without threads.
-        self._claim_lock: Any = nullcontext()
         # Opened here, so a new/ or cur/ swapped for a symlink fails the scan (ELOOP).
         try:
             if boundary > 0:
@@ -183,63 +185,80 @@ class Measurement:
                     self._measure(i, i + 1, sizes)
         return sizes
 
-    def _take(self, front: bool, probe: bool = True) -> None:
+    def _take(self, front: bool) -> None:
         """Claim and measure chunks from one end until the two sides meet. A chunk claimed by
-        both at the same moment (or by two of the helper's threads) is measured twice, which is
-        harmless.
+        both at the same moment is measured twice, which is harmless.
 
-        While ``probe``, each chunk is watched: one whose reads kept waiting for the disk (the files
-        are not in the page cache) makes the helper go on with
-        :data:`IO_THREADS` threads, whose waits overlap, and this process leave the rest to them
-        (a single thread waiting in the Twisted server would only slow its reactor down)."""
+        Each chunk is watched: one whose reads kept waiting for the disk (the files are not in the
+        page cache) makes the helper go on asking the kernel for the files ahead of it
+        (:meth:`_prefetch`), and this process leave the rest to the helper (waiting for the disk
+        in the Twisted server would only slow its reactor down)."""
         view = self._view
         assert view is not None
         n = len(self.names)
+        waiting = False  # (the helper) its reads wait for the disk
+        asked = 0  # (the helper, once waiting) files before this position were asked for
         while True:
-            with self._claim_lock:
-                if front:
-                    start = view[n]
-                    end = min(start + CHUNK, view[n + 1])
-                    if start >= end:
-                        return
-                    view[n] = end
-                else:
-                    end = view[n + 1]
-                    start = max(end - CHUNK, view[n])
-                    if start >= end:
-                        return
-                    view[n + 1] = start
-            if not probe:
+            if front:
+                start = view[n]
+                end = min(start + CHUNK, view[n + 1])
+                if start >= end:
+                    return
+                view[n] = end
+            else:
+                end = view[n + 1]
+                start = max(end - CHUNK, view[n])
+                if start >= end:
+                    return
+                view[n + 1] = start
+            if waiting:
+                if end > asked:
+                    asked = self._prefetch(max(start, asked), view[n + 1])
                 self._measure(start, end, view)
                 continue
             waits = _waits()
             self._measure(start, end, view)
             if _waits() - waits >= IO_BOUND_WAITS:
-                if front:
-                    self._take_with_threads()
-                return  # (this process: the helper's threads take the rest; finish() waits)
+                if not front or _FADVISE is None:
+                    return  # (this process: the helper takes the rest; finish() waits)
+                waiting = True
 
-    def _take_with_threads(self) -> None:
-        """The helper, once its reading waits for the disk: :data:`IO_THREADS` threads claim
-        chunks from the front (a lock keeps their claims apart)."""
-        import threading
+    def _prefetch(self, start: int, end: int) -> int:
+        """Ask the kernel to read the first :data:`SMALL_READ` bytes of ``names[start:end]``, at
+        most :data:`PREFETCH` of them, into the page cache without waiting; returns the position
+        after the last one asked for. A file that cannot be opened is left to :meth:`_measure`."""
+        assert _FADVISE is not None
+        end = min(end, start + PREFETCH)
+        flags = self._flags
+        open_, close = os.open, os.close
+        for lo, hi, dir_fd in self._segments(start, end):
+            for name in self.names[lo:hi]:
+                try:
+                    fd = open_(name, flags, dir_fd=dir_fd)
+                except OSError:
+                    continue
+                try:
+                    _FADVISE(fd, 0, SMALL_READ, _WILLNEED)
+                except OSError:
+                    pass  # (a FIFO: ESPIPE)
+                finally:
+                    close(fd)
+        return end
 
-        self._claim_lock = threading.Lock()
-        threads = [threading.Thread(target=self._take, args=(True, False), daemon=True)
-                   for _ in range(IO_THREADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    def _segments(self, start: int, end: int) -> Iterator[Tuple[int, int, int]]:
+        """``(lo, hi, dir_fd)``: the parts of ``[start, end)`` in ``new/`` and in ``cur/``."""
+        boundary = self.boundary
+        if start < boundary:
+            yield start, min(end, boundary), self._fds["new"]
+        if end > boundary:
+            yield max(start, boundary), end, self._fds["cur"]
 
     def _measure(self, start: int, end: int, out: MutableSequence[int]) -> None:
         """Measure ``names[start:end]`` into ``out`` (the loop of :func:`measure`, inlined)."""
-        if start < self.boundary < end:
-            self._measure(start, self.boundary, out)
-            start = self.boundary
-        if start >= end:
-            return
-        dir_fd = self._fds["new" if start < self.boundary else "cur"]
+        for lo, hi, dir_fd in self._segments(start, end):
+            self._measure_in(dir_fd, lo, hi, out)
+
+    def _measure_in(self, dir_fd: int, start: int, end: int, out: MutableSequence[int]) -> None:
         names = self.names
         flags = self._flags
         open_, read, close = os.open, os.read, os.close
@@ -259,7 +278,7 @@ class Measurement:
             except OSError as error:
                 if isinstance(error, PermissionError) and flags & NOATIME:
                     flags = self._flags = flags & ~NOATIME  # not the owner: read as usual
-                    self._measure(i, i + 1, out)
+                    self._measure_in(dir_fd, i, i + 1, out)
                 else:
                     out[i] = UNREADABLE
                 continue
