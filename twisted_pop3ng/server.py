@@ -528,7 +528,21 @@ class POP3ServerProtocol(SessionIO):
         if len(words) != 1:
             raise BadCommand("RETR needs one message number")
         index = self._message(words[0])
-        return self.send_message(index, "%d octets" % self.messages[index].size, wire.MessageEncoder())
+        size = self.messages[index].size
+        # The bulk case (pipelined RETRs of small messages) inline: one read, then the status line
+        # and the message's pieces; a large message, a Deferred or an error as send_message does.
+        read_whole = getattr(self.mailbox, "read_whole", None)
+        if read_whole is not None:
+            try:
+                data = read_whole(index, CHUNK_SIZE)
+            except Exception:
+                return defer.fail()
+            if data is not None:
+                pieces = wire.encode_whole_pieces(data)
+                pieces.insert(0, b"+OK %d octets\r\n" % size)
+                self.write_pieces(pieces)
+                return None
+        return self.send_message(index, "%d octets" % size, wire.MessageEncoder(), whole=False)
 
     @command("TOP", TRANSACTION, capability="TOP")
     def do_TOP(self, cmd: wire.Command) -> defer.Deferred:
@@ -542,17 +556,18 @@ class POP3ServerProtocol(SessionIO):
             raise BadCommand(str(error))
         return self.send_message(index, "Message follows", wire.MessageEncoder(body_lines=lines))
 
-    def send_message(self, index: int, status: str,
-                     encoder: wire.MessageEncoder) -> Optional[defer.Deferred]:
+    def send_message(self, index: int, status: str, encoder: wire.MessageEncoder,
+                     whole: bool = True) -> Optional[defer.Deferred]:
         """Send a message: in one piece when small, else streamed; the status line goes out only
         once the message could be read or opened.
 
         Small messages come from the mailbox's optional ``read_whole`` (one read, no file object,
-        Deferred or stream: pipelined RETRs of small messages are the bulk case), else from a file
-        whose size ``fstat`` knows (:meth:`_send_whole`).
+        Deferred or stream: pipelined RETRs of small messages are the bulk case; ``whole`` False:
+        the caller tried that already), else from a file whose size ``fstat`` knows
+        (:meth:`_send_whole`).
         """
         try:
-            read_whole = getattr(self.mailbox, "read_whole", None)
+            read_whole = getattr(self.mailbox, "read_whole", None) if whole else None
             data = read_whole(index, CHUNK_SIZE) if read_whole is not None else None
             if data is not None:
                 self._write_message(status, encoder, data)

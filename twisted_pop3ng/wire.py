@@ -6,7 +6,10 @@ Rules of this module:
 * every limit is a named constant with the RFC that sets it;
 * the streaming encoder and decoder carry their state across chunk boundaries, so a caller may feed
   them any split of the input (whole, byte by byte, or anything between) and get the same result;
-* no per-line Python loops on the data path: ``bytes.replace`` over whole chunks does the work.
+* no per-line Python loops on the data path: ``bytes.replace`` over whole chunks does the work, or
+  the optional C module ``_speedups`` (built by ``setup.py`` where a compiler is present), whose
+  functions replace :func:`stuff_dots`, :func:`encode_body` and :func:`wire_size_of` when it
+  imports; the pure-Python versions stay available as ``py_*`` (the tests compare both).
 """
 
 from __future__ import annotations
@@ -82,10 +85,9 @@ def encode_whole(data: bytes) -> bytes:
 
 
 def encode_whole_pieces(data: bytes) -> List[bytes]:
-    """:func:`encode_whole` as pieces to write one after the other (a leading ``.`` of the
-    stuffing, the body, the final CRLF and terminator): joining them would copy the body once
-    more, and the server hands the pieces to the kernel as they are (``sendmsg``). Cutting the
-    body into views around the stuffed dots as well was measured and is dearer than the copy."""
+    """:func:`encode_whole` as pieces to write one after the other (the body, then the final
+    CRLF and terminator): joining them would copy the body once more, and the server hands the
+    pieces to the kernel as they are (``sendmsg``)."""
     if not data:
         return [TERMINATOR]
     tail = TERMINATOR
@@ -96,13 +98,17 @@ def encode_whole_pieces(data: bytes) -> List[bytes]:
             data = data[:-1]
             if not data:
                 return [tail]
+    return [encode_body(data), tail]
+
+
+def encode_body(data: bytes) -> bytes:
+    """A stored message in wire form without its terminator: every LF as CRLF (a CRLF stays one,
+    a bare CR stays as it is) and every dot that starts a line, the first byte included, doubled."""
     if 0x0A in data:  # an int: memchr at once, cheaper than a one-byte bytes needle
         if 0x0D in data:
             data = data.replace(b"\r\n", b"\n")
         data = stuff_dots(data.replace(b"\n", b"\r\n"))
-    if data[:1] == b".":
-        return [b".", data, tail]
-    return [data, tail]
+    return b"." + data if data[:1] == b"." else data
 
 
 class WireError(ValueError):
@@ -410,3 +416,14 @@ class MultiLineDecoder:
         out = self._unstuff(head)
         self._bol = False
         return out
+
+
+# -- the C versions, where built --------------------------------------------------------------------
+
+py_stuff_dots, py_encode_body, py_wire_size_of = stuff_dots, encode_body, wire_size_of
+try:
+    from ._speedups import encode_body, stuff_dots, wire_size_of  # type: ignore[no-redef]  # noqa: F811
+except ImportError:  # not compiled here: the pure-Python versions above
+    SPEEDUPS = False
+else:
+    SPEEDUPS = True

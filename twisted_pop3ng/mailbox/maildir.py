@@ -39,6 +39,8 @@ from .maildir_index import INDEX_HEADER, INDEX_NAME  # noqa: F401  (re-exported)
 LOCK_NAME = "pop3ng.lock"
 T = TypeVar("T")
 READ_SIZE = 1 << 20
+#: How a message file is opened: never through a symlink (see :meth:`MaildirMailbox._dir_fd`).
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 _HOSTNAME = socket.gethostname()
 #: Encoded UIDL listings of recent snapshots, by snapshot identity (the snapshot is kept with its
 #: listing, so the identity stays valid), least recently used first, bounded in total size.
@@ -204,8 +206,7 @@ class MaildirMailbox:
     def _open_fd(self, index: int) -> int:
         """A descriptor of message ``index``: one ``openat`` per message, following no symlink."""
         try:
-            return self._on_file(index, lambda name, dir_fd: os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd))
+            return self._on_file(index, lambda name, dir_fd: os.open(name, _FILE_FLAGS, dir_fd=dir_fd))
         except FileNotFoundError:
             raise MessageVanished()
 
@@ -219,7 +220,14 @@ class MaildirMailbox:
         such a message in one write instead of streaming it. A short read of a regular file is
         its end.
         """
-        fd = self._open_fd(index)
+        filename = self.files[index]
+        dir_fd = self._dir_fds.get(filename[:3])
+        try:  # (the common case without _open_fd's calls: the directory is open, the file there)
+            fd = os.open(filename[4:], _FILE_FLAGS, dir_fd=dir_fd) if dir_fd is not None else -1
+        except FileNotFoundError:
+            fd = -1
+        if fd < 0:
+            fd = self._open_fd(index)
         try:
             data = os.read(fd, limit)
         finally:

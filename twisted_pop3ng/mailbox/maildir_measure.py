@@ -35,7 +35,7 @@ import signal
 from array import array
 from typing import Dict, Iterator, MutableSequence, Optional, Sequence, Tuple
 
-from ..wire import wire_size, wire_size_of
+from ..wire import SPEEDUPS, wire_size, wire_size_of
 
 #: Reported for a file that vanished since the listing (or is a directory: no message).
 VANISHED = -1
@@ -262,6 +262,7 @@ class Measurement:
         names = self.names
         flags = self._flags
         open_, read, close = os.open, os.read, os.close
+        fast = SPEEDUPS  # wire_size_of in C: counts without a copy (0.19 against 0.58 us for 2 KB)
         for i in range(start, end):
             try:
                 fd = open_(names[i], flags, dir_fd=dir_fd)
@@ -282,9 +283,9 @@ class Measurement:
                 else:
                     out[i] = UNREADABLE
                 continue
-            if 0x0D in data or not data:  # an int operand: memchr, 5 times faster than b"\r"
+            if fast or 0x0D in data or not data:  # (an int operand: memchr, 5x faster than b"\r")
                 out[i] = wire_size_of(data)
-            else:
+            else:  # pure Python, LF-only: a replace is cheaper than wire_size_of's checks
                 out[i] = len(data.replace(b"\n", b"\r\n")) + (0 if data[-1] == 0x0A else 2)
 
     def size_on_disk(self, i: int) -> Optional[int]:
