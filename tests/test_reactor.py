@@ -88,6 +88,39 @@ class LeanReactorBehaviourTests(unittest.TestCase):
         self.assertIn("boom in dataReceived", logged)
         self.assertIn("boom in a timed call", logged)
 
+    def test_timers_fire_on_time_in_order_with_a_far_timer_pending(self) -> None:
+        """The loop computes its sleep itself when nothing is due: timers added, cancelled (more
+        than 50 of them) or due while it sleeps still fire, in order and not early, and a far
+        timer does not make it sleep past a near one."""
+        out = run_program("""
+            import time
+            from twisted_pop3ng.reactor import install_default
+            reactor = install_default()
+            fired = []
+            start = time.monotonic()
+            far = reactor.callLater(3600, fired.append, "far")
+            cancelled = [reactor.callLater(0.01 * i, fired.append, "cancelled") for i in range(80)]
+            for call in cancelled:
+                call.cancel()
+
+            def at(name, earliest):
+                fired.append((name, time.monotonic() - start >= earliest))
+
+            reactor.callLater(0.2, at, "b", 0.2)
+            reactor.callLater(0.1, at, "a", 0.1)
+            def later():
+                at("c", 0.3)
+                reactor.callLater(0.05, at, "d", 0.35)  # added by a timer, from inside the loop
+                reactor.callLater(0.1, reactor.stop)
+            reactor.callLater(0.3, later)
+            reactor.callLater(10, reactor.stop)
+            reactor.run()
+            print(fired, far.active(), round(time.monotonic() - start, 1))
+        """)
+        self.assertEqual(out.split("]")[0] + "]",
+                         "[('a', True), ('b', True), ('c', True), ('d', True)]")
+        self.assertLess(float(out.split()[-1]), 5.0)
+
     def test_not_installed_over_another_reactor(self) -> None:
         out = run_program("""
             from twisted.internet import reactor
