@@ -27,6 +27,8 @@ class MailboxRealm:
 
         # The portal takes a value or a Deferred; a synchronous store needs no Deferred of its own.
         opened = self.store.open_mailbox(user)
-        if isinstance(opened, defer.Deferred):
+        # (Deferred's metaclass is ABCMeta: isinstance runs a Python __instancecheck__; the MRO
+        # test is C only. A Deferred subclass counts; a virtual one was never registered.)
+        if defer.Deferred in type(opened).__mro__:
             return opened.addCallback(avatar)
         return avatar(opened)

@@ -402,7 +402,9 @@ class POP3ServerProtocol(SessionIO):
 
         def snapshot(messages: Any) -> None:
             # A MessageTable (read-only columns) is kept as it is; anything else is copied.
-            self.messages = messages if isinstance(messages, MessageTable) else list(messages)
+            # (MessageTable is a Sequence, an ABC: the MRO test spares isinstance's Python
+            # __instancecheck__.)
+            self.messages = messages if MessageTable in type(messages).__mro__ else list(messages)
             self.deleted = set()
             self.state = TRANSITIONS[(self.state, "login")]
             self.setTimeout(self.config.idle_timeout)
@@ -471,7 +473,7 @@ class POP3ServerProtocol(SessionIO):
             self.reply(True, "%d %d" % (len(live), sum(self.messages[i].size for i in live)))
         else:
             messages = self.messages
-            total = (messages.total_size() if isinstance(messages, MessageTable)
+            total = (messages.total_size() if MessageTable in type(messages).__mro__
                      else sum(map(_SIZE, messages)))
             self.reply(True, "%d %d" % (len(messages), total))
 

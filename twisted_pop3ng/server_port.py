@@ -31,11 +31,17 @@ class LeanPort(tcp.Port):
     """``tcp.Port`` whose ``doRead`` is a plain accept loop (see the module docstring)."""
 
     _lean_log = Logger()
+    #: (listening socket, its family, its type), read once.
+    _lean_kinds: Any = None
 
     def doRead(self) -> None:
         listening = self.socket
-        # socket.accept() without its wrapper: it converts family and type to enums per call.
-        accept, family, kind = listening._accept, listening.family, listening.type
+        # socket.accept() without its wrapper: it converts family and type to enums per call
+        # (as do the socket's family and type properties: read once per listening socket).
+        kinds = self._lean_kinds
+        if kinds is None or kinds[0] is not listening:
+            kinds = self._lean_kinds = (listening, listening.family, listening.type)
+        accept, family, kind = listening._accept, kinds[1], kinds[2]
         accepted = 0
         try:
             for _ in range(self.numberAccepts):

@@ -164,7 +164,8 @@ class MaildirMailbox:
 
     def list_messages(self) -> Sequence[MessageInfo]:
         # A MessageTable is read-only: the session may keep it as it is.
-        return self.infos if isinstance(self.infos, MessageTable) else list(self.infos)
+        # (MessageTable is an ABC Sequence: the MRO test spares isinstance's __instancecheck__.)
+        return self.infos if MessageTable in type(self.infos).__mro__ else list(self.infos)
 
     def _locate(self, index: int) -> Optional[str]:
         """Find a message again after another agent renamed it (flags, new/ -> cur/)."""
@@ -247,7 +248,7 @@ class MaildirMailbox:
             _UIDL_LISTINGS.move_to_end(id(snapshot))
             return hit[1]
         infos = self.infos
-        uids = infos.uids if isinstance(infos, MessageTable) else [info.uid for info in infos]
+        uids = infos.uids if MessageTable in type(infos).__mro__ else [info.uid for info in infos]
         data = uidl_body(enumerate(uids, 1))
         if len(data) <= MAX_UIDL_LISTING_BYTES:
             _UIDL_LISTINGS[id(snapshot)] = (snapshot, data)
