@@ -10,6 +10,32 @@
 #include <Python.h>
 #include <string.h>
 
+/* The input itself when it is a bytes object (nothing changed), else a bytes copy of it; the
+ * buffer is released either way. */
+static PyObject *
+unchanged(PyObject *arg, Py_buffer *in)
+{
+    PyObject *result;
+    if (PyBytes_CheckExact(arg)) {
+        Py_INCREF(arg);
+        result = arg;
+    } else {
+        result = PyBytes_FromStringAndSize(in->buf, in->len);
+    }
+    PyBuffer_Release(in);
+    return result;
+}
+
+/* A new bytes object of ``size`` octets to fill; on failure the buffer is released. */
+static PyObject *
+new_bytes(Py_ssize_t size, Py_buffer *in)
+{
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        PyBuffer_Release(in);
+    return result;
+}
+
 /* Wire form of a stored message body: every LF becomes CRLF (a CR just before an LF is that
  * CRLF's own: CRLF stays CRLF, a bare CR elsewhere stays as it is), and a dot that starts a line
  * (the first byte, or after an LF) is doubled. The trailing CRLF and terminator are the caller's.
@@ -26,23 +52,15 @@ encode_body(PyObject *self, PyObject *arg)
 
     /* One pass into room for the worst case ("\n." becomes "\r\n..": twice the input, plus a
      * leading dot), then the object is shrunk to what was written (realloc, no copy). */
-    if (memchr(data, '\n', (size_t)n) == NULL && !(n > 0 && data[0] == '.')) {
-        PyBuffer_Release(&in);     /* nothing to change: the same object for bytes */
-        if (PyBytes_CheckExact(arg)) {
-            Py_INCREF(arg);
-            return arg;
-        }
-        return PyBytes_FromStringAndSize(data, n);
-    }
+    if (memchr(data, '\n', (size_t)n) == NULL && !(n > 0 && data[0] == '.'))
+        return unchanged(arg, &in);
     if (n > (PY_SSIZE_T_MAX - 1) / 2) {
         PyBuffer_Release(&in);
         return PyErr_NoMemory();
     }
-    PyObject *result = PyBytes_FromStringAndSize(NULL, 2 * n + 1);
-    if (result == NULL) {
-        PyBuffer_Release(&in);
+    PyObject *result = new_bytes(2 * n + 1, &in);
+    if (result == NULL)
         return NULL;
-    }
     char *const start = PyBytes_AS_STRING(result);
     char *out = start;
     const char *p = data;
@@ -89,19 +107,11 @@ stuff_dots(PyObject *self, PyObject *arg)
             extra++;
         p = nl + 1;
     }
-    if (extra == 0) {
-        PyBuffer_Release(&in);
-        if (PyBytes_CheckExact(arg)) {
-            Py_INCREF(arg);
-            return arg;
-        }
-        return PyBytes_FromStringAndSize(data, in.len);
-    }
-    PyObject *result = PyBytes_FromStringAndSize(NULL, in.len + extra);
-    if (result == NULL) {
-        PyBuffer_Release(&in);
+    if (extra == 0)
+        return unchanged(arg, &in);
+    PyObject *result = new_bytes(in.len + extra, &in);
+    if (result == NULL)
         return NULL;
-    }
     char *out = PyBytes_AS_STRING(result);
     const char *p = data;
     while (p < end) {
