@@ -530,21 +530,8 @@ class POP3ServerProtocol(SessionIO):
         if len(words) != 1:
             raise BadCommand("RETR needs one message number")
         index = self._message(words[0])
-        size = self.messages[index].size
-        # The bulk case (pipelined RETRs of small messages) inline: one read, then the status line
-        # and the message's pieces; a large message, a Deferred or an error as send_message does.
-        read_whole = getattr(self.mailbox, "read_whole", None)
-        if read_whole is not None:
-            try:
-                data = read_whole(index, CHUNK_SIZE)
-            except Exception:
-                return defer.fail()
-            if data is not None:
-                pieces = wire.encode_whole_pieces(data)
-                pieces.insert(0, b"+OK %d octets\r\n" % size)
-                self.write_pieces(pieces)
-                return None
-        return self.send_message(index, "%d octets" % size, wire.MessageEncoder(), whole=False)
+        # (The status line formatted here, not by the cached wire.response: sizes vary.)
+        return self.send_message(index, b"+OK %d octets\r\n" % self.messages[index].size)
 
     @command("TOP", TRANSACTION, capability="TOP")
     def do_TOP(self, cmd: wire.Command) -> defer.Deferred:
@@ -556,20 +543,21 @@ class POP3ServerProtocol(SessionIO):
             lines = wire.parse_count(words[1])
         except wire.WireError as error:
             raise BadCommand(str(error))
-        return self.send_message(index, "Message follows", wire.MessageEncoder(body_lines=lines))
+        return self.send_message(index, wire.response(True, "Message follows"),
+                                 wire.MessageEncoder(body_lines=lines))
 
-    def send_message(self, index: int, status: str, encoder: wire.MessageEncoder,
-                     whole: bool = True) -> Optional[defer.Deferred]:
-        """Send a message: in one piece when small, else streamed; the status line goes out only
-        once the message could be read or opened.
+    def send_message(self, index: int, status: bytes,
+                     encoder: Optional[wire.MessageEncoder] = None) -> Optional[defer.Deferred]:
+        """Send a message after its status line (``+OK ...`` CRLF): in one piece when small, else
+        streamed; the status line goes out only once the message could be read or opened.
+        ``encoder`` None: the whole message (RETR), else that encoder's part of it (TOP).
 
         Small messages come from the mailbox's optional ``read_whole`` (one read, no file object,
-        Deferred or stream: pipelined RETRs of small messages are the bulk case; ``whole`` False:
-        the caller tried that already), else from a file whose size ``fstat`` knows
-        (:meth:`_send_whole`).
+        Deferred or stream: pipelined RETRs of small messages are the bulk case), else from a file
+        whose size ``fstat`` knows (:meth:`_send_whole`).
         """
         try:
-            read_whole = getattr(self.mailbox, "read_whole", None) if whole else None
+            read_whole = getattr(self.mailbox, "read_whole", None)
             data = read_whole(index, CHUNK_SIZE) if read_whole is not None else None
             if data is not None:
                 self._write_message(status, encoder, data)
@@ -577,6 +565,8 @@ class POP3ServerProtocol(SessionIO):
             opened = self.mailbox.open_message(index)
         except Exception:
             return defer.fail()
+        if encoder is None:
+            encoder = wire.MessageEncoder()
         if not isinstance(opened, defer.Deferred) and self._send_whole(opened, status, encoder):
             return None
         d = opened if isinstance(opened, defer.Deferred) else defer.succeed(opened)
@@ -585,7 +575,7 @@ class POP3ServerProtocol(SessionIO):
             if self._closing:
                 source.close()
                 return defer.succeed(None)
-            self._stream = MessageStream(self, source, wire.response(True, status), encoder)
+            self._stream = MessageStream(self, source, status, encoder)
             if self.paused and "write" in self._blocks:
                 self._stream.pause()
             self._stream.run()
@@ -593,12 +583,14 @@ class POP3ServerProtocol(SessionIO):
 
         return d.addCallback(stream)
 
-    def _write_message(self, status: str, encoder: wire.MessageEncoder, data: bytes) -> None:
+    def _write_message(self, status: bytes, encoder: Optional[wire.MessageEncoder],
+                       data: bytes) -> None:
         # Status and body as separate pieces of the batch: no copy of the body to join them.
-        self.write(wire.response(True, status))
-        self.write_pieces(encoder.encode_all(data))
+        pieces = wire.encode_whole_pieces(data) if encoder is None else encoder.encode_all(data)
+        pieces.insert(0, status)
+        self.write_pieces(pieces)
 
-    def _send_whole(self, source: Any, status: str, encoder: wire.MessageEncoder) -> bool:
+    def _send_whole(self, source: Any, status: bytes, encoder: wire.MessageEncoder) -> bool:
         """Send a small stored file in one write, synchronously; False: stream it instead.
 
         For mailboxes without ``read_whole`` whose files are real files: only files whose size

@@ -31,17 +31,18 @@ class LeanPort(tcp.Port):
     """``tcp.Port`` whose ``doRead`` is a plain accept loop (see the module docstring)."""
 
     _lean_log = Logger()
-    #: (listening socket, its family, its type), read once.
+    #: The listening socket's family and type, read once.
     _lean_kinds: Any = None
+
+    def startListening(self) -> None:
+        super().startListening()
+        self._lean_kinds = (self.socket.family, self.socket.type)
 
     def doRead(self) -> None:
         listening = self.socket
         # socket.accept() without its wrapper: it converts family and type to enums per call
-        # (as do the socket's family and type properties: read once per listening socket).
-        kinds = self._lean_kinds
-        if kinds is None or kinds[0] is not listening:
-            kinds = self._lean_kinds = (listening, listening.family, listening.type)
-        accept, family, kind = listening._accept, kinds[1], kinds[2]
+        # (as do the socket's family and type properties: read once, in startListening).
+        accept, (family, kind) = listening._accept, self._lean_kinds
         accepted = 0
         try:
             for _ in range(self.numberAccepts):

@@ -206,6 +206,13 @@ class MaildirMailbox:
 
     def _open_fd(self, index: int) -> int:
         """A descriptor of message ``index``: one ``openat`` per message, following no symlink."""
+        filename = self.files[index]
+        dir_fd = self._dir_fds.get(filename[:3])
+        if dir_fd is not None:  # the common case at once, without _on_file's calls (bulk RETR)
+            try:
+                return os.open(filename[4:], _FILE_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass  # renamed meanwhile: _on_file finds it again
         try:
             return self._on_file(index, lambda name, dir_fd: os.open(name, _FILE_FLAGS, dir_fd=dir_fd))
         except FileNotFoundError:
@@ -221,14 +228,7 @@ class MaildirMailbox:
         such a message in one write instead of streaming it. A short read of a regular file is
         its end.
         """
-        filename = self.files[index]
-        dir_fd = self._dir_fds.get(filename[:3])
-        try:  # (the common case without _open_fd's calls: the directory is open, the file there)
-            fd = os.open(filename[4:], _FILE_FLAGS, dir_fd=dir_fd) if dir_fd is not None else -1
-        except FileNotFoundError:
-            fd = -1
-        if fd < 0:
-            fd = self._open_fd(index)
+        fd = self._open_fd(index)
         try:
             data = os.read(fd, limit)
         finally:
