@@ -33,7 +33,19 @@ def run_program(source: str) -> str:
 
 class LeanReactorBehaviourTests(unittest.TestCase):
     def test_sockets_timers_threads_and_errors(self) -> None:
+        lost = self._sockets_timers_threads_and_errors(lean_port=False)
+        self.assertEqual(lost, "['ConnectionDone', 'Server', 'Server', 'ValueError']")
+
+    def test_the_lean_ports_connections_read_and_fail_the_same(self) -> None:
+        """A LeanPort's connections (server_port.LeanServer) are read by the poll loop directly:
+        data, the client's close (ConnectionDone) and an exception in dataReceived (logged, the
+        connection dropped) come out as with Twisted's own transport."""
+        lost = self._sockets_timers_threads_and_errors(lean_port=True)
+        self.assertEqual(lost, "['ConnectionDone', 'LeanServer', 'LeanServer', 'ValueError']")
+
+    def _sockets_timers_threads_and_errors(self, lean_port: bool) -> str:
         out = run_program("""
+            LEAN_PORT = LEAN_PORT_VALUE
             import socket, threading
             from twisted_pop3ng.reactor import LeanEPollReactor, install_default
             reactor = install_default()
@@ -49,13 +61,23 @@ class LeanReactorBehaviourTests(unittest.TestCase):
                     logged.append(failure.getErrorMessage())
             globalLogPublisher.addObserver(observe)
 
+            lost = []
+
             class Echo(protocol.Protocol):
+                def connectionMade(self):
+                    lost.append(type(self.transport).__name__)
+
                 def dataReceived(self, data):
                     if data == b"boom\\n":
                         raise ValueError("boom in dataReceived")
                     self.transport.write(data.upper())
 
-            port = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
+                def connectionLost(self, reason):
+                    lost.append(type(reason.value).__name__)
+
+            from twisted_pop3ng.server_port import LeanTCPReactor
+            listen = (LeanTCPReactor(reactor) if LEAN_PORT else reactor).listenTCP
+            port = listen(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
             number = port.getHost().port
             results = {}
 
@@ -81,12 +103,14 @@ class LeanReactorBehaviourTests(unittest.TestCase):
             reactor.run()
             print(sorted(results.items()))
             print(sorted(logged))
-        """)
-        results, logged = out.splitlines()
+            print(sorted(lost))
+        """.replace("LEAN_PORT_VALUE", repr(lean_port)))
+        results, logged, lost = out.splitlines()
         self.assertEqual(results, "[('after_error', b''), ('echo', b'HELLO\\n'), "
                                   "('timer_after_error', True)]")
         self.assertIn("boom in dataReceived", logged)
         self.assertIn("boom in a timed call", logged)
+        return lost
 
     def test_timers_fire_on_time_in_order_with_a_far_timer_pending(self) -> None:
         """The loop computes its sleep itself when nothing is due: timers added, cancelled (more

@@ -206,6 +206,36 @@ class AuthorizationTests(ServerTestCase):
         self.clock.advance(1)  # 600 s after login
         self.assertTrue(self.transport.disconnecting)
 
+    def test_the_timer_stays_between_sessions_while_served_and_goes_with_the_factory(self) -> None:
+        """A started factory (a port serves it) keeps its one timer when the last session leaves
+        (short sessions do not make and cancel a DelayedCall each); it fires, finds nobody, and is
+        gone. A stopped factory, or one never started, leaves no timer behind."""
+        self.proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # never started: nothing left
+        self.factory.doStart()
+        for _ in range(3):
+            proto, _transport = self.connect()
+            proto.connectionLost(None)
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(self.factory.config.login_timeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # fired for nobody, not rescheduled
+        proto, transport = self.connect()  # a new session gets a timer again, and times out
+        self.clock.advance(self.factory.config.login_timeout)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.connect()[0].connectionLost(None)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.factory.doStop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        live, live_transport = self.connect()  # stopped while a session runs: it still times out
+        self.factory.doStart()
+        self.factory.doStop()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(self.factory.config.login_timeout)
+        self.assertTrue(live_transport.disconnecting)
+        live.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_bad_commands_limit(self) -> None:
         limit = self.factory.config.max_bad_commands
         reply = self.talk(b"BOGUS\r\n" * (limit + 1))

@@ -16,6 +16,7 @@ from twisted_pop3ng import server_port, tap
 class Greeter(protocol.Protocol):
     def connectionMade(self) -> None:
         self.factory.made.append(self.transport.getPeer())
+        self.factory.names.append((self.transport.logPrefix(), repr(self.transport)))
         self.transport.write(b"+OK hello\r\n")
         self.transport.loseConnection()
 
@@ -23,6 +24,7 @@ class Greeter(protocol.Protocol):
 def greeter_factory() -> protocol.Factory:
     factory = protocol.Factory.forProtocol(Greeter)
     factory.made = []
+    factory.names = []
     return factory
 
 
@@ -65,7 +67,12 @@ class LeanPortTests(unittest.TestCase):
         self.assertEqual(got[1:], [b"+OK hello\r\n"] * 30)
         self.assertEqual(len(factory.made), 30)
         self.assertEqual({addr.host for addr in factory.made}, {"127.0.0.1"})
-        self.assertEqual(port.transport, tcp.Server)  # same transport class as Twisted's port
+        # Twisted's transport class, without its per-connection log strings (made on demand).
+        self.assertTrue(issubclass(port.transport, tcp.Server))
+        self.assertEqual(port.transport, server_port.LeanServer)
+        # ... which are what tcp.Server formats: "Protocol,session,peer" and "<Protocol #n on port>".
+        self.assertEqual(sorted(factory.names), sorted(
+            ("Greeter,%d,127.0.0.1" % n, "<Greeter #%d on %d>" % (n, number)) for n in range(30)))
 
     @defer.inlineCallbacks
     def test_an_accept_error_goes_to_twisteds_own_handling(self) -> None:

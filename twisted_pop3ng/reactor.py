@@ -28,9 +28,14 @@ import errno
 import sys
 from typing import Any, Optional
 
+from select import EPOLLIN as _EPOLLIN
+
 from twisted.internet import base
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
+from twisted.python import log as _legacy_log
+
+from .server_port import LeanServer
 
 _log = Logger()
 #: Twisted's own "Unexpected error in main loop" handler (private; absent -> stock mainLoop).
@@ -58,7 +63,21 @@ class LeanEPollReactor(EPollReactor):
         dispatch = self._doReadOrWrite
         for fd, event in events:
             selectable = selectables.get(fd)
-            if selectable is not None:  # removed by an earlier event of this round
+            if selectable is None:  # removed by an earlier event of this round
+                continue
+            if event == _EPOLLIN and type(selectable) is LeanServer:
+                # The common case of a session, a command line to read: what _doReadOrWrite
+                # does for it (doRead, and the disconnect it may return or raise), without
+                # its event tests and the fileno() check (a LeanServer keeps its socket's
+                # fileno until connectionLost, which also takes it out of the reactor).
+                try:
+                    why = selectable.doRead()
+                except BaseException:
+                    why = sys.exc_info()[1]
+                    _legacy_log.err()
+                if why:
+                    self._disconnectSelectable(selectable, why, True)
+            else:
                 dispatch(selectable, fd, event)
 
     doIteration = doPoll

@@ -644,6 +644,12 @@ class POP3ServerFactory(Factory):
             self._idle_sweeper = IdleSweeper(self.clock)
         return self._idle_sweeper
 
+    def startFactory(self) -> None:
+        self.idle_sweeper().keep_timer = True
+
+    def stopFactory(self) -> None:
+        self.idle_sweeper().stop()
+
 
 # STLS, AUTH, APOP and UTF8 register themselves with @command.
 from . import server_auth  # noqa: E402,F401

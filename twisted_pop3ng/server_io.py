@@ -28,14 +28,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from .server_port import LeanServer
 
 #: Bytes read from a stored message per step; large enough that a 10 KB message is one read.
 CHUNK_SIZE = 256 * 1024
 #: Replies collected in one batch of input lines are written once they reach this size (Twisted
 #: sends at most 128 KiB per ``send``; the transport pauses us past its 64 KiB buffer).
 FLUSH_SIZE = 128 * 1024
-#: The transport class of an accepted plain TCP connection (see :meth:`SessionIO._send`).
-_TCP_SERVER = tcp.Server
+#: The transport classes of an accepted plain TCP connection (see :meth:`SessionIO._send`):
+#: Twisted's, and the lean port's subclass of it.
+_TCP_SERVERS = frozenset((tcp.Server, LeanServer))
 #: What the reactor hands ``connectionLost`` after an orderly close (it shares one instance too).
 _CONNECTION_DONE = Failure(error.ConnectionDone())
 #: "More data follows": the kernel holds a short segment back (for the FIN, in ``_close_at_once``).
@@ -47,8 +49,8 @@ def _plain_and_empty(transport: Any) -> bool:
     go straight to its socket (order is kept) and it may be closed at once.
 
     Relies on ``tcp.Server`` internals (``dataBuffer``, ``_tempDataLen``), hence the exact type
-    check: a subclass or another transport takes the ordinary path."""
-    return (type(transport) is _TCP_SERVER and not transport.TLS and transport.connected
+    check: another subclass or another transport takes the ordinary path."""
+    return (type(transport) in _TCP_SERVERS and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport.dataBuffer
             and not transport._tempDataLen)
 #: A batch this large goes to ``sendmsg`` piece by piece instead of being joined first (a short
@@ -106,6 +108,10 @@ class IdleSweeper:
         self.clock = clock
         self.sessions: Set[Any] = set()
         self._call: Any = None
+        #: While the factory is started (a port serves it), the timer stays when the last session
+        #: leaves: it fires once, finds nobody, and is not rescheduled. Without that, a
+        #: DelayedCall was made and cancelled again for nearly every short session.
+        self.keep_timer = False
 
     def add(self, protocol: Any) -> None:
         self.sessions.add(protocol)
@@ -113,8 +119,18 @@ class IdleSweeper:
 
     def discard(self, protocol: Any) -> None:
         self.sessions.discard(protocol)
-        # No timer outlives the last session (an embedding application's tests check for that).
-        if not self.sessions and self._call is not None:
+        if not self.sessions and not self.keep_timer:
+            self.cancel()
+
+    def stop(self) -> None:
+        """The factory stopped: no timer outlives the last session from now on (an embedding
+        application's tests check that none is left)."""
+        self.keep_timer = False
+        if not self.sessions:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if self._call is not None:
             self._call.cancel()
             self._call = None
 
@@ -239,6 +255,8 @@ class SessionIO(LineReceiver):
 
     def setTimeout(self, period: Optional[float]) -> None:
         """Start, change or (None) cancel the inactivity timeout; see :class:`IdleSweeper`."""
+        if period is None and self._timeout is None:
+            return  # no timeout to cancel: not with the sweeper (it drops whom it times out)
         self._timeout = period
         sweeper = self.factory.idle_sweeper()
         if period is None:
@@ -251,7 +269,7 @@ class SessionIO(LineReceiver):
     def resetTimeout(self) -> None:
         """Activity: push the deadline out (a float store, no timer juggling per line)."""
         if self._timeout is not None:
-            self._deadline = self.clock.seconds() + self._timeout
+            self._deadline = self.factory.clock.seconds() + self._timeout
 
     #: While a batch of received lines is processed, replies collect here and leave together
     #: (one ``send``, or one TLS write, for a pipelined burst).
@@ -312,7 +330,10 @@ class SessionIO(LineReceiver):
                     return
             else:
                 data = out[0] if len(out) == 1 else b"".join(out)
-                sent = _sent(transport.socket.send, data)
+                try:
+                    sent = transport.socket.send(data)
+                except OSError:
+                    sent = 0  # the transport, handed it all, meets the error and reports it
                 if sent == len(data):
                     return
                 out = [data[sent:]]
@@ -373,8 +394,11 @@ class SessionIO(LineReceiver):
             try:
                 self._receive(data)
             finally:
-                self.flush_output()
-                self._out = None
+                # flush_output, and the batch is over
+                out, self._out = self._out, None
+                if out:
+                    size, self._out_size = self._out_size, 0
+                    self._send(out, size >= GATHER_MIN)
         else:  # resumed from inside a batch (a Deferred that fired at once): same batch
             self._receive(data)
 

@@ -19,18 +19,97 @@ the real reactor's.
 
 from __future__ import annotations
 
-from typing import Any
+from errno import EWOULDBLOCK
+from typing import Any, Optional
 
-from twisted.internet import tcp
+from twisted.internet import address, main, tcp
 from twisted.logger import Logger
 
 _socket = tcp.socket.socket
+
+
+class LeanServer(tcp.Server):
+    """``tcp.Server``, the transport of an accepted connection, minus per-session extras.
+
+    * The log prefix and the ``repr`` string are made when first asked for, not formatted for
+      every connection in ``__init__`` (two formatted strings and a class-name lookup; the log
+      prefix is read only when a legacy ``log.msg`` runs inside a dispatch, which the lean reactor
+      does not even ask for).
+    * ``doRead`` hands received bytes to the protocol itself (``_dataReceived`` is one call
+      less per read); the lean reactor calls it straight from its poll loop for a plain read event.
+
+    Everything else (writing, TLS, producers, closing) is ``tcp.Server``'s own.
+    """
+
+    _lean_logstr: Optional[str] = None
+    _lean_repstr: Optional[str] = None
+
+    def __init__(self, sock: Any, protocol: Any, client: Any, server: Any, sessionno: int,
+                 reactor: Any) -> None:
+        # What tcp.Server.__init__ (with Connection's and FileDescriptor's) does, in order.
+        self.reactor = reactor
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        self.socket = sock
+        sock.setblocking(False)
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        if len(client) != 2:
+            self._addressType = address.IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self._lean_protocol_class = type(protocol)
+        self.startReading()
+        self.connected = 1
+
+    def _lean_name(self) -> str:
+        protocol = self.__dict__.get("protocol")  # gone after connectionLost
+        if protocol is not None:
+            return self._getLogPrefix(protocol)
+        return self._lean_protocol_class.__name__
+
+    @property  # type: ignore[override]
+    def logstr(self) -> str:
+        if self._lean_logstr is None:
+            self._lean_logstr = "%s,%s,%s" % (self._lean_name(), self.sessionno, self.hostname)
+        return self._lean_logstr
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self._lean_logstr = value
+
+    @property  # type: ignore[override]
+    def repstr(self) -> str:
+        if self._lean_repstr is None:
+            port = self.server._realPortNumber if self.server is not None else None
+            self._lean_repstr = "<%s #%s on %s>" % (self._lean_protocol_class.__name__,
+                                                     self.sessionno, port)
+        return self._lean_repstr
+
+    @repstr.setter
+    def repstr(self, value: str) -> None:
+        self._lean_repstr = value
+
+    def doRead(self) -> Any:
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
 
 
 class LeanPort(tcp.Port):
     """``tcp.Port`` whose ``doRead`` is a plain accept loop (see the module docstring)."""
 
     _lean_log = Logger()
+    transport = LeanServer
     #: The listening socket's family and type, read once.
     _lean_kinds: Any = None
 
