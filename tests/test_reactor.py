@@ -34,14 +34,16 @@ def run_program(source: str) -> str:
 class LeanReactorBehaviourTests(unittest.TestCase):
     def test_sockets_timers_threads_and_errors(self) -> None:
         lost = self._sockets_timers_threads_and_errors(lean_port=False)
-        self.assertEqual(lost, "['ConnectionDone', 'Server', 'Server', 'ValueError']")
+        self.assertEqual(lost, "['ConnectionAborted', 'ConnectionDone', 'Server', 'Server', "
+                               "'Server', 'ValueError']")
 
     def test_the_lean_ports_connections_read_and_fail_the_same(self) -> None:
         """A LeanPort's connections (server_port.LeanServer) are read by the poll loop directly:
         data, the client's close (ConnectionDone) and an exception in dataReceived (logged, the
         connection dropped) come out as with Twisted's own transport."""
         lost = self._sockets_timers_threads_and_errors(lean_port=True)
-        self.assertEqual(lost, "['ConnectionDone', 'LeanServer', 'LeanServer', 'ValueError']")
+        self.assertEqual(lost, "['ConnectionAborted', 'ConnectionDone', 'LeanServer', "
+                               "'LeanServer', 'LeanServer', 'ValueError']")
 
     def _sockets_timers_threads_and_errors(self, lean_port: bool) -> str:
         out = run_program("""
@@ -70,6 +72,9 @@ class LeanReactorBehaviourTests(unittest.TestCase):
                 def dataReceived(self, data):
                     if data == b"boom\\n":
                         raise ValueError("boom in dataReceived")
+                    if data == b"abort\\n":
+                        self.transport.abortConnection()
+                        return
                     self.transport.write(data.upper())
 
                 def connectionLost(self, reason):
@@ -88,6 +93,12 @@ class LeanReactorBehaviourTests(unittest.TestCase):
                 with socket.create_connection(("127.0.0.1", number), timeout=10) as s:
                     s.sendall(b"boom\\n")
                     results["after_error"] = s.recv(100)  # b"": the connection was dropped
+                with socket.create_connection(("127.0.0.1", number), timeout=10) as s:
+                    s.sendall(b"abort\\n")
+                    try:
+                        results["aborted"] = s.recv(100)
+                    except ConnectionResetError:
+                        results["aborted"] = "reset"  # SO_LINGER 0: a RST, not a FIN
                 reactor.callFromThread(reactor.callLater, 0.05, finish)
 
             def failing_timer():
@@ -106,8 +117,8 @@ class LeanReactorBehaviourTests(unittest.TestCase):
             print(sorted(lost))
         """.replace("LEAN_PORT_VALUE", repr(lean_port)))
         results, logged, lost = out.splitlines()
-        self.assertEqual(results, "[('after_error', b''), ('echo', b'HELLO\\n'), "
-                                  "('timer_after_error', True)]")
+        self.assertEqual(results, "[('aborted', 'reset'), ('after_error', b''), "
+                                  "('echo', b'HELLO\\n'), ('timer_after_error', True)]")
         self.assertIn("boom in dataReceived", logged)
         self.assertIn("boom in a timed call", logged)
         return lost

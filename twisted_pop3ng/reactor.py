@@ -82,6 +82,22 @@ class LeanEPollReactor(EPollReactor):
 
     doIteration = doPoll
 
+    def lean_forget(self, selectable: Any) -> None:
+        """Stop watching a connection that is about to be closed, for reading and writing at once
+        (what removeReader + removeWriter do for a socket: one epoll_ctl, and four Python calls
+        less each). Used by ``server_port.LeanServer.connectionLost``."""
+        fd = selectable.fileno()
+        reads, writes = self._reads, self._writes
+        if fd in reads or fd in writes:
+            reads.discard(fd)
+            writes.discard(fd)
+            del self._selectables[fd]
+            self._poller.unregister(fd)
+        elif self._continuousPolling.isReading(selectable) or self._continuousPolling.isWriting(
+                selectable):
+            self.removeReader(selectable)
+            self.removeWriter(selectable)
+
     def __init__(self) -> None:
         super().__init__()
         #: The loop's shortcut reads these private attributes of ReactorBase; without any of

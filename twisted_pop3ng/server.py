@@ -49,10 +49,13 @@ TRANSITIONS = {
     (TRANSACTION, "quit"): UPDATE,
 }
 
-#: Command words already parsed once (b"RETR", b"retr", ...) and their verbs: the common case skips
-#: the parser. Only words naming a registered command get in, and at most this many.
+#: Command words already parsed once (b"RETR", b"retr", ...) and their handlers: the common case
+#: skips the parser and the registry. Only words naming a registered command get in, and at most
+#: this many; registering a command empties it.
 MAX_KNOWN_VERBS = 256
-_KNOWN_VERBS: Dict[bytes, str] = {}
+_KNOWN_VERBS: Dict[bytes, "_Handler"] = {}
+#: ``Command(verb, rest)`` without the named tuple's Python-level ``__new__``.
+_new_command = tuple.__new__
 #: Seconds a closing connection may take to deliver its last reply before it is aborted: a peer
 #: that never reads, or never completes the TLS handshake, would otherwise keep the connection (and
 #: the maildrop lock) forever, since loseConnection waits for the write buffer to drain. After QUIT
@@ -87,6 +90,7 @@ def command(verb: str, *states: str, capability: Any = None) -> Callable:
 
     def register(method: Callable) -> Callable:
         _REGISTRY[verb] = _Handler(verb, method, frozenset(states), capability)
+        _KNOWN_VERBS.clear()
         return method
 
     return register
@@ -228,21 +232,21 @@ class POP3ServerProtocol(SessionIO):
             self.bad_command("Command line too long")
             return
         word, _, rest = line.partition(b" ")
-        verb = _KNOWN_VERBS.get(word)
-        if verb is not None:
-            cmd = wire.Command(verb, rest)
+        handler = _KNOWN_VERBS.get(word)
+        if handler is not None:
+            cmd = _new_command(wire.Command, (handler.verb, rest))
         else:
             try:
                 cmd = wire.parse_command(line)
             except wire.WireError as error:
                 self.bad_command(str(error))
                 return
-            if cmd.verb in _REGISTRY and len(_KNOWN_VERBS) < MAX_KNOWN_VERBS:
-                _KNOWN_VERBS[word] = cmd.verb
-        handler = _REGISTRY.get(cmd.verb)
-        if handler is None:
-            self.bad_command("Unknown command: %s" % cmd.verb)
-            return
+            handler = _REGISTRY.get(cmd.verb)
+            if handler is None:
+                self.bad_command("Unknown command: %s" % cmd.verb)
+                return
+            if len(_KNOWN_VERBS) < MAX_KNOWN_VERBS:
+                _KNOWN_VERBS[word] = handler
         if self.state not in handler.states:
             self.bad_command("%s is not valid in the %s state" % (cmd.verb, self.state))
             return

@@ -263,7 +263,7 @@ class SessionIO(LineReceiver):
             self._deadline = None
             sweeper.discard(self)
         else:
-            self._deadline = self.clock.seconds() + period
+            self._deadline = self.factory.clock.seconds() + period
             sweeper.add(self)
 
     def resetTimeout(self) -> None:
