@@ -8,12 +8,15 @@ interpreter over real sockets and reads what it printed.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 
 from twisted.trial import unittest
 
@@ -192,3 +195,78 @@ class TwistdReactorChoiceTests(unittest.TestCase):
     def test_the_reactor_can_be_chosen_by_name(self) -> None:
         [line] = self._reactor_line(["--reactor=pop3ng-epoll"])
         self.assertIn("twisted_pop3ng.reactor.LeanEPollReactor", line)
+
+
+class BusyPollTests(unittest.TestCase):
+    """The adaptive busy-polling window (``LeanEPollReactor._spin_then_sleep``), on a real epoll
+    set and a real socket pair; the longest window is set to 5 ms so that "sooner" and "later"
+    than it are far apart from thread and timer jitter."""
+
+    def setUp(self) -> None:
+        from twisted_pop3ng.reactor import LeanEPollReactor
+
+        self.reactor = LeanEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.reactor.busy_poll = 0.005
+        self.a, self.b = socket.socketpair()
+        self.addCleanup(self.a.close)
+        self.addCleanup(self.b.close)
+        self.reactor._poller.register(self.a.fileno(), select.EPOLLIN)
+
+    def sleep_until_sent_soon(self) -> list:
+        timer = threading.Timer(0.0003, self.b.send, [b"x"])
+        timer.start()
+        self.addCleanup(timer.cancel)
+        events = self.reactor._spin_then_sleep(10.0, 10)
+        timer.join()
+        self.a.recv(10)
+        return events
+
+    def test_the_window_opens_while_events_follow_closely_and_closes_when_idle(self) -> None:
+        from twisted_pop3ng.reactor import SPIN_START
+
+        self.assertEqual(self.reactor._spin, 0.0)  # nothing known yet: no spinning
+        self.assertEqual(self.sleep_until_sent_soon(), [(self.a.fileno(), select.EPOLLIN)])
+        self.assertEqual(self.reactor._spin, SPIN_START)  # a longer window would have caught it
+        for _ in range(12):
+            self.sleep_until_sent_soon()
+        # Doubled until the spin caught the event 0.3 ms later, never past the longest window.
+        self.assertGreater(self.reactor._spin, 4 * SPIN_START)
+        self.assertLessEqual(self.reactor._spin, 0.005)
+        # An event that comes within the window is caught by the spin: the window stays.
+        self.reactor._spin = 0.005
+        self.b.send(b"y")
+        self.assertEqual(self.reactor._spin_then_sleep(10.0, 10), [(self.a.fileno(), select.EPOLLIN)])
+        self.a.recv(10)
+        self.assertEqual(self.reactor._spin, 0.005)
+        # Idle: each sleep outlasts the window, which halves, then is gone.
+        start = time.monotonic()
+        self.assertEqual(self.reactor._spin_then_sleep(0.02, 10), [])
+        self.assertGreaterEqual(time.monotonic() - start, 0.019)  # the timeout still holds
+        self.assertEqual(self.reactor._spin, 0.0025)
+        for _ in range(12):
+            self.reactor._spin_then_sleep(0.01, 10)
+        self.assertEqual(self.reactor._spin, 0.0)
+
+    def test_busy_poll_option(self) -> None:
+        """--busy-poll sets the longest window of pop3ng's reactor (0 turns spinning off); a
+        negative or huge value is a usage error."""
+        from twisted.python import usage
+
+        from twisted_pop3ng import tap
+
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as f:
+            f.write("alice:{PLAIN}x\n")
+        base = ["--mailbox", "maildir:/tmp/{user}", "--auth", "passwd-file:" + users]
+        for value, seconds in (("0", 0.0), ("120", 120e-6)):
+            options = tap.Options()
+            options.parseOptions(base + ["--busy-poll", value])
+            tap.configure_reactor(options, self.reactor)
+            self.assertEqual(self.reactor.busy_poll, seconds)
+        options = tap.Options()
+        options.parseOptions(base)
+        tap.configure_reactor(options, self.reactor)
+        self.assertEqual(self.reactor.busy_poll, 50e-6)
+        for bad in ("-1", "20000"):
+            self.assertRaises(usage.UsageError, tap.Options().parseOptions, base + ["--busy-poll", bad])

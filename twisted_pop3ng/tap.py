@@ -13,6 +13,8 @@ from twisted.python import usage
 from . import tap_security
 
 DEFAULT_LISTEN = "tcp:1100:interface=127.0.0.1"
+#: --busy-poll at most (10 ms: past that it is a spinning loop, not a wait).
+MAX_BUSY_POLL_US = 10_000
 DEMO_TLS_LISTEN = "tcp:9950:interface=127.0.0.1"
 DEMO_DIR = "pop3ng-demo"
 
@@ -36,6 +38,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["max-bad-commands", None, 20, "Bad commands tolerated before disconnecting.", int],
         ["workers", None, 1, "Processes serving the listening sockets (the extra ones are spawned and "
                              "share the ports; maildrop locks hold across them).", int],
+        ["busy-poll", None, 50.0, "Longest time in microseconds the reactor keeps polling before it "
+                                  "sleeps, adapted to the traffic (0: off; pop3ng's own reactor only).",
+         float],
     ] + tap_security.OPT_PARAMETERS
     supportedInterfaces = None  # any checker twisted.cred knows
 
@@ -108,6 +113,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _bytes_memory_checker(checker)
         if self["workers"] < 1:
             raise usage.UsageError("--workers must be at least 1")
+        if not 0 <= self["busy-poll"] <= MAX_BUSY_POLL_US:
+            raise usage.UsageError("--busy-poll must be between 0 and %d microseconds" % MAX_BUSY_POLL_US)
         tap_security.post_options(self)
 
     def _demo_defaults(self) -> None:
@@ -194,12 +201,21 @@ def make_factory(options: Options) -> Any:
     return factory
 
 
+def configure_reactor(options: Options, reactor: Any) -> None:
+    """Apply --busy-poll to pop3ng's reactor (another reactor has no such setting)."""
+    from .reactor import LeanEPollReactor
+
+    if isinstance(reactor, LeanEPollReactor):
+        reactor.busy_poll = options["busy-poll"] / 1e6
+
+
 def makeService(options: Options) -> service.MultiService:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet import endpoints, reactor
     from .server_port import LeanTCPReactor
     from .tls import tls_factory
 
+    configure_reactor(options, reactor)
     factory = make_factory(options)
     lean = LeanTCPReactor(reactor)  # tcp: endpoints listen with server_port.LeanPort
     top = _Listeners()

@@ -216,6 +216,7 @@ def worker_main(argv: Sequence[str]) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     options = tap.Options()
     options.parseOptions(list(args))
+    tap.configure_reactor(options, reactor)
     factory = tap.make_factory(options)
     for item in spec.split(","):
         fd_text, _, kind = item.partition(":")
