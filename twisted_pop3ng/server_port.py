@@ -15,6 +15,9 @@ recovery with its reserved descriptor, the logging).
 :class:`LeanTCPReactor` is how the port gets used: ``endpoints.serverFromString`` is given this
 thin stand-in for the reactor, whose ``listenTCP`` makes a :class:`LeanPort`; everything else is
 the real reactor's.
+
+:class:`LeanServer` is the transport a :class:`LeanPort` gives its connections: ``tcp.Server`` with
+less done per connection and per read (see the class).
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ class LeanServer(tcp.Server):
       does not even ask for).
     * ``doRead`` hands received bytes to the protocol itself (``_dataReceived`` is one call
       less per read); the lean reactor calls it straight from its poll loop for a plain read event.
+    * ``connectionLost`` does in one method what four classes of Twisted's do (see there).
 
-    Everything else (writing, TLS, producers, closing) is ``tcp.Server``'s own.
+    Everything else (writing, TLS, producers, loseConnection and abortConnection) is
+    ``tcp.Server``'s own.
     """
 
     _lean_logstr: Optional[str] = None
