@@ -110,6 +110,24 @@ class LeanPortTests(unittest.TestCase):
         self.assertEqual(len(factory.made), 1)
 
     @defer.inlineCallbacks
+    def test_an_adopted_listening_socket_gets_the_lean_port(self) -> None:
+        """What a --workers process does with the socket it inherits."""
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(50)
+        listening.setblocking(False)
+        self.addCleanup(listening.close)
+        factory = greeter_factory()
+        port = server_port.LeanTCPReactor(reactor).adoptStreamPort(
+            listening.fileno(), socket.AF_INET, factory)
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, server_port.LeanPort)
+        self.assertEqual(port.transport, server_port.LeanServer)
+        data = yield deferToThreadGreeting(listening.getsockname()[1])
+        self.assertEqual(data, b"+OK hello\r\n")
+        self.assertEqual(factory.names[0][0], "Greeter,0,127.0.0.1")
+
+    @defer.inlineCallbacks
     def test_twistd_listens_with_the_lean_port(self) -> None:
         root = os.path.abspath(self.mktemp())
         os.makedirs(root)

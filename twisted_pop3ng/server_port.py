@@ -210,5 +210,16 @@ class LeanTCPReactor:
         listening.startListening()
         return listening
 
+    def adoptStreamPort(self, fd: int, family: Any, factory: Any) -> Any:
+        """``reactor.adoptStreamPort`` (a ``--workers`` process taking over a listening socket),
+        with a :class:`LeanPort` for TCP; Twisted's own port where the private constructor it
+        uses is missing or the socket is not TCP."""
+        make = getattr(LeanPort, "_fromListeningDescriptor", None)
+        if make is None or family not in (tcp.socket.AF_INET, tcp.socket.AF_INET6):
+            return self._reactor.adoptStreamPort(fd, family, factory)
+        listening = make(self._reactor, fd, family, factory)
+        listening.startListening()
+        return listening
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)

@@ -211,6 +211,7 @@ def worker_main(argv: Sequence[str]) -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from . import tap
+    from .server_port import LeanTCPReactor
     from .tls import tls_factory
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
@@ -225,7 +226,7 @@ def worker_main(argv: Sequence[str]) -> None:
         family = probe.family
         probe.close()
         served = tls_factory(options["tls"], factory) if kind == "tls" else factory
-        reactor.adoptStreamPort(fd, family, served)
+        LeanTCPReactor(reactor).adoptStreamPort(fd, family, served)
         os.close(fd)
     _watch_master(reactor)
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
