@@ -16,11 +16,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 
 from .errors import AuthenticationFailed, LoginDelay, POP3Error
-from .server_port import LeanServer
+from .server_port import SERVER_TRANSPORTS
 
 #: Dovecot's auth penalty: the delay doubles per failure from an address up to 15 s, forgotten after an hour.
 MAX_FAILURE_DELAY = 15.0
@@ -55,9 +54,6 @@ class SecurityConfig:
     #: Host name for APOP and CRAM-MD5 challenges.
     hostname: str = field(default_factory=socket.gethostname)
 
-#: The transports of an accepted TCP connection (plain, or with STLS's TLS inside it): Twisted's
-#: and the lean port's subclass of it.
-_TCP_SERVERS = frozenset((tcp.Server, LeanServer))
 
 
 def parse_network(text: str) -> Network:
@@ -164,7 +160,8 @@ def _addresses(protocol: Any) -> Tuple[Optional[str], Optional[str]]:
     cached = protocol.__dict__.get("_address_cache")
     if cached is not None and cached[0] is transport:
         return cached[1], cached[2]
-    if type(transport) in _TCP_SERVERS and len(transport.client) == 2:
+    # An accepted TCP connection (plain, or with STLS's TLS inside it).
+    if type(transport) in SERVER_TRANSPORTS and len(transport.client) == 2:
         # An accepted IPv4 connection: the raw address tuples, without building address objects.
         peer, host = transport.client[0], _bound_host(transport.server)
         if host is None:  # a wildcard listener: ask this connection

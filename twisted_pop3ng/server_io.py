@@ -22,22 +22,19 @@ from __future__ import annotations
 import socket
 from typing import Any, List, Optional, Set
 
-from twisted.internet import defer, error, interfaces as iinternet, tcp
+from twisted.internet import defer, error, interfaces as iinternet
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
-from .server_port import LeanServer
+from .server_port import SERVER_TRANSPORTS
 
 #: Bytes read from a stored message per step; large enough that a 10 KB message is one read.
 CHUNK_SIZE = 256 * 1024
 #: Replies collected in one batch of input lines are written once they reach this size (Twisted
 #: sends at most 128 KiB per ``send``; the transport pauses us past its 64 KiB buffer).
 FLUSH_SIZE = 128 * 1024
-#: The transport classes of an accepted plain TCP connection (see :meth:`SessionIO._send`):
-#: Twisted's, and the lean port's subclass of it.
-_TCP_SERVERS = frozenset((tcp.Server, LeanServer))
 #: What the reactor hands ``connectionLost`` after an orderly close (it shares one instance too).
 _CONNECTION_DONE = Failure(error.ConnectionDone())
 #: "More data follows": the kernel holds a short segment back (for the FIN, in ``_close_at_once``).
@@ -50,7 +47,7 @@ def _plain_and_empty(transport: Any) -> bool:
 
     Relies on ``tcp.Server`` internals (``dataBuffer``, ``_tempDataLen``), hence the exact type
     check: another subclass or another transport takes the ordinary path."""
-    return (type(transport) in _TCP_SERVERS and not transport.TLS and transport.connected
+    return (type(transport) in SERVER_TRANSPORTS and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport.dataBuffer
             and not transport._tempDataLen)
 #: A batch this large goes to ``sendmsg`` piece by piece instead of being joined first (a short
@@ -330,10 +327,7 @@ class SessionIO(LineReceiver):
                     return
             else:
                 data = out[0] if len(out) == 1 else b"".join(out)
-                try:
-                    sent = transport.socket.send(data)
-                except OSError:
-                    sent = 0  # the transport, handed it all, meets the error and reports it
+                sent = _sent(transport.socket.send, data)
                 if sent == len(data):
                     return
                 out = [data[sent:]]
@@ -394,11 +388,8 @@ class SessionIO(LineReceiver):
             try:
                 self._receive(data)
             finally:
-                # flush_output, and the batch is over
-                out, self._out = self._out, None
-                if out:
-                    size, self._out_size = self._out_size, 0
-                    self._send(out, size >= GATHER_MIN)
+                self.flush_output()
+                self._out = None
         else:  # resumed from inside a batch (a Deferred that fired at once): same batch
             self._receive(data)
 

@@ -149,6 +149,11 @@ class LeanServer(tcp.Server):
         return None
 
 
+#: The transports of an accepted TCP connection: Twisted's, and the lean port's subclass of it
+#: (for exact type checks where ``tcp.Server`` internals are relied on).
+SERVER_TRANSPORTS = frozenset((tcp.Server, LeanServer))
+
+
 class LeanPort(tcp.Port):
     """``tcp.Port`` whose ``doRead`` is a plain accept loop (see the module docstring)."""
 
