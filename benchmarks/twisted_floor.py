@@ -34,7 +34,7 @@ def serve(lean: bool) -> None:
     from twisted.protocols.basic import LineReceiver
     from twisted.python.failure import Failure
 
-    from twisted_pop3ng.server_port import LeanTCPReactor
+    from twisted_pop3ng.fastpath.port import LeanTCPReactor
 
     done = Failure(error.ConnectionDone())
 

@@ -1,67 +1,20 @@
-"""Errors of the POP3 client: ``-ERR`` replies typed by response code, and local failures.
+"""Deprecated: this module moved to :mod:`twisted_pop3ng.client.errors`; import from there."""
 
-Each server error class also derives from the matching server-side class of
-:mod:`twisted_pop3ng.errors`, so ``except MailboxInUse`` works on both sides.
-"""
+import warnings
 
-from __future__ import annotations
+from twisted_pop3ng.client.errors import (  # noqa: F401
+    ServerError,
+    InUseError,
+    LoginDelayError,
+    AuthError,
+    TemporaryError,
+    PermanentError,
+    ProtocolError,
+    TLSError,
+    CapabilityError,
+    error_for,
+)
 
-from typing import Optional
+__all__ = ['ServerError', 'InUseError', 'LoginDelayError', 'AuthError', 'TemporaryError', 'PermanentError', 'ProtocolError', 'TLSError', 'CapabilityError', 'error_for']
 
-from . import wire
-from .errors import (AuthenticationFailed, LoginDelay, MailboxInUse, PermanentFailure,
-                     POP3Error, TemporaryFailure)
-
-
-class ServerError(POP3Error):
-    """The server answered ``-ERR``; ``code`` is its response code (RFC 2449 §8) or None."""
-
-    def __init__(self, text: str, code: Optional[str] = None, command: str = "") -> None:
-        super().__init__(text, code)
-        self.command = command
-
-    def __str__(self) -> str:
-        code = "[%s] " % self.code if self.code else ""
-        return "%s: -ERR %s%s" % (self.command or "server", code, self.text)
-
-
-class InUseError(ServerError, MailboxInUse):
-    """``[IN-USE]``: another session holds the maildrop; try again later."""
-
-
-class LoginDelayError(ServerError, LoginDelay):
-    """``[LOGIN-DELAY]``: logged in too recently."""
-
-
-class AuthError(ServerError, AuthenticationFailed):
-    """Authentication was refused (``[AUTH]``, or any ``-ERR`` to an authentication command)."""
-
-
-class TemporaryError(ServerError, TemporaryFailure):
-    """``[SYS/TEMP]``: a server-side failure that may go away."""
-
-
-class PermanentError(ServerError, PermanentFailure):
-    """``[SYS/PERM]``: a server-side failure that will not go away by retrying."""
-
-
-_CODE_ERRORS = {"IN-USE": InUseError, "LOGIN-DELAY": LoginDelayError, "AUTH": AuthError,
-                "SYS/TEMP": TemporaryError, "SYS/PERM": PermanentError}
-
-
-class ProtocolError(Exception):
-    """The server sent something that is not POP3; the connection is dropped."""
-
-
-class TLSError(Exception):
-    """The TLS handshake failed (certificate not trusted, wrong host name, ...); ``reason`` says why."""
-
-
-class CapabilityError(Exception):
-    """The server lacks something required (STLS, an acceptable authentication mechanism)."""
-
-
-def error_for(status: wire.Status, command: str) -> ServerError:
-    top = (status.code or "").split("/")[0].upper()
-    cls = _CODE_ERRORS.get((status.code or "").upper()) or _CODE_ERRORS.get(top) or ServerError
-    return cls(status.text, status.code, command)
+warnings.warn("twisted_pop3ng.client_errors is deprecated: import twisted_pop3ng.client.errors", DeprecationWarning, stacklevel=2)

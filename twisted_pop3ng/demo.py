@@ -1,92 +1,15 @@
-"""``twistd pop3ng --demo``: a self-contained demo (user, password, sample mail, self-signed cert)."""
+"""Deprecated: this module moved to :mod:`twisted_pop3ng.service.demo`; import from there."""
 
-from __future__ import annotations
+import warnings
 
-import os
-import secrets
-import sys
-from dataclasses import dataclass
-from typing import List
+from twisted_pop3ng.service.demo import (  # noqa: F401
+    DEMO_USER,
+    SAMPLES,
+    DemoInfo,
+    prepare,
+    announce,
+)
 
-from .mailbox.maildir import deliver
+__all__ = ['DEMO_USER', 'SAMPLES', 'DemoInfo', 'prepare', 'announce']
 
-DEMO_USER = "demo"
-
-SAMPLES = [
-    b"From: Twisted POP3NG <postmaster@localhost>\nTo: demo@localhost\nSubject: Welcome to twisted-pop3ng\n"
-    b"Date: Sun, 22 Nov 2026 00:00:00 +0000\nMessage-ID: <welcome@pop3ng.localhost>\n\n"
-    b"Hello!\n\nThis message was served by twisted-pop3ng.\n.A line starting with a dot survives "
-    b"dot-stuffing.\n",
-    b"From: Twisted POP3NG <postmaster@localhost>\nTo: demo@localhost\nSubject: Second sample\n"
-    b"Date: Sun, 22 Nov 2026 00:01:00 +0000\nMessage-ID: <second@pop3ng.localhost>\n\n"
-    b"Try: LIST, UIDL, TOP 2 0, RETR 2, DELE 2, QUIT.\n",
-]
-
-
-@dataclass(frozen=True)
-class DemoInfo:
-    root: str
-    user: str
-    password: str
-    passwd_file: str
-    maildir_template: str
-    cert: str
-    key: str
-
-
-def prepare(root: str) -> DemoInfo:
-    """Create (or reuse) the demo tree; the password is kept so reruns print the same one."""
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    passwd_file = os.path.join(root, "users")
-    if os.path.exists(passwd_file):
-        with open(passwd_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\r\n").split(":")[1].replace("{PLAIN}", "", 1)
-    else:
-        password = secrets.token_urlsafe(12)
-        fd = os.open(passwd_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("%s:{PLAIN}%s\n" % (DEMO_USER, password))
-    template = os.path.join(root, "mail", "{user}", "Maildir")
-    maildir = template.replace("{user}", DEMO_USER)
-    if not os.path.isdir(maildir):
-        for i, sample in enumerate(SAMPLES):
-            deliver(maildir, sample, name="1795000000.demo%d.localhost" % (i + 1))
-    cert, key = os.path.join(root, "cert.pem"), os.path.join(root, "key.pem")
-    if not (os.path.exists(cert) and os.path.exists(key)):
-        from .tls import make_self_signed
-
-        make_self_signed(cert, key)
-    return DemoInfo(root, DEMO_USER, password, passwd_file, template, cert, key)
-
-
-def _port(description: str) -> str:
-    parts = description.split(":")
-    for part in parts[1:]:
-        if part.isdigit():
-            return part
-        if part.startswith("port="):
-            return part[5:]
-    return "?"
-
-
-def announce(info: DemoInfo, listen: List[str], tls_listen: List[str]) -> None:
-    out = sys.__stdout__
-    plain = [_port(d) for d in listen]
-    tls = [_port(d) for d in tls_listen]
-    lines = [
-        "",
-        "twisted-pop3ng demo is running (files under %s)" % info.root,
-        "  user:      %s" % info.user,
-        "  password:  %s" % info.password,
-        "  POP3:      127.0.0.1 port %s" % ", ".join(plain),
-        "  POP3S:     127.0.0.1 port %s (self-signed certificate: %s)" % (", ".join(tls), info.cert),
-        "Try:",
-    ]
-    if plain:
-        lines.append("  curl -u '%s:%s' pop3://127.0.0.1:%s/1" % (info.user, info.password, plain[0]))
-    if tls:
-        lines.append("  curl --cacert %s -u '%s:%s' pop3s://127.0.0.1:%s/1"
-                     % (info.cert, info.user, info.password, tls[0]))
-    lines.append("")
-    out.write("\n".join(lines) + "\n")
-    out.flush()
+warnings.warn("twisted_pop3ng.demo is deprecated: import twisted_pop3ng.service.demo", DeprecationWarning, stacklevel=2)

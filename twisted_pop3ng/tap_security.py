@@ -1,167 +1,18 @@
-"""The security half of ``twistd pop3ng``: its options, their checks, and what they set up.
+"""Deprecated: this module moved to :mod:`twisted_pop3ng.service.security_options`; import from there."""
 
-:mod:`twisted_pop3ng.tap` merges :data:`OPT_FLAGS`/:data:`OPT_PARAMETERS` into its ``Options``, calls
-:func:`post_options` from ``postOptions`` and :func:`configure` from ``makeService``.
-"""
+import warnings
 
-from __future__ import annotations
+from twisted_pop3ng.service.security_options import (  # noqa: F401
+    OPT_FLAGS,
+    OPT_PARAMETERS,
+    opt_trusted_network,
+    post_options,
+    security_config,
+    configure,
+    install_sighup,
+    ClientCertTLS,
+)
 
-import signal
-from typing import Any, List, Optional
+__all__ = ['OPT_FLAGS', 'OPT_PARAMETERS', 'opt_trusted_network', 'post_options', 'security_config', 'configure', 'install_sighup', 'ClientCertTLS']
 
-from twisted.logger import Logger
-from twisted.python import usage
-
-from . import policy
-
-log = Logger()
-
-OPT_FLAGS = [
-    ["allow-plaintext-auth", None, "Allow USER/PASS and AUTH PLAIN/LOGIN without TLS from any address "
-                                   "(by default only from local and --trusted-network addresses)."],
-    ["apop", None, "Offer APOP (RFC 1939 §7); needs {PLAIN} passwords."],
-]
-OPT_PARAMETERS = [
-    ["sasl-mechanisms", None, None, "Comma-separated SASL mechanisms to offer (default: all the "
-                                    "configuration supports)."],
-    ["max-auth-failure-delay", None, policy.MAX_FAILURE_DELAY,
-     "Ceiling of the failure delay, which doubles per failure from an address.", float],
-    ["max-connections-per-address", None, 50,
-     "Simultaneous connections from one remote address (0: no limit; local ones are not counted).", int],
-    ["max-connections-per-user", None, 10, "Simultaneous sessions of one user (0: no limit).", int],
-    ["login-delay", None, None, "RFC 2449 LOGIN-DELAY: minimum seconds between logins of a user; "
-                                "advertised and enforced.", int],
-    ["expire", None, None, "RFC 2449 EXPIRE to advertise: days, or NEVER (the server does not expire "
-                           "mail itself)."],
-    ["hostname", None, None, "Host name in APOP and CRAM-MD5 challenges (default: the system's)."],
-    ["tls-client-ca", None, None, "PEM CA certificates: request client certificates and offer SASL "
-                                  "EXTERNAL to clients whose certificate they sign."],
-    ["oauth-hmac-key", None, None, "File with a secret key (>= 16 bytes): offer OAUTHBEARER and XOAUTH2 "
-                                   "for tokens signed with it (see docs/security.rst)."],
-]
-
-
-def opt_trusted_network(options: Any, cidr: str) -> None:
-    try:
-        options["trusted-networks"].append(policy.parse_network(cidr))
-    except ValueError as error:
-        raise usage.UsageError("--trusted-network %s: %s" % (cidr, error))
-
-
-def post_options(options: Any) -> None:
-    """Validate the security options and build what they name (clear errors, not tracebacks)."""
-    options.setdefault("trusted-networks", [])
-    mechs = options["sasl-mechanisms"]
-    if mechs:
-        from .sasl import BY_NAME
-
-        names = [m.strip().upper() for m in mechs.split(",") if m.strip()]
-        unknown = [n for n in names if n not in BY_NAME]
-        if unknown:
-            raise usage.UsageError("--sasl-mechanisms: unknown %s; known: %s"
-                                   % (", ".join(unknown), ", ".join(BY_NAME)))
-        options["sasl-mechanism-list"] = names
-    expire = options["expire"]
-    if expire is not None and expire.upper() != "NEVER" and not expire.isdigit():
-        raise usage.UsageError("--expire takes a number of days or NEVER")
-    if options["login-delay"] is not None and options["login-delay"] < 0:
-        raise usage.UsageError("--login-delay must not be negative")
-    if options["oauth-hmac-key"]:
-        from .oauth import HMACTokenValidator
-
-        try:
-            options["token-validator"] = HMACTokenValidator.from_file(options["oauth-hmac-key"])
-        except (OSError, ValueError) as error:
-            raise usage.UsageError("--oauth-hmac-key %s: %s" % (options["oauth-hmac-key"], error))
-    if options["tls-client-ca"]:
-        if options.get("tls") is None:
-            raise usage.UsageError("--tls-client-ca needs --tls-cert")
-        try:
-            options["tls"] = ClientCertTLS(options["tls"], options["tls-client-ca"])
-        except (OSError, ValueError) as error:
-            raise usage.UsageError("--tls-client-ca %s: %s" % (options["tls-client-ca"], error))
-
-
-def security_config(options: Any) -> policy.SecurityConfig:
-    config = policy.SecurityConfig(
-        allow_plaintext_auth=bool(options["allow-plaintext-auth"]),
-        trusted_networks=tuple(options.get("trusted-networks", ())),
-        apop=bool(options["apop"]),
-        mechanisms=options.get("sasl-mechanism-list"),
-        max_failure_delay=options["max-auth-failure-delay"],
-        max_connections_per_address=options["max-connections-per-address"],
-        max_connections_per_user=options["max-connections-per-user"],
-        login_delay=options["login-delay"] or None,
-        expire=options["expire"].upper() if options["expire"] else None,
-    )
-    if options["hostname"]:
-        config.hostname = options["hostname"]
-    return config
-
-
-def configure(options: Any, factory: Any, reactor: Any) -> None:
-    """Hand the security settings to the factory; reload TLS files on SIGHUP."""
-    factory.config.security = security_config(options)
-    factory.token_validator = options.get("token-validator")
-    tls = options.get("tls")
-    if tls is not None:
-        reactor.callWhenRunning(install_sighup, tls, reactor)
-
-
-def install_sighup(tls: Any, reactor: Any) -> None:
-    def reload() -> None:
-        try:
-            tls.reload()
-        except Exception as error:  # keep serving with the old certificate
-            log.error("TLS reload failed, keeping the old certificate: {error}", error=error)
-        else:
-            log.info("TLS certificate and key reloaded")
-
-    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
-
-
-class ClientCertTLS:
-    """Wraps a :class:`~twisted_pop3ng.tls.ReloadableServerTLS`: also asks for client certificates.
-
-    A certificate is optional; one that the CA does not sign fails the handshake. EXTERNAL is offered
-    to a session whose certificate verified.
-    """
-
-    def __init__(self, inner: Any, ca_path: str) -> None:
-        from zope.interface import alsoProvides
-        from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-
-        self.inner = inner
-        self.ca_path = ca_path
-        self._configured: Optional[Any] = None
-        self._cas = self._load_cas()
-        alsoProvides(self, IOpenSSLServerConnectionCreator)
-
-    def _load_cas(self) -> List[Any]:
-        from cryptography import x509
-        from OpenSSL import crypto
-
-        with open(self.ca_path, "rb") as f:
-            certs = x509.load_pem_x509_certificates(f.read())
-        return [crypto.X509.from_cryptography(c) for c in certs]
-
-    def reload(self) -> None:
-        self.inner.reload()
-        self._cas = self._load_cas()
-
-    def getContext(self) -> Any:
-        from OpenSSL import SSL
-
-        context = self.inner.getContext()
-        if self._configured is not context:
-            store = context.get_cert_store()
-            for ca in self._cas:
-                store.add_cert(ca)
-            context.set_client_ca_list([ca.get_subject() for ca in self._cas])
-            context.set_verify(SSL.VERIFY_PEER, None)
-            self._configured = context
-        return context
-
-    def serverConnectionForTLS(self, protocol: Any) -> Any:
-        self.getContext()  # the inner options' cached context, now asking for client certificates
-        return self.inner.serverConnectionForTLS(protocol)
+warnings.warn("twisted_pop3ng.tap_security is deprecated: import twisted_pop3ng.service.security_options", DeprecationWarning, stacklevel=2)

@@ -4,7 +4,7 @@ the ``--reactor=pop3ng-epoll`` reactor (what ``twistd pop3ng`` runs on unless to
 from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
-from twisted_pop3ng.cred import PasswdFileCheckerFactory
+from twisted_pop3ng.auth.checkers import PasswdFileCheckerFactory
 
 pop3ng = ServiceMaker(
     "twisted-pop3ng", "twisted_pop3ng.tap", "A correct, streaming, secure POP3 server.", "pop3ng"

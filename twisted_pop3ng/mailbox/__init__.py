@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import POP3Error
+from twisted_pop3ng.errors import POP3Error
 
 #: ``--mailbox`` schemes and the callables that build a store from the rest of the spec.
 SCHEMES = {

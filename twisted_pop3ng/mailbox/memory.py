@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from zope.interface import implementer
 
-from ..errors import MailboxInUse, MessageVanished
-from ..interfaces import IMailbox, IMailboxStore, MessageInfo
-from ..wire import wire_size_of
+from twisted_pop3ng.errors import MailboxInUse, MessageVanished
+from twisted_pop3ng.interfaces import IMailbox, IMailboxStore, MessageInfo
+from twisted_pop3ng.wire import wire_size_of
 
 
 @implementer(IMailboxStore)

@@ -1,0 +1,259 @@
+"""Shared helpers for end-to-end tests: run the real ``twistd pop3ng`` process on loopback ports.
+
+The server is started exactly as users start it (DESIGN.md §3) and talked to over real sockets.
+Ports are chosen by the kernel (``tcp:0``) and read back from the server's log, so parallel test
+runs never race for a port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from twisted_pop3ng.mailbox.maildir import deliver
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: The repository root (what twistd needs on its path to find the twisted/plugins drop-in).
+ROOT = os.path.dirname(os.path.dirname(HERE))
+#: Runs twistd exactly like the ``twistd`` console script.
+TWISTD_MAIN = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+_PORT_RE = re.compile(rb"POP3ServerFactory( \(TLS\))? starting on (\d+)")
+
+
+def make_certificates(directory: str) -> Dict[str, str]:
+    """A test CA and a server certificate for localhost/127.0.0.1 (trustme); returns file paths."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1", common_name="localhost")
+    paths = {
+        "ca": os.path.join(directory, "ca.pem"),
+        "cert": os.path.join(directory, "cert.pem"),
+        "key": os.path.join(directory, "key.pem"),
+    }
+    ca.cert_pem.write_to_path(paths["ca"])
+    cert.cert_chain_pems[0].write_to_path(paths["cert"])
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(paths["cert"], append=True)
+    cert.private_key_pem.write_to_path(paths["key"])
+    return paths
+
+
+def write_users(path: str, users: Dict[str, str], scheme: str = "PLAIN") -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for user, password in users.items():
+            f.write("%s:{%s}%s\n" % (user, scheme, password))
+    return path
+
+
+@dataclass
+class ServerProcess:
+    """A running ``twistd -n pop3ng``; ``port``/``tls_port`` are the first plain / TLS ports."""
+
+    process: subprocess.Popen
+    root: str
+    log_path: str
+    ports: List[int] = field(default_factory=list)
+    tls_ports: List[int] = field(default_factory=list)
+    certs: Optional[Dict[str, str]] = None
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
+    def tls_port(self) -> int:
+        return self.tls_ports[0]
+
+    def maildir(self, user: str) -> str:
+        return os.path.join(self.root, "mail", user, "Maildir")
+
+    def deliver(self, user: str, message: bytes, name: Optional[str] = None) -> str:
+        return deliver(self.maildir(user), message, name)
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def rss_kb(self) -> int:
+        with open("/proc/%d/status" % self.process.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def connect(self, tls: bool = False, timeout: float = 10.0) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.tls_port if tls else self.port), timeout)
+        if tls:
+            context = ssl.create_default_context(cafile=self.certs["ca"])
+            sock = context.wrap_socket(sock, server_hostname="localhost")
+        return sock
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL: servers, Dovecot, benchmark peers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL (Linux), so a
+    killed trial worker leaves no server behind. (twistd --uid clears it: best effort.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = True,
+                 extra_args: Optional[List[str]] = None, plain_listeners: int = 1,
+                 twistd_args: Optional[List[str]] = None) -> ServerProcess:
+    """Start ``twistd -n pop3ng`` with a passwd-file, maildirs under ``root/mail`` and test certs.
+
+    ``twistd_args`` go to twistd itself, before ``pop3ng`` (e.g. ``["--uid", "65534"]``).
+    """
+    os.makedirs(root, exist_ok=True)
+    users = users if users is not None else {"alice": "correct horse battery staple"}
+    passwd = write_users(os.path.join(root, "users"), users)
+    # ``python -m twisted.scripts.twistd`` does nothing on Twisted >= 24 (no __main__ block): call run().
+    args = [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile="] + list(twistd_args or []) + ["pop3ng",
+            "--auth", "passwd-file:" + passwd,
+            "--mailbox", "maildir:" + os.path.join(root, "mail", "{user}", "Maildir")]
+    for _ in range(plain_listeners):
+        args += ["--listen", "tcp:0:interface=127.0.0.1"]
+    certs = None
+    if tls:
+        certs = make_certificates(root)
+        args += ["--tls-listen", "tcp:0:interface=127.0.0.1",
+                 "--tls-cert", certs["cert"], "--tls-key", certs["key"]]
+    args += extra_args or []
+    log_path = os.path.join(root, "twistd.log")
+    log = open(log_path, "wb")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
+                               preexec_fn=_die_with_parent)
+    log.close()
+    server = ServerProcess(process, root, log_path, certs=certs)
+    deadline = time.monotonic() + 30
+    want_plain, want_tls = plain_listeners, 1 if tls else 0
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as f:
+            found = _PORT_RE.findall(f.read())
+        server.ports = [int(p) for t, p in found if not t]
+        server.tls_ports = [int(p) for t, p in found if t]
+        if len(server.ports) >= want_plain and len(server.tls_ports) >= want_tls:
+            return server
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError("twistd pop3ng did not start:\n" + server.log())
+
+
+class Session:
+    """A raw POP3 conversation over a socket: send bytes, read lines and multi-line bodies exactly."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        return True
+
+    def line(self) -> bytes:
+        """One response line including its CRLF (b"" if the server closed)."""
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                rest, self.buffer = self.buffer, b""
+                return rest
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line + b"\r\n"
+
+    def command(self, text: bytes) -> bytes:
+        self.send(text + b"\r\n")
+        return self.line()
+
+    def body(self) -> bytes:
+        """The raw (still dot-stuffed) multi-line body up to and including ``.\\r\\n``."""
+        while True:
+            if self.buffer.startswith(b".\r\n"):
+                end = 3
+                break
+            index = self.buffer.find(b"\r\n.\r\n")
+            if index != -1:
+                end = index + 5
+                break
+            if not self._fill():
+                raise ConnectionError("closed inside a multi-line response")
+        body, self.buffer = self.buffer[:end], self.buffer[end:]
+        return body
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True if the server closes the connection (EOF) within ``timeout``."""
+        self.sock.settimeout(timeout)
+        try:
+            while self._fill():
+                pass
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        except ConnectionResetError:
+            return True
+
+    def login(self, user: bytes, password: bytes) -> bytes:
+        assert self.line().startswith(b"+OK")
+        assert self.command(b"USER " + user).startswith(b"+OK")
+        return self.command(b"PASS " + password)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and all its descendants (from /proc): a server's worker processes, Dovecot's."""
+    children: Dict[int, List[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    result, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        result.append(current)
+        todo.extend(children.get(current, []))
+    return result

@@ -1,0 +1,238 @@
+"""Black-box conformance of ``twistd pop3ng`` itself: command-line errors (a clear message, a non-zero
+exit, no traceback) and the inactivity timeouts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from twisted.trial import unittest
+
+from .e2e import TwistdTestCase, maildir_files
+from .support import ROOT, HERE, TWISTD_MAIN, make_certificates, write_users
+
+
+class CommandLineErrorTests(unittest.TestCase):
+    @classmethod
+    def _setup(cls):
+        if getattr(cls, "root", None) is None:
+            cls.root = tempfile.mkdtemp(prefix="pop3ng-cli-")
+            import atexit
+            atexit.register(shutil.rmtree, cls.root, True)
+            cls.certs = make_certificates(cls.root)
+            cls.users = write_users(os.path.join(cls.root, "users"), {"alice": "a b c"})
+
+    def setUp(self):
+        self._setup()
+
+    def twistd(self, *args, base=True):
+        argv = [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "pop3ng"]
+        if base:
+            argv += ["--auth", "passwd-file:" + self.users,
+                     "--mailbox", "maildir:" + os.path.join(self.root, "mail", "{user}", "Maildir")]
+        argv += list(args)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        try:
+            result = subprocess.run(argv, capture_output=True, timeout=30, cwd=self.root, env=env)
+        except subprocess.TimeoutExpired as e:
+            self.fail("twistd kept running instead of exiting: %r" % (e.stdout or b"")[-2000:])
+        output = (result.stdout + result.stderr).decode("utf-8", "replace")
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("Unhandled", output)
+        return output
+
+    def test_missing_certificate_file(self):
+        missing = os.path.join(self.root, "no-such-cert.pem")
+        out = self.twistd("--listen", "tcp:0:interface=127.0.0.1", "--tls-listen", "tcp:0:interface=127.0.0.1",
+                          "--tls-cert", missing, "--tls-key", self.certs["key"])
+        self.assertIn(missing, out)
+
+    def test_missing_key_file(self):
+        missing = os.path.join(self.root, "no-such-key.pem")
+        out = self.twistd("--tls-listen", "tcp:0:interface=127.0.0.1", "--tls-cert", self.certs["cert"],
+                          "--tls-key", missing)
+        self.assertIn(missing, out)
+
+    def test_key_is_not_a_key(self):
+        out = self.twistd("--tls-listen", "tcp:0:interface=127.0.0.1", "--tls-cert", self.certs["cert"],
+                          "--tls-key", self.certs["ca"])
+        self.assertIn("key", out.lower())
+
+    def test_bad_endpoint(self):
+        for bad in ("tcp:notaport", "bogus:1", "tcp:99999", "tcp:110:interface"):
+            out = self.twistd("--listen", bad)
+            self.assertIn(bad, out)
+
+    def test_bad_tls_endpoint(self):
+        out = self.twistd("--tls-listen", "tcp:xyz", "--tls-cert", self.certs["cert"], "--tls-key",
+                          self.certs["key"])
+        self.assertIn("tcp:xyz", out)
+
+    def test_unknown_mailbox_scheme(self):
+        out = self.twistd("--auth", "passwd-file:" + self.users, "--mailbox", "mbox9:/var/mail/{user}",
+                          "--listen", "tcp:0:interface=127.0.0.1", base=False)
+        self.assertIn("mbox9", out)
+
+    def test_mailbox_without_user_placeholder(self):
+        out = self.twistd("--auth", "passwd-file:" + self.users, "--mailbox", "maildir:/var/mail/Maildir",
+                          "--listen", "tcp:0:interface=127.0.0.1", base=False)
+        self.assertIn("{user}", out)
+
+    def test_tls_listen_without_certificate(self):
+        out = self.twistd("--tls-listen", "tcp:0:interface=127.0.0.1")
+        self.assertIn("--tls-cert", out)
+
+    def test_missing_passwd_file(self):
+        missing = os.path.join(self.root, "no-such-users")
+        out = self.twistd("--auth", "passwd-file:" + missing, "--mailbox", "maildir:/tmp/{user}",
+                          "--listen", "tcp:0:interface=127.0.0.1", base=False)
+        self.assertIn(missing, out)
+
+    def test_port_in_use(self):
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        out = self.twistd("--listen", "tcp:%d:interface=127.0.0.1" % port)
+        self.assertIn(str(port), out)
+
+    def test_port_in_use_for_tls(self):
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        out = self.twistd("--listen", "tcp:0:interface=127.0.0.1", "--tls-listen",
+                          "tcp:%d:interface=127.0.0.1" % port, "--tls-cert", self.certs["cert"],
+                          "--tls-key", self.certs["key"])
+        self.assertIn(str(port), out)
+
+
+class LoginTimeoutTests(TwistdTestCase):
+    extra_args = ["--login-timeout", "1", "--idle-timeout", "2"]
+
+    def test_login_timeout(self):
+        s = self.session()
+        s.line()
+        start = time.monotonic()
+        s.sock.settimeout(10)
+        reply = s.line()
+        elapsed = time.monotonic() - start
+        self.assertTrue(reply.startswith(b"-ERR"), reply)
+        self.assertTrue(any(w in reply.lower() for w in (b"inactiv", b"idle", b"time")), reply)
+        self.assertTrue(s.closed())
+        self.assertLess(elapsed, 5)
+        self.assertGreater(elapsed, 0.5)
+
+    def test_activity_keeps_the_session(self):
+        s = self.session()
+        s.line()
+        for _ in range(5):
+            time.sleep(0.4)
+            self.assertTrue(s.command(b"CAPA").startswith(b"+OK"))
+            s.body()
+
+    def test_idle_timeout_after_login_commits_nothing(self):
+        user, _ = self.fresh_user()
+        self.server.deliver(user, b"Subject: x\n\ny\n")
+        s = self.login(user)
+        self.ok(s, b"DELE 1")
+        start = time.monotonic()
+        s.sock.settimeout(10)
+        reply = s.line()
+        elapsed = time.monotonic() - start
+        self.assertTrue(reply.startswith(b"-ERR"), reply)
+        self.assertTrue(s.closed())
+        self.assertGreater(elapsed, 1.5)
+        self.assertLess(elapsed, 6)
+        self.assertEqual(len(maildir_files(self.server, user)), 1)
+
+    def test_login_timeout_without_tls_handshake(self):
+        sock = socket.create_connection(("127.0.0.1", self.server.tls_port), 10)
+        self.addCleanup(sock.close)
+        start = time.monotonic()
+        sock.settimeout(10)
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        # login timeout (1 s) + the grace for delivering the last reply
+        self.assertLess(time.monotonic() - start, 9)
+
+    def test_idle_timeout_closes_a_client_that_never_reads(self):
+        # loseConnection waits for the write buffer to drain, which never happens here: the
+        # timeout must still end the session (and release the maildrop lock).
+        from .test_e2e_load import write_big_message
+
+        user, password = self.fresh_user()
+        write_big_message(self.server.maildir(user), 8 * 1024 * 1024, "1700000000.M1P1.stuck")
+        s = self.login(user)
+        s.send(b"RETR 1\r\n")
+        deadline = time.monotonic() + 30
+        while True:
+            t = self.session()
+            t.line()
+            t.command(b"USER " + user.encode())
+            reply = t.command(b"PASS " + password.encode())
+            t.close()
+            if reply.startswith(b"+OK"):
+                break
+            self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
+            self.assertLess(time.monotonic(), deadline, "the stuck session was never closed")
+            time.sleep(0.5)
+
+
+class DemoTests(unittest.TestCase):
+    """``twistd -n pop3ng --demo`` (the README's first command) serves mail its printed curl lines fetch."""
+
+    def test_demo_prints_working_curl_lines(self):
+        import re
+        import signal
+
+        from .dovecot import free_port
+
+        work = tempfile.mkdtemp(prefix="pop3ng-demo-")
+        self.addCleanup(shutil.rmtree, work, True)
+        plain, secure = free_port(), free_port()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        log_path = os.path.join(work, "out.txt")
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "pop3ng", "--demo",
+                 "--listen", "tcp:%d:interface=127.0.0.1" % plain,
+                 "--tls-listen", "tcp:%d:interface=127.0.0.1" % secure],
+                stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env)
+
+        def stop():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(10)
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline and len(lines) < 2:
+            with open(log_path) as f:
+                lines = re.findall(r"^\s*(curl .*)$", f.read(), re.M)
+            self.assertIsNone(process.poll(), open(log_path).read())
+            time.sleep(0.1)
+        self.assertEqual(len(lines), 2, open(log_path).read())
+        schemes = set()
+        for line in lines:
+            result = subprocess.run(line + " --silent --show-error --max-time 20", shell=True,
+                                    capture_output=True, timeout=60, cwd="/")
+            self.assertEqual(result.returncode, 0, (line, result.stderr))
+            self.assertIn(b"Subject:", result.stdout)
+            schemes.add(line.split("://")[0].split()[-1])
+        self.assertEqual(schemes, {"pop3", "pop3s"})
+        with open(log_path) as f:
+            self.assertNotIn("Traceback", f.read())

@@ -1,0 +1,515 @@
+"""``pop3ng fetch`` end to end: the real command in a subprocess against Dovecot, our server and a
+scripted server that drops the connection; real files; SIGKILL at every step, then a rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+from twisted.trial import unittest
+
+from twisted_pop3ng import fetch, wire
+from twisted_pop3ng.mailbox.maildir import deliver
+
+from .dovecot import start_dovecot
+from .support import Session, make_certificates, start_server
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PASSWORD = "pass word with spaces"
+
+
+def make_message(i: int, size: int = 300) -> bytes:
+    """A message as a Unix mail store holds it (LF line endings), as Maildir delivery writes it."""
+    body = (b"line %d of the body, some filler text\n" % i) * max(1, size // 40)
+    return (b"From: sender@example.org\nTo: bob@example.org\nSubject: test %d\n"
+            b"Message-ID: <%d@test>\n\n.starts with a dot\nFrom the start\n" % (i, i)) + body
+
+
+def _children(parent: int, name: str) -> List[int]:
+    """PIDs of the processes called ``name`` whose parent is ``parent`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)
+                comm = fields[0].split("(", 1)[1]
+                ppid = int(fields[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent and comm == name:
+                found.append(int(entry))
+    return found
+
+
+def maildir_messages(path: str) -> List[bytes]:
+    out = []
+    for sub in ("new", "cur"):
+        d = os.path.join(path, sub)
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                with open(os.path.join(d, name), "rb") as f:
+                    out.append(f.read())
+    return out
+
+
+class FetchTestBase(unittest.TestCase):
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.state_home = os.path.join(self.root, "state-home")
+        self.password_file = os.path.join(self.root, "password")
+        with open(self.password_file, "w") as f:
+            f.write(PASSWORD + "\n")
+        self.out = os.path.join(self.root, "Maildir")
+
+    def command(self, url: str, *args: str) -> List[str]:
+        return [sys.executable, "-m", "twisted_pop3ng.cli", "fetch", url, *args]
+
+    def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        env = dict(os.environ, PYTHONPATH=ROOT, XDG_STATE_HOME=self.state_home)
+        env.pop("POP3NG_PASSWORD", None)
+        env.pop("POP3NG_TEST_KILL", None)
+        env.update(extra or {})
+        return env
+
+    def fetch(self, url: str, *args: str, env: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
+        result = subprocess.run(self.command(url, *args), env=self.env(env), capture_output=True,
+                                timeout=300)
+        return result.returncode, result.stderr.decode("utf-8", "replace")
+
+
+class DovecotFetchTests(FetchTestBase):
+    def setUp(self):
+        super().setUp()
+        self.certs = make_certificates(self.root)
+        self.dovecot = start_dovecot(os.path.join(self.root, "dovecot"), {"bob": PASSWORD},
+                                     certs=self.certs)
+        self.addCleanup(self.dovecot.stop)
+        self.url = "pop3://bob@localhost:%d" % self.dovecot.port
+        self.messages: List[bytes] = []
+
+    def put(self, count: int, size: int = 300) -> None:
+        start = len(self.messages)
+        for i in range(start, start + count):
+            message = make_message(i, size)
+            self.messages.append(message)
+            deliver(self.dovecot.maildir("bob"), message)
+
+    def on_server(self) -> int:
+        return len(maildir_messages(self.dovecot.maildir("bob")))
+
+    def args(self, *extra: str) -> List[str]:
+        return ["--cafile", self.certs["ca"], "--password-file", self.password_file,
+                "--maildir", self.out, *extra]
+
+    def assert_exactly_once(self) -> None:
+        got = maildir_messages(self.out)
+        self.assertEqual(len(got), len(self.messages))
+        self.assertEqual(sorted(got), sorted(self.messages))
+
+    def test_300_messages_delivered_byte_exact_and_deleted(self):
+        self.put(300, size=2000)
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual((code, err), (0, ""))
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+        self.assertEqual(os.listdir(os.path.join(self.out, "tmp")), [])
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+
+    def test_keep_over_several_runs(self):
+        self.put(50)
+        for _ in range(2):
+            code, err = self.fetch(self.url, *self.args("--keep"))
+            self.assertEqual(code, 0, err)
+            self.assert_exactly_once()
+            self.assertEqual(self.on_server(), 50)
+        self.put(7)
+        code, err = self.fetch(self.url, *self.args("--keep"))
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 57)
+        # --keep-days 0: everything delivered is now old enough to go.
+        code, err = self.fetch(self.url, *self.args("--keep", "--keep-days", "0"))
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+        states = [name for name in os.listdir(os.path.join(self.state_home, "pop3ng"))
+                  if name.endswith(".json")]
+        self.assertEqual(len(states), 1)
+        with open(os.path.join(self.state_home, "pop3ng", states[0])) as f:
+            self.assertEqual(json.load(f)["delivered"], {})
+
+    def test_keep_days_keeps_recent(self):
+        self.put(5)
+        code, err = self.fetch(self.url, *self.args("--keep", "--keep-days", "3"))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.on_server(), 5)
+        self.assert_exactly_once()
+
+    def test_killed_between_delivery_and_state_write(self):
+        """Batches of 10; SIGKILL right after the 3rd batch is durable, before it is recorded."""
+        self.put(60)
+        code, _ = self.fetch(self.url, *self.args("--batch", "10"),
+                             env={"POP3NG_TEST_KILL": "delivered:3"})
+        self.assertEqual(code, -signal.SIGKILL)
+        self.assertEqual(len(maildir_messages(self.out)), 30)
+        self.assertEqual(self.on_server(), 60)
+        code, err = self.fetch(self.url, *self.args("--batch", "10"))
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+
+    def test_killed_at_each_step_then_rerun(self):
+        for step, keep in (("delivered:1", True), ("before-dele:1", False),
+                           ("before-quit:1", False), ("after-quit:1", False)):
+            self.put(20)
+            extra = ("--keep",) if keep else ()
+            code, _ = self.fetch(self.url, *self.args("--batch", "7", *extra),
+                                 env={"POP3NG_TEST_KILL": step})
+            self.assertEqual(code, -signal.SIGKILL, step)
+            code, err = self.fetch(self.url, *self.args(*extra))
+            self.assertEqual(code, 0, err)
+            self.assert_exactly_once()
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+
+    def test_sigkill_mid_run_then_rerun(self):
+        """Real SIGKILLs at arbitrary moments of a run; the reruns end with each message once."""
+        self.put(600, size=3000)
+        kills = 0
+        for threshold in (40, 200, 420):
+            process = subprocess.Popen(self.command(self.url, *self.args("--batch", "16")),
+                                       env=self.env(), stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60
+            while process.poll() is None and time.monotonic() < deadline:
+                if len(os.listdir(os.path.join(self.out, "new"))) >= threshold \
+                        if os.path.isdir(os.path.join(self.out, "new")) else False:
+                    process.send_signal(signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.001)
+            process.wait()
+            process.stderr.close()
+        self.assertGreaterEqual(kills, 1)
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+
+    def test_hashed_password_on_the_server(self):
+        """Dovecot offers SCRAM but holds a SHA512-CRYPT hash: SCRAM fails, PLAIN over TLS works."""
+        hashed = subprocess.check_output(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD])
+        with open(os.path.join(self.dovecot.root, "users"), "wb") as f:
+            f.write(b"bob:" + hashed.strip() + b"\n")
+        self.put(3)
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+
+    def test_dovecot_killed_mid_retr_then_rerun(self):
+        """SIGKILL Dovecot's pop3 process while messages stream; nothing is lost or doubled."""
+        self.put(40, size=400000)
+        process = subprocess.Popen(self.command(self.url, *self.args("--batch", "4", "--pipeline", "2")),
+                                   env=self.env(), stderr=subprocess.PIPE)
+        killed = False
+        deadline = time.monotonic() + 60
+        new = os.path.join(self.out, "new")
+        while process.poll() is None and time.monotonic() < deadline:
+            if os.path.isdir(new) and len(os.listdir(new)) >= 8:
+                for pid in _children(self.dovecot.pid, "pop3"):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue  # listed, then gone (a login process that just finished)
+                    killed = True
+                if killed:
+                    break
+            time.sleep(0.002)
+        _, err = process.communicate(timeout=60)
+        self.assertTrue(killed)
+        self.assertEqual(process.returncode, fetch.EXIT_CONNECTION, err)
+        self.assertEqual(self.on_server(), 40)
+        self.assertEqual(os.listdir(os.path.join(self.out, "tmp")), [])
+        delivered = maildir_messages(self.out)
+        self.assertGreaterEqual(len(delivered), 8)
+        self.assertLess(len(delivered), 40)
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+        self.assertEqual(self.on_server(), 0)
+
+    def test_exit_codes(self):
+        self.put(2)
+        with open(self.password_file, "w") as f:
+            f.write("wrong\n")
+        code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, fetch.EXIT_AUTH, err)
+        self.assertIn("authentication failed", err)
+        other = os.path.join(self.root, "other-ca.pem")
+        import trustme
+        trustme.CA().cert_pem.write_to_path(other)
+        code, err = self.fetch(self.url, "--cafile", other, "--maildir", self.out,
+                               env={"POP3NG_PASSWORD": PASSWORD})
+        self.assertEqual(code, fetch.EXIT_TLS, err)
+        self.assertIn("not trusted", err)
+        code, err = self.fetch(self.url, "--cafile", self.certs["ca"], "--maildir", self.out)
+        self.assertEqual(code, fetch.EXIT_USAGE, err)
+        self.assertIn("POP3NG_PASSWORD", err)
+        code, err = self.fetch(self.url, "--password", PASSWORD, "--maildir", self.out)
+        self.assertEqual(code, 2)  # there is no way to put the password on the command line
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        code, err = self.fetch("pop3://bob@localhost:%d" % port, *self.args())
+        self.assertEqual(code, fetch.EXIT_CONNECTION, err)
+        # The password from the environment works; nothing was fetched by the failed runs.
+        code, err = self.fetch(self.url, "--cafile", self.certs["ca"], "--maildir", self.out,
+                               env={"POP3NG_PASSWORD": PASSWORD})
+        self.assertEqual(code, 0, err)
+        self.assert_exactly_once()
+
+
+class OurServerFetchTests(FetchTestBase):
+    def setUp(self):
+        super().setUp()
+        self.server = start_server(os.path.join(self.root, "server"), {"alice": PASSWORD})
+        self.addCleanup(self.server.stop)
+        self.url = "pop3s://alice@localhost:%d" % self.server.tls_port
+        self.messages = [make_message(i) for i in range(12)]
+        self.messages.append(b"Subject: no final newline\r\n\r\nFrom here\r\n>From there")
+        for message in self.messages:
+            self.server.deliver("alice", message)
+
+    def base(self, *extra: str) -> List[str]:
+        return ["--cafile", self.server.certs["ca"], "--password-file", self.password_file, *extra]
+
+    def test_mbox(self):
+        path = os.path.join(self.root, "inbox.mbox")
+        code, err = self.fetch(self.url, *self.base("--mbox", path))
+        self.assertEqual(code, 0, err)
+        with open(path, "rb") as f:
+            data = f.read()
+        entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", data)
+        self.assertEqual(entries[0], b"")
+        # mboxrd: each entry ends with a blank line; ">From " quoting is undone by one ">".
+        got = sorted(re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries[1:])
+        want = sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages)
+        self.assertEqual(got, want)
+        self.assertIn(b"\n>From the start\n", data)
+        self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
+
+    def test_mbox_killed_after_append_before_state_write(self):
+        path = os.path.join(self.root, "inbox.mbox")
+        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
+                             env={"POP3NG_TEST_KILL": "delivered:2"})
+        self.assertEqual(code, -signal.SIGKILL)
+        code, err = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"))
+        self.assertEqual(code, 0, err)
+        with open(path, "rb") as f:
+            self.assertEqual(len(re.findall(rb"(?m)^From MAILER-DAEMON ", f.read())),
+                             len(self.messages))
+        self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
+
+    def test_mbox_partial_append_is_cut_off_and_redone(self):
+        path = os.path.join(self.root, "inbox.mbox")
+        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
+                             env={"POP3NG_TEST_KILL": "delivered:1"})
+        self.assertEqual(code, -signal.SIGKILL)
+        with open(path, "r+b") as f:  # as if the kill had come in the middle of the write
+            f.truncate(os.path.getsize(path) - 100)
+        code, err = self.fetch(self.url, *self.base("--mbox", path))
+        self.assertEqual(code, 0, err)
+        with open(path, "rb") as f:
+            entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", f.read())[1:]
+        got = sorted(re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries)
+        self.assertEqual(got, sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages))
+
+    def test_50mb_message_streams_in_bounded_memory(self):
+        """The fetcher's peak RSS grows by far less than the message (twisted.mail: 111 MB for 50)."""
+        big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 50000
+        self.server.deliver("alice", big)
+        wrapper = ("import sys; from twisted_pop3ng.cli import main; code = main(sys.argv[1:]); "
+                   "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0], "
+                   "file=sys.stderr); sys.exit(code)")
+        peaks = []
+        for _ in range(2):  # with the big message, then a run with nothing to fetch
+            result = subprocess.run([sys.executable, "-c", wrapper, "fetch", self.url,
+                                     *self.base("--maildir", self.out)],
+                                    env=self.env(), capture_output=True, timeout=300)
+            err = result.stderr.decode()
+            self.assertEqual(result.returncode, 0, err)
+            peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", err).group(1)))
+        self.assertLess(peaks[0] - peaks[1], 16 * 1024, peaks)
+        self.assertIn(big.replace(b"\r\n", b"\n"), maildir_messages(self.out))
+
+    def test_mda(self):
+        out = os.path.join(self.root, "mda-out")
+        os.makedirs(out)
+        script = 'cat > "%s/$POP3NG_UIDL"' % out
+        code, err = self.fetch(self.url, *self.base("--mda", script))
+        self.assertEqual(code, 0, err)
+        got = sorted(open(os.path.join(out, n), "rb").read() for n in os.listdir(out))
+        want = sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages)
+        self.assertEqual(got, want)
+
+    def test_failing_mda_deletes_nothing(self):
+        code, err = self.fetch(self.url, *self.base("--mda", "exit 75"))
+        self.assertEqual(code, fetch.EXIT_DELIVERY, err)
+        self.assertIn("status 75", err)
+        self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), len(self.messages))
+
+    def test_oauth_token_file(self):
+        from twisted_pop3ng.auth.oauth import issue_token
+
+        root = os.path.join(self.root, "oauth-server")
+        os.makedirs(root)
+        key = os.path.join(root, "key")
+        with open(key, "wb") as f:
+            f.write(b"s" * 32)
+        server = start_server(root, {"carol": "pw"}, extra_args=["--oauth-hmac-key", key])
+        self.addCleanup(server.stop)
+        server.deliver("carol", self.messages[0])
+        token_file = os.path.join(self.root, "token")
+        with open(token_file, "w") as f:
+            f.write(issue_token(b"s" * 32, "carol") + "\n")
+        code, err = self.fetch("pop3s://carol@localhost:%d" % server.tls_port, "--cafile",
+                               server.certs["ca"], "--token-file", token_file, "--maildir", self.out)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(maildir_messages(self.out), [_unstuffed(self.messages[0])])
+
+    def test_mailbox_in_use_means_try_later(self):
+        session = Session(self.server.connect(tls=True))
+        self.addCleanup(session.close)
+        self.assertTrue(session.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+        code, err = self.fetch(self.url, *self.base("--maildir", self.out))
+        self.assertEqual(code, fetch.EXIT_TRY_LATER, err)
+        self.assertIn("IN-USE", err)
+        session.command(b"QUIT")
+        code, err = self.fetch(self.url, *self.base("--maildir", self.out))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(maildir_messages(self.out)),
+                         sorted(_unstuffed(m) for m in self.messages))
+
+
+def _unstuffed(message: bytes) -> bytes:
+    """What a delivery holds for a served message: the client's octets with LF line endings."""
+    encoder = wire.MessageEncoder(stuff=False)
+    return (encoder.feed(message) + encoder.finish()).replace(b"\r\n", b"\n")
+
+
+class AccountLockTests(FetchTestBase):
+    def test_second_run_for_the_same_account_waits_its_turn(self):
+        import fcntl
+
+        state = os.path.join(self.root, "state.json")
+        with open(state + ".lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            code, err = self.fetch("pop3://bob@localhost:1", "--state", state, "--maildir", self.out,
+                                   env={"POP3NG_PASSWORD": "x"})
+        self.assertEqual(code, fetch.EXIT_TRY_LATER, err)
+        self.assertIn("another pop3ng fetch is running", err)
+
+
+class _ScriptedPOP3(socketserver.StreamRequestHandler):
+    """A minimal POP3 server whose first session drops the connection halfway through a RETR."""
+
+    def handle(self) -> None:
+        server = self.server
+        server.sessions += 1
+        drop_at = server.drop_at if server.sessions == 1 else None
+        write = self.wfile.write
+        write(b"+OK scripted\r\n")
+        marked = set()
+        for raw in self.rfile:
+            words = raw.strip().split()
+            verb = words[0].upper() if words else b""
+            live = server.messages
+            if verb == b"CAPA":
+                write(b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.\r\n")
+            elif verb in (b"USER", b"PASS"):
+                write(b"+OK\r\n")
+            elif verb == b"UIDL":
+                write(b"+OK\r\n" + b"".join(b"%d %s\r\n" % (i + 1, u) for i, (u, _) in enumerate(live))
+                      + b".\r\n")
+            elif verb == b"LIST":
+                write(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, len(_unstuffed(m)))
+                                            for i, (_, m) in enumerate(live)) + b".\r\n")
+            elif verb == b"RETR":
+                number = int(words[1])
+                if live[number - 1][0] in server.refuse:
+                    write(b"-ERR [SYS/PERM] Message vanished\r\n")
+                    continue
+                data = b"+OK\r\n" + wire.encode_message(live[number - 1][1])
+                if number == drop_at:
+                    write(data[: len(data) // 2])
+                    self.request.shutdown(socket.SHUT_RDWR)
+                    return
+                write(data)
+            elif verb == b"DELE":
+                marked.add(int(words[1]))
+                write(b"+OK\r\n")
+            elif verb == b"QUIT":
+                server.deleted += [live[n - 1][0] for n in sorted(marked)]
+                server.messages = [m for i, m in enumerate(live) if i + 1 not in marked]
+                write(b"+OK bye\r\n")
+                return
+            else:
+                write(b"-ERR unknown\r\n")
+
+
+class ScriptedServerTests(FetchTestBase):
+    def scripted(self, messages, drop_at=None, refuse=()):
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ScriptedPOP3)
+        server.daemon_threads = True
+        server.messages = [(b"uid-%d" % i, m) for i, m in enumerate(messages)]
+        server.sessions, server.deleted, server.drop_at, server.refuse = 0, [], drop_at, set(refuse)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return server, "pop3://u@127.0.0.1:%d" % server.server_address[1]
+
+    def test_a_refused_message_does_not_hold_back_the_others(self):
+        messages = [make_message(i) for i in range(5)]
+        server, url = self.scripted(messages, refuse={b"uid-2"})
+        args = ["--allow-plaintext", "--maildir", self.out]
+        for _ in range(2):
+            code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
+            self.assertEqual(code, fetch.EXIT_ERROR, err)
+            self.assertIn("uid-2", err)
+            self.assertIn("Message vanished", err)
+        self.assertEqual(sorted(maildir_messages(self.out)),
+                         sorted(_unstuffed(m) for i, m in enumerate(messages) if i != 2))
+        self.assertEqual([uid for uid, _ in server.messages], [b"uid-2"])
+
+    def test_drop_mid_retr_then_rerun(self):
+        messages = [make_message(i, size=200000) for i in range(6)]
+        server, url = self.scripted(messages, drop_at=4)
+        args = ["--allow-plaintext", "--maildir", self.out, "--batch", "2"]
+        code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
+        self.assertEqual(code, fetch.EXIT_CONNECTION, err)
+        self.assertIn("connection", err)
+        got = maildir_messages(self.out)
+        self.assertEqual(sorted(got), sorted(_unstuffed(m) for m in messages[:3]))
+        self.assertEqual(server.deleted, [])
+        self.assertEqual(os.listdir(os.path.join(self.out, "tmp")), [])  # the partial one is gone
+        code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(maildir_messages(self.out)), sorted(_unstuffed(m) for m in messages))
+        self.assertEqual(sorted(server.deleted), sorted(b"uid-%d" % i for i in range(6)))
+        self.assertEqual(server.messages, [])

@@ -1,0 +1,152 @@
+"""``--workers N``: several processes share the ports; the maildrop lock still holds across them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Dict, List
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from twisted_pop3ng.service import build as tap
+from twisted_pop3ng.service import workers
+
+from .support import Session, process_tree, start_server
+
+PASSWORD = "correct horse battery staple"
+
+
+def serving_pid(client_port: int, server_port: int, pids: List[int]) -> int:
+    """The process holding the server side of the connection from ``client_port``."""
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if (int(local.split(":")[1], 16) == server_port
+                    and int(remote.split(":")[1], 16) == client_port):
+                inode = fields[9]
+    if inode is None:
+        raise AssertionError("connection not found")
+    target = "socket:[%s]" % inode
+    for pid in pids:
+        try:
+            for fd in os.listdir("/proc/%d/fd" % pid):
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == target:
+                    return pid
+        except OSError:
+            continue
+    raise AssertionError("no process holds the connection")
+
+
+class WorkersTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD},
+                                   extra_args=["--workers", "2", "--max-connections-per-address", "0"])
+        self.addCleanup(self.server.stop)
+        self.server.deliver("alice", b"Subject: x\n\nhello\n")
+        deadline = time.monotonic() + 20
+        while len(process_tree(self.server.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.pids = process_tree(self.server.process.pid)
+        self.assertEqual(len(self.pids), 2, self.pids)
+
+    def connect(self) -> Session:
+        session = Session(self.server.connect())
+        self.addCleanup(session.close)
+        return session
+
+    def test_both_processes_serve_and_the_lock_holds_across_them(self) -> None:
+        # Keep connections open until both processes hold at least one.
+        by_pid: Dict[int, Session] = {}
+        for _ in range(300):
+            session = self.connect()
+            self.assertTrue(session.line().startswith(b"+OK"))
+            by_pid.setdefault(serving_pid(session.sock.getsockname()[1], self.server.port,
+                                          self.pids), session)
+            if len(by_pid) == 2:
+                break
+        self.assertEqual(len(by_pid), 2, "every connection went to one process")
+        holder, other = by_pid.values()
+        self.assertTrue(holder.command(b"USER alice").startswith(b"+OK"))
+        self.assertTrue(holder.command(b"PASS " + PASSWORD.encode()).startswith(b"+OK"))
+        self.assertTrue(other.command(b"USER alice").startswith(b"+OK"))
+        reply = other.command(b"PASS " + PASSWORD.encode())
+        self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
+        self.assertEqual(holder.command(b"STAT"), b"+OK 1 %d\r\n" % len(b"Subject: x\r\n\r\nhello\r\n"))
+        holder.command(b"QUIT")
+        self.assertTrue(other.command(b"USER alice").startswith(b"+OK"))
+        self.assertTrue(other.command(b"PASS " + PASSWORD.encode()).startswith(b"+OK"))
+
+    def test_a_dead_worker_is_replaced_and_stop_ends_all(self) -> None:
+        worker = [p for p in self.pids if p != self.server.process.pid][0]
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        pids = []
+        while time.monotonic() < deadline:
+            pids = process_tree(self.server.process.pid)
+            if len(pids) == 2 and worker not in pids:
+                break
+            time.sleep(0.1)
+        self.assertEqual(len(pids), 2, pids)
+        self.assertNotIn(worker, pids)
+        for _ in range(4):
+            session = self.connect()
+            self.assertTrue(session.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+            session.command(b"QUIT")
+        self.server.stop()
+        for pid in pids:
+            self.assertFalse(os.path.exists("/proc/%d/status" % pid) and _alive(pid), pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return "\nState:\tZ" not in f.read()
+    except OSError:
+        return False
+
+
+class WorkerOptionTests(unittest.TestCase):
+    def test_workers_must_be_positive(self) -> None:
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as f:
+            f.write("alice:{PLAIN}x\n")
+        options = tap.Options()
+        self.assertRaises(usage.UsageError, options.parseOptions,
+                          ["--mailbox", "maildir:/tmp/{user}", "--auth", "passwd-file:" + users,
+                           "--workers", "0"])
+
+    def test_worker_arguments(self) -> None:
+        argv = ["twistd", "-n", "--pidfile=", "pop3ng", "--workers", "4", "--auth", "x",
+                "--workers=2", "--listen", "tcp:0"]
+        self.assertEqual(workers.without_workers(workers.pop3ng_arguments(argv)),
+                         ["--auth", "x", "--listen", "tcp:0"])
+
+
+class BacklogTests(unittest.TestCase):
+    def test_tcp_endpoints_get_a_large_backlog_unless_given(self) -> None:
+        self.assertEqual(tap.with_backlog("tcp:110"), "tcp:110:backlog=%d" % tap.DEFAULT_BACKLOG)
+        self.assertEqual(tap.with_backlog("tcp6:995:interface=\\:\\:1"),
+                         "tcp6:995:interface=\\:\\:1:backlog=%d" % tap.DEFAULT_BACKLOG)
+        self.assertEqual(tap.with_backlog("tcp:110:backlog=5"), "tcp:110:backlog=5")
+        self.assertEqual(tap.with_backlog("unix:/run/pop3.sock"), "unix:/run/pop3.sock")
+
+    def test_a_burst_of_connections_is_greeted_at_once(self) -> None:
+        import socket
+
+        server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD}, tls=False,
+                              extra_args=["--max-connections-per-address", "0"])
+        self.addCleanup(server.stop)
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+        try:
+            start = time.monotonic()
+            for sock in socks:
+                self.assertTrue(sock.recv(100).startswith(b"+OK"))
+            # With Twisted's default backlog of 50 the last ones waited for SYN-ACK retransmits.
+            self.assertLess(time.monotonic() - start, 0.9)
+        finally:
+            for sock in socks:
+                sock.close()

@@ -1,0 +1,375 @@
+"""Server-side SASL mechanisms: each gathers credentials; a checker (or validator) decides.
+
+A mechanism is a small state machine: :meth:`Mechanism.start` takes the initial response (None if
+the client sent none) and every :meth:`Mechanism.respond` takes one decoded client line. Each
+returns (or returns a Deferred of) a :class:`Challenge` to send as ``+ base64`` or a :class:`Done`
+carrying ``twisted.cred`` credentials for the portal. :class:`AuthFailed` means "wrong credentials"
+(answered ``-ERR [AUTH]`` after the failure delay); the wire handling (base64, ``*``, ``=``) lives
+in :mod:`twisted_pop3ng.server.auth_verbs`.
+
+Challenge-response mechanisms need stored secrets: CRAM-MD5 a plaintext-equivalent one, SCRAM a
+SCRAM verifier (``{SCRAM-SHA-*}``, or derived from ``{PLAIN}``). They get them through
+:attr:`SASLContext.lookup_secret`; an unknown user runs the same exchange against fake keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import scramp.core
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.internet import defer
+from zope.interface import implementer
+
+from twisted_pop3ng.auth import cram
+from twisted_pop3ng.auth import passwords
+from twisted_pop3ng.auth.checkers import Preauthenticated, hash_in_thread
+
+# scramp refuses the "tls-exporter" name only because Python's ssl module cannot export keying
+# material; we take the data from pyOpenSSL and hand scramp bytes, so the name is fine (RFC 9266).
+scramp.core.CbName.SUPPORTED_TYPES = scramp.core.CbName.SUPPORTED_TYPES | {"tls-exporter"}
+scramp.core.CbName.UNSUPPORTED_TYPES = frozenset()
+
+
+@dataclass(frozen=True)
+class Challenge:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Done:
+    credentials: Any
+
+
+Step = Union[Challenge, Done]
+
+
+class AuthFailed(Exception):
+    """The client's credentials are wrong (or malformed): ``-ERR [AUTH]`` after the failure delay."""
+
+
+@dataclass
+class SASLContext:
+    """What a mechanism may know about its session."""
+
+    hostname: str = "localhost"
+    #: ``username -> "{SCHEME}secret" | None`` (or a Deferred of it); None: no secret store.
+    lookup_secret: Optional[Callable[[str], Any]] = None
+    #: Channel-binding data by type ("tls-exporter", "tls-server-end-point") on TLS connections;
+    #: the client's GS2 header picks one, the first is the default.
+    channel_bindings: Dict[str, bytes] = field(default_factory=dict)
+    #: SCRAM-SHA-256-PLUS is offered: a SCRAM-SHA-256 client saying "y" is then a downgrade.
+    plus_offered: bool = False
+    #: Identities of a verified TLS client certificate (EXTERNAL).
+    client_identities: Sequence[str] = ()
+    #: ``(username_hint, token) -> authorised user | None`` (or a Deferred); None: no OAuth.
+    validate_token: Optional[Callable[[str, str], Any]] = None
+    #: Key for deterministic fake salts (unknown users) and derived SCRAM salts.
+    secret_key: bytes = field(default_factory=lambda: os.urandom(32))
+
+
+class Mechanism:
+    name = ""
+
+    def __init__(self, context: SASLContext) -> None:
+        self.context = context
+
+    def start(self, initial: Optional[bytes]) -> Any:
+        return self.respond(initial) if initial is not None else Challenge(b"")
+
+    def respond(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+
+class Plain(Mechanism):
+    """RFC 4616: ``authzid NUL authcid NUL passwd``; no proxy authorisation."""
+
+    name = "PLAIN"
+
+    def respond(self, data: bytes) -> Step:
+        parts = data.split(b"\0")
+        if len(parts) != 3 or not parts[1]:
+            raise AuthFailed("malformed PLAIN response")
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            raise AuthFailed("proxy authorisation is not supported")
+        return Done(UsernamePassword(authcid, password))
+
+
+class Login(Mechanism):
+    """The de-facto LOGIN mechanism (draft-murchison-sasl-login): user name, then password."""
+
+    name = "LOGIN"
+
+    def __init__(self, context: SASLContext) -> None:
+        super().__init__(context)
+        self.username: Optional[bytes] = None
+
+    def start(self, initial: Optional[bytes]) -> Step:
+        return self.respond(initial) if initial else Challenge(b"Username:")
+
+    def respond(self, data: bytes) -> Step:
+        if self.username is None:
+            if not data:
+                raise AuthFailed("empty user name")
+            self.username = data
+            return Challenge(b"Password:")
+        return Done(UsernamePassword(self.username, data))
+
+
+@implementer(IUsernameHashedPassword)
+@dataclass(frozen=True)
+class CramMD5Credentials:
+    """A CRAM-MD5 answer; checkable against a plaintext secret or Dovecot's ``{CRAM-MD5}`` context."""
+
+    username: bytes
+    challenge: bytes
+    response: bytes
+
+    def checkPassword(self, password: bytes) -> bool:
+        expected = cram.cram_digest(password, self.challenge).encode()
+        return hmac.compare_digest(expected, self.response.lower())
+
+    def check_stored(self, scheme: str, secret: str) -> bool:
+        if scheme != "CRAM-MD5":
+            return False
+        try:
+            expected = cram.hmac_from_context(secret, self.challenge).hex().encode()
+        except ValueError:
+            return False
+        return hmac.compare_digest(expected, self.response.lower())
+
+
+class CramMD5(Mechanism):
+    name = "CRAM-MD5"
+
+    def start(self, initial: Optional[bytes]) -> Step:
+        if initial:
+            raise AuthFailed("CRAM-MD5 takes no initial response")
+        self.challenge = b"<%d.%d@%s>" % (int.from_bytes(os.urandom(6), "big"), int(time.time()),
+                                           self.context.hostname.encode("idna"))
+        return Challenge(self.challenge)
+
+    def respond(self, data: bytes) -> Step:
+        username, _, digest = data.rpartition(b" ")
+        if not username or len(digest) != 32:
+            raise AuthFailed("malformed CRAM-MD5 response")
+        return Done(CramMD5Credentials(username, self.challenge, digest))
+
+
+def _scram_unescape(name: str) -> str:
+    return name.replace("=2C", ",").replace("=3D", "=")
+
+
+class Scram(Mechanism):
+    """SCRAM (RFC 5802/7677) through ``scramp``; the ``-PLUS`` variants bind to the TLS channel."""
+
+    hash_name = "sha256"
+
+    def __init__(self, context: SASLContext) -> None:
+        super().__init__(context)
+        self.server: Any = None
+        self.username = ""
+        self.finished = False
+
+    def start(self, initial: Optional[bytes]) -> Any:
+        return self.respond(initial) if initial else Challenge(b"")
+
+    def respond(self, data: bytes) -> Any:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AuthFailed("SCRAM messages are UTF-8")
+        if self.server is None:
+            return self._client_first(text)
+        if not self.finished:
+            return self._client_final(text)
+        if text:
+            raise AuthFailed("unexpected data after SCRAM server-final")
+        return Done(Preauthenticated(self.username, self.name))
+
+    def _client_first(self, text: str) -> defer.Deferred:
+        bare = text.split(",", 2)[-1] if text.count(",") >= 2 else ""
+        attrs = dict(part.split("=", 1) for part in bare.split(",") if "=" in part)
+        if "n" not in attrs:
+            raise AuthFailed("malformed SCRAM client-first message")
+        self.username = _scram_unescape(attrs["n"])
+        d = defer.maybeDeferred(self._keys, self.username)
+
+        def proceed(keys: passwords.ScramKeys) -> Step:
+            plus = self.name.endswith("-PLUS") or (self.hash_name == "sha256" and self.context.plus_offered)
+            binding = self._binding(text) if plus else None
+            mechanism = scramp.ScramMechanism(self.name)
+            auth = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
+            try:
+                self.server = mechanism.make_server(lambda _user: auth, channel_binding=binding)
+                self.server.set_client_first(text)
+                return Challenge(self.server.get_server_first().encode("utf-8"))
+            except scramp.ScramException as error:
+                raise AuthFailed(str(error))
+
+        return d.addCallback(proceed)
+
+    def _binding(self, client_first: str) -> Optional[Tuple[str, bytes]]:
+        """The binding the client asked for (``p=NAME``) if we have it, else our default."""
+        bindings = self.context.channel_bindings
+        if not bindings:
+            return None
+        flag = client_first.split(",", 1)[0]
+        if flag.startswith("p=") and flag[2:] in bindings:
+            return flag[2:], bindings[flag[2:]]
+        return next(iter(bindings.items()))
+
+    def _client_final(self, text: str) -> Step:
+        try:
+            self.server.set_client_final(text)
+            final = self.server.get_server_final()
+        except scramp.ScramException as error:
+            raise AuthFailed(str(error))
+        self.finished = True
+        return Challenge(final.encode("utf-8"))
+
+    def _fake(self, username: str) -> passwords.ScramKeys:
+        digest = hmac.new(self.context.secret_key, b"fake\0" + username.encode(), hashlib.sha256).digest()
+        size = hashlib.new(self.hash_name).digest_size
+        return passwords.ScramKeys(passwords.SCRAM_ITERATIONS, digest[:16], os.urandom(size),
+                                   os.urandom(size))
+
+    def _keys(self, username: str) -> Any:
+        if self.context.lookup_secret is None:
+            return self._fake(username)
+        d = defer.maybeDeferred(self.context.lookup_secret, username)
+
+        def derive(stored: Optional[str]) -> Any:
+            if stored is None:
+                return self._fake(username)
+            scheme, secret = passwords.split_scheme(stored)
+            if scheme == "SCRAM-" + self.hash_name.upper().replace("SHA", "SHA-"):
+                return passwords.parse_scram(secret)
+            if scheme in passwords.PLAINTEXT_SCHEMES:
+                salt = hmac.new(self.context.secret_key, b"salt\0" + username.encode(),
+                                hashlib.sha256).digest()[:16]
+                return hash_in_thread(passwords.scram_keys, secret.encode("utf-8"),
+                                      self.hash_name, salt, passwords.SCRAM_ITERATIONS)
+            return self._fake(username)
+
+        return d.addCallback(derive)
+
+
+class ScramSha1(Scram):
+    name = "SCRAM-SHA-1"
+    hash_name = "sha1"
+
+
+class ScramSha256(Scram):
+    name = "SCRAM-SHA-256"
+
+
+class ScramSha256Plus(Scram):
+    name = "SCRAM-SHA-256-PLUS"
+
+
+class External(Mechanism):
+    """RFC 4422 Appendix A: the TLS client certificate names the user; authzid may pick one of its names."""
+
+    name = "EXTERNAL"
+
+    def start(self, initial: Optional[bytes]) -> Step:
+        return self.respond(initial) if initial is not None else Challenge(b"")
+
+    def respond(self, data: bytes) -> Step:
+        identities = list(self.context.client_identities)
+        if not identities:
+            raise AuthFailed("no verified client certificate")
+        wanted = data.decode("utf-8", "replace")
+        if not wanted:
+            return Done(Preauthenticated(identities[0], self.name))
+        if wanted in identities:
+            return Done(Preauthenticated(wanted, self.name))
+        raise AuthFailed("certificate does not name that user")
+
+
+_OAUTH_ERROR = json.dumps({"status": "invalid_token", "schemes": "bearer", "scope": "mail"}).encode()
+
+
+class _OAuth(Mechanism):
+    """Shared by OAUTHBEARER and XOAUTH2: a failed token gets an error challenge, then ``-ERR``."""
+
+    def __init__(self, context: SASLContext) -> None:
+        super().__init__(context)
+        self.failed = False
+
+    def start(self, initial: Optional[bytes]) -> Any:
+        return self.respond(initial) if initial else Challenge(b"")
+
+    def respond(self, data: bytes) -> Any:
+        if self.failed:
+            raise AuthFailed("invalid token")
+        user, token = self.parse(data)
+        validate = self.context.validate_token
+        if validate is None:
+            raise AuthFailed("no token validator")
+        d = defer.maybeDeferred(validate, user, token)
+
+        def decide(authorised: Optional[str]) -> Step:
+            if authorised and (not user or authorised == user):
+                return Done(Preauthenticated(authorised, self.name))
+            self.failed = True
+            return Challenge(_OAUTH_ERROR)
+
+        return d.addCallback(decide)
+
+    @staticmethod
+    def _kvpairs(data: bytes) -> Dict[str, str]:
+        text = data.decode("utf-8", "replace")
+        return dict(kv.split("=", 1) for kv in text.split("\x01") if "=" in kv)
+
+    @staticmethod
+    def _bearer(auth: str) -> str:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthFailed("expected a Bearer token")
+        return token.strip()
+
+    def parse(self, data: bytes) -> Tuple[str, str]:
+        raise NotImplementedError
+
+
+class OAuthBearer(_OAuth):
+    """RFC 7628: ``n,a=user,`` GS2 header, then ``^Aauth=Bearer TOKEN^A^A``."""
+
+    name = "OAUTHBEARER"
+
+    def parse(self, data: bytes) -> Tuple[str, str]:
+        header, sep, rest = data.partition(b"\x01")
+        fields = header.decode("utf-8", "replace").split(",")
+        if not sep or len(fields) < 2 or fields[0] not in ("n", "y"):
+            raise AuthFailed("malformed OAUTHBEARER message")
+        user = next((f[2:] for f in fields[1:] if f.startswith("a=")), "")
+        return _scram_unescape(user), self._bearer(self._kvpairs(rest).get("auth", ""))
+
+
+class XOAuth2(_OAuth):
+    """Google's XOAUTH2: ``user=USER^Aauth=Bearer TOKEN^A^A``."""
+
+    name = "XOAUTH2"
+
+    def parse(self, data: bytes) -> Tuple[str, str]:
+        pairs = self._kvpairs(data)
+        if "user" not in pairs:
+            raise AuthFailed("malformed XOAUTH2 message")
+        return pairs["user"], self._bearer(pairs.get("auth", ""))
+
+
+#: Every mechanism, in the order CAPA lists them (strongest first, plaintext last).
+MECHANISMS: List[type] = [ScramSha256Plus, ScramSha256, ScramSha1, CramMD5, External,
+                          OAuthBearer, XOAuth2, Plain, Login]
+BY_NAME = {m.name: m for m in MECHANISMS}
+#: Mechanisms that send the password itself: subject to the plaintext policy.
+PLAINTEXT = frozenset({"PLAIN", "LOGIN"})

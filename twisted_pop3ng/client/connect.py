@@ -1,0 +1,130 @@
+"""``connect()``: from a ``pop3://`` / ``pop3s://`` URL (or an endpoint) to a logged-in :class:`POP3Client`.
+
+* ``pop3://USER@HOST[:PORT]`` (default port 110): STLS is required and the certificate verified
+  (RFC 2595, RFC 7817); ``allow_plaintext=True`` uses STLS when offered and goes without otherwise.
+* ``pop3s://USER@HOST[:PORT]`` (default port 995): TLS from the first byte (RFC 8314).
+* an ``IStreamClientEndpoint``: connect as given; ``hostname`` enables STLS with verification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+from twisted_pop3ng.client.protocol import DEFAULT_TIMEOUT, CapabilityError, POP3Client, POP3ClientFactory
+
+
+@dataclass(frozen=True)
+class POP3URL:
+    """A parsed ``pop3://`` or ``pop3s://`` URL."""
+
+    scheme: str
+    host: str
+    port: int
+    username: Optional[str]
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.scheme == "pop3s"
+
+    def __str__(self) -> str:
+        user = "%s@" % self.username if self.username else ""
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s://%s%s:%d" % (self.scheme, user, host, self.port)
+
+
+def parse_url(url: str) -> POP3URL:
+    """Parse ``pop3[s]://[USER@]HOST[:PORT][/]``; a password in the URL is refused (it would leak)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("pop3", "pop3s"):
+        raise ValueError("URL must start with pop3:// or pop3s://: %r" % url)
+    if parts.password is not None:
+        raise ValueError("put the password in --password-file or POP3NG_PASSWORD, not in the URL")
+    if not parts.hostname:
+        raise ValueError("URL has no host: %r" % url)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("unexpected path or query in URL: %r" % url)
+    try:
+        port = parts.port or (995 if scheme == "pop3s" else 110)
+    except ValueError:
+        raise ValueError("bad port in URL: %r" % url)
+    username = unquote(parts.username) if parts.username else None
+    return POP3URL(scheme, parts.hostname, port, username)
+
+
+def trust_root(cafile: Optional[str]) -> Any:
+    """The CA certificates from a PEM file (all of them), or the platform's trust store."""
+    if cafile is None:
+        return ssl.platformTrust()
+    with open(cafile, "rb") as f:
+        data = f.read()
+    marker = b"-----END CERTIFICATE-----"
+    pems = [block + marker for block in data.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
+    if not pems:
+        raise ValueError("no PEM certificate in %s" % cafile)
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(p) for p in pems])
+
+
+def tls_options(hostname: str, cafile: Optional[str] = None, trust: Any = None) -> Any:
+    """Client TLS options verifying ``hostname`` (service_identity, RFC 6125/7817), TLS 1.2+."""
+    return ssl.optionsForClientTLS(hostname, trustRoot=trust if trust is not None else trust_root(cafile),
+                                   extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+
+
+async def _connect(reactor: Any, target: Any, username: Optional[str], password: Optional[str],
+                   token: Optional[str], cafile: Optional[str], allow_plaintext: bool,
+                   timeout: Optional[float], connect_timeout: float, hostname: Optional[str],
+                   mechanism: Optional[str], login: bool, apop: bool) -> POP3Client:
+    factory = POP3ClientFactory(timeout=timeout, clock=reactor)
+    implicit = False
+    if isinstance(target, str):
+        url = parse_url(target)
+        username = username or url.username
+        hostname = url.host
+        endpoint: Any = HostnameEndpoint(reactor, url.host, url.port, timeout=connect_timeout)
+        if url.implicit_tls:
+            implicit = True
+            endpoint = wrapClientTLS(tls_options(url.host, cafile), endpoint)
+    else:
+        endpoint = target
+    client: POP3Client = await endpoint.connect(factory)
+    try:
+        client.tls = implicit
+        await client.ready
+        await client.capa()
+        if not implicit and hostname is not None:
+            if "STLS" in client.capabilities:
+                await client.starttls(tls_options(hostname, cafile))
+            elif not allow_plaintext:
+                raise CapabilityError("the server does not offer STLS; use pop3s:// or allow plaintext")
+        if login:
+            if username is None:
+                raise ValueError("no user name given")
+            await client.login(username, password, token=token, mechanism=mechanism,
+                               allow_plaintext=allow_plaintext, apop=apop)
+    except BaseException:
+        if client.transport is not None:
+            client.transport.abortConnection()
+        raise
+    return client
+
+
+def connect(reactor: Any, endpoint_or_url: Any, username: Optional[str] = None,
+            password: Optional[str] = None, *, token: Optional[str] = None,
+            cafile: Optional[str] = None, allow_plaintext: bool = False,
+            timeout: Optional[float] = DEFAULT_TIMEOUT, connect_timeout: float = 30.0,
+            hostname: Optional[str] = None, mechanism: Optional[str] = None,
+            login: bool = True, apop: bool = False) -> defer.Deferred:
+    """Connect, secure (STLS or implicit TLS) and log in; fires with the :class:`POP3Client`.
+
+    ``endpoint_or_url`` is a ``pop3://``/``pop3s://`` URL or a client endpoint (then ``hostname``
+    asks for STLS with that name verified). The password never appears in the URL.
+    """
+    return defer.ensureDeferred(_connect(reactor, endpoint_or_url, username, password, token, cafile,
+                                         allow_plaintext, timeout, connect_timeout, hostname,
+                                         mechanism, login, apop))

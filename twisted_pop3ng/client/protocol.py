@@ -1,0 +1,537 @@
+"""The POP3 client protocol (RFC 1939, 2449, 2595, 5034) with a Deferred API.
+
+Rules of this module:
+
+* every command is a :class:`_Pending` in a FIFO; replies are matched to the head of the FIFO, which
+  is how the client knows whether a reply is multi-line and how pipelining (RFC 2449 §6.6) works:
+  with ``PIPELINING`` advertised, commands are written at once; without it, one at a time;
+* ``STLS``, ``AUTH``, ``USER``/``PASS``/``APOP`` and ``QUIT`` are barriers: sent alone, nothing
+  after them is sent until they are answered;
+* all parsing goes through :mod:`twisted_pop3ng.wire` (status lines, dot-unstuffing, terminator);
+* message bodies stream into a consumer (``IConsumer`` with backpressure, or anything with
+  ``write``); memory stays bounded whatever the message size;
+* every ``-ERR`` becomes a :class:`ServerError` subclass chosen by its response code.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from twisted.internet import defer, error as ierror
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_pop3ng.auth import sasl_client
+from twisted_pop3ng import wire
+from twisted_pop3ng.client.login import LoginMixin
+from twisted_pop3ng._net import set_no_delay
+from twisted_pop3ng.client.errors import (AuthError, CapabilityError, InUseError, LoginDelayError,
+                            PermanentError, ProtocolError, ServerError, TemporaryError, TLSError,
+                            error_for)
+
+__all__ = ["POP3Client", "POP3ClientFactory", "AuthError", "CapabilityError",
+           "InUseError", "LoginDelayError", "PermanentError", "ProtocolError", "ServerError",
+           "TemporaryError", "TLSError", "error_for"]
+
+#: Seconds without any progress on a pending command before the connection is given up.
+DEFAULT_TIMEOUT = 60.0
+#: A status line longer than this (RFC 2449 allows 512) is a broken server, not a long reply.
+MAX_STATUS_LINE = 8192
+
+
+class _LinesSink:
+    """Collects a short multi-line body (CAPA, LIST, UIDL) as lines."""
+
+    def __init__(self) -> None:
+        self.parts: List[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def result(self) -> List[bytes]:
+        data = b"".join(self.parts)
+        return data.split(b"\r\n")[:-1] if data else []
+
+
+class _BytesSink(_LinesSink):
+    def result(self) -> bytes:  # type: ignore[override]
+        return b"".join(self.parts)
+
+
+class _Pending:
+    """One command in the FIFO, from queued to answered."""
+
+    __slots__ = ("line", "verb", "deferred", "multiline", "sink", "mechanism", "barrier",
+                 "discard_rest", "failure", "is_auth", "registered")
+
+    def __init__(self, line: Optional[bytes], multiline: bool = False, sink: Any = None,
+                 barrier: bool = False, mechanism: Any = None, is_auth: bool = False) -> None:
+        self.line = line
+        self.verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper() if line else "greeting"
+        self.deferred: defer.Deferred = defer.Deferred()
+        self.multiline = multiline
+        self.sink = sink
+        self.barrier = barrier
+        self.mechanism = mechanism
+        self.is_auth = is_auth
+        self.discard_rest = False
+        self.registered = False
+        self.failure: Optional[BaseException] = None
+
+
+class _ConsumerFailed(Exception):
+    """The consumer of a message body raised; carries its exception."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@implementer(IPushProducer)
+class _BodyProducer:
+    """Registered with a consumer while a body streams into it: its pushback pauses the socket."""
+
+    def __init__(self, protocol: "POP3Client") -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol._set_paused(True)
+
+    def resumeProducing(self) -> None:
+        self.protocol._set_paused(False)
+
+    def stopProducing(self) -> None:
+        if self.protocol.transport is not None:
+            self.protocol.transport.abortConnection()
+
+
+class POP3Client(LoginMixin, Protocol, TimeoutMixin):
+    """A POP3 client session. ``ready`` fires with the greeting text once the server has greeted."""
+
+    def __init__(self, timeout: Optional[float] = DEFAULT_TIMEOUT, clock: Any = None) -> None:
+        self.command_timeout = timeout
+        self.clock = clock
+        self.capabilities: Dict[str, List[str]] = {}
+        self.greeting = ""
+        self.tls = False
+        self.logged_in = False
+        #: The method ``login`` used: a SASL mechanism name, ``USER`` or ``APOP``.
+        self.mechanism: Optional[str] = None
+        self.ready: defer.Deferred = defer.Deferred()
+        self._buffer = b""
+        self._queued: Deque[_Pending] = deque()
+        self._inflight: Deque[_Pending] = deque()
+        self._decoder: Optional[wire.MultiLineDecoder] = None
+        self._paused = False
+        self._processing = False
+        self._closed: Optional[Failure] = None
+        self._quitting = False
+        self._lost: defer.Deferred = defer.Deferred()
+        greeting = _Pending(None)
+        greeting.deferred.addCallback(self._greeted)
+        greeting.deferred.chainDeferred(self.ready)
+        self._inflight.append(greeting)
+
+    # -- connection plumbing ----------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if self.clock is not None:
+            self.callLater = self.clock.callLater
+        set_no_delay(self.transport)
+        self._arm_timeout()
+
+    def _arm_timeout(self) -> None:
+        busy = bool(self._inflight or self._queued)
+        self.setTimeout(self.command_timeout if busy else None)
+
+    def timeoutConnection(self) -> None:
+        self._closed = Failure(ierror.TimeoutError("no reply from the POP3 server in %s s"
+                                                   % self.command_timeout))
+        self._fail_all(self._closed)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.setTimeout(None)
+        failure = reason
+        if reason is not None and self._looks_like_tls_failure(reason):
+            failure = Failure(TLSError(_describe_tls_failure(reason)))
+        elif reason is not None and reason.check(ierror.ConnectionDone) and self._inflight:
+            failure = Failure(ierror.ConnectionLost("server closed the connection during %s"
+                                                    % self._inflight[0].verb))
+        if self._closed is None:
+            self._closed = failure or Failure(ierror.ConnectionDone())
+        if self._quitting and self._inflight and self._inflight[0].verb == "QUIT":
+            # A server may close right after (or instead of) answering QUIT; that is a clean end.
+            self._inflight.popleft().deferred.callback(None)
+        self._fail_all(self._closed)
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            lost.callback(None)
+
+    def _looks_like_tls_failure(self, reason: Failure) -> bool:
+        from OpenSSL import SSL
+
+        if reason.check(SSL.Error):
+            return True
+        try:
+            from service_identity import VerificationError
+
+            return bool(reason.check(VerificationError))
+        except ImportError:  # pragma: no cover
+            return False
+
+    def when_closed(self) -> defer.Deferred:
+        """A Deferred that fires once the connection is gone."""
+        if self._lost is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._lost.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def _fail_all(self, failure: Failure) -> None:
+        pending = list(self._inflight) + list(self._queued)
+        self._inflight.clear()
+        self._queued.clear()
+        self._decoder = None
+        for item in pending:
+            self._release_consumer(item)
+            if not item.deferred.called:
+                item.deferred.errback(failure)
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    @property
+    def pipelining(self) -> bool:
+        return "PIPELINING" in self.capabilities
+
+    def send(self, line: bytes, multiline: bool = False, sink: Any = None, barrier: bool = False,
+             mechanism: Any = None, is_auth: bool = False,
+             discard_rest: bool = False) -> defer.Deferred:
+        """Queue a raw command; fires with its :class:`~twisted_pop3ng.wire.Status` (or sink result)."""
+        if self._closed is not None:
+            return defer.fail(self._closed)
+        if b"\r" in line or b"\n" in line:
+            return defer.fail(ValueError("a command line cannot contain CR or LF"))
+        pending = _Pending(line, multiline, sink, barrier, mechanism, is_auth)
+        pending.discard_rest = discard_rest
+        self._queued.append(pending)
+        self._flush()
+        return pending.deferred
+
+    def _flush(self) -> None:
+        """Write every queued command that the FIFO and pipelining rules let go now."""
+        out = []
+        while self._queued:
+            head = self._queued[0]
+            if self._inflight:
+                if head.barrier or self._inflight[-1].barrier or not self.pipelining:
+                    break
+            self._inflight.append(self._queued.popleft())
+            out.append(head.line + b"\r\n")
+            if head.barrier:
+                break
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+        self._arm_timeout()
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        self.resetTimeout()
+        self._process()
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused == self._paused or self.transport is None:
+            return
+        self._paused = paused
+        if paused:
+            self.setTimeout(None)  # our consumer is slow, not the server
+            self.transport.pauseProducing()
+        else:
+            self._arm_timeout()
+            self.transport.resumeProducing()
+            self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            self._process_buffer()
+        finally:
+            self._processing = False
+
+    def _process_buffer(self) -> None:
+        buf, pos = self._buffer, 0
+        try:
+            while pos < len(buf) and not self._paused and self._closed is None:
+                if not self._inflight:
+                    if self._quitting:
+                        pos = len(buf)
+                        break
+                    raise ProtocolError("unexpected data from server: %r" % buf[pos:pos + 80])
+                head = self._inflight[0]
+                if self._decoder is not None:
+                    payload, leftover = self._decoder.feed(buf[pos:] if pos else buf)
+                    buf, pos = leftover or b"", 0
+                    if payload:
+                        try:
+                            head.sink.write(payload)
+                        except Exception as e:
+                            raise _ConsumerFailed(e)
+                    if leftover is None:
+                        break
+                    self._decoder = None
+                    buf, pos = self._callback(head, None, buf, pos)
+                    continue
+                end = buf.find(b"\n", pos)
+                if end == -1:
+                    if len(buf) - pos > MAX_STATUS_LINE:
+                        raise ProtocolError("status line too long")
+                    break
+                line = buf[pos:end]
+                pos = end + 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                try:
+                    status = wire.parse_status(line)
+                except wire.WireError as e:
+                    raise ProtocolError(str(e))
+                if status.continuation:
+                    self._challenge(head, status)
+                    continue
+                if status.ok and head.multiline:
+                    self._decoder = wire.MultiLineDecoder()
+                    self._attach_consumer(head)
+                    continue
+                if head.discard_rest:
+                    pos = len(buf)  # STLS: nothing after +OK may be read as plaintext (RFC 2595 §4)
+                buf, pos = self._callback(head, status, buf, pos)
+        except (ProtocolError, _ConsumerFailed) as e:
+            # A stream cannot be resumed half-way: drop the connection (the server commits nothing).
+            self._buffer = b""
+            self._fail_all(Failure(e.error if isinstance(e, _ConsumerFailed) else e))
+            if self.transport is not None:
+                self.transport.abortConnection()
+            return
+        self._buffer = buf[pos:] if pos else buf
+
+    def _callback(self, head: _Pending, status: Optional[wire.Status], buf: bytes,
+                  pos: int) -> Tuple[bytes, int]:
+        """Store the unread input, run the command's callbacks, then pick the input up again: a
+        callback may have replaced it (STLS) or more may have arrived meanwhile."""
+        self._buffer = buf[pos:] if pos else buf
+        self._complete(head, status)
+        return self._buffer, 0
+
+    def _challenge(self, head: _Pending, status: wire.Status) -> None:
+        if head.mechanism is None:
+            raise ProtocolError("unexpected continuation line to %s" % head.verb)
+        if head.failure is not None:
+            self.transport.write(b"*\r\n")
+            return
+        try:
+            challenge = base64.b64decode(status.payload, validate=True) if status.payload else b""
+            answer = head.mechanism.respond(challenge)
+        except Exception as e:
+            # Cancel the exchange (RFC 5034 §4); the server answers -ERR and we report this error.
+            head.failure = e if isinstance(e, sasl_client.SASLError) else sasl_client.SASLError(str(e))
+            self.transport.write(b"*\r\n")
+            return
+        self.transport.write(base64.b64encode(answer) + b"\r\n")
+
+    def _attach_consumer(self, head: _Pending) -> None:
+        if IConsumer.providedBy(head.sink):
+            head.sink.registerProducer(_BodyProducer(self), True)
+            head.registered = True
+
+    def _release_consumer(self, item: _Pending) -> None:
+        if item.registered:
+            item.registered = False
+            try:
+                item.sink.unregisterProducer()
+            except Exception:
+                pass
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _complete(self, head: _Pending, status: Optional[wire.Status]) -> None:
+        self._inflight.popleft()
+        if status is None:
+            self._release_consumer(head)
+            result: Any = head.sink.result() if isinstance(head.sink, _LinesSink) else head.sink
+        elif not status.ok:
+            if head.failure is not None:
+                result = Failure(head.failure)
+            else:
+                err = error_for(status, head.verb)
+                if head.is_auth and not isinstance(err, (InUseError, LoginDelayError, TemporaryError,
+                                                          PermanentError, AuthError)):
+                    err = AuthError(status.text, status.code or "AUTH", head.verb)
+                result = Failure(err)
+        elif head.mechanism is not None and not head.mechanism.complete:
+            result = Failure(sasl_client.SASLError("server accepted %s without proving itself"
+                                                   % head.mechanism.name))
+        else:
+            result = status
+        self._flush()
+        head.deferred.callback(result)
+
+    # -- greeting, capabilities, TLS --------------------------------------------------------------
+
+    def _greeted(self, status: wire.Status) -> str:
+        self.greeting = status.text
+        return status.text
+
+    def capa(self) -> defer.Deferred:
+        """Read the capabilities (RFC 2449) into ``self.capabilities``; {} if CAPA is refused."""
+        def parse(lines: List[bytes]) -> Dict[str, List[str]]:
+            caps: Dict[str, List[str]] = {}
+            for raw in lines:
+                words = raw.decode("utf-8", "replace").split()
+                if words:
+                    caps[words[0].upper()] = words[1:]
+            self.capabilities = caps
+            return caps
+
+        def refused(failure: Failure) -> Dict[str, List[str]]:
+            failure.trap(ServerError)
+            self.capabilities = {}
+            return {}
+
+        return self.send(b"CAPA", multiline=True, sink=_LinesSink()).addCallbacks(parse, refused)
+
+    def starttls(self, context_factory: Any) -> defer.Deferred:
+        """STLS (RFC 2595), then TLS with ``context_factory`` (e.g. ``optionsForClientTLS``).
+
+        Bytes that arrived after the ``+OK`` are thrown away. Fires with the capabilities re-read
+        over TLS; a certificate the factory rejects fails the Deferred with :class:`TLSError`.
+        """
+        if self.tls:
+            return defer.fail(CapabilityError("TLS is already active"))
+        d = self.send(b"STLS", barrier=True, discard_rest=True)
+
+        def go(_: Any) -> defer.Deferred:
+            self._buffer = b""
+            self.transport.startTLS(context_factory)
+            self.tls = True
+            self.capabilities = {}
+            return self.capa()
+
+        return d.addCallback(go)
+
+    # -- transaction commands ---------------------------------------------------------------------
+
+    def stat(self) -> defer.Deferred:
+        """Fires with ``(message count, total octets)``."""
+        def parse(status: wire.Status) -> Tuple[int, int]:
+            count, size = _numbers(status.text, 2)
+            return count, size
+        return self.send(b"STAT").addCallback(parse)
+
+    def list(self, number: Optional[int] = None) -> defer.Deferred:
+        """``LIST``: ``{number: size}`` for all messages, or the size of one."""
+        if number is not None:
+            return self.send(b"LIST %d" % number).addCallback(lambda s: _numbers(s.text, 2)[1])
+        return self.send(b"LIST", multiline=True, sink=_LinesSink()).addCallback(_parse_listing, int)
+
+    def uidl(self, number: Optional[int] = None) -> defer.Deferred:
+        """``UIDL``: ``{number: uid}`` for all messages, or the uid of one."""
+        if number is not None:
+            return self.send(b"UIDL %d" % number).addCallback(lambda s: _split_pair(s.text)[1])
+        return self.send(b"UIDL", multiline=True, sink=_LinesSink()).addCallback(_parse_listing, str)
+
+    def retrieve(self, number: int, consumer: Any = None) -> defer.Deferred:
+        """``RETR``: stream the message into ``consumer`` (``IConsumer`` or has ``write``) and fire
+        with it; without a consumer, fire with the message bytes."""
+        return self._body(b"RETR %d" % number, consumer)
+
+    def top(self, number: int, lines: int, consumer: Any = None) -> defer.Deferred:
+        """``TOP``: the header and the first ``lines`` body lines, like :meth:`retrieve`."""
+        return self._body(b"TOP %d %d" % (number, lines), consumer)
+
+    def _body(self, line: bytes, consumer: Any) -> defer.Deferred:
+        return self.send(line, multiline=True, sink=consumer if consumer is not None else _BytesSink())
+
+    def delete(self, number: int) -> defer.Deferred:
+        return self.send(b"DELE %d" % number)
+
+    def reset(self) -> defer.Deferred:
+        return self.send(b"RSET")
+
+    def noop(self) -> defer.Deferred:
+        return self.send(b"NOOP")
+
+    def quit(self) -> defer.Deferred:
+        """``QUIT``: the server commits deletions (UPDATE state); fires once it answered ``+OK``."""
+        self._quitting = True
+        d = self.send(b"QUIT", barrier=True)
+
+        def done(result: Any) -> Any:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return result
+        return d.addCallback(done)
+
+
+def _numbers(text: str, count: int) -> List[int]:
+    words = text.split()
+    try:
+        return [int(w) for w in words[:count]] if len(words) >= count else _bad(text)
+    except ValueError:
+        return _bad(text)
+
+
+def _bad(text: str) -> Any:
+    raise ProtocolError("malformed reply: %r" % text[:80])
+
+
+def _split_pair(text: str) -> Tuple[int, str]:
+    words = text.split()
+    if len(words) < 2 or not words[0].isdigit():
+        _bad(text)
+    return int(words[0]), words[1]
+
+
+def _parse_listing(lines: List[bytes], kind: Callable[[str], Any]) -> Dict[int, Any]:
+    result: Dict[int, Any] = {}
+    for raw in lines:
+        number, value = _split_pair(raw.decode("utf-8", "replace"))
+        try:
+            result[number] = kind(value)
+        except ValueError:
+            _bad(raw.decode("utf-8", "replace"))
+    return result
+
+
+def _describe_tls_failure(reason: Failure) -> str:
+    value = reason.value
+    text = str(value)
+    if "certificate verify failed" in text:
+        return "the server certificate is not trusted (certificate verify failed)"
+    if value.__class__.__name__ == "VerificationError":
+        return "the server certificate does not match the host name: %s" % text
+    return "TLS handshake failed: %s" % text
+
+
+class POP3ClientFactory(Factory):
+    """Builds :class:`POP3Client` protocols with a command timeout (for endpoints' ``connect``)."""
+
+    protocol = POP3Client
+
+    def __init__(self, timeout: Optional[float] = DEFAULT_TIMEOUT, clock: Any = None) -> None:
+        self.timeout = timeout
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> POP3Client:
+        proto = self.protocol(timeout=self.timeout, clock=self.clock)
+        proto.factory = self
+        return proto

@@ -1,0 +1,230 @@
+"""The server's TCP listening port: Twisted's ``tcp.Port`` with a leaner accept loop.
+
+A POP3 session is short (connect, five commands, close), so what Twisted does once per accepted
+connection is a visible share of it. ``tcp.Port.doRead`` wraps every round of accepts in a
+log-buffering context manager (an attrs object and an observer swap) and a generator. On the
+2-core test VM a do-nothing POP3 responder spent about 215 µs of server CPU per session with the
+stock port and about 190 µs with this one (see docs/performance.rst, third round).
+
+:class:`LeanPort` accepts in a plain loop and builds the protocol and transport exactly as Twisted
+does (same transport class, same address objects, same adaptive number of accepts per round).
+Anything but "no more connections waiting" — EMFILE, EPERM from netfilter, ECONNABORTED — is left
+to ``tcp.Port.doRead``, which then meets the same error and handles it as always (the EMFILE
+recovery with its reserved descriptor, the logging).
+
+:class:`LeanTCPReactor` is how the port gets used: ``endpoints.serverFromString`` is given this
+thin stand-in for the reactor, whose ``listenTCP`` makes a :class:`LeanPort`; everything else is
+the real reactor's.
+
+:class:`LeanServer` is the transport a :class:`LeanPort` gives its connections: ``tcp.Server`` with
+less done per connection and per read (see the class).
+"""
+
+from __future__ import annotations
+
+import struct
+from errno import EWOULDBLOCK
+from typing import Any, Optional
+
+from twisted.internet import address, main, tcp
+from twisted.internet.error import ConnectionAborted
+from twisted.logger import Logger
+
+_socket = tcp.socket.socket
+#: SO_LINGER on, zero seconds: close() then resets the connection (tcp._SocketCloser's abort).
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class LeanServer(tcp.Server):
+    """``tcp.Server``, the transport of an accepted connection, minus per-session extras.
+
+    * The log prefix and the ``repr`` string are made when first asked for, not formatted for
+      every connection in ``__init__`` (two formatted strings and a class-name lookup; the log
+      prefix is read only when a legacy ``log.msg`` runs inside a dispatch, which the lean reactor
+      does not even ask for).
+    * ``doRead`` hands received bytes to the protocol itself (``_dataReceived`` is one call
+      less per read); the lean reactor calls it straight from its poll loop for a plain read event.
+    * ``connectionLost`` does in one method what four classes of Twisted's do (see there).
+
+    Everything else (writing, TLS, producers, loseConnection and abortConnection) is
+    ``tcp.Server``'s own.
+    """
+
+    _lean_logstr: Optional[str] = None
+    _lean_repstr: Optional[str] = None
+
+    def __init__(self, sock: Any, protocol: Any, client: Any, server: Any, sessionno: int,
+                 reactor: Any) -> None:
+        # What tcp.Server.__init__ (with Connection's and FileDescriptor's) does, in order.
+        self.reactor = reactor
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        self.socket = sock
+        sock.setblocking(False)
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        if len(client) != 2:
+            self._addressType = address.IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.hostname = client[0]
+        self._lean_protocol_class = type(protocol)
+        self.startReading()
+        self.connected = 1
+
+    def _lean_name(self) -> str:
+        protocol = self.__dict__.get("protocol")  # gone after connectionLost
+        if protocol is not None:
+            return self._getLogPrefix(protocol)
+        return self._lean_protocol_class.__name__
+
+    @property  # type: ignore[override]
+    def logstr(self) -> str:
+        if self._lean_logstr is None:
+            self._lean_logstr = "%s,%s,%s" % (self._lean_name(), self.sessionno, self.hostname)
+        return self._lean_logstr
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self._lean_logstr = value
+
+    @property  # type: ignore[override]
+    def repstr(self) -> str:
+        if self._lean_repstr is None:
+            port = self.server._realPortNumber if self.server is not None else None
+            self._lean_repstr = "<%s #%s on %s>" % (self._lean_protocol_class.__name__,
+                                                     self.sessionno, port)
+        return self._lean_repstr
+
+    @repstr.setter
+    def repstr(self, value: str) -> None:
+        self._lean_repstr = value
+
+    def connectionLost(self, reason: Any) -> None:
+        """``tcp.Connection.connectionLost`` with FileDescriptor's part and ``_closeSocket``
+        inline, and the descriptor taken out of a lean reactor in one step (stopReading and
+        stopWriting are four calls each, and ``reason.check`` builds the MRO's names)."""
+        if not hasattr(self, "socket"):
+            return  # called twice (see tcp.Connection.connectionLost)
+        self.disconnected = 1
+        self.connected = 0
+        if self.producer is not None:
+            self.producer.stopProducing()
+            self.producer = None
+        forget = getattr(self.reactor, "lean_forget", None)
+        if forget is not None:
+            forget(self)
+        else:
+            self.stopReading()
+            self.stopWriting()
+        skt = self.socket
+        try:
+            if not issubclass(reason.type, ConnectionAborted):
+                skt.shutdown(2)
+            else:  # abortConnection: SO_LINGER (1, 0), so close resets the connection
+                skt.setsockopt(tcp.socket.SOL_SOCKET, tcp.socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+        try:
+            skt.close()
+        except OSError:
+            pass
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(reason)
+
+    def doRead(self) -> Any:
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+
+#: The transports of an accepted TCP connection: Twisted's, and the lean port's subclass of it
+#: (for exact type checks where ``tcp.Server`` internals are relied on).
+SERVER_TRANSPORTS = frozenset((tcp.Server, LeanServer))
+
+
+class LeanPort(tcp.Port):
+    """``tcp.Port`` whose ``doRead`` is a plain accept loop (see the module docstring)."""
+
+    _lean_log = Logger()
+    transport = LeanServer
+    #: The listening socket's family and type, read once.
+    _lean_kinds: Any = None
+
+    def startListening(self) -> None:
+        super().startListening()
+        self._lean_kinds = (self.socket.family, self.socket.type)
+
+    def doRead(self) -> None:
+        listening = self.socket
+        # socket.accept() without its wrapper: it converts family and type to enums per call
+        # (as do the socket's family and type properties: read once, in startListening).
+        accept, (family, kind) = listening._accept, self._lean_kinds
+        accepted = 0
+        try:
+            for _ in range(self.numberAccepts):
+                try:
+                    fd, addr = accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    tcp.Port.doRead(self)  # the stock path meets the error and handles it
+                    return
+                skt = _socket(family, kind, 0, fd)
+                accepted += 1
+                if len(addr) == 4:  # IPv6: with the scope id, as tcp.Port does
+                    host = tcp.socket.getnameinfo(
+                        addr, tcp.socket.NI_NUMERICHOST | tcp.socket.NI_NUMERICSERV)
+                    addr = tuple([host[0]] + list(addr[1:]))
+                protocol = self.factory.buildProtocol(self._buildAddr(addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                session = self.sessionno
+                self.sessionno = session + 1
+                transport = self.transport(skt, protocol, addr, self, session, self.reactor)
+                protocol.makeConnection(transport)
+        except Exception:
+            self._lean_log.failure("accepting a connection failed")
+        # tcp.Port's adaptation: a full round suggests more are waiting next time.
+        if accepted == self.numberAccepts:
+            self.numberAccepts += 20
+        else:
+            self.numberAccepts = max(1, accepted)
+
+
+class LeanTCPReactor:
+    """The reactor, except that ``listenTCP`` listens with a :class:`LeanPort`."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> LeanPort:
+        listening = LeanPort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+    def adoptStreamPort(self, fd: int, family: Any, factory: Any) -> Any:
+        """``reactor.adoptStreamPort`` (a ``--workers`` process taking over a listening socket),
+        with a :class:`LeanPort` for TCP; Twisted's own port where the private constructor it
+        uses is missing or the socket is not TCP."""
+        make = getattr(LeanPort, "_fromListeningDescriptor", None)
+        if make is None or family not in (tcp.socket.AF_INET, tcp.socket.AF_INET6):
+            return self._reactor.adoptStreamPort(fd, family, factory)
+        listening = make(self._reactor, fd, family, factory)
+        listening.startListening()
+        return listening
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)

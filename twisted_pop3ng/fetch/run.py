@@ -1,0 +1,443 @@
+"""``pop3ng fetch``: move (or copy, with ``--keep``) mail from a POP3 server to a Maildir, mbox or MDA.
+
+It never loses mail, and delivers each message once:
+
+1. ``UIDL`` and ``LIST``; messages already recorded in the state file are not fetched again, nor
+   are Maildir messages that reached new/ in a run killed before it could record them.
+2. ``RETR`` pipelined (a window of commands in flight); each body streams into its destination.
+   Every batch is made durable (fsync, rename, fsync of the directory) and only then recorded in
+   the state file (rewritten atomically).
+3. Only when every delivery is durable: ``DELE`` for the delivered messages (all of them, or with
+   ``--keep`` those older than ``--keep-days``), then ``QUIT``. A drop or a kill before ``QUIT``
+   deletes nothing; the next run skips what was delivered and deletes it then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet import defer, error as ierror
+
+from twisted_pop3ng.client import protocol as pop3
+from twisted_pop3ng.client.connect import parse_url
+from twisted_pop3ng.fetch.delivery import DeliveryError, open_destination
+from twisted_pop3ng.fetch.state import FetchState, StateError, default_path
+
+EXIT_OK = 0
+EXIT_ERROR = 1          # the server refused a command, or something unexpected
+EXIT_USAGE = 2          # bad command line, no password
+EXIT_AUTH = 3           # authentication failed / no acceptable mechanism
+EXIT_TLS = 4            # TLS failed (certificate, host name, no STLS offered)
+EXIT_CONNECTION = 5     # cannot connect, connection lost, timeout, protocol violation
+EXIT_DELIVERY = 6       # local delivery or state file failed
+EXIT_TRY_LATER = 7      # [IN-USE], [LOGIN-DELAY], [SYS/TEMP]: try again later
+
+#: RETR commands in flight at once, and the most octets (by LIST size) in flight beyond the first.
+WINDOW = 32
+WINDOW_OCTETS = 8 << 20
+#: Messages (or octets) per durable batch: one directory fsync and one state write per batch.
+BATCH = 64
+BATCH_OCTETS = 16 << 20
+#: A batch is at least 1/STATE_GROWTH of the state file's entries (see _Retriever._got).
+STATE_GROWTH = 16
+
+
+@dataclass
+class FetchOptions:
+    url: str
+    kind: str                      # maildir | mbox | mda
+    target: str
+    password: Optional[str]
+    keep: bool = False
+    keep_days: Optional[float] = None
+    state_path: Optional[str] = None
+    cafile: Optional[str] = None
+    allow_plaintext: bool = False
+    timeout: float = 120.0
+    progress: bool = False
+    batch: int = BATCH
+    window: int = WINDOW
+    #: An OAuth 2 bearer token (OAUTHBEARER / XOAUTH2) instead of a password.
+    token: Optional[str] = None
+
+
+@dataclass
+class FetchResult:
+    listed: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    #: Messages the server refused to send (``-ERR`` to RETR): left on the server, reported.
+    refused: List[str] = field(default_factory=list)
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: ``POP3NG_TEST_KILL=NAME:N`` SIGKILLs this process the
+    N-th time NAME is reached (``delivered`` = after a durable batch, before its state write)."""
+    spec = os.environ.get("POP3NG_TEST_KILL")
+    if not spec or spec.rpartition(":")[0] != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] >= int(spec.rpartition(":")[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_crash_counts: Dict[str, int] = {}
+
+
+class _Retriever:
+    """Pipelines RETR over a list of messages, committing durable batches as they complete."""
+
+    def __init__(self, client: pop3.POP3Client, destination: Any, state: FetchState,
+                 todo: List[Tuple[int, str, int]], result: FetchResult, progress: Any,
+                 batch: int = BATCH, window: int = WINDOW) -> None:
+        self.client = client
+        self.destination = destination
+        self.state = state
+        self.todo = todo
+        self.result = result
+        self.progress = progress
+        self.done: defer.Deferred = defer.Deferred()
+        self._next = 0
+        self._in_flight: List[Any] = []
+        self._in_flight_octets = 0
+        self._batch: List[Tuple[Any, int]] = []
+        self._batch_octets = 0
+        self._error: Optional[Any] = None
+        self._limit = min(batch, getattr(destination, "batch_limit", batch))
+        self._adaptive = not hasattr(destination, "batch_limit")
+        self._window = window
+
+    def start(self) -> defer.Deferred:
+        self._pump()
+        return self.done
+
+    def _pump(self) -> None:
+        while (self._error is None and self._next < len(self.todo) and len(self._in_flight) < self._window
+               and (not self._in_flight or self._in_flight_octets < WINDOW_OCTETS)):
+            number, uid, size = self.todo[self._next]
+            self._next += 1
+            sink = self.destination.begin(uid)
+            self._in_flight.append(sink)
+            self._in_flight_octets += size
+            self.client.retrieve(number, sink).addCallbacks(
+                self._got, self._failed, callbackArgs=(sink, size), errbackArgs=(sink, size))
+        if not self._in_flight and (self._error is not None or self._next >= len(self.todo)):
+            self._finish()
+
+    def _got(self, _: Any, sink: Any, size: int) -> None:
+        self._in_flight.remove(sink)
+        self._in_flight_octets -= size
+        if self._error is not None:
+            sink.abort()
+            return self._pump()
+        try:
+            sink.finish()
+        except Exception as e:
+            sink.abort()
+            self._error = e
+            return self._pump()
+        self._batch.append((sink, size))
+        self._batch_octets += sink.size
+        limit = self._limit
+        if self._adaptive:
+            # Each commit rewrites the whole state file: let batches grow with it (1/16 of its
+            # entries), so that a run over 100,000 messages writes O(n) state, not O(n^2).
+            limit = max(limit, len(self.state.delivered) // STATE_GROWTH)
+        if len(self._batch) >= limit or self._batch_octets >= BATCH_OCTETS:
+            self._commit()
+        self._pump()
+
+    def _failed(self, failure: Any, sink: Any, size: int) -> None:
+        self._in_flight.remove(sink)
+        self._in_flight_octets -= size
+        sink.abort()
+        if failure.check(pop3.ServerError) and not failure.check(pop3.TemporaryError):
+            # This one message cannot be had (vanished, unreadable): leave it on the server and go
+            # on, so that one bad message does not hold back all the others run after run.
+            self.result.refused.append("%s: %s" % (sink.uid, failure.value))
+        elif self._error is None:
+            self._error = failure.value
+        self._pump()
+
+    def _commit(self) -> None:
+        batch, self._batch, self._batch_octets = self._batch, [], 0
+        if not batch:
+            return
+        try:
+            self.destination.commit([sink for sink, _ in batch])
+            crash_point("delivered")
+            self.state.mark_delivered({sink.uid: size for sink, size in batch})
+            if self.state.pending is not None:
+                self.state.pending = None
+            self.state.save()
+        except Exception as e:
+            for sink, _ in batch:
+                sink.abort()
+            if self._error is None:
+                self._error = e
+            return
+        self.result.delivered += len(batch)
+        if self.progress:
+            self.progress(self.result.delivered)
+
+    def _finish(self) -> None:
+        if self.done.called:
+            return
+        self._commit()
+        if self._error is not None:
+            self.done.errback(self._error)
+        else:
+            self.done.callback(None)
+
+
+async def fetch(reactor: Any, options: FetchOptions) -> FetchResult:
+    """One fetch run; raises on failure after making every completed delivery durable."""
+    url = parse_url(options.url)
+    if not url.username:
+        raise ValueError("the URL needs a user name: pop3://USER@HOST")
+    account = str(url)
+    state_path = options.state_path or default_path(account)
+    lock = _lock_account(state_path)
+    try:
+        return await _fetch(reactor, options, account, state_path)
+    finally:
+        os.close(lock)
+
+
+def _lock_account(state_path: str) -> int:
+    """One run per account at a time: two runs would fetch, and write, the same messages."""
+    os.makedirs(os.path.dirname(state_path) or ".", mode=0o700, exist_ok=True)
+    fd = os.open(state_path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FetchBusy("another pop3ng fetch is running for this account (%s.lock)" % state_path)
+    return fd
+
+
+class FetchBusy(Exception):
+    """Another run holds the account's lock."""
+
+
+async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: str) -> FetchResult:
+    from twisted_pop3ng.client.connect import connect
+
+    state = FetchState.load(state_path, account)
+    destination = open_destination(options.kind, options.target, account)
+    destination.recover(state)
+    result = FetchResult()
+    client = await connect(reactor, options.url, password=options.password, token=options.token,
+                           cafile=options.cafile,
+                           allow_plaintext=options.allow_plaintext, timeout=options.timeout)
+    try:
+        try:
+            uids, sizes = await defer.gatherResults([client.uidl(), client.list()],
+                                                    consumeErrors=True)
+        except defer.FirstError as e:
+            if e.subFailure.check(pop3.ServerError) and "UIDL" not in client.capabilities:
+                raise pop3.CapabilityError("the server does not support UIDL, which pop3ng fetch "
+                                           "needs to deliver each message exactly once")
+            raise
+        result.listed = len(uids)
+        todo: List[Tuple[int, str, int]] = []
+        recovered: Dict[str, Optional[int]] = {}
+        for number in sorted(uids):
+            uid, size = uids[number], sizes.get(number)
+            if state.is_delivered(uid, size):
+                result.skipped += 1
+            elif destination.has(uid):
+                recovered[uid] = size
+                result.skipped += 1
+            else:
+                todo.append((number, uid, size or 0))
+        if recovered:
+            state.mark_delivered(recovered)
+            state.save()
+        progress = _Progress(len(todo)) if options.progress and todo else None
+        try:
+            await _Retriever(client, destination, state, todo, result, progress,
+                             options.batch, options.window).start()
+        finally:
+            if progress:
+                progress.close()
+        doomed = _to_delete(uids, sizes, state, options)
+        crash_point("before-dele")
+        if doomed:
+            replies = [client.delete(n) for n in doomed]
+            await defer.gatherResults(replies, consumeErrors=True)
+        crash_point("before-quit")
+        await client.quit()
+        crash_point("after-quit")
+    except BaseException:
+        if client.transport is not None:
+            client.transport.abortConnection()
+        raise
+    finally:
+        destination.close()
+    result.deleted = len(doomed)
+    state.forget(uids[n] for n in doomed)
+    state.forget_except(uids.values())
+    state.save()
+    return result
+
+
+def _to_delete(uids: Dict[int, str], sizes: Dict[int, int], state: FetchState,
+               options: FetchOptions) -> List[int]:
+    now = time.time()
+    doomed = []
+    for number in sorted(uids):
+        uid = uids[number]
+        if not state.is_delivered(uid, sizes.get(number)):
+            continue
+        if options.keep:
+            if options.keep_days is None or now - state.delivered_at(uid) < options.keep_days * 86400:
+                continue
+        doomed.append(number)
+    return doomed
+
+
+class _Progress:
+    """A one-line progress indicator on stderr (only used when stderr is a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.last = 0.0
+
+    def __call__(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.1 or count == self.total:
+            self.last = now
+            width = 30
+            filled = int(width * count / max(self.total, 1))
+            sys.stderr.write("\r[%s%s] %d/%d" % ("#" * filled, "." * (width - filled), count, self.total))
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pop3ng fetch", description="Fetch mail from a POP3 server.")
+    p.add_argument("url", help="pop3://USER@HOST[:PORT] (STLS) or pop3s://USER@HOST[:PORT] (TLS)")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--maildir", metavar="DIR")
+    dest.add_argument("--mbox", metavar="FILE")
+    dest.add_argument("--mda", metavar="CMD", help="command run with sh -c, one message on stdin")
+    p.add_argument("--keep", action="store_true", help="leave messages on the server")
+    p.add_argument("--keep-days", type=float, metavar="N", help="with --keep: delete after N days")
+    p.add_argument("--state", metavar="FILE", help="UIDL state file (default under ~/.local/state)")
+    p.add_argument("--cafile", metavar="PEM", help="CA certificates to trust instead of the system's")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file holding the password (else the POP3NG_PASSWORD environment variable)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="OAuth 2 bearer token for OAUTHBEARER/XOAUTH2 instead of a password "
+                        "(else the POP3NG_TOKEN environment variable)")
+    p.add_argument("--allow-plaintext", action="store_true",
+                   help="pop3://: go without TLS when STLS is not offered")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="give up when the server makes no progress for S seconds")
+    p.add_argument("--batch", type=int, default=BATCH, metavar="N",
+                   help="messages made durable together (one directory fsync, one state write)")
+    p.add_argument("--pipeline", type=int, default=WINDOW, metavar="N",
+                   help="RETR commands in flight when the server offers PIPELINING")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def _secret(path: Optional[str], variable: str) -> Optional[str]:
+    """The first line of ``path`` (without its line ending), else the environment variable."""
+    if path:
+        with open(path, "r", encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    return os.environ.get(variable)
+
+
+def classify_exit(error: BaseException) -> Tuple[int, str]:
+    """Map a failure to ``(exit code, message)`` for the command line."""
+    from OpenSSL import SSL
+
+    while isinstance(error, defer.FirstError):
+        error = error.subFailure.value
+    if isinstance(error, (pop3.InUseError, pop3.LoginDelayError, pop3.TemporaryError, FetchBusy)):
+        return EXIT_TRY_LATER, "server busy, try again later: %s" % error
+    if isinstance(error, pop3.AuthError):
+        return EXIT_AUTH, "authentication failed: %s" % error
+    if isinstance(error, (pop3.TLSError, SSL.Error)):
+        return EXIT_TLS, "TLS failed: %s" % error
+    if isinstance(error, pop3.CapabilityError):
+        text = str(error)
+        if "STLS" in text:
+            return EXIT_TLS, text
+        return (EXIT_ERROR if "UIDL" in text else EXIT_AUTH), text
+    if isinstance(error, (DeliveryError, StateError)):
+        return EXIT_DELIVERY, str(error)
+    if isinstance(error, (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
+                          ierror.TimeoutError, pop3.ProtocolError, ierror.DNSLookupError)):
+        return EXIT_CONNECTION, "connection failed: %s" % (str(error) or error.__class__.__name__)
+    if isinstance(error, pop3.ServerError):
+        return EXIT_ERROR, "server refused: %s" % error
+    if isinstance(error, OSError):
+        return EXIT_DELIVERY, "local error: %s" % error
+    return EXIT_ERROR, "%s: %s" % (error.__class__.__name__, error)
+
+
+def main(argv: List[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.keep_days is not None and not args.keep:
+        print("pop3ng fetch: --keep-days needs --keep", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        token = None
+        if args.token_file or not (args.password_file or "POP3NG_PASSWORD" in os.environ):
+            token = _secret(args.token_file, "POP3NG_TOKEN")
+        password = None if token is not None else _secret(args.password_file, "POP3NG_PASSWORD")
+        parse_url(args.url)
+    except (OSError, ValueError) as e:
+        print("pop3ng fetch: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    if password is None and token is None:
+        print("pop3ng fetch: no password: use --password-file FILE or POP3NG_PASSWORD "
+              "(or, for OAuth, --token-file FILE or POP3NG_TOKEN)", file=sys.stderr)
+        return EXIT_USAGE
+    kind, target = next((k, v) for k, v in (("maildir", args.maildir), ("mbox", args.mbox),
+                                             ("mda", args.mda)) if v)
+    options = FetchOptions(args.url, kind, target, password, args.keep, args.keep_days, args.state,
+                           args.cafile, args.allow_plaintext, args.timeout,
+                           progress=sys.stderr.isatty() and not args.quiet,
+                           batch=max(1, args.batch), window=max(1, args.pipeline), token=token)
+    from twisted.internet import reactor
+
+    outcome: Dict[str, Any] = {}
+
+    def finished(value: Any) -> None:
+        outcome["value"] = value
+        reactor.stop()
+
+    def run() -> None:
+        defer.ensureDeferred(fetch(reactor, options)).addBoth(finished)
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    value = outcome.get("value")
+    if isinstance(value, FetchResult) and value.refused:
+        for text in value.refused:
+            print("pop3ng fetch: not retrieved, left on the server: %s" % text, file=sys.stderr)
+        return EXIT_ERROR
+    if isinstance(value, FetchResult):
+        if not args.quiet and sys.stderr.isatty():
+            print("%d delivered, %d already delivered, %d deleted on the server"
+                  % (value.delivered, value.skipped, value.deleted), file=sys.stderr)
+        return EXIT_OK
+    error = value.value if value is not None else RuntimeError("interrupted")
+    code, text = classify_exit(error)
+    print("pop3ng fetch: %s" % text, file=sys.stderr)
+    return code

@@ -1,0 +1,111 @@
+"""The UIDL state file of ``pop3ng fetch``: which messages of one account were delivered, and when.
+
+The file is JSON, rewritten atomically (tmp + fsync + rename + fsync of the directory) after each
+durable delivery batch, so a crash leaves the previous or the next version, never a torn one::
+
+    {"version": 1, "account": "pop3://alice@mail.example:110",
+     "delivered": {"UIDL": [first_delivered_epoch, size], ...},
+     "pending": null | {"offset": N, "end": M, "uids": {...}}}      # mbox appends in flight
+
+An entry means "durable at the destination". It stays while the message is on the server (so a
+kill before QUIT does not re-deliver) and is dropped once the server no longer lists the UIDL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any, Dict, Iterable, Optional
+
+from twisted_pop3ng._fs import write_atomically
+
+VERSION = 1
+
+
+class StateError(Exception):
+    """The state file exists but cannot be used (corrupt, other account, unreadable)."""
+
+
+def default_path(account_key: str) -> str:
+    """``$XDG_STATE_HOME/pop3ng/<account>.json`` (``~/.local/state`` by default)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", account_key)
+    return os.path.join(base, "pop3ng", safe + ".json")
+
+
+class FetchState:
+    """In-memory view of the state file; :meth:`save` makes it durable."""
+
+    def __init__(self, path: str, account: str) -> None:
+        self.path = path
+        self.account = account
+        self.delivered: Dict[str, list] = {}
+        self.pending: Optional[Dict[str, Any]] = None
+        self._dirty = False
+
+    @classmethod
+    def load(cls, path: str, account: str) -> "FetchState":
+        state = cls(path, account)
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except FileNotFoundError:
+            return state
+        except (OSError, ValueError) as error:
+            raise StateError("cannot read state file %s: %s" % (path, error))
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise StateError("state file %s has an unknown format" % path)
+        if data.get("account") != account:
+            raise StateError("state file %s belongs to %s, not %s" % (path, data.get("account"), account))
+        state.delivered = {str(k): list(v) for k, v in (data.get("delivered") or {}).items()}
+        state.pending = data.get("pending")
+        return state
+
+    def is_delivered(self, uid: str, size: Optional[int] = None) -> bool:
+        entry = self.delivered.get(uid)
+        if entry is None:
+            return False
+        # A different size under the same UIDL is not the message we delivered: never skip it.
+        return size is None or entry[1] is None or entry[1] == size
+
+    def delivered_at(self, uid: str) -> float:
+        return float(self.delivered[uid][0])
+
+    def mark_delivered(self, uids: Dict[str, Optional[int]], when: Optional[float] = None) -> None:
+        now = time.time() if when is None else when
+        for uid, size in uids.items():
+            if uid not in self.delivered:
+                self.delivered[uid] = [now, size]
+        self._dirty = True
+
+    def set_pending(self, pending: Optional[Dict[str, Any]]) -> None:
+        self.pending = pending
+        self._dirty = True
+        self.save()
+
+    def forget_except(self, live: Iterable[str]) -> None:
+        """Drop entries whose UIDL the server no longer lists."""
+        keep = set(live)
+        gone = [uid for uid in self.delivered if uid not in keep]
+        for uid in gone:
+            del self.delivered[uid]
+        if gone:
+            self._dirty = True
+
+    def forget(self, uids: Iterable[str]) -> None:
+        for uid in uids:
+            if self.delivered.pop(uid, None) is not None:
+                self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        data = {"version": VERSION, "account": self.account, "delivered": self.delivered,
+                "pending": self.pending}
+        write_atomically(self.path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+        self._dirty = False
+

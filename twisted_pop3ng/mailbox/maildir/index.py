@@ -1,0 +1,309 @@
+"""The maildir index: a maildir's snapshot (files, UIDLs, wire sizes), kept so a login need not list
+or read 100,000 files again.
+
+The file ``pop3ng-index`` in the maildir is text, replaced atomically (tmp + fsync + rename)::
+
+    pop3ng-index 2
+    dirs CUR_INO:CUR_MTIME_NS NEW_INO:NEW_MTIME_NS        ("dirs -" when not settled)
+    SIZE UID FILE                                          one row per message, in message order
+
+``FILE`` is ``cur/NAME`` or ``new/NAME``, with ``%``, space, CR and LF percent-escaped.
+
+Rules of trust:
+
+* the rows *are* the snapshot while both directories keep the recorded inode and mtime: every
+  delivery, move, flag change and deletion in a maildir renames or unlinks an entry, which changes
+  its directory's mtime. A signature is recorded only when it was stable across the listing and the
+  mtime was at least :data:`SETTLE_NS` old, so a change within the same clock tick as the listing
+  cannot hide behind an unchanged mtime;
+* otherwise the directories are listed again and only messages not known by base name are read;
+* anything unparsable, a FILE outside ``cur/``/``new/``, an invalid UIDL or a negative size: the
+  index is ignored and rebuilt. UIDLs derive from base names, so a rebuild never changes one.
+
+Besides the file, the last snapshots stay in memory (bounded by :data:`MAX_CACHED_MESSAGES`), so a
+second login in the same process costs two ``stat`` calls.
+
+A scan (:func:`scan`) lists both directories and reads only the messages whose size it does not
+know; on a cold login to a big maildir that is every message, read by this process and a forked
+helper side by side (:mod:`.maildir_measure`) while the rows are built (:mod:`.maildir_listing`).
+The index file is written at logout (:func:`flush`), after the session, not during the login.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import time
+from array import array
+from collections import OrderedDict
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+
+from twisted_pop3ng.interfaces import MessageInfo, MessageTable
+from twisted_pop3ng._fs import write_atomically
+from twisted_pop3ng.mailbox.maildir import listing as rows
+from twisted_pop3ng.mailbox.maildir.names import base_name
+from twisted_pop3ng.mailbox.maildir.listing import UIDS as _UIDS, delivery_order, order_key  # noqa: F401 (re-exported)
+from twisted_pop3ng.mailbox.maildir.measure import FORK_MIN, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
+
+INDEX_NAME = "pop3ng-index"
+INDEX_HEADER = "pop3ng-index 2"
+#: A directory mtime younger than this when listed is not trusted next time (clock tick, NFS).
+SETTLE_NS = 2 * 10 ** 9
+#: Messages kept in the in-process cache over all maildrops (~350 bytes each).
+MAX_CACHED_MESSAGES = 300_000
+
+Signature = Tuple[int, int, int, int]
+
+_FILES = re.compile(r"(?:cur|new)/[^/\n\x00.][^/\n\x00]*(?:\n(?:cur|new)/[^/\n\x00.][^/\n\x00]*)*")
+_ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
+
+
+class Snapshot:
+    """The messages of a maildir at one moment: ``files[i]`` holds ``infos[i]``."""
+
+    __slots__ = ("signature", "files", "infos", "stored", "dirty", "provisional")
+
+    def __init__(self, signature: Optional[Signature], files: List[str],
+                 infos: Sequence[MessageInfo], provisional: FrozenSet[str] = frozenset()) -> None:
+        self.signature = signature
+        self.files = files
+        self.infos = infos
+        #: Base names of unreadable files, listed with their size on disk: never remembered.
+        self.provisional = provisional
+        #: (inode, mtime, size) of the index file holding this snapshot, when known.
+        self.stored: Optional[Tuple[int, int, int]] = None
+        #: True while the index file does not hold this snapshot yet (see :func:`flush`).
+        self.dirty = False
+
+    def sizes_by_base(self) -> Dict[str, int]:
+        sizes = {base_name(f[4:]): info.size for f, info in zip(self.files, self.infos)}
+        for base in self.provisional:
+            sizes.pop(base, None)
+        return sizes
+
+
+def signature(path: str) -> Signature:
+    # ``path + "/cur"``, not os.path.join: these run on every login (a join costs more than the
+    # string it builds, and every maildir path is a directory name without a trailing slash
+    # problem: "a//cur" is "a/cur").
+    cur = os.stat(path + "/cur")
+    new = os.stat(path + "/new")
+    return (cur.st_ino, cur.st_mtime_ns, new.st_ino, new.st_mtime_ns)
+
+
+def _file_signature(path: str) -> Optional[Tuple[int, int, int]]:
+    try:
+        st = os.stat(path + "/" + INDEX_NAME)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _settled(sig: Signature, now_ns: int) -> bool:
+    return max(sig[1], sig[3]) <= now_ns - SETTLE_NS
+
+
+# -- the file ---------------------------------------------------------------------------------------
+
+def _escape(name: str) -> str:
+    for raw, quoted in _ESCAPES:
+        name = name.replace(raw, quoted)
+    return name
+
+
+def _unescape(name: str) -> str:
+    for raw, quoted in reversed(_ESCAPES):
+        name = name.replace(quoted, raw)
+    return name
+
+
+def load(path: str) -> Optional[Snapshot]:
+    """The snapshot stored in ``path``'s index, or None when missing, old or corrupt."""
+    try:
+        with open(os.path.join(path, INDEX_NAME), "rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read().decode("utf-8", "surrogateescape")
+        with rows.gc_paused(len(text) > 64 * FORK_MIN):  # about FORK_MIN rows or more
+            snapshot = _parse(text)
+    except (OSError, ValueError, UnicodeError):
+        return None
+    if snapshot is not None:
+        snapshot.stored = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return snapshot
+
+
+def _parse(text: str) -> Optional[Snapshot]:
+    header, dirs, body = text.split("\n", 2)
+    if header != INDEX_HEADER or not dirs.startswith("dirs "):
+        return None
+    sig: Optional[Signature] = None
+    if dirs != "dirs -":
+        cur, new = dirs[5:].split(" ")
+        sig = tuple(int(x) for x in cur.split(":") + new.split(":"))  # type: ignore
+        if len(sig) != 4:
+            return None
+    parts = body.replace("\n", " ").split(" ")
+    if parts[-1] == "":
+        parts.pop()
+    if len(parts) % 3:
+        return None
+    sizes = list(map(int, parts[0::3]))
+    uids, files = parts[1::3], parts[2::3]
+    if sizes and (min(sizes) < 0 or not _UIDS.fullmatch("\n".join(uids))):
+        return None
+    joined = "\n".join(files)
+    if files and not _FILES.fullmatch(joined):
+        return None
+    if "%" in joined:
+        files = [_unescape(f) if "%" in f else f for f in files]
+    return Snapshot(sig, files, rows.sized_infos(rows.unsized_infos(uids), sizes))
+
+
+def save(path: str, snapshot: Snapshot) -> None:
+    """Write the index; a failure only costs a rescan next time."""
+    sig = snapshot.signature
+    dirs = "dirs -" if sig is None else "dirs %d:%d %d:%d" % sig
+    files, infos = snapshot.files, snapshot.infos
+    if snapshot.provisional:
+        keep = [base_name(f[4:]) not in snapshot.provisional for f in files]
+        files = [f for f, k in zip(files, keep) if k]
+        infos = [i for i, k in zip(infos, keep) if k]
+    joined = "\n".join(files)
+    if any(raw in joined.replace("\n", "") for raw, _ in _ESCAPES[:3]) or "\r" in joined:
+        files = [_escape(f) for f in files]
+    rows = "".join(["%d %s %s\n" % (info.size, info.uid, f) for info, f in zip(infos, files)])
+    data = ("%s\n%s\n%s" % (INDEX_HEADER, dirs, rows)).encode("utf-8", "surrogateescape")
+    try:
+        write_atomically(os.path.join(path, INDEX_NAME), data)
+    except OSError:
+        return
+    snapshot.stored = _file_signature(path)
+    snapshot.dirty = False
+
+
+def flush(path: str, snapshot: Snapshot) -> None:
+    """Write the index if the snapshot is not in it yet. Called at logout, still under the lock,
+    so that writing a large index is not part of the login's latency."""
+    if snapshot.dirty:
+        save(path, snapshot)
+
+# -- listing and measuring -------------------------------------------------------------------------
+
+def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type: ignore
+    """List ``new/`` and ``cur/``; sizes come from ``previous``, ``,W=`` or reading the file.
+
+    The files are read by this process and a forked helper (see :mod:`.maildir_measure`) while
+    the rows are built (see :mod:`.maildir_listing`).
+    """
+    now = time.time_ns()
+    before = signature(path)
+    new = rows.listing(path, "new")
+    cur = rows.listing(path, "cur")
+    after = signature(path)
+    with rows.gc_paused(len(new) + len(cur) >= FORK_MIN):
+        names = new + cur  # listing order: positions below len(new) are in new/
+        text = "\n".join(names)
+        # Cold (nothing known, no ,W= field): everything is read, and the helper is forked before
+        # anything else is built, so that fewer pages are shared with it (each costs a copy).
+        cold = (previous is None or not previous.files) and ",W=" not in text
+        bases: Optional[List[str]] = None
+        sizes: Optional[List[Optional[int]]] = None
+        todo: Sequence[int] = range(len(names))
+        todo_names: Sequence[str] = names
+        if not cold:
+            bases = rows.base_names(names, text)
+            sizes = rows.known_sizes(bases, previous.sizes_by_base() if previous else {})
+            todo = [i for i, size in enumerate(sizes) if size is None]
+            todo_names = list(map(names.__getitem__, todo))
+        with Measurement(path, todo_names, bisect.bisect_left(todo, len(new))) as measurement:
+            measurement.start()
+            positions, ordered_bases, uids, files = rows.message_rows(new, cur, uid_for, text, bases)
+            measured = measurement.finish()
+            if sizes is not None:
+                for i, size in zip(todo, measured):
+                    sizes[i] = size
+                measured = array("q", sizes)  # type: ignore[arg-type]
+            provisional: Set[str] = set()
+            if measured and min(measured) < 0:  # VANISHED or UNREADABLE: rows without them
+                ordered = rows.permuted(measured, positions)
+                keep = _failures(positions, ordered, todo, ordered_bases, measurement, provisional)
+                files, uids, ordered = (list(map(x.__getitem__, keep)) for x in (files, uids, ordered))
+                infos = MessageTable(uids, ordered)
+            elif len(uids) >= FORK_MIN:
+                # Columns, not 100,000 objects: the sizes stay in listing order (STAT sums
+                # them as they are), message k's is measured[positions[k]].
+                infos = MessageTable(uids, measured, positions)
+            else:  # a list: each RETR reads a row, and a list row costs no Python call
+                infos = list(map(MessageInfo, uids, rows.permuted(measured, positions)))
+    sig = after if before == after and _settled(after, now) and not provisional else None
+    return Snapshot(sig, files, infos, frozenset(provisional))
+
+
+def _failures(positions: List[int], ordered: List[int], todo: Sequence[int], bases: List[str],
+              measurement: Measurement, provisional: Set[str]) -> List[int]:
+    """The rows (indexes in ``ordered``, whose base names are ``bases``) to keep when some files
+    could not be measured."""
+    keep = []
+    for k, i in enumerate(positions):
+        if ordered[k] == VANISHED:
+            continue  # moved or deleted meanwhile (the next session sees it), or no message
+        if ordered[k] == UNREADABLE:
+            # Unreadable (permissions): one bad file must not lock the user out of the rest;
+            # list it with its size on disk, RETR answers -ERR, measure it next time.
+            on_disk = measurement.size_on_disk(bisect.bisect_left(todo, i))
+            if on_disk is None:
+                continue
+            ordered[k] = on_disk
+            provisional.add(bases[k])
+        keep.append(k)
+    return keep
+
+
+# -- the in-process cache ---------------------------------------------------------------------------
+
+_cache: "OrderedDict[str, Snapshot]" = OrderedDict()
+
+
+def _remember(path: str, snapshot: Snapshot) -> None:
+    _cache.pop(path, None)
+    if len(snapshot.infos) > MAX_CACHED_MESSAGES:
+        return
+    _cache[path] = snapshot
+    total = sum(len(s.infos) for s in _cache.values())
+    while total > MAX_CACHED_MESSAGES:
+        _, evicted = _cache.popitem(last=False)
+        total -= len(evicted.infos)
+
+
+def forget(path: Optional[str] = None) -> None:
+    """Drop cached snapshots (all, or one maildir's); tests use it to simulate a new process."""
+    if path is None:
+        _cache.clear()
+    else:
+        _cache.pop(path, None)
+
+
+def snapshot(path: str, uid_for) -> Snapshot:  # type: ignore
+    """The current snapshot of ``path`` (the caller holds the maildrop lock)."""
+    current = signature(path)
+    cached = _cache.get(path)
+    if cached is not None and cached.signature == current and cached.stored is not None:
+        # Also check the file: another process may have rewritten it, or it was damaged.
+        if cached.stored == _file_signature(path):
+            _cache.move_to_end(path)
+            return cached
+    stored = load(path)
+    if stored is not None and stored.signature == current:
+        _remember(path, stored)
+        return stored
+    previous = cached or stored
+    fresh = scan(path, previous, uid_for)
+    if (previous is not None and previous.stored is not None
+            and previous.stored == _file_signature(path) and previous.signature == fresh.signature
+            and previous.files == fresh.files and previous.infos == fresh.infos):
+        fresh.stored = previous.stored  # nothing new to write (e.g. still not settled)
+    else:
+        fresh.dirty = True
+    _remember(path, fresh)
+    return fresh

@@ -1,0 +1,22 @@
+"""Maildir file names: the base name (before ``:2,flags``) and the UIDL made of it.
+
+Rules of this module: a leaf (standard library and :mod:`twisted_pop3ng.wire.uid` only), so the
+store, the index and the listing can all use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from twisted_pop3ng.wire.uid import is_valid_uid
+
+
+def base_name(filename: str) -> str:
+    return filename.partition(":")[0]
+
+
+def uid_for(base: str) -> str:
+    """The UIDL of a maildir message: its base name where that is a valid UIDL, else a hash of it."""
+    if is_valid_uid(base):
+        return base
+    return "h" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]

@@ -1,0 +1,319 @@
+"""STLS (RFC 2595), AUTH (RFC 5034), APOP (RFC 1939 §7) and UTF8 (RFC 6856) for the server.
+
+Registered with :func:`twisted_pop3ng.server.command` like the core verbs; :mod:`server` imports
+this module at its end. The SASL wire rules live here (base64, ``=`` for an empty initial response,
+``*`` to cancel, continuation lines up to :data:`wire.MAX_AUTH_LINE`); the mechanisms themselves
+(:mod:`twisted_pop3ng.auth.sasl_server`) only gather credentials, and the portal's checkers decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from twisted.cred.credentials import IUsernameHashedPassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_pop3ng.server import policy
+from twisted_pop3ng.auth import sasl_server as sasl
+from twisted_pop3ng import wire
+from twisted_pop3ng.auth.checkers import IPreauthenticated, ISecretStore, PreauthenticatedChecker
+from twisted_pop3ng.errors import BadCommand
+from twisted_pop3ng.server.registry import CommandSet
+from twisted_pop3ng.server.states import AUTHORIZATION
+
+COMMANDS = CommandSet()
+
+#: Schemes from which each challenge-response mechanism can work.
+_NEEDS = {
+    "CRAM-MD5": {"PLAIN", "CLEAR", "CLEARTEXT", "CRAM-MD5"},
+    "SCRAM-SHA-1": {"PLAIN", "CLEAR", "CLEARTEXT", "SCRAM-SHA-1"},
+    "SCRAM-SHA-256": {"PLAIN", "CLEAR", "CLEARTEXT", "SCRAM-SHA-256"},
+    "SCRAM-SHA-256-PLUS": {"PLAIN", "CLEAR", "CLEARTEXT", "SCRAM-SHA-256"},
+}
+_OAUTH = frozenset({"OAUTHBEARER", "XOAUTH2"})
+
+
+# -- TLS facts ------------------------------------------------------------------------------------
+
+
+def _tls_connection(protocol: Any) -> Any:
+    if not policy.is_secure(protocol):
+        return None
+    try:
+        return protocol.transport.getHandle()
+    except Exception:
+        return None
+
+
+def channel_bindings(protocol: Any) -> Dict[str, bytes]:
+    """SCRAM-PLUS data by type: ``tls-server-end-point`` (RFC 5929) always, ``tls-exporter``
+    (RFC 9266) on TLS 1.3 only (before 1.3 it is unsafe without extended master secret)."""
+    conn = _tls_connection(protocol)
+    if conn is None or not hasattr(conn, "get_protocol_version_name"):
+        return {}
+    bindings: Dict[str, bytes] = {}
+    try:
+        if conn.get_protocol_version_name() == "TLSv1.3":
+            bindings["tls-exporter"] = conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        cert = conn.get_certificate()
+        if cert is not None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            leaf = cert.to_cryptography()
+            algorithm = leaf.signature_hash_algorithm
+            if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+                algorithm = hashes.SHA256()
+            digest = hashes.Hash(algorithm)
+            digest.update(leaf.public_bytes(Encoding.DER))
+            bindings["tls-server-end-point"] = digest.finalize()
+    except Exception:
+        protocol.log.failure("cannot compute channel binding data")
+    return bindings
+
+
+def client_identities(protocol: Any) -> List[str]:
+    """Names in a client certificate that OpenSSL verified: email SANs, then the subject CN."""
+    conn = _tls_connection(protocol)
+    if conn is None:
+        return []
+    try:
+        peer = conn.get_peer_certificate()
+    except Exception:
+        return []
+    if peer is None:
+        return []
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = peer.to_cryptography()
+    names: List[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += san.get_values_for_type(x509.RFC822Name)
+    except x509.ExtensionNotFound:
+        pass
+    names += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return names
+
+
+# -- STLS -----------------------------------------------------------------------------------------
+
+
+def _stls_capability(protocol: Any) -> Optional[str]:
+    if getattr(protocol.factory, "tls", None) is None or policy.is_secure(protocol):
+        return None
+    return "STLS" if protocol.state == AUTHORIZATION else None
+
+
+@COMMANDS.command("STLS", AUTHORIZATION, capability=_stls_capability)
+def do_STLS(protocol: Any, cmd: wire.Command) -> None:
+    protocol._no_args(cmd)
+    tls = getattr(protocol.factory, "tls", None)
+    if tls is None:
+        raise BadCommand("STLS is not available: no certificate configured")
+    if policy.is_secure(protocol):
+        raise BadCommand("TLS is already active")
+    protocol.reply(True, "Begin TLS negotiation now.")
+    # Anything the client pipelined after STLS came in plaintext: it must not be executed inside
+    # TLS (CVE-2011-0411). The reply above is already buffered in plaintext ahead of the handshake.
+    protocol.clearLineBuffer()
+    protocol._username = None
+    protocol.flush_output()
+    protocol.transport.startTLS(tls)
+
+
+# -- AUTH -----------------------------------------------------------------------------------------
+
+
+def _secret_store(protocol: Any) -> Any:
+    for checker in protocol.factory.portal.checkers.values():
+        if ISecretStore.providedBy(checker):
+            return checker
+    return None
+
+
+def available_mechanisms(protocol: Any) -> List[str]:
+    config = policy.security(protocol)
+    plaintext_ok = policy.plaintext_allowed(protocol)
+    store = _secret_store(protocol)
+    schemes = store.secret_schemes() if store is not None else set()
+    cb = policy.is_secure(protocol)
+    names = []
+    for mechanism in sasl.MECHANISMS:
+        name = mechanism.name
+        if config.mechanisms is not None and name not in config.mechanisms:
+            continue
+        if name in sasl.PLAINTEXT or name in _OAUTH:
+            if not plaintext_ok:
+                continue
+        if name in _OAUTH and getattr(protocol.factory, "token_validator", None) is None:
+            continue
+        if name in _NEEDS and not (_NEEDS[name] & schemes):
+            continue
+        if name.endswith("-PLUS") and not cb:
+            continue
+        if name == "EXTERNAL" and not client_identities(protocol):
+            continue
+        names.append(name)
+    return names
+
+
+def _sasl_capability(protocol: Any) -> Optional[str]:
+    if protocol.state != AUTHORIZATION:
+        return None
+    names = available_mechanisms(protocol)
+    return "SASL " + " ".join(names) if names else None
+
+
+def _context(protocol: Any) -> sasl.SASLContext:
+    factory = protocol.factory
+    key = getattr(factory, "sasl_secret_key", None)
+    if key is None:
+        key = factory.sasl_secret_key = os.urandom(32)
+    store = _secret_store(protocol)
+    validator = getattr(factory, "token_validator", None)
+    return sasl.SASLContext(
+        hostname=policy.security(protocol).hostname,
+        lookup_secret=store.lookup_secret if store is not None else None,
+        channel_bindings=channel_bindings(protocol),
+        plus_offered="SCRAM-SHA-256-PLUS" in available_mechanisms(protocol),
+        client_identities=client_identities(protocol),
+        validate_token=validator.validate if validator is not None else None,
+        secret_key=key,
+    )
+
+
+def _decode(data: bytes) -> bytes:
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True) if data else b""
+    except (binascii.Error, ValueError):
+        raise BadCommand("Invalid base64 data")
+
+
+class _Exchange:
+    """One AUTH exchange: owns the protocol's line hook until it ends."""
+
+    def __init__(self, protocol: Any, mechanism: sasl.Mechanism) -> None:
+        self.protocol = protocol
+        self.mechanism = mechanism
+
+    def begin(self, initial: Optional[bytes]) -> Any:
+        return self._run(self.mechanism.start, initial)
+
+    def line(self, line: bytes) -> Any:
+        if line.strip() == b"*":
+            self._end()
+            self.protocol.reply(False, "Authentication cancelled.")
+            return None
+        if len(line) + 2 > wire.MAX_AUTH_LINE:
+            self._end()
+            self.protocol.bad_command("AUTH response line too long")
+            return None
+        try:
+            data = _decode(line.strip()) if line.strip() != b"=" else b""
+        except BadCommand as error:
+            self._end()
+            self.protocol.bad_command(error.text)
+            return None
+        return self._run(self.mechanism.respond, data)
+
+    def _run(self, step: Any, data: Any) -> Any:
+        self.protocol.line_hook = None
+        d = defer.maybeDeferred(step, data)
+        d.addCallbacks(self._stepped, self._failed)
+        return d
+
+    def _stepped(self, result: Any) -> Any:
+        if isinstance(result, sasl.Challenge):
+            if self.protocol._closing:
+                return None
+            self.protocol.line_hook = self.line
+            self.protocol.write(b"+ " + binascii.b2a_base64(result.data, newline=False) + b"\r\n")
+            return None
+        return self.protocol.login(result.credentials)
+
+    def _failed(self, failure: Failure) -> Any:
+        self._end()
+        if failure.check(sasl.AuthFailed):
+            return self.protocol._login_failed(Failure(UnauthorizedLogin(str(failure.value))))
+        return failure
+
+    def _end(self) -> None:
+        self.protocol.line_hook = None
+
+
+def _ensure_preauth_checker(protocol: Any) -> None:
+    portal = protocol.factory.portal
+    if IPreauthenticated not in portal.checkers:
+        portal.registerChecker(PreauthenticatedChecker())
+
+
+@COMMANDS.command("AUTH", AUTHORIZATION, capability=_sasl_capability)
+def do_AUTH(protocol: Any, cmd: wire.Command) -> Any:
+    words = cmd.words()
+    names = available_mechanisms(protocol)
+    if not words:
+        # Outlook and mutt send a bare AUTH to learn the mechanisms (the pre-CAPA way).
+        protocol.reply_lines("Supported authentication mechanisms follow", [n.encode() for n in names])
+        return None
+    if len(words) > 2:
+        raise BadCommand("AUTH takes a mechanism and an optional initial response")
+    name = words[0].decode("ascii", "replace").upper()
+    if name not in names:
+        if (name in sasl.PLAINTEXT or name in _OAUTH) and not policy.plaintext_allowed(protocol):
+            policy.check_plaintext(protocol)
+        raise BadCommand("Unsupported authentication mechanism")
+    initial = _decode(words[1]) if len(words) == 2 else None
+    _ensure_preauth_checker(protocol)
+    return _Exchange(protocol, sasl.BY_NAME[name](_context(protocol))).begin(initial)
+
+
+# -- APOP -----------------------------------------------------------------------------------------
+
+
+@implementer(IUsernameHashedPassword)
+@dataclass(frozen=True)
+class APOPCredentials:
+    username: bytes
+    timestamp: bytes
+    digest: bytes
+
+    def checkPassword(self, password: bytes) -> bool:
+        expected = hashlib.md5(self.timestamp + password).hexdigest().encode()
+        return hmac.compare_digest(expected, self.digest.lower())
+
+
+@COMMANDS.command("APOP", AUTHORIZATION)
+def do_APOP(protocol: Any, cmd: wire.Command) -> Any:
+    timestamp = getattr(protocol, "apop_timestamp", None)
+    if not policy.security(protocol).apop or timestamp is None:
+        raise BadCommand("APOP is not enabled")
+    words = cmd.words()
+    if len(words) != 2 or len(words[1]) != 32:
+        raise BadCommand("APOP needs a user name and a 32-digit MD5 digest")
+    return protocol.login(APOPCredentials(words[0], timestamp.encode("ascii"), words[1]))
+
+
+# -- UTF8 -----------------------------------------------------------------------------------------
+
+
+@COMMANDS.command("UTF8", AUTHORIZATION,
+         capability=lambda protocol: "UTF8 USER" if protocol.state == AUTHORIZATION else "UTF8")
+def do_UTF8(protocol: Any, cmd: wire.Command) -> None:
+    """RFC 6856: names, passwords and replies are UTF-8 from now on (we accept UTF-8 anyway)."""
+    protocol._no_args(cmd)
+    protocol.utf8 = True
+    protocol.reply(True, "UTF8 enabled")
+

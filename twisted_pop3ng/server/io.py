@@ -1,0 +1,459 @@
+"""The session's transport plumbing, apart from the POP3 state machine in :mod:`.server`.
+
+What lives here, and why it is separate: how command lines come in and replies go out, fast and
+with bounded memory, whatever the commands mean.
+
+* input is split into lines without copying the rest of the buffer per line, and is no longer read
+  from the socket while enough of it waits behind a pending command (:class:`SessionIO`);
+* the replies of a batch of lines leave together, straight to the socket on plain TCP when the
+  transport holds nothing, else through the transport, whose full buffer pauses line processing
+  (a push producer registered for the connection's whole life, :class:`TransportFlow`);
+* a stored message too large for one read is streamed chunk by chunk under that backpressure
+  (:class:`MessageStream`);
+* inactivity timeouts cost a float per session and one timer per factory (:class:`IdleSweeper`).
+
+:class:`SessionIO` is a mixin for :class:`~twisted_pop3ng.server.POP3ServerProtocol`: it relies on
+that class's ``factory`` (``clock``, ``idle_sweeper()``), ``transport``, ``paused``, ``_closing``
+and ``_stream`` attributes, and calls back its ``lineReceived`` and ``lineLengthExceeded``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, List, Optional, Set
+
+from twisted.internet import defer, error, interfaces as iinternet
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_pop3ng import wire
+from twisted_pop3ng._net import set_no_delay  # noqa: F401  (re-exported)
+from twisted_pop3ng.fastpath.port import SERVER_TRANSPORTS
+
+#: Bytes read from a stored message per step; large enough that a 10 KB message is one read.
+CHUNK_SIZE = 256 * 1024
+#: Replies collected in one batch of input lines are written once they reach this size (Twisted
+#: sends at most 128 KiB per ``send``; the transport pauses us past its 64 KiB buffer).
+FLUSH_SIZE = 128 * 1024
+#: What the reactor hands ``connectionLost`` after an orderly close (it shares one instance too).
+_CONNECTION_DONE = Failure(error.ConnectionDone())
+#: "More data follows": the kernel holds a short segment back (for the FIN, in ``_close_at_once``).
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
+def _plain_and_empty(transport: Any) -> bool:
+    """A Twisted TCP server connection without TLS, open, with nothing queued to send: bytes may
+    go straight to its socket (order is kept) and it may be closed at once.
+
+    Relies on ``tcp.Server`` internals (``dataBuffer``, ``_tempDataLen``), hence the exact type
+    check: another subclass or another transport takes the ordinary path."""
+    return (type(transport) in SERVER_TRANSPORTS and not transport.TLS and transport.connected
+            and not transport.disconnecting and not transport.dataBuffer
+            and not transport._tempDataLen)
+#: A batch this large goes to ``sendmsg`` piece by piece instead of being joined first (a short
+#: one, such as a UIDL listing's three pieces, is cheaper to join than to gather).
+GATHER_MIN = 32 * 1024
+#: Pieces handed to one ``sendmsg`` at most (Linux takes up to IOV_MAX, 1024); a longer batch
+#: of tiny pieces is joined instead.
+MAX_GATHER = 512
+#: Input queued while commands wait, beyond which the socket is no longer read.
+MAX_QUEUED_INPUT = 64 * 1024
+#: Chunks written in one reactor turn before yielding, when the transport never pushes back.
+CHUNKS_PER_TURN = 16
+
+
+def _unsent(pieces: List[bytes], sent: int) -> List[bytes]:
+    """What is left of ``pieces`` after the first ``sent`` octets went out."""
+    for i, piece in enumerate(pieces):
+        if sent < len(piece):
+            return [piece[sent:]] + pieces[i + 1:] if sent else pieces[i:]
+        sent -= len(piece)
+    return []
+
+
+def _sent(send: Any, *args: Any) -> int:
+    """Octets a non-blocking ``send``/``sendmsg`` call took; 0 on any socket error (the
+    transport, handed the rest, meets the error again and reports it)."""
+    try:
+        return send(*args)
+    except OSError:
+        return 0
+
+
+class IdleSweeper:
+    """One timer for all of a factory's sessions instead of a DelayedCall each.
+
+    A DelayedCall costs ~0.5 KB per connection and a heap update on every command line; here a
+    session keeps a deadline (a float) and one call, scheduled for the earliest deadline (at most
+    every ``MIN_INTERVAL`` seconds), closes the sessions whose deadline has passed.
+    """
+
+    MIN_INTERVAL = 1.0
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.sessions: Set[Any] = set()
+        self._call: Any = None
+        #: While the factory is started (a port serves it), the timer stays when the last session
+        #: leaves: it fires once, finds nobody, and is not rescheduled. Without that, a
+        #: DelayedCall was made and cancelled again for nearly every short session.
+        self.keep_timer = False
+
+    def add(self, protocol: Any) -> None:
+        self.sessions.add(protocol)
+        self._schedule(protocol._deadline)
+
+    def discard(self, protocol: Any) -> None:
+        self.sessions.discard(protocol)
+        if not self.sessions and not self.keep_timer:
+            self.cancel()
+
+    def stop(self) -> None:
+        """The factory stopped: no timer outlives the last session from now on (an embedding
+        application's tests check that none is left)."""
+        self.keep_timer = False
+        if not self.sessions:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _schedule(self, when: float) -> None:
+        now = self.clock.seconds()
+        if self._call is not None:
+            if self._call.getTime() <= when:
+                return
+            self._call.cancel()
+        self._call = self.clock.callLater(max(when - now, 0), self._sweep)
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        due = [p for p in self.sessions if p._deadline is not None and p._deadline <= now]
+        for protocol in due:
+            self.sessions.discard(protocol)
+            protocol._deadline = protocol._timeout = None
+            protocol.timeoutConnection()
+        deadlines = [p._deadline for p in self.sessions if p._deadline is not None]
+        if deadlines:
+            self._schedule(max(min(deadlines), now + self.MIN_INTERVAL))
+
+
+@implementer(iinternet.IPushProducer)
+class TransportFlow:
+    """Registered with the transport for the whole connection: its write buffer pushes back here."""
+
+    __slots__ = ("protocol",)  # one per connection: no instance dict
+
+    def __init__(self, protocol: "SessionIO") -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol._write_paused(True)
+
+    def resumeProducing(self) -> None:
+        self.protocol._write_paused(False)
+
+    def stopProducing(self) -> None:
+        # The connection is going away (the client left mid-transfer): not a server failure to log.
+        self.protocol._closing = True
+        self.protocol._stop_stream()
+
+
+class MessageStream:
+    """Copies one stored message to the transport through the encoder, honouring backpressure."""
+
+    def __init__(self, protocol: "SessionIO", source: Any, status: bytes,
+                 encoder: wire.MessageEncoder) -> None:
+        self.protocol = protocol
+        self.source = source
+        self.encoder = encoder
+        self.deferred: defer.Deferred = defer.Deferred()
+        self._head: Optional[bytes] = status
+        self._paused = False
+        self._finished = False
+        self._scheduled = None
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._schedule()
+
+    def stop(self) -> None:
+        if not self._finished:
+            self._finish(Failure(ConnectionError("connection lost during transfer")))
+
+    def run(self) -> None:
+        self._scheduled = None
+        turns = 0
+        while not (self._paused or self._finished):
+            try:
+                chunk = self.source.read(CHUNK_SIZE)
+            except Exception:
+                self._finish(Failure())
+                return
+            out = self.encoder.feed(chunk) if chunk else b""
+            last = not chunk or self.encoder.done
+            if last:
+                out += self.encoder.finish()
+            if self._head is not None:
+                out, self._head = self._head + out, None
+            if out:
+                self.protocol.write(out)
+            self.protocol.resetTimeout()
+            if last:
+                self._finish(None)
+                return
+            turns += 1
+            if turns >= CHUNKS_PER_TURN:
+                self._schedule()
+                return
+
+    def _schedule(self) -> None:
+        if self._scheduled is None and not (self._paused or self._finished):
+            self._scheduled = self.protocol.clock.callLater(0, self.run)
+
+    def _finish(self, failure: Optional[Failure]) -> None:
+        self._finished = True
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        try:
+            self.source.close()
+        except Exception:
+            pass
+        if failure is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(failure)
+
+
+class SessionIO(LineReceiver):
+    """Line input, batched output and backpressure for one session (see the module docstring)."""
+
+    #: Inactivity allowed now (None: no timeout) and the clock time at which it runs out.
+    _timeout: Optional[float] = None
+    _deadline: Optional[float] = None
+
+    def setTimeout(self, period: Optional[float]) -> None:
+        """Start, change or (None) cancel the inactivity timeout; see :class:`IdleSweeper`."""
+        if period is None and self._timeout is None:
+            return  # no timeout to cancel: not with the sweeper (it drops whom it times out)
+        self._timeout = period
+        sweeper = self.factory.idle_sweeper()
+        if period is None:
+            self._deadline = None
+            sweeper.discard(self)
+        else:
+            self._deadline = self.factory.clock.seconds() + period
+            sweeper.add(self)
+
+    def resetTimeout(self) -> None:
+        """Activity: push the deadline out (a float store, no timer juggling per line)."""
+        if self._timeout is not None:
+            self._deadline = self.factory.clock.seconds() + self._timeout
+
+    #: While a batch of received lines is processed, replies collect here and leave together
+    #: (one ``send``, or one TLS write, for a pipelined burst).
+    _out: Optional[List[bytes]] = None
+    _out_size = 0
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self._closing:
+            return
+        out = self._out
+        if out is None:
+            self._send([data])
+            return
+        out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= FLUSH_SIZE:
+            # Hand it over now: past the transport's buffer size this pauses us (backpressure).
+            self.flush_output()
+
+    def write_pieces(self, pieces: List[bytes]) -> None:
+        """``write`` each of ``pieces`` in order (one message's status, body and terminator)."""
+        if self.transport is None or self._closing:
+            return
+        out = self._out
+        if out is None:
+            self._send(pieces, sum(map(len, pieces)) >= GATHER_MIN)
+            return
+        out += pieces
+        self._out_size += sum(map(len, pieces))
+        if self._out_size >= FLUSH_SIZE:
+            self.flush_output()
+
+    def flush_output(self) -> None:
+        """Send what the current batch collected (before STLS, closing, or a full batch)."""
+        out = self._out
+        if out:
+            size, self._out, self._out_size = self._out_size, [], 0
+            self._send(out, size >= GATHER_MIN)
+
+    def _send(self, out: List[bytes], gather: bool = False) -> None:
+        """Write ``out`` to the transport; on plain TCP with nothing queued, ``send`` it at once.
+
+        A Twisted transport sends only when the reactor next reports the socket writable: per
+        reply an ``epoll_ctl`` on, an ``epoll_wait`` turn, a dispatch and an ``epoll_ctl`` off — a
+        third of a short session's CPU. When the transport holds nothing (so order is kept) the
+        replies go straight to the socket (not after STLS: TLS then lives inside the transport);
+        whatever the socket does not take, and any error, is left to the transport as before (it
+        reports errors on its next write).
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if _plain_and_empty(transport):
+            if len(out) > 1 and gather and len(out) <= MAX_GATHER:
+                # The pieces as they are (sendmsg gathers them): no join, no copy of the batch.
+                out = _unsent(out, _sent(transport.socket.sendmsg, out))
+                if not out:
+                    return
+            else:
+                data = out[0] if len(out) == 1 else b"".join(out)
+                sent = _sent(transport.socket.send, data)
+                if sent == len(data):
+                    return
+                out = [data[sent:]]
+        transport.writeSequence(out)
+
+    def _close_at_once(self) -> bool:
+        """Send what the batch collected and close a plain TCP connection now, when the socket
+        takes it all; False (nothing closed, the batch still to flush) otherwise.
+
+        ``loseConnection`` closes only when the reactor next reports the socket writable: an
+        ``epoll_ctl`` off and on, a turn and a dispatch, about a tenth of a short session. With an
+        empty buffer there is nothing to wait for, so this does at once what that turn would do
+        (``connectionLost`` with ConnectionDone: the reactor forgets the socket, shutdown and close,
+        then the protocol's ``connectionLost``), as ``posixbase._disconnectSelectable`` does.
+
+        The last reply goes with ``MSG_MORE``, so the shutdown's FIN rides in the same segment
+        (one loopback packet and one wake-up of the client less per session, instead of a data
+        segment and then a FIN).
+        """
+        transport = self.transport
+        if transport is None or not _plain_and_empty(transport) or transport.producer is not None:
+            return False
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            sent = _sent(transport.socket.send, data, _MSG_MORE)
+            if sent != len(data):
+                # Leave the rest to the transport (its own send pushes the corked part too).
+                self._out, self._out_size = [data[sent:]], len(data) - sent
+                return False
+            self._out, self._out_size = [], 0
+        transport.connectionLost(_CONNECTION_DONE)
+        return True
+
+    def _block(self, reason: str) -> None:
+        """Stop processing command lines until every reason is gone."""
+        self.paused = True
+        if self._blocks:
+            self._blocks.add(reason)  # type: ignore[attr-defined]
+        else:
+            self._blocks = {reason}
+
+    def _unblock(self, reason: str) -> None:
+        if reason not in self._blocks:
+            return
+        self._blocks.discard(reason)  # type: ignore[attr-defined]
+        if self._blocks or self._closing or self.transport is None:
+            return
+        self.paused = False
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        self.dataReceived(b"")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._out is None:
+            self._out = []
+            try:
+                self._receive(data)
+            finally:
+                self.flush_output()
+                self._out = None
+        else:  # resumed from inside a batch (a Deferred that fired at once): same batch
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        self._split_lines(data)
+        # While commands wait (async login, a transfer, a client that does not read its replies),
+        # stop reading the socket once enough input is queued: memory stays bounded.
+        if self.paused and not self._reading_paused and len(self._buffer) > MAX_QUEUED_INPUT:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _write_paused(self, paused: bool) -> None:
+        if paused:
+            self._block("write")
+            if self._stream is not None:
+                self._stream.pause()
+        else:
+            if self._stream is not None:
+                self._stream.resume()
+            self._unblock("write")
+
+    def _stop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+
+
+    _busy_splitting = False
+    _line_buffer_cleared = False
+
+    def _split_lines(self, data: bytes) -> None:
+        """``LineReceiver.dataReceived`` without its copy of the whole buffer per line.
+
+        Same contract: lines go to :meth:`lineReceived` until ``paused``; input that arrives
+        meanwhile (re-entrantly) is queued; :meth:`clearLineBuffer` (STLS) drops the rest; a line or
+        a pending partial line beyond ``MAX_LENGTH`` goes to :meth:`lineLengthExceeded`.
+        """
+        if self._busy_splitting:
+            self._buffer += data
+            return
+        self._busy_splitting = True
+        # Activity: once per batch of lines (input arrived, or waiting lines resume), not per line.
+        self.resetTimeout()
+        try:
+            buffer = self._buffer + data if self._buffer else data
+            self._buffer = b""
+            start = 0
+            find = buffer.find
+            while not self.paused:
+                end = find(b"\n", start)
+                if end == -1:
+                    if len(buffer) - start > self.MAX_LENGTH:
+                        self._buffer, rest, start, buffer = b"", buffer[start:], 0, b""
+                        self.lineLengthExceeded(rest)
+                        return
+                    break
+                line = buffer[start:end]
+                start = end + 1
+                if len(line) > self.MAX_LENGTH:
+                    self._buffer, start, buffer = b"", 0, b""
+                    self.lineLengthExceeded(line)
+                    return
+                self.lineReceived(line)
+                if self._line_buffer_cleared:
+                    self._line_buffer_cleared = False
+                    start, buffer = 0, b""
+                    break
+                if self.transport is None or self.transport.disconnecting:
+                    break
+            if start < len(buffer):
+                self._buffer = buffer[start:] + self._buffer if start else buffer + self._buffer
+        finally:
+            self._busy_splitting = False
+
+    def clearLineBuffer(self) -> bytes:
+        """Drop unprocessed input (STLS: what was pipelined in plaintext must not run in TLS)."""
+        self._line_buffer_cleared = self._busy_splitting
+        return LineReceiver.clearLineBuffer(self)

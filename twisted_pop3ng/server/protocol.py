@@ -1,0 +1,492 @@
+"""The POP3 server protocol (RFC 1939, RFC 2449) and its factory.
+
+Rules of this module:
+
+* the session state changes only through :data:`TRANSITIONS`; which verbs are valid in which state is
+  data (the ``@command`` registry), a verb missing from a state's set is the error;
+* one small handler per verb; a handler either answers at once or returns a Deferred, and while that
+  Deferred is pending no further command line is read (so pipelined commands are answered in order,
+  also after an asynchronous login);
+* the protocol never touches files: messages come from the ``IMailbox`` avatar, as bytes when
+  small (the optional ``read_whole``) or as file-like objects streamed through
+  :class:`~twisted_pop3ng.wire.MessageEncoder`; how lines come in and replies go out (batching,
+  backpressure, streaming, timeouts) is :mod:`.server_io`'s business;
+* every error goes through :func:`twisted_pop3ng.errors.classify`; no exception text reaches the peer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import AbstractSet, Any, Callable, List, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_pop3ng.auth import checkers as cred
+from twisted_pop3ng.server import policy
+from twisted_pop3ng import wire
+from twisted_pop3ng import __version__
+from twisted_pop3ng.errors import (
+    BadCommand,
+    MessageDeleted,
+    NoSuchMessage,
+    POP3Error,
+    classify,
+)
+from twisted_pop3ng.interfaces import IMailbox, MessageInfo, MessageTable
+from twisted_pop3ng.server import auth_verbs, verbs
+from twisted_pop3ng.server.registry import CommandSet
+from twisted_pop3ng.server.states import AUTHORIZATION, TRANSITIONS, UPDATE
+from twisted_pop3ng.server.io import (CHUNK_SIZE, IdleSweeper, MessageStream, SessionIO, TransportFlow,
+                        set_no_delay)
+
+#: ``Command(verb, rest)`` without the named tuple's Python-level ``__new__``.
+_new_command = tuple.__new__
+#: Seconds a closing connection may take to deliver its last reply before it is aborted: a peer
+#: that never reads, or never completes the TLS handshake, would otherwise keep the connection (and
+#: the maildrop lock) forever, since loseConnection waits for the write buffer to drain. After QUIT
+#: a slow client may still be receiving a message: it gets longer.
+CLOSE_GRACE = 5.0
+QUIT_CLOSE_GRACE = 60.0
+
+
+#: The default verbs: RFC 1939's and STLS/AUTH/APOP/UTF8. Each factory takes a copy.
+DEFAULT_COMMANDS = CommandSet.merged(verbs.COMMANDS, auth_verbs.COMMANDS)
+
+
+def command(verb: str, *states: str, capability: Any = None) -> Callable:
+    """Register ``handler(protocol, cmd)`` for ``verb`` in ``states`` with the default verbs, so
+    that factories made afterwards answer it. To extend one server only, register on its
+    factory's ``commands`` (a :class:`~twisted_pop3ng.server.registry.CommandSet`)."""
+    return DEFAULT_COMMANDS.command(verb, *states, capability=capability)
+
+
+@dataclass
+class ServerConfig:
+    """Knobs of a server; :mod:`twisted_pop3ng.service.build` fills it from the command line."""
+
+    implementation: str = "twisted-pop3ng %s" % __version__
+    #: Seconds of inactivity before login / after login (RFC 1939 §3 asks for >= 10 minutes).
+    login_timeout: float = 60.0
+    idle_timeout: float = 600.0
+    #: Seconds to wait before answering a failed authentication.
+    auth_failure_delay: float = 1.0
+    #: Bad commands tolerated before and after login before the connection is closed.
+    max_bad_commands: int = 20
+    extra_capabilities: List[str] = field(default_factory=list)
+    #: Plaintext policy, APOP, SASL mechanisms, abuse limits, LOGIN-DELAY/EXPIRE (see policy.py).
+    security: policy.SecurityConfig = field(default_factory=policy.SecurityConfig)
+
+
+class POP3ServerProtocol(SessionIO):
+    """One POP3 session: AUTHORIZATION -> TRANSACTION -> UPDATE against an ``IMailbox`` avatar."""
+
+    # Accept bare LF as well as CRLF from clients; a trailing CR is stripped in lineReceived.
+    delimiter = b"\n"
+    MAX_LENGTH = wire.MAX_ANY_LINE
+    log = Logger()
+
+    # Per-session state starts as these class-level defaults and becomes an instance attribute
+    # only when it changes: an idle connection then costs ~0.7 KB less (issue 5: <= 2 KB each).
+    state = AUTHORIZATION
+    mailbox: Optional[Any] = None
+    messages: Sequence[MessageInfo] = ()
+    #: Marked deletions; an immutable empty default, a set of its own from login on.
+    deleted: AbstractSet[int] = frozenset()
+    _logout: Optional[Callable[[], None]] = None
+    _username: Optional[bytes] = None
+    #: Why command lines are not read now; an empty default until the first block.
+    _blocks: AbstractSet[str] = frozenset()
+    _stream: Optional[MessageStream] = None
+    _bad_commands = 0
+    _closing = False
+    _reading_paused = False
+    _abort_call: Any = None
+    #: While a SASL exchange waits for a client line, lines go here instead of the dispatcher.
+    line_hook: Optional[Callable[[bytes], Any]] = None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.factory.config
+
+    @property
+    def clock(self) -> Any:
+        return self.factory.clock
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self.config.login_timeout)
+        set_no_delay(self.transport)
+        self.transport.registerProducer(TransportFlow(self), True)
+        if not policy.connection_made(self):  # too many connections from this address
+            return
+        self.write(wire.response(True, self.greeting()))
+
+    def greeting(self) -> str:
+        return policy.greeting(self, "POP3 server ready.")
+
+    def reply(self, ok: bool, text: str = "", code: Optional[str] = None) -> None:
+        self.write(wire.response(ok, text, code))
+
+    def reply_lines(self, status: str, lines: List[bytes]) -> None:
+        """A multi-line response in one write (one packet for short listings: no Nagle stall)."""
+        body = b"".join(line + b"\r\n" for line in lines)
+        self.write(wire.response(True, status) + body + wire.TERMINATOR)
+
+    def close(self, text: Optional[str] = None, ok: bool = False, code: Optional[str] = None) -> None:
+        if text is not None:
+            self.reply(ok, text, code)
+        self.setTimeout(None)
+        if self.transport is not None:
+            # A registered producer holds off the TLS shutdown (TLSMemoryBIOProtocol waits for
+            # unregisterProducer), so a QUIT over TLS would never close: unregister first.
+            self.transport.unregisterProducer()
+            if self._close_at_once():
+                self._closing = True
+                return
+        self.flush_output()
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+            if self._abort_call is None:
+                grace = QUIT_CLOSE_GRACE if ok or self.state == UPDATE else CLOSE_GRACE
+                self._abort_call = self.clock.callLater(grace, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def timeoutConnection(self) -> None:
+        self.log.info("closing idle connection")
+        self.close("Disconnected for inactivity.")
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.setTimeout(None)
+        self._closing = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        self._stop_stream()
+        if self.state != UPDATE:
+            self._do_logout()
+        policy.connection_lost(self)
+
+    def _do_logout(self) -> None:
+        logout, self._logout, self.mailbox = self._logout, None, None
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                self.log.failure("logout failed")
+
+    # -- command dispatch -------------------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if self.line_hook is not None:
+            self._handle_result(self.line_hook(line), "AUTH")
+            return
+        # RFC 5034 §4: an AUTH initial response may exceed the 255-octet command limit (tokens).
+        if len(line) + 2 > wire.MAX_COMMAND_LINE and (
+                line[:5].upper() != b"AUTH " or len(line) + 2 > wire.MAX_AUTH_LINE):
+            self.bad_command("Command line too long")
+            return
+        word, _, rest = line.partition(b" ")
+        commands = self.factory.commands
+        handler = commands.known.get(word)
+        if handler is not None:
+            cmd = _new_command(wire.Command, (handler.verb, rest))
+        else:
+            try:
+                cmd = wire.parse_command(line)
+            except wire.WireError as error:
+                self.bad_command(str(error))
+                return
+            handler = commands.handlers.get(cmd.verb)
+            if handler is None:
+                self.bad_command("Unknown command: %s" % cmd.verb)
+                return
+            commands.remember(word, handler)
+        if self.state not in handler.states:
+            self.bad_command("%s is not valid in the %s state" % (cmd.verb, self.state))
+            return
+        try:
+            result = handler.method(self, cmd)
+        except Exception:
+            self._command_failed(Failure(), cmd.verb)
+            return
+        if result is None:  # done: what _handle_result -> _command_succeeded would do, inline
+            self._bad_commands = 0
+        else:
+            self._handle_result(result, cmd.verb)
+
+    def _handle_result(self, result: Any, verb: str) -> None:
+        """A handler's result: a Deferred blocks further command lines until it has finished."""
+        # (None first: Deferred is an Awaitable, so isinstance goes through ABCMeta, ~1 µs.)
+        if result is None or not isinstance(result, defer.Deferred):
+            self._command_succeeded()
+            return
+        # ``called`` is not enough: a fired Deferred may still wait on an inner one.
+        finished: List[bool] = []
+
+        def outcome(value: Any) -> None:
+            if isinstance(value, Failure):
+                self._command_failed(value, verb)
+            else:
+                self._command_succeeded()
+            finished.append(True)
+            self._unblock("command")
+
+        result.addBoth(outcome)
+        if not finished:
+            self._block("command")
+
+    def _command_succeeded(self) -> None:
+        """Bad commands are counted in a row (as Dovecot does): a good one resets the count."""
+        self._bad_commands = 0
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line far beyond any limit is abuse: say so, then close."""
+        self.close("Line too long, closing connection")
+
+    def bad_command(self, text: str) -> None:
+        self._bad_commands += 1
+        if self._bad_commands > self.config.max_bad_commands:
+            self.close("Too many bad commands, closing connection")
+        else:
+            self.reply(False, text)
+
+    def _command_failed(self, failure: Failure, verb: str) -> None:
+        error = failure.value
+        if isinstance(error, (BadCommand, wire.WireError)):
+            self.bad_command(str(error.text if isinstance(error, POP3Error) else error))
+            return
+        code, text, expected = classify(error)
+        if not expected:
+            self.log.failure("{verb} failed", failure, verb=verb)
+        self.reply(False, text, code)
+
+    # -- helpers for handlers ---------------------------------------------------------------------
+
+    def _no_args(self, cmd: wire.Command) -> None:
+        if cmd.words():
+            raise BadCommand("%s takes no arguments" % cmd.verb)
+
+    def _message(self, word: bytes) -> int:
+        """0-based index of a live message from a 1-based message number argument."""
+        try:
+            number = wire.parse_message_number(word)
+        except wire.WireError as error:
+            raise BadCommand(str(error))
+        if number > len(self.messages):
+            raise NoSuchMessage("There is no message %d" % number)
+        if number - 1 in self.deleted:
+            raise MessageDeleted("Message %d is deleted" % number)
+        return number - 1
+
+    def _one_or_no_message(self, cmd: wire.Command) -> Optional[int]:
+        words = cmd.words()
+        if len(words) > 1:
+            raise BadCommand("Too many arguments")
+        return self._message(words[0]) if words else None
+
+    def _live(self) -> List[int]:
+        return [i for i in range(len(self.messages)) if i not in self.deleted]
+
+    def capabilities(self) -> List[str]:
+        caps = self.factory.commands.capabilities(self)
+        caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        caps += policy.capabilities(self)
+        caps += self.config.extra_capabilities
+        caps.append("IMPLEMENTATION %s" % self.config.implementation)
+        return caps
+
+    def login(self, credentials: Any) -> Optional[defer.Deferred]:
+        """Authenticate through the portal, lock the maildrop and take the snapshot.
+
+        When the checker and realm answer at once (cheap password schemes, a local maildir; see
+        :func:`.cred.login_now`) the rest runs as plain calls, and the command finishes without a
+        Deferred of its own.
+        """
+        try:
+            d = cred.login_now(self.factory.portal, credentials, IMailbox)
+        except Exception:
+            return self._after_login(Failure(), credentials)
+        if type(d) is tuple or not isinstance(d, defer.Deferred):
+            return self._after_login(d, credentials)
+        outcome: List[Any] = []
+        d.addBoth(outcome.append)  # takes the result (a Failure too: nothing left unhandled)
+        if outcome:
+            return self._after_login(outcome[0], credentials)
+        return d.addCallback(lambda _: self._after_login(outcome[0], credentials))
+
+    def _after_login(self, result: Any, credentials: Any) -> Optional[defer.Deferred]:
+        """The portal's result (avatar tuple or Failure): admit, then snapshot; None when done."""
+        if isinstance(result, Failure):
+            return self._login_failed(result)
+        try:
+            pending = self._logged_in(policy.admit(result, self, credentials))
+        except Exception:
+            return self._login_failed(Failure())
+        if pending is not None:
+            return pending.addErrback(self._login_failed)
+        return None
+
+    def _logged_in(self, result: Any) -> Optional[defer.Deferred]:
+        _, mailbox, logout = result
+        if self._closing or self.transport is None:
+            logout()
+            return None
+        self.mailbox, self._logout = mailbox, logout
+
+        def snapshot(messages: Any) -> None:
+            # A MessageTable (read-only columns) is kept as it is; anything else is copied.
+            # (MessageTable is a Sequence, an ABC: the MRO test spares isinstance's Python
+            # __instancecheck__.)
+            self.messages = messages if MessageTable in type(messages).__mro__ else list(messages)
+            self.deleted = set()
+            self.state = TRANSITIONS[(self.state, "login")]
+            self.setTimeout(self.config.idle_timeout)
+            self.reply(True, "Logged in.")
+
+        def failed(failure: Failure) -> Failure:
+            self._do_logout()
+            return failure
+
+        try:
+            messages = mailbox.list_messages()
+        except Exception:
+            self._do_logout()
+            raise
+        if type(messages) is not list and isinstance(messages, defer.Deferred):
+            return messages.addCallbacks(snapshot, failed)
+        snapshot(messages)
+        return None
+
+    def _login_failed(self, failure: Failure) -> defer.Deferred:
+        code, text, expected = classify(failure.value)
+        if not expected:
+            self.log.failure("login failed", failure)
+        if code != "AUTH":
+            self.reply(False, text, code)
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.clock.callLater(policy.failure_delay(self), d.callback, None)
+        d.addCallback(lambda _: self.reply(False, "Authentication failed.", "AUTH"))
+        return d
+
+    def send_message(self, index: int, status: bytes,
+                     encoder: Optional[wire.MessageEncoder] = None) -> Optional[defer.Deferred]:
+        """Send a message after its status line (``+OK ...`` CRLF): in one piece when small, else
+        streamed; the status line goes out only once the message could be read or opened.
+        ``encoder`` None: the whole message (RETR), else that encoder's part of it (TOP).
+
+        Small messages come from the mailbox's optional ``read_whole`` (one read, no file object,
+        Deferred or stream: pipelined RETRs of small messages are the bulk case), else from a file
+        whose size ``fstat`` knows (:meth:`_send_whole`).
+        """
+        try:
+            read_whole = getattr(self.mailbox, "read_whole", None)
+            data = read_whole(index, CHUNK_SIZE) if read_whole is not None else None
+            if data is not None:
+                self._write_message(status, encoder, data)
+                return None
+            opened = self.mailbox.open_message(index)
+        except Exception:
+            return defer.fail()
+        if encoder is None:
+            encoder = wire.MessageEncoder()
+        if not isinstance(opened, defer.Deferred) and self._send_whole(opened, status, encoder):
+            return None
+        d = opened if isinstance(opened, defer.Deferred) else defer.succeed(opened)
+
+        def stream(source: Any) -> defer.Deferred:
+            if self._closing:
+                source.close()
+                return defer.succeed(None)
+            self._stream = MessageStream(self, source, status, encoder)
+            if self.paused and "write" in self._blocks:
+                self._stream.pause()
+            self._stream.run()
+            return self._stream.deferred.addBoth(self._stream_done)
+
+        return d.addCallback(stream)
+
+    def _write_message(self, status: bytes, encoder: Optional[wire.MessageEncoder],
+                       data: bytes) -> None:
+        # Status and body as separate pieces of the batch: no copy of the body to join them.
+        pieces = wire.encode_whole_pieces(data) if encoder is None else encoder.encode_all(data)
+        pieces.insert(0, status)
+        self.write_pieces(pieces)
+
+    def _send_whole(self, source: Any, status: bytes, encoder: wire.MessageEncoder) -> bool:
+        """Send a small stored file in one write, synchronously; False: stream it instead.
+
+        For mailboxes without ``read_whole`` whose files are real files: only files whose size
+        ``fstat`` knows qualify; one that changes meanwhile is streamed.
+        """
+        try:
+            size = os.fstat(source.fileno()).st_size
+        except Exception:
+            return False
+        if size >= CHUNK_SIZE:
+            return False
+        try:
+            data = source.read(size + 1)
+            if len(data) != size:
+                source.seek(0)
+                return False
+        except BaseException:
+            source.close()
+            raise
+        source.close()
+        self._write_message(status, encoder, data)
+        return True
+
+    def _stream_done(self, result: Any) -> None:
+        self._stream = None
+        if isinstance(result, Failure):
+            if not self._closing:
+                # The status line is out; a partial body cannot be turned into -ERR: drop the
+                # connection (nothing is committed) so the client does not take a short message.
+                self.log.failure("message transfer failed", result)
+                self.close()
+        return None
+
+
+class POP3ServerFactory(Factory):
+    """Builds :class:`POP3ServerProtocol` sessions against a ``twisted.cred`` portal."""
+
+    protocol = POP3ServerProtocol
+
+    def __init__(self, portal: Any, config: Optional[ServerConfig] = None, clock: Any = None,
+                 commands: Optional[CommandSet] = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.portal = portal
+        #: This server's verbs (a copy: registering on it changes no other server).
+        self.commands = (commands if commands is not None else DEFAULT_COMMANDS).copy()
+        self.config = config or ServerConfig()
+        self.clock = clock
+        self.sessions = itertools.count(1)
+        self._idle_sweeper: Optional[IdleSweeper] = None
+
+    def idle_sweeper(self) -> IdleSweeper:
+        if self._idle_sweeper is None:
+            self._idle_sweeper = IdleSweeper(self.clock)
+        return self._idle_sweeper
+
+    def startFactory(self) -> None:
+        self.idle_sweeper().keep_timer = True
+
+    def stopFactory(self) -> None:
+        self.idle_sweeper().stop()

@@ -1,0 +1,149 @@
+"""``twistd pop3ng``: the command-line options (DESIGN.md §3) and their checks.
+
+Rules of this module: options are parsed and validated here (``postOptions``), nothing is started;
+:mod:`.build` turns parsed options into a factory and listening services.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, List
+
+from twisted.application import strports
+from twisted.cred import strcred
+from twisted.python import usage
+
+from twisted_pop3ng.service import security_options as tap_security
+
+DEFAULT_LISTEN = "tcp:1100:interface=127.0.0.1"
+#: --busy-poll at most (10 ms: past that it is a spinning loop, not a wait).
+MAX_BUSY_POLL_US = 10_000
+DEMO_TLS_LISTEN = "tcp:9950:interface=127.0.0.1"
+DEMO_DIR = "pop3ng-demo"
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    synopsis = "[options]"
+    longdesc = ("A POP3 server (RFC 1939, 2449) on maildirs. Plain POP3 on --listen "
+                "(default %s), POP3S (TLS from the first byte) on --tls-listen." % DEFAULT_LISTEN)
+    optFlags = [
+        ["demo", None, "Run a self-contained demo under ./%s (user, password, sample mail, "
+                       "self-signed certificate, plain and TLS listeners on 127.0.0.1)." % DEMO_DIR],
+    ] + tap_security.OPT_FLAGS
+    optParameters = [
+        ["tls-cert", None, None, "PEM certificate chain, leaf first."],
+        ["tls-key", None, None, "PEM private key of the certificate (default: in --tls-cert)."],
+        ["mailbox", None, None, "Mailbox store: maildir:TEMPLATE (e.g. maildir:/var/mail/{user}/Maildir)."],
+        ["idle-timeout", None, 600.0, "Seconds of inactivity after login before disconnecting "
+                                      "(RFC 1939 asks for at least 600).", float],
+        ["login-timeout", None, 60.0, "Seconds of inactivity before login.", float],
+        ["auth-failure-delay", None, 1.0, "Seconds before answering a failed login.", float],
+        ["max-bad-commands", None, 20, "Bad commands tolerated before disconnecting.", int],
+        ["workers", None, 1, "Processes serving the listening sockets (the extra ones are spawned and "
+                             "share the ports; maildrop locks hold across them).", int],
+        ["busy-poll", None, 50.0, "Longest time in microseconds the reactor keeps polling before it "
+                                  "sleeps, adapted to the traffic (0: off; pop3ng's own reactor only).",
+         float],
+    ] + tap_security.OPT_PARAMETERS
+    supportedInterfaces = None  # any checker twisted.cred knows
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"]: List[str] = []
+        self["tls-listen"]: List[str] = []
+        self["trusted-networks"]: List[Any] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # Before any option handler (an --auth checker, say) imports the default reactor.
+        from twisted_pop3ng.fastpath.reactor import install_default
+
+        install_default()
+        super().parseOptions(options)
+
+    def opt_listen(self, description: str) -> None:
+        """Plain POP3 endpoint (repeatable), e.g. tcp:110 or tcp:1100:interface=127.0.0.1."""
+        self["listen"].append(description)
+
+    def opt_trusted_network(self, cidr: str) -> None:
+        """Network (CIDR) allowed plaintext authentication without TLS (repeatable)."""
+        tap_security.opt_trusted_network(self, cidr)
+
+    def opt_tls_listen(self, description: str) -> None:
+        """POP3S endpoint, TLS from the first byte (repeatable), e.g. tcp:995."""
+        self["tls-listen"].append(description)
+
+    def postOptions(self) -> None:
+        if self["demo"]:
+            self._demo_defaults()
+        if not self["listen"] and not self["tls-listen"]:
+            self["listen"].append(DEFAULT_LISTEN)
+        from twisted.internet import reactor
+
+        for desc in self["listen"] + self["tls-listen"]:
+            if desc.split(":", 1)[0].lower() == "ssl":
+                raise usage.UsageError("%r: give a tcp: endpoint; TLS comes from --tls-listen with "
+                                       "--tls-cert/--tls-key" % desc)
+            try:
+                strports.endpoints.serverFromString(reactor, desc)
+            except Exception as error:
+                raise usage.UsageError("bad endpoint %r: %s" % (desc, error))
+        if self["tls-listen"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-listen needs --tls-cert (and --tls-key)")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        if self["tls-cert"]:
+            from twisted_pop3ng.tls.server import ReloadableServerTLS, TLSConfigError
+
+            try:
+                self["tls"] = ReloadableServerTLS(self["tls-cert"], self["tls-key"])
+            except TLSConfigError as error:
+                raise usage.UsageError(str(error))
+        else:
+            self["tls"] = None
+        if not self["mailbox"]:
+            raise usage.UsageError("--mailbox is required, e.g. --mailbox maildir:/var/mail/{user}/Maildir")
+        from twisted_pop3ng.mailbox import MailboxSpecError, store_from_spec
+
+        try:
+            self["store"] = store_from_spec(self["mailbox"])
+        except (MailboxSpecError, ValueError) as error:
+            raise usage.UsageError("--mailbox %s: %s" % (self["mailbox"], error))
+        if not self.get("credCheckers"):
+            raise usage.UsageError("give at least one --auth, e.g. --auth passwd-file:/etc/pop3ng/users")
+        if self["idle-timeout"] < 600:
+            sys.stderr.write("warning: --idle-timeout below 600 s violates RFC 1939 section 3\n")
+        for checker in self["credCheckers"]:
+            _bytes_memory_checker(checker)
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if not 0 <= self["busy-poll"] <= MAX_BUSY_POLL_US:
+            raise usage.UsageError("--busy-poll must be between 0 and %d microseconds" % MAX_BUSY_POLL_US)
+        tap_security.post_options(self)
+
+    def _demo_defaults(self) -> None:
+        from twisted_pop3ng.service import demo
+
+        info = demo.prepare(os.path.abspath(DEMO_DIR))
+        self["demo-info"] = info
+        if not self["listen"]:
+            self["listen"].append(DEFAULT_LISTEN)
+        if not self["tls-listen"]:
+            self["tls-listen"].append(DEMO_TLS_LISTEN)
+        if not self["tls-cert"]:
+            self["tls-cert"], self["tls-key"] = info.cert, info.key
+        if not self["mailbox"]:
+            self["mailbox"] = "maildir:" + info.maildir_template
+        if not self.get("credCheckers"):
+            self.opt_auth("passwd-file:" + info.passwd_file)
+
+
+def _bytes_memory_checker(checker: Any) -> None:
+    """twisted's ``memory:`` checker stores str keys on Python 3; credentials carry bytes."""
+    from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        checker.users = {
+            (k.encode("utf-8") if isinstance(k, str) else k): (v.encode("utf-8") if isinstance(v, str) else v)
+            for k, v in checker.users.items()
+        }

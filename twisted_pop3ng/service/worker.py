@@ -1,0 +1,76 @@
+"""One ``--workers`` process: adopts the listening sockets its master passes and serves them.
+
+Started by :class:`twisted_pop3ng.service.workers.WorkerPool` as
+``python -m twisted_pop3ng.service.worker FD:KIND[,FD:KIND...] -- POP3NG-ARGS``; it exits when the
+master goes away (its stdin is a pipe from the master).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any, Sequence
+
+
+def _watch_master(reactor: Any) -> None:
+    """Exit when the master goes away: stdin is a pipe from it, EOF means it is gone."""
+    from twisted.internet import abstract
+
+    class Watch(abstract.FileDescriptor):
+        def fileno(self) -> int:
+            return 0
+
+        def doRead(self) -> None:
+            try:
+                data = os.read(0, 512)
+            except OSError:
+                data = b""
+            if not data:
+                self.stopReading()
+                if reactor.running:
+                    reactor.stop()
+
+        def connectionLost(self, reason: Any) -> None:
+            pass
+
+    Watch(reactor).startReading()
+
+
+def worker_main(argv: Sequence[str]) -> None:
+    """``python -m twisted_pop3ng.service.worker FD:KIND[,FD:KIND...] -- POP3NG-ARGS``."""
+    spec, separator, *args = argv
+    if separator != "--":
+        raise SystemExit("usage: python -m twisted_pop3ng.service.worker FD:KIND,... -- POP3NG-ARGS")
+    from twisted_pop3ng.fastpath.reactor import install_default
+
+    install_default()  # as twistd pop3ng does
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted_pop3ng.service import build
+    from twisted_pop3ng.service.options import Options
+    from twisted_pop3ng.fastpath.port import LeanTCPReactor
+    from twisted_pop3ng.fastpath.tls import tls_factory
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    options = Options()
+    options.parseOptions(list(args))
+    build.configure_reactor(options, reactor)
+    factory = build.make_factory(options)
+    for item in spec.split(","):
+        fd_text, _, kind = item.partition(":")
+        fd = int(fd_text)
+        probe = socket.socket(fileno=os.dup(fd))
+        family = probe.family
+        probe.close()
+        served = tls_factory(options["tls"], factory) if kind == "tls" else factory
+        LeanTCPReactor(reactor).adoptStreamPort(fd, family, served)
+        os.close(fd)
+    _watch_master(reactor)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run(installSignalHandlers=False)
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1:])

@@ -1,0 +1,176 @@
+"""``--workers N``: N processes serve the same listening sockets.
+
+The ``twistd`` process binds the ports as usual (so its log names them, and ``tcp:0`` works), serves
+them itself, and spawns N-1 workers that adopt the very same listening sockets: the kernel hands each
+new connection to whichever process accepts it first, so sessions spread over the CPU cores.
+
+What stays true across processes:
+
+* maildrop locks are ``flock`` locks on files, so a second login is refused (``[IN-USE]``) whichever
+  process holds the first; the maildir index is a file, validated by every process;
+* each worker re-reads the same command line, so it has the same users, mailboxes, TLS files and
+  limits. Per-address connection limits and failure delays are counted per process.
+
+Workers are supervised: one that dies is started again (at most :data:`MAX_RESTARTS` a minute); they
+get SIGHUP (TLS reload) and SIGTERM when the server stops, and exit by themselves if the master goes
+away (their stdin is a pipe from it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Restarts of dead workers allowed per minute, after which a dead worker stays dead.
+MAX_RESTARTS = 10
+#: Seconds a stopping worker gets before SIGKILL.
+STOP_TIMEOUT = 10.0
+#: First file descriptor of the inherited listening sockets in a worker.
+FIRST_FD = 3
+
+
+def pop3ng_arguments(argv: Sequence[str]) -> List[str]:
+    """The ``pop3ng`` plugin's own arguments from a twistd command line (after ``pop3ng``)."""
+    args = list(argv[1:])
+    if "pop3ng" not in args:
+        raise ValueError("cannot find the pop3ng subcommand in %r" % (list(argv),))
+    return args[args.index("pop3ng") + 1:]
+
+
+def without_workers(args: Sequence[str]) -> List[str]:
+    """Drop ``--workers N`` / ``--workers=N``: a worker must not spawn workers."""
+    out: List[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
+
+
+class _Worker(protocol.ProcessProtocol):
+    def __init__(self, pool: "WorkerPool", slot: int) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+        self.pool._ended(self)
+
+
+class WorkerPool(service.Service):
+    """Spawns and supervises ``count`` workers sharing the sibling listeners' sockets."""
+
+    def __init__(self, count: int, listeners: Sequence[Any], argv: Optional[Sequence[str]] = None,
+                 reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.count = count
+        self.listeners = list(listeners)
+        self.args = without_workers(pop3ng_arguments(argv if argv is not None else sys.argv))
+        self.reactor = reactor
+        self.workers: Dict[int, Tuple[_Worker, Any]] = {}
+        self.restarts: List[float] = []
+        self.sockets: List[Tuple[int, str]] = []  # (fd, "plain" | "tls")
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        for listener in self.listeners:
+            port = _listening_port(listener)
+            kind = "tls" if isinstance(port.factory, TLSMemoryBIOFactory) else "plain"
+            self.sockets.append((port.fileno(), kind))
+        for slot in range(self.count):
+            self._spawn(slot)
+        self.reactor.callWhenRunning(self.reactor.callLater, 0, self._chain_sighup)
+
+    def _spawn(self, slot: int) -> None:
+        spec = ",".join("%d:%s" % (FIRST_FD + i, kind) for i, (_, kind) in enumerate(self.sockets))
+        child_fds: Dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        for i, (fd, _) in enumerate(self.sockets):
+            child_fds[FIRST_FD + i] = fd
+        worker = _Worker(self, slot)
+        args = [sys.executable, "-m", "twisted_pop3ng.service.worker", spec, "--"] + self.args
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd()] + sys.path))
+        transport = self.reactor.spawnProcess(worker, sys.executable, args, env=env,
+                                              childFDs=child_fds)
+        self.workers[slot] = (worker, transport)
+        log.info("worker {slot} started (pid {pid})", slot=slot + 1, pid=transport.pid)
+
+    def _ended(self, worker: _Worker) -> None:
+        self.workers.pop(worker.slot, None)
+        if not self.running:
+            return
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+        if len(self.restarts) > MAX_RESTARTS:
+            log.error("worker {slot} died; too many restarts, not starting it again",
+                      slot=worker.slot + 1)
+            return
+        log.warn("worker {slot} died; starting it again", slot=worker.slot + 1)
+        self.reactor.callLater(1.0, lambda: self.running and self._spawn(worker.slot))
+
+    def signal_workers(self, signum: int) -> None:
+        for _, transport in list(self.workers.values()):
+            try:
+                transport.signalProcess(signum)
+            except Exception:
+                pass
+
+    def _chain_sighup(self) -> None:
+        """Forward SIGHUP (TLS reload) to the workers, after the master's own handler."""
+        previous = signal.getsignal(signal.SIGHUP)
+
+        def handler(signum: int, frame: Any) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            self.reactor.callFromThread(self.signal_workers, signal.SIGHUP)
+
+        signal.signal(signal.SIGHUP, handler)
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        ended = [worker.ended for worker, _ in self.workers.values()]
+        self.signal_workers(signal.SIGTERM)
+        kill = self.reactor.callLater(STOP_TIMEOUT, self.signal_workers, signal.SIGKILL)
+
+        def done(_: Any) -> None:
+            if kill.active():
+                kill.cancel()
+
+        return defer.DeferredList(ended).addCallback(done)
+
+
+def _listening_port(listener: Any) -> Any:
+    """The IListeningPort of a started StreamServerEndpointService (it listened synchronously)."""
+    found: List[Any] = []
+    waiting = getattr(listener, "_waitingForPort", None)
+    if waiting is None:
+        raise RuntimeError("--workers: a listener has not started")
+
+    def grab(port: Any) -> Any:
+        found.append(port)
+        return port
+
+    waiting.addCallback(grab)
+    if not found:
+        raise RuntimeError("--workers: a listener is not listening")
+    return found[0]
+
+
+# -- the worker process -----------------------------------------------------------------------------

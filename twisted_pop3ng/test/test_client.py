@@ -1,0 +1,537 @@
+"""Client protocol: exact bytes with StringTransport, timeouts with task.Clock, client-meets-server
+with iosim against our own server protocol."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet import error as ierror, task
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from twisted_pop3ng.auth import sasl_client
+from twisted_pop3ng import client as pop3, server, wire
+from twisted_pop3ng.errors import MailboxInUse
+from twisted_pop3ng.mailbox.memory import MemoryStore
+from twisted_pop3ng.server.realm import MailboxRealm
+
+
+class TLSStringTransport(StringTransport):
+    """A StringTransport that records ``startTLS`` (what was written before and after it)."""
+
+    tls_options = None
+
+    def startTLS(self, options):
+        self.tls_options = options
+        self.before_tls = self.value()
+        self.clear()
+
+
+def make_client(greeting: bytes = b"+OK ready <1896.697170952@dbc.mtview.ca.us>\r\n",
+                caps=None, transport_class=StringTransport):
+    clock = task.Clock()
+    client = pop3.POP3Client(timeout=30, clock=clock)
+    transport = transport_class()
+    client.makeConnection(transport)
+    client.dataReceived(greeting)
+    if caps is not None:
+        client.capabilities = caps
+    return client, transport, clock
+
+
+def result_of(d):
+    results = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    return results[0]
+
+
+class GreetingAndErrorsTests(unittest.TestCase):
+    def test_greeting(self):
+        client, _, _ = make_client()
+        self.assertEqual(self.successResultOf(client.ready), "ready <1896.697170952@dbc.mtview.ca.us>")
+
+    def test_err_greeting(self):
+        client, _, _ = make_client(b"-ERR [SYS/TEMP] too busy\r\n")
+        failure = self.failureResultOf(client.ready, pop3.TemporaryError)
+        self.assertEqual(failure.value.code, "SYS/TEMP")
+
+    def test_response_codes_become_typed_errors(self):
+        client, transport, _ = make_client(caps={})
+        cases = [(b"[IN-USE] locked", pop3.InUseError), (b"[LOGIN-DELAY] wait", pop3.LoginDelayError),
+                 (b"[AUTH] no", pop3.AuthError), (b"[SYS/PERM] broken", pop3.PermanentError),
+                 (b"[SYS/TEMP] later", pop3.TemporaryError), (b"no such message", pop3.ServerError),
+                 (b"[X-OTHER] what", pop3.ServerError)]
+        for text, cls in cases:
+            d = client.noop()
+            client.dataReceived(b"-ERR " + text + b"\r\n")
+            failure = self.failureResultOf(d, cls)
+            self.assertEqual(type(failure.value), cls)
+        d = client.noop()
+        client.dataReceived(b"-ERR [IN-USE] locked\r\n")
+        self.failureResultOf(d, MailboxInUse)  # the server-side class matches too
+
+    def test_malformed_reply_drops_connection(self):
+        client, transport, _ = make_client(caps={})
+        d = client.stat()
+        client.dataReceived(b"HELLO\r\n")
+        self.failureResultOf(d, pop3.ProtocolError)
+        self.assertTrue(transport.disconnecting)
+
+    def test_connection_lost_fails_pending(self):
+        client, transport, _ = make_client(caps={})
+        d = client.retrieve(1)
+        client.dataReceived(b"+OK\r\npartial body\r\n")
+        client.connectionLost(Failure(ierror.ConnectionDone()))
+        self.failureResultOf(d, ierror.ConnectionLost)
+        self.failureResultOf(client.noop(), ierror.ConnectionLost)
+
+
+class PipeliningTests(unittest.TestCase):
+    REPLIES = (b"+OK 2 octets\r\nSubject: a\r\n\r\n..dot\r\n.\r\n"
+               b"+OK\r\nb\r\n.\r\n+OK marked\r\n+OK 1 10\r\n")
+
+    def run_replies(self, client, chunks):
+        ds = [client.retrieve(1), client.retrieve(2), client.delete(1), client.list(1)]
+        for chunk in chunks:
+            client.dataReceived(chunk)
+        return [self.successResultOf(d) for d in ds]
+
+    def test_all_commands_written_at_once_with_pipelining(self):
+        client, transport, _ = make_client(caps={"PIPELINING": []})
+        ds = [client.retrieve(1), client.retrieve(2), client.delete(1)]
+        self.assertEqual(transport.value(), b"RETR 1\r\nRETR 2\r\nDELE 1\r\n")
+        client.dataReceived(b"+OK\r\na\r\n.\r\n+OK\r\nb\r\n.\r\n+OK\r\n")
+        self.assertEqual([self.successResultOf(d) for d in ds[:2]], [b"a\r\n", b"b\r\n"])
+
+    def test_one_at_a_time_without_pipelining(self):
+        client, transport, _ = make_client(caps={})
+        client.retrieve(1)
+        client.delete(1)
+        self.assertEqual(transport.value(), b"RETR 1\r\n")
+        client.dataReceived(b"+OK\r\na\r\n.\r\n")
+        self.assertEqual(transport.value(), b"RETR 1\r\nDELE 1\r\n")
+
+    def test_replies_whole_bytewise_and_with_trailing_data(self):
+        expected = [b"Subject: a\r\n\r\n.dot\r\n", b"b\r\n", None, 10]
+        for chunks in ([self.REPLIES], [bytes([b]) for b in self.REPLIES]):
+            client, _, _ = make_client(caps={"PIPELINING": []})
+            results = self.run_replies(client, chunks)
+            results[2] = None
+            self.assertEqual(results, expected)
+
+    def test_quit_is_a_barrier(self):
+        client, transport, _ = make_client(caps={"PIPELINING": []})
+        client.retrieve(1)
+        quit = client.quit()
+        self.assertEqual(transport.value(), b"RETR 1\r\n")
+        client.dataReceived(b"+OK\r\nx\r\n.\r\n")
+        self.assertEqual(transport.value(), b"RETR 1\r\nQUIT\r\n")
+        client.dataReceived(b"+OK bye\r\n")
+        self.successResultOf(quit)
+
+    def test_listings(self):
+        client, _, _ = make_client(caps={"PIPELINING": []})
+        stat, listing, uidl, one = client.stat(), client.list(), client.uidl(), client.uidl(2)
+        client.dataReceived(b"+OK 2 320\r\n+OK\r\n1 120\r\n2 200\r\n.\r\n"
+                            b"+OK\r\n1 whqtswO00WBw418f9t5JxYwZ\r\n2 QhdPYR:00WBw1Ph7x7\r\n.\r\n"
+                            b"+OK 2 QhdPYR:00WBw1Ph7x7\r\n")
+        self.assertEqual(self.successResultOf(stat), (2, 320))
+        self.assertEqual(self.successResultOf(listing), {1: 120, 2: 200})
+        self.assertEqual(self.successResultOf(uidl),
+                         {1: "whqtswO00WBw418f9t5JxYwZ", 2: "QhdPYR:00WBw1Ph7x7"})
+        self.assertEqual(self.successResultOf(one), "QhdPYR:00WBw1Ph7x7")
+
+
+@implementer(IConsumer)
+class SlowConsumer:
+    """Pushes back after every write until told to go on."""
+
+    def __init__(self):
+        self.data = []
+        self.producer = None
+        self.registered = 0
+
+    def registerProducer(self, producer, streaming):
+        assert streaming
+        self.producer = producer
+        self.registered += 1
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.data.append(data)
+        self.producer.pauseProducing()
+
+
+class StreamingTests(unittest.TestCase):
+    def test_backpressure_pauses_the_transport(self):
+        client, transport, _ = make_client(caps={"PIPELINING": []})
+        consumer = SlowConsumer()
+        d = client.retrieve(1, consumer)
+        after = client.noop()
+        client.dataReceived(b"+OK\r\nline one\r\n")
+        self.assertEqual(transport.producerState, "paused")
+        client.dataReceived(b"line two\r\n.\r\n+OK\r\n")
+        self.assertEqual(consumer.data, [b"line one\r\n"])  # nothing more while paused
+        self.assertNoResult(d)
+        producer = consumer.producer
+        producer.resumeProducing()
+        self.assertEqual(b"".join(consumer.data), b"line one\r\nline two\r\n")
+        producer.resumeProducing()
+        self.assertIs(self.successResultOf(d), consumer)
+        self.successResultOf(after)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_large_message_memory_is_bounded(self):
+        client, _, _ = make_client(caps={})
+        sizes = []
+
+        class Counter:
+            total = 0
+
+            def write(self, data):
+                Counter.total += len(data)
+
+        d = client.retrieve(1, Counter())
+        client.dataReceived(b"+OK\r\n")
+        line = b"x" * 998 + b"\r\n"
+        chunk = line * 64
+        for _ in range(320):  # 20 MB
+            client.dataReceived(chunk)
+            sizes.append(len(client._buffer))
+        client.dataReceived(b".\r\n")
+        self.successResultOf(d)
+        self.assertEqual(Counter.total, 320 * len(chunk))
+        self.assertLess(max(sizes), 70000)
+
+    def test_failing_consumer_fails_the_command_and_drops_the_connection(self):
+        client, transport, _ = make_client(caps={"PIPELINING": []})
+
+        class DiskFull:
+            def write(self, data):
+                raise OSError(28, "No space left on device")
+
+        d = client.retrieve(1, DiskFull())
+        after = client.retrieve(2)
+        client.dataReceived(b"+OK\r\nline\r\n")
+        self.assertEqual(self.failureResultOf(d, OSError).value.errno, 28)
+        self.failureResultOf(after)
+        self.assertTrue(transport.disconnecting)
+
+    def test_file_like_consumer_and_top(self):
+        import io
+
+        client, transport, _ = make_client(caps={})
+        sink = io.BytesIO()
+        d = client.top(3, 0, sink)
+        self.assertEqual(transport.value(), b"TOP 3 0\r\n")
+        client.dataReceived(b"+OK\r\nSubject: x\r\n\r\n.\r\n")
+        self.assertIs(self.successResultOf(d), sink)
+        self.assertEqual(sink.getvalue(), b"Subject: x\r\n\r\n")
+
+
+class TimeoutTests(unittest.TestCase):
+    def test_no_reply_times_out(self):
+        client, transport, clock = make_client(caps={})
+        d = client.stat()
+        clock.advance(29)
+        self.assertNoResult(d)
+        clock.advance(2)
+        self.failureResultOf(d, ierror.TimeoutError)
+        self.assertTrue(transport.disconnecting)
+
+    def test_progress_resets_and_idle_does_not_time_out(self):
+        client, transport, clock = make_client(caps={})
+        d = client.retrieve(1)
+        client.dataReceived(b"+OK\r\n")
+        for _ in range(5):
+            clock.advance(20)
+            client.dataReceived(b"more\r\n")
+        client.dataReceived(b".\r\n")
+        self.successResultOf(d)
+        clock.advance(3600)
+        self.assertFalse(transport.disconnecting)
+
+
+class STLSTests(unittest.TestCase):
+    def test_bytes_after_ok_are_discarded(self):
+        client, transport, _ = make_client(caps={"STLS": [], "PIPELINING": []},
+                                           transport_class=TLSStringTransport)
+        options = object()
+        d = client.starttls(options)
+        self.assertEqual(transport.value(), b"STLS\r\n")
+        # A man in the middle appends a fake CAPA answer in the plaintext packet.
+        client.dataReceived(b"+OK Begin TLS\r\n+OK injected\r\nUSER\r\nX-EVIL\r\n.\r\n")
+        self.assertIs(transport.tls_options, options)
+        self.assertEqual(transport.value(), b"CAPA\r\n")
+        self.assertTrue(client.tls)
+        self.assertEqual(client.capabilities, {})
+        client.dataReceived(b"+OK\r\nSASL SCRAM-SHA-256 PLAIN\r\nPIPELINING\r\n.\r\n")
+        caps = self.successResultOf(d)
+        self.assertEqual(caps, {"SASL": ["SCRAM-SHA-256", "PLAIN"], "PIPELINING": []})
+
+    def test_refused(self):
+        client, transport, _ = make_client(caps={}, transport_class=TLSStringTransport)
+        d = client.starttls(object())
+        client.dataReceived(b"-ERR not now\r\n")
+        self.failureResultOf(d, pop3.ServerError)
+        self.assertIsNone(transport.tls_options)
+
+
+class LoginTests(unittest.TestCase):
+    def auth_line(self, transport):
+        return transport.value().split(b"\r\n")[0]
+
+    def test_strongest_mechanism_is_chosen(self):
+        client, transport, _ = make_client(caps={"SASL": ["PLAIN", "CRAM-MD5", "SCRAM-SHA-1",
+                                                          "SCRAM-SHA-256", "LOGIN"], "USER": []})
+        client.login("user", "pencil")
+        self.assertTrue(self.auth_line(transport).startswith(b"AUTH SCRAM-SHA-256 "))
+        self.assertEqual(client.mechanism, "SCRAM-SHA-256")
+
+    def test_plaintext_refused_without_tls(self):
+        client, transport, _ = make_client(caps={"SASL": ["PLAIN", "LOGIN"], "USER": []})
+        self.failureResultOf(client.login("user", "pencil"), pop3.CapabilityError)
+        self.assertEqual(transport.value(), b"")
+
+    def test_plain_over_tls(self):
+        client, transport, _ = make_client(caps={"SASL": ["PLAIN", "LOGIN"]})
+        client.tls = True
+        d = client.login("tim", "tanstaaftanstaaf")
+        self.assertEqual(transport.value(),
+                         b"AUTH PLAIN " + base64.b64encode(b"\0tim\0tanstaaftanstaaf") + b"\r\n")
+        transport.clear()
+        client.dataReceived(b"+OK welcome\r\n")
+        self.assertEqual(transport.value(), b"CAPA\r\n")  # capabilities re-read after login
+        client.dataReceived(b"+OK\r\nTOP\r\nUIDL\r\n.\r\n")
+        self.assertEqual(self.successResultOf(d), {"TOP": [], "UIDL": []})
+        self.assertTrue(client.logged_in)
+
+    def test_falls_back_to_plain_over_tls_when_scram_is_refused(self):
+        client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256", "PLAIN"]})
+        client.tls = True
+        d = client.login("bob", "pw")
+        self.assertTrue(transport.value().startswith(b"AUTH SCRAM-SHA-256 "))
+        transport.clear()
+        client.dataReceived(b"-ERR [AUTH] Authentication failed.\r\n")
+        self.assertEqual(transport.value(), b"AUTH PLAIN " + base64.b64encode(b"\0bob\0pw") + b"\r\n")
+        client.dataReceived(b"+OK\r\n-ERR\r\n")
+        self.successResultOf(d)
+        self.assertEqual(client.mechanism, "PLAIN")
+
+    def test_no_fallback_without_tls_or_when_forced(self):
+        client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256", "PLAIN"], "USER": []})
+        d = client.login("bob", "pw")
+        client.dataReceived(b"-ERR [AUTH] no\r\n")
+        self.failureResultOf(d, pop3.AuthError)
+        client.tls = True
+        transport.clear()
+        d = client.login("bob", "pw", mechanism="SCRAM-SHA-256")
+        client.dataReceived(b"-ERR [AUTH] no\r\n")
+        self.failureResultOf(d, pop3.AuthError)
+        self.assertEqual(transport.value().count(b"AUTH"), 1)
+
+    def test_user_pass_fallback(self):
+        client, transport, _ = make_client(caps={"USER": []})
+        d = client.login("alice", "two words", allow_plaintext=True)
+        self.assertEqual(transport.value(), b"USER alice\r\n")
+        client.dataReceived(b"+OK\r\n")
+        self.assertEqual(transport.value(), b"USER alice\r\nPASS two words\r\n")
+        client.dataReceived(b"-ERR nope\r\n")
+        self.failureResultOf(d, pop3.AuthError)
+
+    def test_cram_md5(self):
+        client, transport, _ = make_client(caps={"SASL": ["CRAM-MD5"]})
+        d = client.login("tim", "tanstaaftanstaaf")
+        self.assertEqual(transport.value(), b"AUTH CRAM-MD5\r\n")
+        transport.clear()
+        challenge = b"<1896.697170952@postoffice.reston.mci.net>"
+        client.dataReceived(b"+ " + base64.b64encode(challenge) + b"\r\n")
+        answer = base64.b64decode(transport.value().strip())
+        digest = hmac.new(b"tanstaaftanstaaf", challenge, hashlib.md5).hexdigest().encode()
+        self.assertEqual(answer, b"tim " + digest)
+        self.assertEqual(digest, b"b913a602c7eda7a495b4e6e7334d3890")  # RFC 2195's example
+        client.dataReceived(b"+OK\r\n+OK\r\n.\r\n")
+        self.successResultOf(d)
+
+    def test_login_mechanism(self):
+        client, transport, _ = make_client(caps={"SASL": ["LOGIN"]})
+        client.tls = True
+        d = client.login("u", "p w")
+        self.assertEqual(transport.value(), b"AUTH LOGIN\r\n")
+        transport.clear()
+        client.dataReceived(b"+ " + base64.b64encode(b"Username:") + b"\r\n")
+        client.dataReceived(b"+ " + base64.b64encode(b"Password:") + b"\r\n")
+        self.assertEqual(transport.value(), base64.b64encode(b"u") + b"\r\n" +
+                         base64.b64encode(b"p w") + b"\r\n")
+        client.dataReceived(b"+OK\r\n-ERR no capa\r\n")
+        self.assertEqual(self.successResultOf(d), {})
+
+    def test_apop_only_when_asked(self):
+        client, transport, _ = make_client(caps={})
+        client.login("mrose", "tanstaaf", apop=True)
+        self.assertEqual(transport.value(), b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n")
+
+    def scram_server(self, password="pencil", mechanism="SCRAM-SHA-256"):
+        import scramp
+
+        m = scramp.ScramMechanism(mechanism)
+        info = m.make_auth_info(password, iteration_count=4096)
+        return m.make_server(lambda username: info)
+
+    def run_scram(self, server_password, tamper=None):
+        client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256"]})
+        d = client.login("user", "pencil")
+        line = transport.value().strip()
+        self.assertTrue(line.startswith(b"AUTH SCRAM-SHA-256 "))
+        server = self.scram_server(server_password)
+        server.set_client_first(base64.b64decode(line.split()[2]).decode())
+        transport.clear()
+        client.dataReceived(b"+ " + base64.b64encode(server.get_server_first().encode()) + b"\r\n")
+        client_final = base64.b64decode(transport.value().strip()).decode()
+        transport.clear()
+        try:
+            server.set_client_final(client_final)
+        except Exception:
+            client.dataReceived(b"-ERR [AUTH] bad proof\r\n")
+            return d, transport
+        final = server.get_server_final()
+        if tamper:
+            final = tamper(final)
+        client.dataReceived(b"+ " + base64.b64encode(final.encode()) + b"\r\n")
+        return d, transport
+
+    def test_scram_sha_256(self):
+        d, transport = self.run_scram("pencil")
+        self.assertEqual(transport.value(), b"\r\n")  # empty response to the server-final message
+        transport.clear()
+        client = d  # the login goes on: +OK, then CAPA
+        self.assertNoResult(client)
+
+    def test_scram_wrong_password(self):
+        d, _ = self.run_scram("other")
+        self.failureResultOf(d, pop3.AuthError)
+
+    def test_scram_server_that_cannot_prove_itself(self):
+        d, transport = self.run_scram("pencil", tamper=lambda f: "v=" + base64.b64encode(b"x" * 32).decode())
+        self.assertEqual(transport.value(), b"*\r\n")  # the client cancels
+        transport.clear()
+
+    def test_scram_ok_without_server_final_is_refused(self):
+        client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256"]})
+        d = client.login("user", "pencil")
+        client.dataReceived(b"+OK shortcut\r\n")
+        self.failureResultOf(d, sasl_client.SASLError)
+
+    def test_choose(self):
+        offered = ["PLAIN", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"]
+        self.assertEqual(sasl_client.choose(offered, secure=True, allow_plaintext=False, token=False,
+                                            channel_binding=True)[0], "SCRAM-SHA-256-PLUS")
+        self.assertEqual(sasl_client.choose(offered, secure=True, allow_plaintext=False, token=False,
+                                            channel_binding=False)[0], "SCRAM-SHA-256")
+        self.assertEqual(sasl_client.choose(offered, secure=True, allow_plaintext=False, token=True,
+                                            channel_binding=False), ["OAUTHBEARER", "XOAUTH2"])
+        self.assertEqual(sasl_client.choose(["PLAIN"], secure=False, allow_plaintext=False,
+                                            token=False, channel_binding=False), [])
+
+    def test_oauthbearer(self):
+        client, transport, _ = make_client(caps={"SASL": ["OAUTHBEARER", "PLAIN"]})
+        client.tls = True
+        client.login("user@example.com", token="vF9dft4qmT")
+        line = transport.value().strip().split()
+        self.assertEqual(line[:2], [b"AUTH", b"OAUTHBEARER"])
+        self.assertEqual(base64.b64decode(line[2]),
+                         b"n,a=user@example.com,\x01auth=Bearer vF9dft4qmT\x01\x01")
+
+
+def unstuffed(message: bytes) -> bytes:
+    """What a client stores for a stored message: CRLF line endings, final CRLF, no stuffing."""
+    encoder = wire.MessageEncoder(stuff=False)
+    return encoder.feed(message) + encoder.finish()
+
+
+def _server_config():
+    try:
+        from twisted_pop3ng.server.policy import SecurityConfig
+
+        return server.ServerConfig(security=SecurityConfig(allow_plaintext_auth=True))
+    except (ImportError, TypeError):
+        return server.ServerConfig()
+
+
+class IOSimTests(unittest.TestCase):
+    """Our client against our server protocol, in memory."""
+
+    MESSAGES = [b"Subject: one\n\n.starts with a dot\nbody\n", b"Subject: two\r\n\r\nno final newline",
+                b".\r\n..\r\n"]
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryStore()
+        for message in self.MESSAGES:
+            self.store.deliver("alice", message)
+        checker = InMemoryUsernamePasswordDatabaseDontUse()
+        checker.addUser(b"alice", b"secret pass")
+        portal = Portal(MailboxRealm(self.store), [checker])
+        self.factory = server.POP3ServerFactory(portal, _server_config(), clock=self.clock)
+        self.client, self.server, self.pump = iosim.connectedServerAndClient(
+            lambda: self.factory.buildProtocol(None), lambda: pop3.POP3Client(clock=self.clock),
+            clock=self.clock)
+
+    def wait(self, d):
+        for _ in range(50):
+            self.pump.flush()
+            if d.called:
+                break
+            self.clock.advance(1)
+        return self.successResultOf(d)
+
+    def test_session(self):
+        self.wait(self.client.ready)
+        caps = self.wait(self.client.capa())
+        self.assertIn("PIPELINING", caps)
+        self.wait(self.client.login("alice", "secret pass", allow_plaintext=True))
+        self.assertEqual(self.wait(self.client.stat())[0], 3)
+        uids = self.wait(self.client.uidl())
+        sizes = self.wait(self.client.list())
+        bodies = [self.client.retrieve(n) for n in sorted(uids)]
+        self.pump.flush()
+        got = [self.wait(d) for d in bodies]
+        self.assertEqual(got, [unstuffed(m) for m in self.MESSAGES])
+        self.assertEqual([len(b) for b in got], [sizes[n] for n in sorted(sizes)])
+        self.assertEqual(self.wait(self.client.top(1, 0)), b"Subject: one\r\n\r\n")
+        self.wait(self.client.delete(2))
+        err = self.client.retrieve(2)
+        self.pump.flush()
+        self.failureResultOf(err, pop3.ServerError)
+        self.wait(self.client.quit())
+        self.assertEqual(len(self.store.maildrops["alice"]), 2)
+
+    def test_wrong_password(self):
+        self.wait(self.client.ready)
+        self.wait(self.client.capa())
+        d = self.client.login("alice", "wrong", allow_plaintext=True)
+        for _ in range(10):
+            self.pump.flush()
+            self.clock.advance(1)
+        self.failureResultOf(d, pop3.AuthError)
+
+    def test_in_use(self):
+        self.wait(self.client.ready)
+        self.wait(self.client.login("alice", "secret pass", allow_plaintext=True))
+        other, _, pump = iosim.connectedServerAndClient(
+            lambda: self.factory.buildProtocol(None), lambda: pop3.POP3Client(clock=self.clock),
+            clock=self.clock)
+        d = other.login("alice", "secret pass", allow_plaintext=True)
+        pump.flush()
+        self.failureResultOf(d, pop3.InUseError)

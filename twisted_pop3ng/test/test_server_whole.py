@@ -1,0 +1,120 @@
+"""RETR/TOP of small stored files go out in one synchronous write; anything odd is streamed."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List
+
+from twisted.internet import defer
+
+from twisted_pop3ng import server, wire
+from twisted_pop3ng.interfaces import MessageInfo
+
+from .test_server import ProtocolTestCase
+
+FILES = [b"Subject: a\n\n.dot first\nbody\n", b".x\r\nlast line without newline",
+         b"big\n" + b".line\n" * 100_000]
+
+
+class FileMailbox:
+    """An IMailbox over real files; ``lie`` makes fstat report another file's size."""
+
+    def __init__(self, paths: List[str], lie: bool = False, deferred: bool = False) -> None:
+        self.paths = paths
+        self.lie = lie
+        self.deferred = deferred
+        self.opened: List[Any] = []
+
+    def list_messages(self) -> List[MessageInfo]:
+        return [MessageInfo("u%d" % i, len(wire.encode_message(open(p, "rb").read())) - 3)
+                for i, p in enumerate(self.paths)]
+
+    def open_message(self, index: int) -> Any:
+        f = open(self.paths[index], "rb", buffering=0)
+        if self.lie:
+            other = open(self.paths[(index + 1) % len(self.paths)], "rb", buffering=0)
+            f.fileno = other.fileno  # type: ignore[method-assign]
+            self.opened.append(other)
+        self.opened.append(f)
+        return defer.succeed(f) if self.deferred else f
+
+    def commit(self, deleted: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        for f in self.opened:
+            f.close()
+
+
+class WholeFileTests(ProtocolTestCase):
+    def use(self, **kwargs: Any) -> FileMailbox:
+        paths = []
+        for i, data in enumerate(FILES):
+            path = os.path.abspath(self.mktemp())
+            with open(path, "wb") as f:
+                f.write(data)
+            paths.append(path)
+        box = FileMailbox(paths, **kwargs)
+        self.proto.mailbox = box
+        self.proto.messages = box.list_messages()
+        self.proto.state = server.TRANSACTION
+        self.addCleanup(box.close)
+        return box
+
+    def expected(self, index: int, lines: Any = None) -> bytes:
+        return wire.encode_message(FILES[index], lines)
+
+    def check_all(self) -> None:
+        reply = self.talk(b"RETR 1\r\nRETR 2\r\nTOP 1 1\r\nRETR 3\r\nNOOP\r\n")
+        for _ in range(100):
+            if reply.endswith(b"+OK\r\n"):
+                break
+            self.transport.clear()
+            self.clock.advance(0)
+            reply += self.transport.value()
+        sizes = [m.size for m in self.proto.messages]
+        self.assertEqual(reply,
+                         b"+OK %d octets\r\n" % sizes[0] + self.expected(0)
+                         + b"+OK %d octets\r\n" % sizes[1] + self.expected(1)
+                         + b"+OK Message follows\r\n" + self.expected(0, 1)
+                         + b"+OK %d octets\r\n" % sizes[2] + self.expected(2) + b"+OK\r\n")
+
+    def test_small_files_in_one_write_large_streamed(self) -> None:
+        self.use()
+        self.check_all()
+        self.assertTrue(all(f.closed for f in self.proto.mailbox.opened))
+
+    def test_size_mismatch_falls_back_to_streaming(self) -> None:
+        self.use(lie=True)
+        self.check_all()
+
+    def test_asynchronous_open_is_streamed(self) -> None:
+        self.use(deferred=True)
+        self.check_all()
+
+    def test_read_error_is_an_err_reply_and_the_file_is_closed(self) -> None:
+        box = self.use()
+
+        class Broken:
+            def __init__(self, f: Any) -> None:
+                self.f = f
+                self.closed = False
+
+            def fileno(self) -> int:
+                return self.f.fileno()
+
+            def read(self, n: int) -> bytes:
+                raise OSError(5, "Input/output error")
+
+            def close(self) -> None:
+                self.closed = True
+                self.f.close()
+
+        broken: List[Broken] = []
+        real_open = box.open_message
+        box.open_message = lambda i: broken.append(Broken(real_open(i))) or broken[-1]  # type: ignore
+        reply = self.talk(b"RETR 1\r\nNOOP\r\n")
+        self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+        self.assertTrue(reply.endswith(b"+OK\r\n"), reply)
+        self.assertTrue(broken[0].closed)
+        self.flushLoggedErrors(OSError)  # an unexpected storage error is logged with its traceback
