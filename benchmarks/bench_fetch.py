@@ -34,8 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from tests.dovecot import give_to_mail_user, start_dovecot  # noqa: E402
-from tests.support import make_certificates  # noqa: E402
+from tests.integration.dovecot import give_to_mail_user, start_dovecot  # noqa: E402
+from tests.integration.support import make_certificates  # noqa: E402
 from twisted_pop3ng.mailbox.maildir import deliver  # noqa: E402
 
 USER, PASSWORD = "bob", "bench password"

@@ -29,7 +29,7 @@ if os.path.dirname(HERE) not in sys.path:
 
 from benchmarks import client, peers  # noqa: E402
 from benchmarks.peers import PASSWORD, DataSpec  # noqa: E402
-from tests.support import _PORT_RE, TWISTD_MAIN, stop_process, write_users  # noqa: E402
+from tests.integration.support import _PORT_RE, TWISTD_MAIN, stop_process, write_users  # noqa: E402
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks.client import Target  # noqa: E402
-from tests.support import process_tree, stop_process  # noqa: E402
+from tests.integration.support import process_tree, stop_process  # noqa: E402
 
 PASSWORD = "bench password"
 
@@ -204,7 +204,7 @@ class Running:
 
 def start_ours(root: str, users: Dict[str, str], workers: int = 0,
                extra: Optional[List[str]] = None) -> Running:
-    from tests.support import start_server
+    from tests.integration.support import start_server
 
     # No per-address connection limit: all benchmark connections come from 127.0.0.1 (Dovecot has
     # no such limit before login either).
@@ -217,7 +217,7 @@ def start_ours(root: str, users: Dict[str, str], workers: int = 0,
 
 
 def start_twisted_mail(root: str, users: Dict[str, str]) -> Running:
-    from tests.support import make_certificates, write_users
+    from tests.integration.support import make_certificates, write_users
 
     certs = make_certificates(root)
     users_path = write_users(os.path.join(root, "users"), users)
@@ -254,8 +254,8 @@ service pop3 {
 
 
 def start_dovecot(root: str, users: Dict[str, str]) -> Running:
-    from tests.dovecot import start_dovecot as start
-    from tests.support import make_certificates
+    from tests.integration.dovecot import start_dovecot as start
+    from tests.integration.support import make_certificates
 
     certs = make_certificates(root)
     dovecot = start(root, users, certs=certs, extra_config=DOVECOT_LIMITS)

@@ -101,7 +101,8 @@ def main() -> int:
     finally:
         server.kill()
         server.wait()
-    print("twisted floor%s: %.0f sessions/s (%d failed)" % (" (lean)" if args.lean else "", sum(r[0] for r in results) / elapsed,
+    print("twisted floor%s: %.0f sessions/s (%d failed)"
+          % (" (lean)" if args.lean else "", sum(r[0] for r in results) / elapsed,
                                                          sum(r[1] for r in results)))
     return 0
 

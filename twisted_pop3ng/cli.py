@@ -8,7 +8,7 @@ from typing import List, Optional
 
 #: subcommand -> "module:function"; each function takes argv (after the subcommand), returns an exit code.
 SUBCOMMANDS = {
-    "fetch": ("twisted_pop3ng.fetch:main", "fetch mail from a POP3 server into a Maildir, mbox or MDA"),
+    "fetch": ("twisted_pop3ng.fetch.cli:main", "fetch mail from a POP3 server into a Maildir, mbox or MDA"),
     "passwd": ("twisted_pop3ng.auth.passwords:main", "print a password hash for a passwd-file"),
 }
 

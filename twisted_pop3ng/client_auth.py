@@ -6,6 +6,9 @@ from twisted_pop3ng.client.login import (  # noqa: F401
     LoginMixin,
 )
 
-__all__ = ['LoginMixin']
+__all__ = [
+    'LoginMixin',
+]
 
-warnings.warn("twisted_pop3ng.client_auth is deprecated: import twisted_pop3ng.client.login", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.client_auth is deprecated: import twisted_pop3ng.client.login",
+              DeprecationWarning, stacklevel=2)

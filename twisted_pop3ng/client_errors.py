@@ -15,6 +15,10 @@ from twisted_pop3ng.client.errors import (  # noqa: F401
     error_for,
 )
 
-__all__ = ['ServerError', 'InUseError', 'LoginDelayError', 'AuthError', 'TemporaryError', 'PermanentError', 'ProtocolError', 'TLSError', 'CapabilityError', 'error_for']
+__all__ = [
+    'ServerError', 'InUseError', 'LoginDelayError', 'AuthError', 'TemporaryError',
+    'PermanentError', 'ProtocolError', 'TLSError', 'CapabilityError', 'error_for',
+]
 
-warnings.warn("twisted_pop3ng.client_errors is deprecated: import twisted_pop3ng.client.errors", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.client_errors is deprecated: import twisted_pop3ng.client.errors",
+              DeprecationWarning, stacklevel=2)

@@ -10,6 +10,9 @@ from twisted_pop3ng.client.connect import (  # noqa: F401
     connect,
 )
 
-__all__ = ['POP3URL', 'parse_url', 'trust_root', 'tls_options', 'connect']
+__all__ = [
+    'POP3URL', 'parse_url', 'trust_root', 'tls_options', 'connect',
+]
 
-warnings.warn("twisted_pop3ng.connect is deprecated: import twisted_pop3ng.client.connect", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.connect is deprecated: import twisted_pop3ng.client.connect",
+              DeprecationWarning, stacklevel=2)

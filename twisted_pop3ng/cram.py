@@ -10,6 +10,9 @@ from twisted_pop3ng.auth.cram import (  # noqa: F401
     cram_digest,
 )
 
-__all__ = ['State', 'md5_resume', 'cram_context', 'hmac_from_context', 'cram_digest']
+__all__ = [
+    'State', 'md5_resume', 'cram_context', 'hmac_from_context', 'cram_digest',
+]
 
-warnings.warn("twisted_pop3ng.cram is deprecated: import twisted_pop3ng.auth.cram", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.cram is deprecated: import twisted_pop3ng.auth.cram",
+              DeprecationWarning, stacklevel=2)

@@ -10,6 +10,9 @@ from twisted_pop3ng.service.demo import (  # noqa: F401
     announce,
 )
 
-__all__ = ['DEMO_USER', 'SAMPLES', 'DemoInfo', 'prepare', 'announce']
+__all__ = [
+    'DEMO_USER', 'SAMPLES', 'DemoInfo', 'prepare', 'announce',
+]
 
-warnings.warn("twisted_pop3ng.demo is deprecated: import twisted_pop3ng.service.demo", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.demo is deprecated: import twisted_pop3ng.service.demo",
+              DeprecationWarning, stacklevel=2)

@@ -9,6 +9,9 @@ from twisted_pop3ng.fetch.state import (  # noqa: F401
     FetchState,
 )
 
-__all__ = ['VERSION', 'StateError', 'default_path', 'FetchState']
+__all__ = [
+    'VERSION', 'StateError', 'default_path', 'FetchState',
+]
 
-warnings.warn("twisted_pop3ng.fetchstate is deprecated: import twisted_pop3ng.fetch.state", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.fetchstate is deprecated: import twisted_pop3ng.fetch.state",
+              DeprecationWarning, stacklevel=2)

@@ -31,11 +31,8 @@ class IMailbox(Interface):
 
         Raise :class:`~twisted_pop3ng.errors.MessageVanished` (or ``OSError``) when it is gone.
 
-        A mailbox may also offer the optional, synchronous ``read_whole(index, limit)``: the stored
-        message as bytes when it is shorter than ``limit`` octets, else None. The server then sends
-        small messages in one write and streams only the large ones (both built-in backends do).
-        Likewise ``uidl_listing()``: the bytes of a full ``UIDL`` body (``N UID\\r\\n`` for every
-        message of the snapshot), which a backend may keep between sessions (the maildir does).
+        A mailbox may also provide :class:`IWholeMessageReader` (small messages in one read) and
+        :class:`IUIDLListing` (a kept ``UIDL`` body); the server asks ``providedBy`` once per login.
         """
 
     def commit(deleted):
@@ -46,6 +43,47 @@ class IMailbox(Interface):
 
     def close():
         """Release the lock and any resources. Idempotent."""
+
+
+class IWholeMessageReader(Interface):
+    """Optional for an :class:`IMailbox`: small messages as bytes, read in one piece.
+
+    The server then sends a small message in one write and streams only the large ones through
+    ``open_message`` (both built-in backends provide it).
+    """
+
+    def read_whole(index, limit):
+        """The stored message at ``index`` as bytes when it is shorter than ``limit`` octets, else
+        None (the server then calls ``open_message``). Synchronous: never a Deferred.
+
+        Raise :class:`~twisted_pop3ng.errors.MessageVanished` (or ``OSError``) when it is gone.
+        """
+
+
+class IUIDLListing(Interface):
+    """Optional for an :class:`IMailbox`: the whole ``UIDL`` body of the login snapshot."""
+
+    def uidl_listing():
+        """The bytes of a full ``UIDL`` body, ``b"1 UID\\r\\n2 UID\\r\\n..."`` for every message of
+        the snapshot. Synchronous. Used while no message is marked deleted; a backend may keep it
+        between sessions (the maildir keeps it with its cached snapshot)."""
+
+
+#: :meth:`IInlineChecker.avatar_id_now`'s answer "cannot answer at once, ask ``requestAvatarId``".
+LATER = object()
+
+
+class IInlineChecker(Interface):
+    """Optional for a ``twisted.cred`` checker: answers cheap checks without a Deferred.
+
+    The server's login (:func:`twisted_pop3ng.auth.checkers.login_now`) then asks the realm
+    directly, and a session whose password is checked at once needs no Deferred chain.
+    """
+
+    def avatar_id_now(credentials):
+        """The avatar id for ``credentials``, or raise ``UnauthorizedLogin``; or :data:`LATER`
+        when the check cannot be done at once (a slow hash, other credentials): the caller then
+        uses ``requestAvatarId``."""
 
 
 class IMailboxStore(Interface):
@@ -68,3 +106,20 @@ class IMaildropLock(Interface):
 
     def release():
         """Release the lock. Idempotent."""
+
+
+class IMailboxStoreFactory(Interface):
+    """A ``--mailbox SCHEME:ARGS`` backend for ``twistd pop3ng``, found as a Twisted plugin.
+
+    The ``--mailbox`` counterpart of strcred's ``ICheckerFactory``: a third-party backend is one
+    drop-in file in a ``twisted/plugins/`` directory whose module-level object provides this and
+    ``twisted.plugin.IPlugin``. Keep that file import-light (every ``twistd`` run may load it):
+    import the store's module inside :meth:`makeStore`.
+    """
+
+    scheme = Attribute("The name before the first colon of --mailbox, e.g. 'maildir'.")
+    help = Attribute("One paragraph for --help-mailbox: what ARGS means, with an example.")
+
+    def makeStore(argstring):
+        """An :class:`IMailboxStore` from the text after ``SCHEME:``; raise ``ValueError`` (its
+        text is shown on the command line) when ``argstring`` is unusable."""

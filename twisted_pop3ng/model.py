@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional
 
-#: ``__slots__`` where dataclasses can add them to a frozen class (3.11: with a weakref slot, as
-#: before): a cold maildir login makes 100,000 of these, and a slot is set at half the cost of an
-#: attribute in a dictionary; each object is smaller too.
+#: ``__slots__`` where dataclasses can add them to a frozen class (with a weakref slot, as before):
+#: a cold login to a big maildrop makes one of these per message (docs/performance.rst).
 _SLOTS = {"slots": True, "weakref_slot": True} if sys.version_info >= (3, 11) else {}
 
 
-@dataclass(frozen=True, **_SLOTS)  # type: ignore[call-overload]
+@dataclass(frozen=True, **_SLOTS)  # type: ignore[call-overload, unused-ignore]
 class MessageInfo:
     """What the session knows of one message from login on: its UIDL and its wire size.
 
@@ -29,20 +28,21 @@ class MessageInfo:
     size: int
 
 
-class MessageTable(Sequence):
+class MessageTable(Sequence[MessageInfo]):
     """A read-only sequence of :class:`MessageInfo` kept as columns, for big maildrops.
 
     ``uids`` in message order; ``sizes`` (any sequence of ints, e.g. an ``array``) in the order
     of ``order``: message ``k`` has size ``sizes[order[k]]`` (``order`` None: the same order).
     A :class:`MessageInfo` is made only when one is asked for, and :meth:`total_size` sums the
-    column: a cold login to 100,000 messages needs only the count and the total (STAT), and
-    making 100,000 objects and putting the sizes in message order cost ~0.05 s of it.
+    column: a cold login needs only the count and the total (STAT), and making an object per
+    message and putting the sizes in message order was a measurable part of it.
     ``list_messages`` may return one; the server keeps it as it is (it never changes).
     """
 
     __slots__ = ("uids", "sizes", "order", "_list")
 
-    def __init__(self, uids: Sequence, sizes: Sequence, order: Optional[Sequence] = None) -> None:
+    def __init__(self, uids: Sequence[str], sizes: Sequence[int],
+                 order: Optional[Sequence[int]] = None) -> None:
         if len(order if order is not None else sizes) != len(uids):
             raise ValueError("a MessageTable needs one size (or order entry) per UIDL")
         self.uids = uids

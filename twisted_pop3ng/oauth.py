@@ -8,6 +8,9 @@ from twisted_pop3ng.auth.oauth import (  # noqa: F401
     HMACTokenValidator,
 )
 
-__all__ = ['ITokenValidator', 'issue_token', 'HMACTokenValidator']
+__all__ = [
+    'ITokenValidator', 'issue_token', 'HMACTokenValidator',
+]
 
-warnings.warn("twisted_pop3ng.oauth is deprecated: import twisted_pop3ng.auth.oauth", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.oauth is deprecated: import twisted_pop3ng.auth.oauth",
+              DeprecationWarning, stacklevel=2)

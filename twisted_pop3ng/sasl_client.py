@@ -20,6 +20,11 @@ from twisted_pop3ng.auth.sasl_client import (  # noqa: F401
     apop_digest,
 )
 
-__all__ = ['SASLError', 'ClientMechanism', 'Plain', 'Login', 'CramMD5', 'Scram', 'XOAuth2', 'OAuthBearer', 'PASSWORD_PREFERENCE', 'TOKEN_PREFERENCE', 'PLAINTEXT', 'choose', 'make', 'tls_server_end_point', 'apop_digest']
+__all__ = [
+    'SASLError', 'ClientMechanism', 'Plain', 'Login', 'CramMD5', 'Scram', 'XOAuth2',
+    'OAuthBearer', 'PASSWORD_PREFERENCE', 'TOKEN_PREFERENCE', 'PLAINTEXT', 'choose', 'make',
+    'tls_server_end_point', 'apop_digest',
+]
 
-warnings.warn("twisted_pop3ng.sasl_client is deprecated: import twisted_pop3ng.auth.sasl_client", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.sasl_client is deprecated: import twisted_pop3ng.auth.sasl_client",
+              DeprecationWarning, stacklevel=2)

@@ -16,6 +16,10 @@ from twisted_pop3ng.server.io import (  # noqa: F401
     SessionIO,
 )
 
-__all__ = ['set_no_delay', 'CHUNK_SIZE', 'FLUSH_SIZE', 'GATHER_MIN', 'MAX_GATHER', 'MAX_QUEUED_INPUT', 'CHUNKS_PER_TURN', 'IdleSweeper', 'TransportFlow', 'MessageStream', 'SessionIO']
+__all__ = [
+    'set_no_delay', 'CHUNK_SIZE', 'FLUSH_SIZE', 'GATHER_MIN', 'MAX_GATHER', 'MAX_QUEUED_INPUT',
+    'CHUNKS_PER_TURN', 'IdleSweeper', 'TransportFlow', 'MessageStream', 'SessionIO',
+]
 
-warnings.warn("twisted_pop3ng.server_io is deprecated: import twisted_pop3ng.server.io", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.server_io is deprecated: import twisted_pop3ng.server.io",
+              DeprecationWarning, stacklevel=2)

@@ -9,6 +9,9 @@ from twisted_pop3ng.fastpath.port import (  # noqa: F401
     LeanTCPReactor,
 )
 
-__all__ = ['LeanServer', 'SERVER_TRANSPORTS', 'LeanPort', 'LeanTCPReactor']
+__all__ = [
+    'LeanServer', 'SERVER_TRANSPORTS', 'LeanPort', 'LeanTCPReactor',
+]
 
-warnings.warn("twisted_pop3ng.server_port is deprecated: import twisted_pop3ng.fastpath.port", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.server_port is deprecated: import twisted_pop3ng.fastpath.port",
+              DeprecationWarning, stacklevel=2)

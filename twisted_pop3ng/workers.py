@@ -11,6 +11,10 @@ from twisted_pop3ng.service.workers import (  # noqa: F401
     WorkerPool,
 )
 
-__all__ = ['MAX_RESTARTS', 'STOP_TIMEOUT', 'FIRST_FD', 'pop3ng_arguments', 'without_workers', 'WorkerPool', ]
+__all__ = [
+    'MAX_RESTARTS', 'STOP_TIMEOUT', 'FIRST_FD', 'pop3ng_arguments', 'without_workers',
+    'WorkerPool',
+]
 
-warnings.warn("twisted_pop3ng.workers is deprecated: import twisted_pop3ng.service.workers", DeprecationWarning, stacklevel=2)
+warnings.warn("twisted_pop3ng.workers is deprecated: import twisted_pop3ng.service.workers",
+              DeprecationWarning, stacklevel=2)

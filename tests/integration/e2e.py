@@ -47,7 +47,7 @@ def wire_message(raw: bytes) -> bytes:
 
 def stuffed(lines: List[bytes]) -> bytes:
     """The multi-line response body for ``lines``, terminator included."""
-    return b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n" for l in lines) + b".\r\n"
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
 
 
 def top_lines(raw: bytes, n: int) -> List[bytes]:

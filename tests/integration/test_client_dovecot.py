@@ -65,7 +65,7 @@ class DovecotClientTests(unittest.TestCase):
     async def _expect_tls_failure(self, **kwargs):
         try:
             client = await connect(reactor, kwargs.pop("url", self.url), password=PASSWORD, **kwargs)
-        except pop3.TLSError as e:
+        except pop3.TLSVerificationError as e:
             return str(e)
         await client.quit()
         self.fail("TLS should have failed")
@@ -86,7 +86,7 @@ class DovecotClientTests(unittest.TestCase):
             try:
                 await connect(reactor, endpoint, "bob", PASSWORD, cafile=self.certs["ca"],
                               hostname="pop.example.org")
-            except pop3.TLSError as e:
+            except pop3.TLSVerificationError as e:
                 self.assertIn("does not match", str(e))
             else:
                 self.fail("host name mismatch accepted")

@@ -56,7 +56,7 @@ class PoplibTests(ClientTestCase):
         for i, m in enumerate(MESSAGES):
             _, lines, octets = client.retr(i + 1)
             self.assertEqual(lines, wire_lines(m))
-            self.assertEqual(b"".join(l + b"\r\n" for l in lines), wire_message(m))
+            self.assertEqual(b"".join(line + b"\r\n" for line in lines), wire_message(m))
             _, top, _ = client.top(i + 1, 1)
             sep = wire_lines(m).index(b"")
             self.assertEqual(top, wire_lines(m)[:sep + 2])
@@ -105,7 +105,7 @@ class CurlTests(ClientTestCase):
         out = self.curl(base, "-X", "UIDL", *tls_args).stdout
         self.assertEqual(len(out.split(b"\r\n")), 4, out)
         out = self.curl(base, "-X", "TOP 2 0", *tls_args).stdout
-        self.assertEqual(out, b"".join(l + b"\r\n" for l in wire_lines(MESSAGES[1])[:6]))
+        self.assertEqual(out, b"".join(line + b"\r\n" for line in wire_lines(MESSAGES[1])[:6]))
         # DELE through a custom request (no body expected: -I)
         self.curl(base, "-X", "DELE 1", "-I", *tls_args)
         self.assertEqual(len(maildir_files(self.server, self.user)), 2)
@@ -170,7 +170,7 @@ class GetmailTests(ClientTestCase):
         self.assertEqual(len(got), 3)
         # getmail stores LF line endings; it may add a Return-Path header: compare the rest exactly
         expected = sorted(wire_message(m).replace(b"\r\n", b"\n") for m in MESSAGES)
-        stripped = sorted(b"".join(l for l in g.splitlines(True) if not l.startswith(b"Return-Path:"))
+        stripped = sorted(b"".join(line for line in g.splitlines(True) if not line.startswith(b"Return-Path:"))
                           for g in got)
         self.assertEqual(stripped, expected)
         # the server deleted them

@@ -203,7 +203,8 @@ class ConcurrencyTests(TwistdTestCase):
         for n, user in enumerate(users):
             messages[user] = []
             for i in range(5):
-                raw = (b"Subject: %s %d\n\n" % (user.encode(), i)) + (b".%d line of %s\r\n" % (i, user.encode())) * (2000 * (i + 1))
+                raw = ((b"Subject: %s %d\n\n" % (user.encode(), i))
+                       + (b".%d line of %s\r\n" % (i, user.encode())) * (2000 * (i + 1)))
                 self.server.deliver(user, raw)
                 messages[user].append(raw)
         barrier = threading.Barrier(20)

@@ -44,7 +44,7 @@ class GreetingAndAuthTests(TwistdTestCase):
         for cap in (b"TOP", b"USER", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING",
                     b"IMPLEMENTATION"):
             self.assertIn(cap, names)
-        impl = [l for l in lines if l.startswith(b"IMPLEMENTATION")]
+        impl = [line for line in lines if line.startswith(b"IMPLEMENTATION")]
         self.assertEqual(len(impl), 1)
         self.assertTrue(len(impl[0]) > len(b"IMPLEMENTATION "))
         self.assertEqual(len(lines), len(set(lines)))
@@ -81,7 +81,6 @@ class GreetingAndAuthTests(TwistdTestCase):
             s = self.session()
             s.line()
             s.command(b"USER " + name.encode())
-            start = time.monotonic()
             replies.append(s.command(b"PASS " + pw.encode()))
             self.assertTrue(replies[-1].startswith(b"-ERR [AUTH]"), replies[-1])
             # The session goes on: a correct login afterwards works.
@@ -604,7 +603,8 @@ class CaseInsensitiveTests(TwistdTestCase):
         self.assertTrue(s.command(b"PaSs " + password.encode()).startswith(b"+OK"))
         sizes = [len(wire_message(m)) for m in MESSAGES]
         self.assertEqual(s.command(b"sTaT"), b"+OK 3 %d\r\n" % sum(sizes))
-        self.assertEqual(self.multi(s, b"list")[1], b"".join(b"%d %d\r\n" % (i + 1, n) for i, n in enumerate(sizes)) + b".\r\n")
+        listing = b"".join(b"%d %d\r\n" % (i + 1, n) for i, n in enumerate(sizes)) + b".\r\n"
+        self.assertEqual(self.multi(s, b"list")[1], listing)
         self.assertEqual(self.multi(s, b"Uidl")[1], self.multi(s, b"UIDL")[1])
         self.assertEqual(s.command(b"uidl 2"), s.command(b"UIDL 2"))
         self.assertEqual(self.multi(s, b"rEtR 1")[1], stuffed(wire_lines(MESSAGES[0])))

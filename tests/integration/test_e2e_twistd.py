@@ -14,7 +14,7 @@ import time
 from twisted.trial import unittest
 
 from .e2e import TwistdTestCase, maildir_files
-from .support import ROOT, HERE, TWISTD_MAIN, make_certificates, write_users
+from .support import ROOT, TWISTD_MAIN, make_certificates, write_users
 
 
 class CommandLineErrorTests(unittest.TestCase):
@@ -79,6 +79,7 @@ class CommandLineErrorTests(unittest.TestCase):
         out = self.twistd("--auth", "passwd-file:" + self.users, "--mailbox", "mbox9:/var/mail/{user}",
                           "--listen", "tcp:0:interface=127.0.0.1", base=False)
         self.assertIn("mbox9", out)
+        self.assertIn("--help-mailbox", out)
 
     def test_mailbox_without_user_placeholder(self):
         out = self.twistd("--auth", "passwd-file:" + self.users, "--mailbox", "maildir:/var/mail/Maildir",
@@ -236,3 +237,103 @@ class DemoTests(unittest.TestCase):
         self.assertEqual(schemes, {"pop3", "pop3s"})
         with open(log_path) as f:
             self.assertNotIn("Traceback", f.read())
+
+
+#: A third-party --mailbox backend as its author would ship it: one drop-in file.
+THIRD_PARTY_DROP_IN = """
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from twisted_pop3ng.interfaces import IMailboxStoreFactory
+
+
+@implementer(IPlugin, IMailboxStoreFactory)
+class GreetingStoreFactory:
+    scheme = "greeting"
+    help = "One message saying ARGS to every user (a test backend)."
+
+    def makeStore(self, argstring):
+        from twisted_pop3ng.mailbox.memory import MemoryStore
+
+        store = MemoryStore()
+        store.deliver("alice", b"Subject: greeting\\n\\n" + argstring.encode() + b"\\n")
+        return store
+
+
+greeting = GreetingStoreFactory()
+"""
+
+
+class MailboxPluginTests(unittest.TestCase):
+    """``--mailbox`` schemes are Twisted plugins: listed by ``--help-mailbox``, and a third-party
+    backend is one drop-in file in a ``twisted/plugins`` directory on the path."""
+
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix="pop3ng-plugin-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, self.env.get("PYTHONPATH")]))
+
+    def run_twistd(self, *args):
+        argv = [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "pop3ng"] + list(args)
+        return subprocess.run(argv, capture_output=True, timeout=60, cwd=self.root, env=self.env)
+
+    def add_drop_in(self):
+        plugins = os.path.join(self.root, "site", "twisted", "plugins")
+        os.makedirs(plugins)  # no __init__.py: twisted.plugins gathers every such directory
+        with open(os.path.join(plugins, "pop3ng_greeting_backend.py"), "w") as f:
+            f.write(THIRD_PARTY_DROP_IN)
+        self.env["PYTHONPATH"] = os.pathsep.join([os.path.join(self.root, "site"),
+                                                  self.env["PYTHONPATH"]])
+
+    def test_help_mailbox_lists_the_schemes(self):
+        result = self.run_twistd("--help-mailbox")
+        out = result.stdout.decode()
+        self.assertEqual(result.returncode, 0, out + result.stderr.decode())
+        self.assertIn("maildir:/var/mail/{user}/Maildir", out)
+        self.assertRegex(out, r"(?m)^  maildir$")
+        self.assertRegex(out, r"(?m)^  memory$")
+        self.assertNotIn("greeting", out)
+
+    def test_a_third_party_backend_is_one_drop_in_file(self):
+        self.add_drop_in()
+        result = self.run_twistd("--help-mailbox")
+        out = result.stdout.decode()
+        self.assertEqual(result.returncode, 0, out + result.stderr.decode())
+        self.assertRegex(out, r"(?m)^  greeting$")
+        self.assertIn("One message saying ARGS", out)
+        self.assertRegex(out, r"(?m)^  maildir$")
+
+        import re
+        import signal
+
+        from .support import Session
+
+        users = write_users(os.path.join(self.root, "users"), {"alice": "a b c"})
+        log_path = os.path.join(self.root, "twistd.log")
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "pop3ng",
+                 "--auth", "passwd-file:" + users, "--mailbox", "greeting:hello from a plugin",
+                 "--listen", "tcp:0:interface=127.0.0.1"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=self.env)
+
+        def stop():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(10)
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline:
+            with open(log_path, "rb") as f:
+                found = re.search(rb"POP3ServerFactory starting on (\d+)", f.read())
+            port = found and int(found.group(1))
+            self.assertIsNone(process.poll(), open(log_path).read())
+            time.sleep(0.05)
+        self.assertIsNotNone(port, open(log_path).read())
+        session = Session(socket.create_connection(("127.0.0.1", port), timeout=10))
+        self.addCleanup(session.close)
+        self.assertTrue(session.login(b"alice", b"a b c").startswith(b"+OK"))
+        self.assertTrue(session.command(b"RETR 1").startswith(b"+OK"))
+        self.assertIn(b"hello from a plugin", session.body())

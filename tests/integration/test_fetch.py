@@ -72,19 +72,23 @@ class FetchTestBase(unittest.TestCase):
             f.write(PASSWORD + "\n")
         self.out = os.path.join(self.root, "Maildir")
 
-    def command(self, url: str, *args: str) -> List[str]:
+    def command(self, url: str, *args: str, kill_at: Optional[str] = None) -> List[str]:
+        """``pop3ng fetch URL ARGS``; with ``kill_at="STEP:N"``, through the test-only entry point
+        that SIGKILLs the fetcher the N-th time it reaches STEP (its crash hook)."""
+        if kill_at is not None:
+            return [sys.executable, "-m", "tests.integration.fetch_with_crash", kill_at, url, *args]
         return [sys.executable, "-m", "twisted_pop3ng.cli", "fetch", url, *args]
 
     def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         env = dict(os.environ, PYTHONPATH=ROOT, XDG_STATE_HOME=self.state_home)
         env.pop("POP3NG_PASSWORD", None)
-        env.pop("POP3NG_TEST_KILL", None)
         env.update(extra or {})
         return env
 
-    def fetch(self, url: str, *args: str, env: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
-        result = subprocess.run(self.command(url, *args), env=self.env(env), capture_output=True,
-                                timeout=300)
+    def fetch(self, url: str, *args: str, env: Optional[Dict[str, str]] = None,
+              kill_at: Optional[str] = None) -> Tuple[int, str]:
+        result = subprocess.run(self.command(url, *args, kill_at=kill_at), env=self.env(env),
+                                capture_output=True, timeout=300)
         return result.returncode, result.stderr.decode("utf-8", "replace")
 
 
@@ -162,7 +166,7 @@ class DovecotFetchTests(FetchTestBase):
         """Batches of 10; SIGKILL right after the 3rd batch is durable, before it is recorded."""
         self.put(60)
         code, _ = self.fetch(self.url, *self.args("--batch", "10"),
-                             env={"POP3NG_TEST_KILL": "delivered:3"})
+                             kill_at="delivered:3")
         self.assertEqual(code, -signal.SIGKILL)
         self.assertEqual(len(maildir_messages(self.out)), 30)
         self.assertEqual(self.on_server(), 60)
@@ -177,7 +181,7 @@ class DovecotFetchTests(FetchTestBase):
             self.put(20)
             extra = ("--keep",) if keep else ()
             code, _ = self.fetch(self.url, *self.args("--batch", "7", *extra),
-                                 env={"POP3NG_TEST_KILL": step})
+                                 kill_at=step)
             self.assertEqual(code, -signal.SIGKILL, step)
             code, err = self.fetch(self.url, *self.args(*extra))
             self.assertEqual(code, 0, err)
@@ -317,7 +321,7 @@ class OurServerFetchTests(FetchTestBase):
     def test_mbox_killed_after_append_before_state_write(self):
         path = os.path.join(self.root, "inbox.mbox")
         code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
-                             env={"POP3NG_TEST_KILL": "delivered:2"})
+                             kill_at="delivered:2")
         self.assertEqual(code, -signal.SIGKILL)
         code, err = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"))
         self.assertEqual(code, 0, err)
@@ -329,7 +333,7 @@ class OurServerFetchTests(FetchTestBase):
     def test_mbox_partial_append_is_cut_off_and_redone(self):
         path = os.path.join(self.root, "inbox.mbox")
         code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
-                             env={"POP3NG_TEST_KILL": "delivered:1"})
+                             kill_at="delivered:1")
         self.assertEqual(code, -signal.SIGKILL)
         with open(path, "r+b") as f:  # as if the kill had come in the middle of the write
             f.truncate(os.path.getsize(path) - 100)
@@ -430,6 +434,12 @@ class _ScriptedPOP3(socketserver.StreamRequestHandler):
     """A minimal POP3 server whose first session drops the connection halfway through a RETR."""
 
     def handle(self) -> None:
+        try:
+            self._serve()
+        except ConnectionResetError:
+            pass  # the fetcher gave up on us (abortConnection): its side is what the test checks
+
+    def _serve(self) -> None:
         server = self.server
         server.sessions += 1
         drop_at = server.drop_at if server.sessions == 1 else None
@@ -441,10 +451,11 @@ class _ScriptedPOP3(socketserver.StreamRequestHandler):
             verb = words[0].upper() if words else b""
             live = server.messages
             if verb == b"CAPA":
-                write(b"+OK\r\nUSER\r\nUIDL\r\nPIPELINING\r\n.\r\n")
+                write(b"+OK\r\nUSER\r\n%sPIPELINING\r\n.\r\n" % (b"" if server.no_uidl else b"UIDL\r\n"))
             elif verb in (b"USER", b"PASS"):
+                server.logins += 1
                 write(b"+OK\r\n")
-            elif verb == b"UIDL":
+            elif verb == b"UIDL" and not server.no_uidl:
                 write(b"+OK\r\n" + b"".join(b"%d %s\r\n" % (i + 1, u) for i, (u, _) in enumerate(live))
                       + b".\r\n")
             elif verb == b"LIST":
@@ -474,11 +485,12 @@ class _ScriptedPOP3(socketserver.StreamRequestHandler):
 
 
 class ScriptedServerTests(FetchTestBase):
-    def scripted(self, messages, drop_at=None, refuse=()):
+    def scripted(self, messages, drop_at=None, refuse=(), no_uidl=False):
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ScriptedPOP3)
         server.daemon_threads = True
         server.messages = [(b"uid-%d" % i, m) for i, m in enumerate(messages)]
         server.sessions, server.deleted, server.drop_at, server.refuse = 0, [], drop_at, set(refuse)
+        server.no_uidl, server.logins = no_uidl, 0
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
@@ -513,3 +525,22 @@ class ScriptedServerTests(FetchTestBase):
         self.assertEqual(sorted(maildir_messages(self.out)), sorted(_unstuffed(m) for m in messages))
         self.assertEqual(sorted(server.deleted), sorted(b"uid-%d" % i for i in range(6)))
         self.assertEqual(server.messages, [])
+
+    def test_no_stls_when_tls_is_required(self):
+        """pop3:// without --allow-plaintext: the server offers no STLS, so the fetcher stops
+        before sending a password (exit code EXIT_TLS)."""
+        server, url = self.scripted([make_message(0)])
+        code, err = self.fetch(url, "--maildir", self.out, env={"POP3NG_PASSWORD": "x"})
+        self.assertEqual(code, fetch.EXIT_TLS, err)
+        self.assertIn("does not offer STLS", err)
+        self.assertEqual(server.logins, 0)
+        self.assertEqual(maildir_messages(self.out), [])
+
+    def test_server_without_uidl(self):
+        server, url = self.scripted([make_message(0)], no_uidl=True)
+        code, err = self.fetch(url, "--allow-plaintext", "--maildir", self.out,
+                               env={"POP3NG_PASSWORD": "x"})
+        self.assertEqual(code, fetch.EXIT_ERROR, err)
+        self.assertIn("does not support UIDL", err)
+        self.assertEqual(maildir_messages(self.out), [])
+        self.assertEqual(server.deleted, [])

@@ -12,7 +12,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.trial import unittest
 
-from tests.integration.support import ROOT, HERE, Session, start_server
+from tests.integration.support import ROOT, Session, start_server
 from twisted_pop3ng.auth import cram
 from twisted_pop3ng.auth import passwords
 from twisted_pop3ng.auth.checkers import PasswdFileChecker

@@ -20,12 +20,18 @@ import time
 
 from twisted.trial import unittest
 
-from tests.integration.support import ROOT, HERE, Session, start_server
+from tests.integration.support import ROOT, Session, start_server
 
+
+
+#: Forces every fast piece off (twisted_pop3ng.fastpath._compat); these tests are about the fast
+#: path, so they turn it back on even in the CI leg that sets it.
+STOCK_ENV = "POP3NG_STOCK_TWISTED"
 
 
 def run_program(source: str) -> str:
     env = dict(os.environ, PYTHONPATH=ROOT)
+    env[STOCK_ENV] = "0"
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True,
                           text=True, timeout=60, env=env)
     if done.returncode != 0:
@@ -168,7 +174,10 @@ class LeanReactorBehaviourTests(unittest.TestCase):
 
 
 class TwistdReactorChoiceTests(unittest.TestCase):
-    def _reactor_line(self, twistd_args):
+    def _reactor_line(self, twistd_args, stock: bool = False):
+        saved = os.environ.get(STOCK_ENV)
+        os.environ[STOCK_ENV] = "1" if stock else "0"  # start_server passes os.environ on
+        self.addCleanup(_restore_environ, STOCK_ENV, saved)
         root = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, root, True)
         server = start_server(root, tls=False, twistd_args=twistd_args)
@@ -194,6 +203,20 @@ class TwistdReactorChoiceTests(unittest.TestCase):
     def test_the_reactor_can_be_chosen_by_name(self) -> None:
         [line] = self._reactor_line(["--reactor=pop3ng-epoll"])
         self.assertIn("twisted_pop3ng.fastpath.reactor.LeanEPollReactor", line)
+
+    def test_stock_twisted_runs_on_twisteds_reactor(self) -> None:
+        """POP3NG_STOCK_TWISTED=1 (or a Twisted whose epoll reactor internals changed): the
+        default and the named reactor are Twisted's own, and the server works on it."""
+        for args in ([], ["--reactor=pop3ng-epoll"]):
+            [line] = self._reactor_line(args, stock=True)
+            self.assertIn("twisted.internet.epollreactor.EPollReactor", line)
+
+
+def _restore_environ(name: str, value) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 class BusyPollTests(unittest.TestCase):

@@ -18,7 +18,7 @@ import time
 from twisted.internet import task
 from twisted.trial import unittest
 
-from tests.integration.support import ROOT, TWISTD_MAIN, HERE, Session, start_server, stop_process
+from tests.integration.support import ROOT, TWISTD_MAIN, Session, start_server, stop_process
 from tests.integration.sasl_clients import b64, connect_from, starttls
 from twisted_pop3ng.server import policy
 from twisted_pop3ng.auth.oauth import HMACTokenValidator, issue_token

@@ -80,6 +80,16 @@ class WorkersTests(unittest.TestCase):
         self.assertTrue(other.command(b"USER alice").startswith(b"+OK"))
         self.assertTrue(other.command(b"PASS " + PASSWORD.encode()).startswith(b"+OK"))
 
+    def test_a_worker_runs_in_the_masters_environment(self) -> None:
+        # No PYTHONPATH (or anything else) rewritten for the child: its configuration comes
+        # through its stdin.
+        def environ(pid: int) -> List[bytes]:
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                return sorted(f.read().split(b"\0"))
+
+        worker = [p for p in self.pids if p != self.server.process.pid][0]
+        self.assertEqual(environ(worker), environ(self.server.process.pid))
+
     def test_a_dead_worker_is_replaced_and_stop_ends_all(self) -> None:
         worker = [p for p in self.pids if p != self.server.process.pid][0]
         os.kill(worker, signal.SIGKILL)
@@ -120,10 +130,32 @@ class WorkerOptionTests(unittest.TestCase):
                            "--workers", "0"])
 
     def test_worker_arguments(self) -> None:
-        argv = ["twistd", "-n", "--pidfile=", "pop3ng", "--workers", "4", "--auth", "x",
-                "--workers=2", "--listen", "tcp:0"]
-        self.assertEqual(workers.without_workers(workers.pop3ng_arguments(argv)),
-                         ["--auth", "x", "--listen", "tcp:0"])
+        # Workers get the arguments the master's Options parsed (not a search of sys.argv), minus
+        # every --workers.
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as f:
+            f.write("alice:{PLAIN}x\n")
+        args = ["--workers", "4", "--auth", "passwd-file:" + users, "--workers=2",
+                "--mailbox", "maildir:/tmp/{user}", "--listen", "tcp:0"]
+        options = tap.Options()
+        options.parseOptions(args)
+        self.assertEqual(options.arguments, args)
+        self.assertEqual(workers.without_workers(options.arguments),
+                         ["--auth", "passwd-file:" + users, "--mailbox", "maildir:/tmp/{user}",
+                          "--listen", "tcp:0"])
+
+    def test_a_worker_is_configured_through_its_stdin_not_its_environment(self) -> None:
+        # The configuration line a worker reads: its arguments, its sockets numbered from
+        # FIRST_FD, and the master's sys.path (no PYTHONPATH is exported).
+        line = workers.worker_config(["--auth", "x"], [(17, "plain"), (18, "tls")], ["/a", "/b"])
+        self.assertTrue(line.endswith(b"\n"))
+        self.assertEqual(line.count(b"\n"), 1)
+        import json
+
+        self.assertEqual(json.loads(line), {
+            "arguments": ["--auth", "x"],
+            "sockets": "%d:plain,%d:tls" % (workers.FIRST_FD, workers.FIRST_FD + 1),
+            "sys_path": ["/a", "/b"]})
 
 
 class BacklogTests(unittest.TestCase):

@@ -22,6 +22,7 @@ from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
 from twisted_pop3ng.auth import passwords
+from twisted_pop3ng.interfaces import LATER, IInlineChecker  # LATER: also re-exported from here
 
 
 #: Threads that hash passwords at once: Argon2ID takes 64 MB each, so a flood of logins must queue
@@ -33,15 +34,12 @@ CHEAP_SCHEMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT", "CRAM-MD5", "PLAIN-MD5
                            "SHA1", "SHA256", "SHA512", "SMD5", "SSHA", "SSHA256", "SSHA512"})
 
 
-#: :meth:`PasswdFileChecker.avatar_id_now`: "cannot answer at once, ask ``requestAvatarId``".
-LATER = object()
-
-
 def login_now(portal: Any, credentials: Any, interface: Any) -> Any:
     """``portal.login(credentials, None, interface)`` without Deferreds where possible.
 
     For a plain :class:`~twisted.cred.portal.Portal` whose checker for these credentials answers
-    at once (:meth:`PasswdFileChecker.avatar_id_now`), the realm is asked directly: the result is
+    at once (it provides :class:`~twisted_pop3ng.interfaces.IInlineChecker`, as
+    :class:`PasswdFileChecker` does), the realm is asked directly: the result is
     then the realm's (interface, avatar, logout) tuple, or a Deferred of it if the realm is
     asynchronous, and a wrong password raises UnauthorizedLogin. In every other case (another
     portal or checker, a slow hash) it is the portal's own Deferred. A login costs about a fifth
@@ -50,9 +48,8 @@ def login_now(portal: Any, credentials: Any, interface: Any) -> Any:
     if type(portal) is Portal:
         for iface, checker in portal.checkers.items():  # Portal.login's own choice of checker
             if iface.providedBy(credentials):
-                quick = getattr(checker, "avatar_id_now", None)
-                if quick is not None:
-                    avatar_id = quick(credentials)
+                if IInlineChecker.providedBy(checker):
+                    avatar_id = checker.avatar_id_now(credentials)
                     if avatar_id is not LATER:
                         return portal.realm.requestAvatar(avatar_id, None, interface)
                 break
@@ -125,7 +122,7 @@ def parse_passwd_file(text: str) -> Dict[str, PasswdEntry]:
     return users
 
 
-@implementer(ICredentialsChecker, ISecretStore)
+@implementer(ICredentialsChecker, ISecretStore, IInlineChecker)
 class PasswdFileChecker:
     """Password checks of hashed schemes run in a thread: they are slow on purpose and must not
     block. Plaintext compares and single fast digests (:data:`CHEAP_SCHEMES`) run inline: the

@@ -9,10 +9,11 @@ checked against ``hashlib.md5`` in the tests and the stored form against ``dovea
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 import struct
 from typing import List, Tuple
+
+from twisted_pop3ng.auth import digests
 
 _S = [7, 12, 17, 22] * 4 + [5, 9, 14, 20] * 4 + [4, 11, 16, 23] * 4 + [6, 10, 15, 21] * 4
 _K = [int(abs(math.sin(i + 1)) * 2**32) & 0xFFFFFFFF for i in range(64)]
@@ -84,5 +85,6 @@ def hmac_from_context(secret: str, message: bytes) -> bytes:
 
 
 def cram_digest(password: bytes, challenge: bytes) -> str:
-    """The hex digest a CRAM-MD5 client sends for ``challenge``."""
-    return hmac.new(password, challenge, hashlib.md5).hexdigest()
+    """The hex digest a CRAM-MD5 client sends for ``challenge``, as text (the rule itself is
+    :func:`twisted_pop3ng.auth.digests.cram_digest`)."""
+    return digests.cram_digest(password, challenge).decode("ascii")

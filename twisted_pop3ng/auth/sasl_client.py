@@ -9,18 +9,9 @@ base64 and the line handling.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Dict, List, Optional, Sequence, Tuple
 
-
-def _allow_tls_exporter() -> None:
-    """scramp refuses the ``tls-exporter`` name only because Python's ssl module cannot export
-    keying material; we hand it bytes taken from pyOpenSSL, so the name is fine (RFC 9266)."""
-    import scramp.core
-
-    scramp.core.CbName.SUPPORTED_TYPES = scramp.core.CbName.SUPPORTED_TYPES | {"tls-exporter"}
-    scramp.core.CbName.UNSUPPORTED_TYPES = frozenset()
+from twisted_pop3ng.auth import _binding, digests, mechanisms
 
 
 class SASLError(Exception):
@@ -86,8 +77,7 @@ class CramMD5(ClientMechanism):
         if self._done:
             raise SASLError("CRAM-MD5: too many challenges")
         self._done = True
-        digest = hmac.new(self._password, challenge, hashlib.md5).hexdigest().encode("ascii")
-        return self._username + b" " + digest
+        return self._username + b" " + digests.cram_digest(self._password, challenge)
 
 
 class Scram(ClientMechanism):
@@ -103,7 +93,7 @@ class Scram(ClientMechanism):
 
         self.name = name
         self.complete = False
-        _allow_tls_exporter()
+        _binding.allow_tls_exporter()
         binding = channel_binding if name.endswith("-PLUS") else None
         try:
             self._client = scramp.ScramClient([name], username, password, channel_binding=binding)
@@ -167,7 +157,9 @@ PASSWORD_PREFERENCE: Sequence[str] = (
     "CRAM-MD5", "PLAIN", "LOGIN",
 )
 TOKEN_PREFERENCE: Sequence[str] = ("OAUTHBEARER", "XOAUTH2")
-PLAINTEXT = frozenset({"PLAIN", "LOGIN", "USER"})
+#: The shared plaintext mechanisms, plus USER/PASS (named ``USER`` here), which sends the password
+#: as it is too.
+PLAINTEXT = mechanisms.PLAINTEXT | {"USER"}
 
 
 def choose(offered: Sequence[str], *, secure: bool, allow_plaintext: bool, token: bool,
@@ -204,12 +196,12 @@ def make(name: str, username: str, secret: str,
 
 
 def tls_server_end_point(certificate_der: bytes) -> Tuple[str, bytes]:
-    """RFC 5929 ``tls-server-end-point`` channel-binding data for a server certificate."""
-    from scramp.core import CBindData
+    """RFC 5929 ``tls-server-end-point`` channel-binding data for a server certificate (DER)."""
+    from cryptography import x509
 
-    return "tls-server-end-point", bytes(CBindData.from_der(certificate_der))
+    return "tls-server-end-point", _binding.end_point_hash(x509.load_der_x509_certificate(certificate_der))
 
 
 def apop_digest(timestamp: bytes, password: str) -> bytes:
-    """RFC 1939 APOP: MD5 of the greeting's timestamp and the shared secret, in hex."""
-    return hashlib.md5(timestamp + password.encode("utf-8")).hexdigest().encode("ascii")
+    """RFC 1939 APOP for a text password (:func:`twisted_pop3ng.auth.digests.apop_digest`)."""
+    return digests.apop_digest(timestamp, password.encode("utf-8"))

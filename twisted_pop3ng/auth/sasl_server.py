@@ -27,14 +27,13 @@ from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.internet import defer
 from zope.interface import implementer
 
-from twisted_pop3ng.auth import cram
+from twisted_pop3ng.auth import _binding, cram
 from twisted_pop3ng.auth import passwords
+from twisted_pop3ng.auth.digests import cram_digest
+from twisted_pop3ng.auth.mechanisms import PLAINTEXT
 from twisted_pop3ng.auth.checkers import Preauthenticated, hash_in_thread
 
-# scramp refuses the "tls-exporter" name only because Python's ssl module cannot export keying
-# material; we take the data from pyOpenSSL and hand scramp bytes, so the name is fine (RFC 9266).
-scramp.core.CbName.SUPPORTED_TYPES = scramp.core.CbName.SUPPORTED_TYPES | {"tls-exporter"}
-scramp.core.CbName.UNSUPPORTED_TYPES = frozenset()
+_binding.allow_tls_exporter()
 
 
 @dataclass(frozen=True)
@@ -133,8 +132,7 @@ class CramMD5Credentials:
     response: bytes
 
     def checkPassword(self, password: bytes) -> bool:
-        expected = cram.cram_digest(password, self.challenge).encode()
-        return hmac.compare_digest(expected, self.response.lower())
+        return hmac.compare_digest(cram_digest(password, self.challenge), self.response.lower())
 
     def check_stored(self, scheme: str, secret: str) -> bool:
         if scheme != "CRAM-MD5":
@@ -371,5 +369,6 @@ class XOAuth2(_OAuth):
 MECHANISMS: List[type] = [ScramSha256Plus, ScramSha256, ScramSha1, CramMD5, External,
                           OAuthBearer, XOAuth2, Plain, Login]
 BY_NAME = {m.name: m for m in MECHANISMS}
-#: Mechanisms that send the password itself: subject to the plaintext policy.
-PLAINTEXT = frozenset({"PLAIN", "LOGIN"})
+__all__ = ["Challenge", "Done", "Step", "AuthFailed", "SASLContext", "Mechanism", "Plain", "Login",
+           "CramMD5Credentials", "CramMD5", "Scram", "ScramSha1", "ScramSha256", "ScramSha256Plus",
+           "External", "OAuthBearer", "XOAuth2", "MECHANISMS", "BY_NAME", "PLAINTEXT"]

@@ -10,9 +10,11 @@ commands, pipelining, streaming), :mod:`.login` picks and runs an authentication
 from twisted_pop3ng.client.connect import POP3URL, connect, parse_url
 from twisted_pop3ng.client.errors import (AuthError, CapabilityError, InUseError, LoginDelayError,
                                           PermanentError, ProtocolError, ServerError,
-                                          TemporaryError, TLSError, error_for)
+                                          StlsRequired, TemporaryError, TLSError,
+                                          TLSVerificationError, UidlUnsupported, error_for)
 from twisted_pop3ng.client.protocol import DEFAULT_TIMEOUT, POP3Client, POP3ClientFactory
 
 __all__ = ["POP3Client", "POP3ClientFactory", "connect", "parse_url", "POP3URL", "DEFAULT_TIMEOUT",
            "AuthError", "CapabilityError", "InUseError", "LoginDelayError", "PermanentError",
-           "ProtocolError", "ServerError", "TemporaryError", "TLSError", "error_for"]
+           "ProtocolError", "ServerError", "TemporaryError", "TLSError", "error_for",
+           "StlsRequired", "UidlUnsupported", "TLSVerificationError"]

@@ -12,10 +12,15 @@ from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
-from twisted_pop3ng.client.protocol import DEFAULT_TIMEOUT, CapabilityError, POP3Client, POP3ClientFactory
+from twisted_pop3ng.client.errors import StlsRequired
+from twisted_pop3ng.client.protocol import DEFAULT_TIMEOUT, POP3Client, POP3ClientFactory
+# Re-exported: their home is twisted_pop3ng.tls.client; this is where they were first documented.
+from twisted_pop3ng.tls.client import tls_options, trust_root
+
+__all__ = ["POP3URL", "parse_url", "connect", "tls_options", "trust_root"]
 
 
 @dataclass(frozen=True)
@@ -57,25 +62,6 @@ def parse_url(url: str) -> POP3URL:
     return POP3URL(scheme, parts.hostname, port, username)
 
 
-def trust_root(cafile: Optional[str]) -> Any:
-    """The CA certificates from a PEM file (all of them), or the platform's trust store."""
-    if cafile is None:
-        return ssl.platformTrust()
-    with open(cafile, "rb") as f:
-        data = f.read()
-    marker = b"-----END CERTIFICATE-----"
-    pems = [block + marker for block in data.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
-    if not pems:
-        raise ValueError("no PEM certificate in %s" % cafile)
-    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(p) for p in pems])
-
-
-def tls_options(hostname: str, cafile: Optional[str] = None, trust: Any = None) -> Any:
-    """Client TLS options verifying ``hostname`` (service_identity, RFC 6125/7817), TLS 1.2+."""
-    return ssl.optionsForClientTLS(hostname, trustRoot=trust if trust is not None else trust_root(cafile),
-                                   extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
-
-
 async def _connect(reactor: Any, target: Any, username: Optional[str], password: Optional[str],
                    token: Optional[str], cafile: Optional[str], allow_plaintext: bool,
                    timeout: Optional[float], connect_timeout: float, hostname: Optional[str],
@@ -101,7 +87,7 @@ async def _connect(reactor: Any, target: Any, username: Optional[str], password:
             if "STLS" in client.capabilities:
                 await client.starttls(tls_options(hostname, cafile))
             elif not allow_plaintext:
-                raise CapabilityError("the server does not offer STLS; use pop3s:// or allow plaintext")
+                raise StlsRequired("the server does not offer STLS; use pop3s:// or allow plaintext")
         if login:
             if username is None:
                 raise ValueError("no user name given")

@@ -54,11 +54,23 @@ class ProtocolError(Exception):
 
 
 class TLSError(Exception):
-    """The TLS handshake failed (certificate not trusted, wrong host name, ...); ``reason`` says why."""
+    """The TLS handshake failed (certificate not trusted, wrong host name, ...); the text says why."""
+
+
+class TLSVerificationError(TLSError):
+    """The server's certificate was refused: not signed by a trusted CA, or not for the host name."""
 
 
 class CapabilityError(Exception):
     """The server lacks something required (STLS, an acceptable authentication mechanism)."""
+
+
+class StlsRequired(CapabilityError):
+    """TLS was required (a ``pop3://`` URL without ``allow_plaintext``) and the server offers no STLS."""
+
+
+class UidlUnsupported(CapabilityError):
+    """The server does not implement UIDL, and the caller needs stable message identities."""
 
 
 def error_for(status: wire.Status, command: str) -> ServerError:

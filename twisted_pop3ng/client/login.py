@@ -13,7 +13,7 @@ from typing import Any, Optional, Tuple
 
 from twisted.internet import defer
 
-from twisted_pop3ng.auth import sasl_client
+from twisted_pop3ng.auth import _binding, sasl_client
 from twisted_pop3ng.client.errors import AuthError, CapabilityError
 
 
@@ -32,19 +32,10 @@ class LoginMixin:
         if not self.tls:
             return None
         try:
-            conn = self.transport.getHandle()
-            if not hasattr(conn, "get_protocol_version_name"):
-                return None
-            if conn.get_protocol_version_name() == "TLSv1.3":
-                return "tls-exporter", conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
-            cert = conn.get_peer_certificate()
-            if cert is None:
-                return None
-            from cryptography.hazmat.primitives.serialization import Encoding
-
-            return sasl_client.tls_server_end_point(cert.to_cryptography().public_bytes(Encoding.DER))
+            bindings = _binding.channel_bindings(self.transport.getHandle(), server_side=False)
         except Exception:
-            return None
+            return None  # no binding: the -PLUS mechanisms are simply not chosen
+        return next(iter(bindings.items()), None)
 
     def login(self, username: str, password: Optional[str] = None, *, token: Optional[str] = None,
               mechanism: Optional[str] = None, allow_plaintext: bool = False,

@@ -31,12 +31,14 @@ from twisted_pop3ng import wire
 from twisted_pop3ng.client.login import LoginMixin
 from twisted_pop3ng._net import set_no_delay
 from twisted_pop3ng.client.errors import (AuthError, CapabilityError, InUseError, LoginDelayError,
-                            PermanentError, ProtocolError, ServerError, TemporaryError, TLSError,
+                            PermanentError, ProtocolError, ServerError, StlsRequired,
+                            TemporaryError, TLSError, TLSVerificationError, UidlUnsupported,
                             error_for)
 
 __all__ = ["POP3Client", "POP3ClientFactory", "AuthError", "CapabilityError",
            "InUseError", "LoginDelayError", "PermanentError", "ProtocolError", "ServerError",
-           "TemporaryError", "TLSError", "error_for"]
+           "TemporaryError", "TLSError", "error_for", "StlsRequired", "UidlUnsupported",
+           "TLSVerificationError"]
 
 #: Seconds without any progress on a pending command before the connection is given up.
 DEFAULT_TIMEOUT = 60.0
@@ -159,8 +161,9 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = None) -> None:
         self.setTimeout(None)
         failure = reason
-        if reason is not None and self._looks_like_tls_failure(reason):
-            failure = Failure(TLSError(_describe_tls_failure(reason)))
+        tls_error = _tls_error(reason, self.transport) if reason is not None else None
+        if tls_error is not None:
+            failure = Failure(tls_error)
         elif reason is not None and reason.check(ierror.ConnectionDone) and self._inflight:
             failure = Failure(ierror.ConnectionLost("server closed the connection during %s"
                                                     % self._inflight[0].verb))
@@ -173,18 +176,6 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         lost, self._lost = self._lost, None
         if lost is not None:
             lost.callback(None)
-
-    def _looks_like_tls_failure(self, reason: Failure) -> bool:
-        from OpenSSL import SSL
-
-        if reason.check(SSL.Error):
-            return True
-        try:
-            from service_identity import VerificationError
-
-            return bool(reason.check(VerificationError))
-        except ImportError:  # pragma: no cover
-            return False
 
     def when_closed(self) -> defer.Deferred:
         """A Deferred that fires once the connection is gone."""
@@ -512,14 +503,43 @@ def _parse_listing(lines: List[bytes], kind: Callable[[str], Any]) -> Dict[int, 
     return result
 
 
-def _describe_tls_failure(reason: Failure) -> str:
-    value = reason.value
-    text = str(value)
-    if "certificate verify failed" in text:
-        return "the server certificate is not trusted (certificate verify failed)"
-    if value.__class__.__name__ == "VerificationError":
-        return "the server certificate does not match the host name: %s" % text
-    return "TLS handshake failed: %s" % text
+def _tls_error(reason: Failure, transport: Any) -> Optional[TLSError]:
+    """The :class:`TLSError` a connection lost to TLS stands for, else None.
+
+    A certificate that was refused is a :class:`TLSVerificationError`, told by type:
+    service_identity's ``VerificationError`` (wrong host name), or an OpenSSL error on a
+    connection whose chain verification failed (``get_verify_result``).
+    """
+    from OpenSSL import SSL
+
+    try:
+        from service_identity import VerificationError
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        if reason.check(VerificationError):
+            return TLSVerificationError("the server certificate does not match the host name: %s"
+                                        % reason.value)
+    if not reason.check(SSL.Error):
+        return None
+    if _chain_refused(transport, reason.value):
+        return TLSVerificationError("the server certificate is not trusted (certificate verify failed)")
+    return TLSError("TLS handshake failed: %s" % reason.value)
+
+
+#: OpenSSL's reason code of a handshake that failed chain verification (SSL_R_CERTIFICATE_VERIFY_FAILED).
+_VERIFY_FAILED_REASON = "certificate verify failed"
+
+
+def _chain_refused(transport: Any, error: Exception) -> bool:
+    """Whether OpenSSL refused the server's certificate chain: the connection's verification
+    result when it can be had, else the reason field of OpenSSL's error queue."""
+    try:
+        return transport.getHandle().get_verify_result() != 0
+    except Exception:
+        pass
+    queue = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    return any(len(entry) == 3 and entry[2] == _VERIFY_FAILED_REASON for entry in queue)
 
 
 class POP3ClientFactory(Factory):

@@ -18,10 +18,15 @@ the real reactor's.
 
 :class:`LeanServer` is the transport a :class:`LeanPort` gives its connections: ``tcp.Server`` with
 less done per connection and per read (see the class).
+
+Rules of this module: the private names it relies on are probed in :mod:`._compat`;
+:class:`LeanTCPReactor` listens with Twisted's own ``tcp.Port`` (and a :class:`LeanPort` gives its
+connections Twisted's own ``tcp.Server``) when a probe says they changed.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 from errno import EWOULDBLOCK
 from typing import Any, Optional
@@ -30,7 +35,9 @@ from twisted.internet import address, main, tcp
 from twisted.internet.error import ConnectionAborted
 from twisted.logger import Logger
 
-_socket = tcp.socket.socket
+from twisted_pop3ng.fastpath import _compat
+
+_socket = socket.socket
 #: SO_LINGER on, zero seconds: close() then resets the connection (tcp._SocketCloser's abort).
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -123,7 +130,7 @@ class LeanServer(tcp.Server):
             if not issubclass(reason.type, ConnectionAborted):
                 skt.shutdown(2)
             else:  # abortConnection: SO_LINGER (1, 0), so close resets the connection
-                skt.setsockopt(tcp.socket.SOL_SOCKET, tcp.socket.SO_LINGER, _LINGER_RESET)
+                skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         except OSError:
             pass
         try:
@@ -158,7 +165,8 @@ class LeanPort(tcp.Port):
     """``tcp.Port`` whose ``doRead`` is a plain accept loop (see the module docstring)."""
 
     _lean_log = Logger()
-    transport = LeanServer
+    #: The accepted connections' transport (tcp.Server when _compat.LEAN_SERVER is off).
+    transport: Any = LeanServer
     #: The listening socket's family and type, read once.
     _lean_kinds: Any = None
 
@@ -184,8 +192,8 @@ class LeanPort(tcp.Port):
                 skt = _socket(family, kind, 0, fd)
                 accepted += 1
                 if len(addr) == 4:  # IPv6: with the scope id, as tcp.Port does
-                    host = tcp.socket.getnameinfo(
-                        addr, tcp.socket.NI_NUMERICHOST | tcp.socket.NI_NUMERICSERV)
+                    host = socket.getnameinfo(
+                        addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = tuple([host[0]] + list(addr[1:]))
                 protocol = self.factory.buildProtocol(self._buildAddr(addr))
                 if protocol is None:
@@ -204,14 +212,25 @@ class LeanPort(tcp.Port):
             self.numberAccepts = max(1, accepted)
 
 
+def _lean_transport(listening: LeanPort) -> LeanPort:
+    """``listening``, whose connections get Twisted's own ``tcp.Server`` should the constructor
+    chain LeanServer unrolls have changed (see :mod:`._compat`)."""
+    if not _compat.LEAN_SERVER:
+        listening.transport = tcp.Server
+    return listening
+
+
 class LeanTCPReactor:
-    """The reactor, except that ``listenTCP`` listens with a :class:`LeanPort`."""
+    """The reactor, except that ``listenTCP`` listens with a :class:`LeanPort` (Twisted's own
+    ``tcp.Port`` when :mod:`._compat` found its accept internals changed or missing)."""
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> LeanPort:
-        listening = LeanPort(port, factory, backlog, interface, self._reactor)
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if not _compat.LEAN_PORT:
+            return self._reactor.listenTCP(port, factory, backlog, interface)
+        listening = _lean_transport(LeanPort(port, factory, backlog, interface, self._reactor))
         listening.startListening()
         return listening
 
@@ -219,10 +238,11 @@ class LeanTCPReactor:
         """``reactor.adoptStreamPort`` (a ``--workers`` process taking over a listening socket),
         with a :class:`LeanPort` for TCP; Twisted's own port where the private constructor it
         uses is missing or the socket is not TCP."""
-        make = getattr(LeanPort, "_fromListeningDescriptor", None)
-        if make is None or family not in (tcp.socket.AF_INET, tcp.socket.AF_INET6):
+        if not (_compat.LEAN_PORT and _compat.ADOPT_LEAN_PORT) or family not in (
+                socket.AF_INET, socket.AF_INET6):
             return self._reactor.adoptStreamPort(fd, family, factory)
-        listening = make(self._reactor, fd, family, factory)
+        listening = _lean_transport(LeanPort._fromListeningDescriptor(
+            self._reactor, fd, family, factory))
         listening.startListening()
         return listening
 

@@ -33,6 +33,11 @@ its disconnect handling — is the stock reactor's. ``twistd pop3ng`` installs t
 when no other one was chosen (``twistd --reactor=epoll pop3ng`` runs on the stock one) and only
 where epoll exists; twistd's log line "reactor class: …" says which is running. Other ``twistd``
 applications can pick it with ``--reactor=pop3ng-epoll``.
+
+Rules of this module: the private names it relies on are probed in :mod:`._compat`; without the
+epoll reactor's internals :func:`install` installs Twisted's own epoll reactor (and
+:func:`install_default` nothing), without ``_topHandler`` the main loop is Twisted's, without the
+timed-call state every turn runs ``runUntilCurrent`` + ``timeout`` as Twisted's does.
 """
 
 from __future__ import annotations
@@ -44,11 +49,11 @@ from typing import Any, Optional
 
 from select import EPOLLIN as _EPOLLIN
 
-from twisted.internet import base
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
 from twisted.python import log as _legacy_log
 
+from twisted_pop3ng.fastpath import _compat
 from twisted_pop3ng.fastpath.port import LeanServer
 
 _log = Logger()
@@ -57,11 +62,6 @@ _log = Logger()
 BUSY_POLL = 50e-6
 SPIN_START = 10e-6
 _clock = time.perf_counter
-#: Twisted's own "Unexpected error in main loop" handler (private; absent -> stock mainLoop).
-_TOP_HANDLER = getattr(base, "_topHandler", None)
-#: ReactorBase's timed-call bookkeeping that the main loop's shortcut reads.
-_TIMED_CALL_STATE = ("_pendingTimedCalls", "_newTimedCalls", "threadCallQueue", "_justStopped",
-                     "_cancellations")
 #: epoll_wait's longest timeout in seconds (a C int of milliseconds), as ReactorBase.timeout.
 _LONGEST_SLEEP = 2147483
 
@@ -153,56 +153,56 @@ class LeanEPollReactor(EPollReactor):
 
     def __init__(self) -> None:
         super().__init__()
-        #: The loop's shortcut reads these private attributes of ReactorBase; without any of
-        #: them (a future Twisted) every turn takes runUntilCurrent + timeout as Twisted does.
-        self._lean_turns = all(hasattr(self, name) for name in _TIMED_CALL_STATE)
+        #: The loop's shortcut reads private attributes of ReactorBase (_compat.TIMED_CALL_STATE);
+        #: without them (a future Twisted) every turn takes runUntilCurrent + timeout as Twisted's.
+        self._lean_turns = _compat.TIMED_CALL_STATE_PRESENT
 
-    if _TOP_HANDLER is not None:
+    def mainLoop(self) -> None:
+        top_handler = _compat.TOP_HANDLER  # Twisted's private "Unexpected error in main loop"
+        if top_handler is None:
+            super().mainLoop()
+            return
+        seconds, lean = self.seconds, self._lean_turns
+        while self._started:
+            with top_handler:  # logs an escaped exception; then the loop goes on
+                while self._started:
+                    # Most turns have nothing timed to run: no thread call, no new timer,
+                    # the earliest timer (the idle sweeper's) in the future. Then the sleep
+                    # is computed here, without runUntilCurrent and timeout (two calls, two
+                    # _insertNewDelayedCalls and two clock reads per turn).
+                    slow = True
+                    if lean and not (self.threadCallQueue or self._newTimedCalls
+                                     or self._justStopped or self._cancellations > 50):
+                        pending = self._pendingTimedCalls
+                        if not pending:
+                            t, slow = None, False
+                        else:
+                            t = pending[0].time - seconds()
+                            if t > 0:
+                                slow = False
+                                if t > _LONGEST_SLEEP:
+                                    t = _LONGEST_SLEEP
+                    if slow:
+                        self.runUntilCurrent()
+                        t = self.timeout()
+                    self.doIteration(self.running and t)
+        _log.info("Main loop terminated.")
 
-        def mainLoop(self) -> None:
-            seconds, lean = self.seconds, self._lean_turns
-            while self._started:
-                with _TOP_HANDLER:  # logs an escaped exception; then the loop goes on
-                    while self._started:
-                        # Most turns have nothing timed to run: no thread call, no new timer,
-                        # the earliest timer (the idle sweeper's) in the future. Then the sleep
-                        # is computed here, without runUntilCurrent and timeout (two calls, two
-                        # _insertNewDelayedCalls and two clock reads per turn).
-                        slow = True
-                        if lean and not (self.threadCallQueue or self._newTimedCalls
-                                         or self._justStopped or self._cancellations > 50):
-                            pending = self._pendingTimedCalls
-                            if not pending:
-                                t, slow = None, False
-                            else:
-                                t = pending[0].time - seconds()
-                                if t > 0:
-                                    slow = False
-                                    if t > _LONGEST_SLEEP:
-                                        t = _LONGEST_SLEEP
-                        if slow:
-                            self.runUntilCurrent()
-                            t = self.timeout()
-                        self.doIteration(self.running and t)
-            _log.info("Main loop terminated.")
 
-
-def install() -> LeanEPollReactor:
-    """Install a :class:`LeanEPollReactor` as the global reactor (``twistd --reactor`` style)."""
+def install() -> EPollReactor:
+    """Install a :class:`LeanEPollReactor` as the global reactor (``twistd --reactor`` style);
+    Twisted's own epoll reactor if the internals it relies on are missing (see :mod:`._compat`)."""
     from twisted.internet.main import installReactor
 
-    reactor = LeanEPollReactor()
+    reactor = LeanEPollReactor() if _compat.EPOLL_INTERNALS else EPollReactor()
     installReactor(reactor)
     return reactor
 
 
 def install_default() -> Optional[Any]:
-    """Install the lean reactor unless a reactor is installed already or epoll is missing; the
-    reactor installed, or None."""
-    if "twisted.internet.reactor" in sys.modules:
-        return None
-    import select
-
-    if not hasattr(select, "epoll"):
+    """Install the lean reactor unless a reactor is installed already, or epoll or the epoll
+    reactor's internals are missing (then Twisted picks its default); the reactor installed, or
+    None."""
+    if "twisted.internet.reactor" in sys.modules or not _compat.EPOLL_INTERNALS:
         return None
     return install()

@@ -13,11 +13,10 @@ from OpenSSL import SSL
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from twisted_pop3ng.fastpath import _compat
 
 #: One TLS record's worth of application data (RFC 8446 §5.1), the step of each ``SSL_write``.
 RECORD_SIZE = 2 ** 14
-#: The private parts of Twisted's TLS protocol that :class:`BatchedTLSProtocol` relies on.
-_TWISTED_TLS_INTERNALS = ("_write", "_bufferedWrite", "_tlsShutdownFinished", "_lostTLSConnection")
 
 
 class BatchedTLSProtocol(TLSMemoryBIOProtocol):
@@ -67,6 +66,6 @@ class BatchedTLSFactory(TLSMemoryBIOFactory):
 def tls_factory(context_factory: Any, wrapped: Any) -> TLSMemoryBIOFactory:
     """The server-side TLS wrapper for ``wrapped``: the batched one, or Twisted's own should a
     future Twisted lack the internals it overrides."""
-    if all(hasattr(TLSMemoryBIOProtocol, name) for name in _TWISTED_TLS_INTERNALS):
+    if _compat.BATCHED_TLS:
         return BatchedTLSFactory(context_factory, False, wrapped)
     return TLSMemoryBIOFactory(context_factory, False, wrapped)

@@ -4,12 +4,13 @@ exactly once.
 Rules of this package: it is an application of :mod:`twisted_pop3ng.client` and imports nothing of
 the server, the mailbox stores or the fast path (an import-linter contract holds this);
 :mod:`.run` is the exactly-once fetch, :mod:`.state` the UIDL state file, :mod:`.delivery` the
-durable destinations.
+durable destinations, :mod:`.cli` the command line (arguments, secrets, exit codes).
 """
 
-from twisted_pop3ng.fetch.run import (EXIT_AUTH, EXIT_CONNECTION, EXIT_DELIVERY, EXIT_ERROR,
-                                      EXIT_OK, EXIT_TLS, EXIT_TRY_LATER, EXIT_USAGE, FetchBusy,
-                                      FetchOptions, FetchResult, classify_exit, fetch, main)
+from twisted_pop3ng.fetch.cli import (EXIT_AUTH, EXIT_CONNECTION, EXIT_DELIVERY, EXIT_ERROR,
+                                      EXIT_OK, EXIT_TLS, EXIT_TRY_LATER, EXIT_USAGE, classify_exit,
+                                      main)
+from twisted_pop3ng.fetch.run import FetchBusy, FetchOptions, FetchResult, fetch
 
 __all__ = ["fetch", "FetchOptions", "FetchResult", "FetchBusy", "classify_exit", "main",
            "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_AUTH", "EXIT_TLS", "EXIT_CONNECTION",

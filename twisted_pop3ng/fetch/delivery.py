@@ -7,10 +7,12 @@ record the messages as delivered and, later, send their ``DELE``.
 * **Maildir**: tmp/NAME written as the message arrives, with LF line endings as Unix mail stores
   use (what Dovecot, mutt, fetchmail's MDAs and getmail write; the POP3 transfer's CRLF is undone,
   a CR split from its LF across chunks included); at commit each file is fsynced, renamed into
-  new/, and new/ is fsynced once per batch. NAME is derived from the account and the UIDL
-  (``pop3ng-<digest>``), so :meth:`MaildirDestination.has` can tell after a crash that a message got
-  as far as new/ (or was since moved to cur/ by a mail reader) before the state file recorded it:
-  that is what makes delivery exactly-once rather than at-least-once.
+  new/, and new/ is fsynced once per batch (the Maildir delivery the server's store uses too,
+  :mod:`twisted_pop3ng._maildir`). NAME is derived from the account and the UIDL
+  (``pop3ng-<digest>``, :func:`~twisted_pop3ng._maildir.keyed_name`), so
+  :meth:`MaildirDestination.has` can tell after a crash that a message got as far as new/ (or was
+  since moved to cur/ by a mail reader) before the state file recorded it: that is what makes
+  delivery exactly-once rather than at-least-once.
 * **mbox**: the batch is appended under an exclusive ``lockf`` lock (what mutt and procmail use) in
   mboxrd form (``From `` separator, ``>From`` quoting, LF line endings), then fsynced. The append's
   offset, length and SHA-256 are recorded in the state file first; after a crash a complete append
@@ -30,9 +32,10 @@ import re
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
-from twisted_pop3ng._fs import fsync_directory
+from twisted_pop3ng._maildir import (KEYED_PREFIX, TmpFile, base_name, keyed_name, make_maildir,
+                                     publish)
 
 #: Messages above this are spooled to a temporary file instead of memory (mbox and MDA).
 SPOOL_MEMORY = 1 << 20
@@ -76,17 +79,15 @@ class MaildirDestination:
     def __init__(self, path: str, account: str) -> None:
         self.path = os.path.abspath(path)
         self.account = account
-        for sub in ("tmp", "new", "cur"):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        make_maildir(self.path)
         self._existing = set()
         for sub in ("new", "cur"):
             for name in os.listdir(os.path.join(self.path, sub)):
-                if name.startswith("pop3ng-"):
-                    self._existing.add(name.split(":", 1)[0])
+                if name.startswith(KEYED_PREFIX):
+                    self._existing.add(base_name(name))
 
     def name_for(self, uid: str) -> str:
-        digest = hashlib.sha256(("%s\0%s" % (self.account, uid)).encode("utf-8")).hexdigest()
-        return "pop3ng-%s" % digest[:40]
+        return keyed_name("%s\0%s" % (self.account, uid))
 
     def has(self, uid: str) -> bool:
         """True if this message already reached new/ (or cur/) in an earlier, interrupted run."""
@@ -99,13 +100,10 @@ class MaildirDestination:
         try:
             for sink in sinks:
                 sink.sync()
-            for sink in sinks:
-                os.rename(sink.tmp_path, os.path.join(self.path, "new", sink.name))
-                self._existing.add(sink.name)
-            if sinks:
-                fsync_directory(os.path.join(self.path, "new"))
+            publish(self.path, [sink.name for sink in sinks])
         except OSError as error:
             raise DeliveryError("cannot deliver into %s: %s" % (self.path, error))
+        self._existing.update(sink.name for sink in sinks)
 
     def recover(self, state: Any) -> None:
         pass
@@ -115,22 +113,20 @@ class MaildirDestination:
 
 
 class _MaildirSink:
-    """Streams one message into ``tmp/NAME`` with raw ``os.write`` calls (no extra buffering)."""
+    """Streams one message into ``tmp/NAME`` as it arrives, with LF line endings."""
 
     def __init__(self, destination: MaildirDestination, uid: str, name: str) -> None:
         self.uid = uid
         self.name = name
         self.size = 0
-        self.tmp_path = os.path.join(destination.path, "tmp", name)
-        self._fd: Optional[int] = None
+        self._file = TmpFile(destination.path, name)
+        self.tmp_path = self._file.path
 
-    def _open(self) -> int:
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            except OSError as error:
-                raise DeliveryError("cannot create %s: %s" % (self.tmp_path, error))
-        return self._fd
+    def _open(self) -> None:
+        try:
+            self._file.open()
+        except OSError as error:
+            raise DeliveryError("cannot create %s: %s" % (self.tmp_path, error))
 
     _held_cr = b""
 
@@ -143,11 +139,9 @@ class _MaildirSink:
         self._write(data)
 
     def _write(self, data: bytes) -> None:
-        fd = self._open()
-        view = memoryview(data)
+        self._open()
         try:
-            while view:
-                view = view[os.write(fd, view):]
+            self._file.write(data)
         except OSError as error:
             raise DeliveryError("cannot write %s: %s" % (self.tmp_path, error))
         self.size += len(data)
@@ -159,19 +153,10 @@ class _MaildirSink:
             self._write(held)
 
     def sync(self) -> None:
-        fd = self._open()
-        os.fsync(fd)
-        os.close(fd)
-        self._fd = None
+        self._file.sync()
 
     def abort(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        try:
-            os.unlink(self.tmp_path)
-        except OSError:
-            pass
+        self._file.abort()
 
 
 def _mboxrd(spool: _Spool, when: float) -> bytes:

@@ -14,30 +14,20 @@ It never loses mail, and delivers each message once:
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from twisted.internet import defer, error as ierror
+from twisted.internet import defer
 
 from twisted_pop3ng.client import protocol as pop3
 from twisted_pop3ng.client.connect import parse_url
-from twisted_pop3ng.fetch.delivery import DeliveryError, open_destination
-from twisted_pop3ng.fetch.state import FetchState, StateError, default_path
-
-EXIT_OK = 0
-EXIT_ERROR = 1          # the server refused a command, or something unexpected
-EXIT_USAGE = 2          # bad command line, no password
-EXIT_AUTH = 3           # authentication failed / no acceptable mechanism
-EXIT_TLS = 4            # TLS failed (certificate, host name, no STLS offered)
-EXIT_CONNECTION = 5     # cannot connect, connection lost, timeout, protocol violation
-EXIT_DELIVERY = 6       # local delivery or state file failed
-EXIT_TRY_LATER = 7      # [IN-USE], [LOGIN-DELAY], [SYS/TEMP]: try again later
+from twisted_pop3ng.client.errors import UidlUnsupported
+from twisted_pop3ng.fetch.delivery import open_destination
+from twisted_pop3ng.fetch.state import FetchState, default_path
 
 #: RETR commands in flight at once, and the most octets (by LIST size) in flight beyond the first.
 WINDOW = 32
@@ -66,6 +56,10 @@ class FetchOptions:
     window: int = WINDOW
     #: An OAuth 2 bearer token (OAUTHBEARER / XOAUTH2) instead of a password.
     token: Optional[str] = None
+    #: Called with the name of each step where a crash must lose nothing: ``delivered`` (after a
+    #: durable batch, before its state write), ``before-dele``, ``before-quit``, ``after-quit``.
+    #: The crash tests pass one that kills the process; None in production.
+    crash_hook: Optional[Callable[[str], None]] = None
 
 
 @dataclass
@@ -78,18 +72,8 @@ class FetchResult:
     refused: List[str] = field(default_factory=list)
 
 
-def crash_point(name: str) -> None:
-    """Fault injection for the crash tests: ``POP3NG_TEST_KILL=NAME:N`` SIGKILLs this process the
-    N-th time NAME is reached (``delivered`` = after a durable batch, before its state write)."""
-    spec = os.environ.get("POP3NG_TEST_KILL")
-    if not spec or spec.rpartition(":")[0] != name:
-        return
-    _crash_counts[name] = _crash_counts.get(name, 0) + 1
-    if _crash_counts[name] >= int(spec.rpartition(":")[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_crash_counts: Dict[str, int] = {}
+def _no_crash(name: str) -> None:
+    pass
 
 
 class _Retriever:
@@ -97,7 +81,8 @@ class _Retriever:
 
     def __init__(self, client: pop3.POP3Client, destination: Any, state: FetchState,
                  todo: List[Tuple[int, str, int]], result: FetchResult, progress: Any,
-                 batch: int = BATCH, window: int = WINDOW) -> None:
+                 batch: int = BATCH, window: int = WINDOW,
+                 crash_hook: Callable[[str], None] = _no_crash) -> None:
         self.client = client
         self.destination = destination
         self.state = state
@@ -114,6 +99,7 @@ class _Retriever:
         self._limit = min(batch, getattr(destination, "batch_limit", batch))
         self._adaptive = not hasattr(destination, "batch_limit")
         self._window = window
+        self._crash_hook = crash_hook
 
     def start(self) -> defer.Deferred:
         self._pump()
@@ -173,7 +159,7 @@ class _Retriever:
             return
         try:
             self.destination.commit([sink for sink, _ in batch])
-            crash_point("delivered")
+            self._crash_hook("delivered")
             self.state.mark_delivered({sink.uid: size for sink, size in batch})
             if self.state.pending is not None:
                 self.state.pending = None
@@ -231,6 +217,7 @@ class FetchBusy(Exception):
 async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: str) -> FetchResult:
     from twisted_pop3ng.client.connect import connect
 
+    crash_hook = options.crash_hook or _no_crash
     state = FetchState.load(state_path, account)
     destination = open_destination(options.kind, options.target, account)
     destination.recover(state)
@@ -244,8 +231,8 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
                                                     consumeErrors=True)
         except defer.FirstError as e:
             if e.subFailure.check(pop3.ServerError) and "UIDL" not in client.capabilities:
-                raise pop3.CapabilityError("the server does not support UIDL, which pop3ng fetch "
-                                           "needs to deliver each message exactly once")
+                raise UidlUnsupported("the server does not support UIDL, which pop3ng fetch "
+                                      "needs to deliver each message exactly once")
             raise
         result.listed = len(uids)
         todo: List[Tuple[int, str, int]] = []
@@ -265,18 +252,18 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
         progress = _Progress(len(todo)) if options.progress and todo else None
         try:
             await _Retriever(client, destination, state, todo, result, progress,
-                             options.batch, options.window).start()
+                             options.batch, options.window, crash_hook).start()
         finally:
             if progress:
                 progress.close()
         doomed = _to_delete(uids, sizes, state, options)
-        crash_point("before-dele")
+        crash_hook("before-dele")
         if doomed:
             replies = [client.delete(n) for n in doomed]
             await defer.gatherResults(replies, consumeErrors=True)
-        crash_point("before-quit")
+        crash_hook("before-quit")
         await client.quit()
-        crash_point("after-quit")
+        crash_hook("after-quit")
     except BaseException:
         if client.transport is not None:
             client.transport.abortConnection()
@@ -323,121 +310,3 @@ class _Progress:
 
     def close(self) -> None:
         sys.stderr.write("\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pop3ng fetch", description="Fetch mail from a POP3 server.")
-    p.add_argument("url", help="pop3://USER@HOST[:PORT] (STLS) or pop3s://USER@HOST[:PORT] (TLS)")
-    dest = p.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--maildir", metavar="DIR")
-    dest.add_argument("--mbox", metavar="FILE")
-    dest.add_argument("--mda", metavar="CMD", help="command run with sh -c, one message on stdin")
-    p.add_argument("--keep", action="store_true", help="leave messages on the server")
-    p.add_argument("--keep-days", type=float, metavar="N", help="with --keep: delete after N days")
-    p.add_argument("--state", metavar="FILE", help="UIDL state file (default under ~/.local/state)")
-    p.add_argument("--cafile", metavar="PEM", help="CA certificates to trust instead of the system's")
-    p.add_argument("--password-file", metavar="FILE",
-                   help="file holding the password (else the POP3NG_PASSWORD environment variable)")
-    p.add_argument("--token-file", metavar="FILE",
-                   help="OAuth 2 bearer token for OAUTHBEARER/XOAUTH2 instead of a password "
-                        "(else the POP3NG_TOKEN environment variable)")
-    p.add_argument("--allow-plaintext", action="store_true",
-                   help="pop3://: go without TLS when STLS is not offered")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
-                   help="give up when the server makes no progress for S seconds")
-    p.add_argument("--batch", type=int, default=BATCH, metavar="N",
-                   help="messages made durable together (one directory fsync, one state write)")
-    p.add_argument("--pipeline", type=int, default=WINDOW, metavar="N",
-                   help="RETR commands in flight when the server offers PIPELINING")
-    p.add_argument("-q", "--quiet", action="store_true")
-    return p
-
-
-def _secret(path: Optional[str], variable: str) -> Optional[str]:
-    """The first line of ``path`` (without its line ending), else the environment variable."""
-    if path:
-        with open(path, "r", encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    return os.environ.get(variable)
-
-
-def classify_exit(error: BaseException) -> Tuple[int, str]:
-    """Map a failure to ``(exit code, message)`` for the command line."""
-    from OpenSSL import SSL
-
-    while isinstance(error, defer.FirstError):
-        error = error.subFailure.value
-    if isinstance(error, (pop3.InUseError, pop3.LoginDelayError, pop3.TemporaryError, FetchBusy)):
-        return EXIT_TRY_LATER, "server busy, try again later: %s" % error
-    if isinstance(error, pop3.AuthError):
-        return EXIT_AUTH, "authentication failed: %s" % error
-    if isinstance(error, (pop3.TLSError, SSL.Error)):
-        return EXIT_TLS, "TLS failed: %s" % error
-    if isinstance(error, pop3.CapabilityError):
-        text = str(error)
-        if "STLS" in text:
-            return EXIT_TLS, text
-        return (EXIT_ERROR if "UIDL" in text else EXIT_AUTH), text
-    if isinstance(error, (DeliveryError, StateError)):
-        return EXIT_DELIVERY, str(error)
-    if isinstance(error, (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
-                          ierror.TimeoutError, pop3.ProtocolError, ierror.DNSLookupError)):
-        return EXIT_CONNECTION, "connection failed: %s" % (str(error) or error.__class__.__name__)
-    if isinstance(error, pop3.ServerError):
-        return EXIT_ERROR, "server refused: %s" % error
-    if isinstance(error, OSError):
-        return EXIT_DELIVERY, "local error: %s" % error
-    return EXIT_ERROR, "%s: %s" % (error.__class__.__name__, error)
-
-
-def main(argv: List[str]) -> int:
-    args = _parser().parse_args(argv)
-    if args.keep_days is not None and not args.keep:
-        print("pop3ng fetch: --keep-days needs --keep", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        token = None
-        if args.token_file or not (args.password_file or "POP3NG_PASSWORD" in os.environ):
-            token = _secret(args.token_file, "POP3NG_TOKEN")
-        password = None if token is not None else _secret(args.password_file, "POP3NG_PASSWORD")
-        parse_url(args.url)
-    except (OSError, ValueError) as e:
-        print("pop3ng fetch: %s" % e, file=sys.stderr)
-        return EXIT_USAGE
-    if password is None and token is None:
-        print("pop3ng fetch: no password: use --password-file FILE or POP3NG_PASSWORD "
-              "(or, for OAuth, --token-file FILE or POP3NG_TOKEN)", file=sys.stderr)
-        return EXIT_USAGE
-    kind, target = next((k, v) for k, v in (("maildir", args.maildir), ("mbox", args.mbox),
-                                             ("mda", args.mda)) if v)
-    options = FetchOptions(args.url, kind, target, password, args.keep, args.keep_days, args.state,
-                           args.cafile, args.allow_plaintext, args.timeout,
-                           progress=sys.stderr.isatty() and not args.quiet,
-                           batch=max(1, args.batch), window=max(1, args.pipeline), token=token)
-    from twisted.internet import reactor
-
-    outcome: Dict[str, Any] = {}
-
-    def finished(value: Any) -> None:
-        outcome["value"] = value
-        reactor.stop()
-
-    def run() -> None:
-        defer.ensureDeferred(fetch(reactor, options)).addBoth(finished)
-
-    reactor.callWhenRunning(run)
-    reactor.run()
-    value = outcome.get("value")
-    if isinstance(value, FetchResult) and value.refused:
-        for text in value.refused:
-            print("pop3ng fetch: not retrieved, left on the server: %s" % text, file=sys.stderr)
-        return EXIT_ERROR
-    if isinstance(value, FetchResult):
-        if not args.quiet and sys.stderr.isatty():
-            print("%d delivered, %d already delivered, %d deleted on the server"
-                  % (value.delivered, value.skipped, value.deleted), file=sys.stderr)
-        return EXIT_OK
-    error = value.value if value is not None else RuntimeError("interrupted")
-    code, text = classify_exit(error)
-    print("pop3ng fetch: %s" % text, file=sys.stderr)
-    return code

@@ -7,11 +7,16 @@ from typing import Any
 
 from twisted_pop3ng.errors import POP3Error
 
-#: ``--mailbox`` schemes and the callables that build a store from the rest of the spec.
+#: Deprecated (kept for one release): ``--mailbox`` schemes as ``"scheme": "module:callable"``, the
+#: callable building a store from the text after ``scheme:``. Consulted only for a scheme no
+#: :class:`~twisted_pop3ng.interfaces.IMailboxStoreFactory` plugin provides; write a plugin instead
+#: (:mod:`twisted_pop3ng.mailbox.plugins`).
 SCHEMES = {
     "maildir": "twisted_pop3ng.mailbox.maildir:MaildirStore",
     "memory": "twisted_pop3ng.mailbox.memory:MemoryStore.from_spec",
 }
+#: SCHEMES entries that ship with pop3ng: using them (the drop-in was not found) warns nobody.
+_BUILTIN_SCHEMES = frozenset(SCHEMES.items())
 
 
 class MailboxSpecError(ValueError):
@@ -19,15 +24,36 @@ class MailboxSpecError(ValueError):
 
 
 def store_from_spec(spec: str) -> Any:
-    """Build a store from a ``--mailbox`` value such as ``maildir:/var/mail/{user}/Maildir``."""
-    scheme, sep, rest = spec.partition(":")
-    if not sep or scheme not in SCHEMES:
-        raise MailboxSpecError(
-            "unknown mailbox scheme %r (known: %s)" % (scheme, ", ".join(sorted(SCHEMES)))
-        )
-    module_name, _, attr = SCHEMES[scheme].partition(":")
-    import importlib
+    """Build a store from a ``--mailbox`` value such as ``maildir:/var/mail/{user}/Maildir``.
 
+    The scheme (before the first colon) names an ``IMailboxStoreFactory`` plugin; the rest goes to
+    its ``makeStore``. A ``ValueError`` from there means the rest is unusable.
+    """
+    from twisted_pop3ng.mailbox.plugins import mailbox_store_factories
+
+    scheme, sep, rest = spec.partition(":")
+    if not sep:
+        raise MailboxSpecError("%r is not SCHEME:ARGUMENTS (e.g. maildir:/var/mail/{user}/Maildir)"
+                               % (spec,))
+    factories = mailbox_store_factories()
+    factory = factories.get(scheme)
+    if factory is not None:
+        return factory.makeStore(rest)
+    if scheme in SCHEMES:
+        return _from_deprecated_schemes(scheme, rest)
+    raise MailboxSpecError("unknown mailbox scheme %r (known: %s)"
+                           % (scheme, ", ".join(sorted(set(factories) | set(SCHEMES)))))
+
+
+def _from_deprecated_schemes(scheme: str, rest: str) -> Any:
+    import importlib
+    import warnings
+
+    if (scheme, SCHEMES[scheme]) not in _BUILTIN_SCHEMES:
+        warnings.warn("--mailbox scheme %r comes from twisted_pop3ng.mailbox.SCHEMES, which is "
+                      "deprecated: provide an IMailboxStoreFactory plugin instead" % (scheme,),
+                      DeprecationWarning, stacklevel=3)
+    module_name, _, attr = SCHEMES[scheme].partition(":")
     target: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         target = getattr(target, part)

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from zope.interface import implementer
 
 from twisted_pop3ng.errors import MailboxInUse, MessageVanished
-from twisted_pop3ng.interfaces import IMailbox, IMailboxStore, MessageInfo
+from twisted_pop3ng.interfaces import IMailbox, IMailboxStore, IWholeMessageReader, MessageInfo
 from twisted_pop3ng.wire import wire_size_of
 
 
@@ -45,7 +45,7 @@ class MemoryStore:
         self._locked.discard(user)
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IWholeMessageReader)
 class MemoryMailbox:
     def __init__(self, store: MemoryStore, user: str, messages: List[Tuple[str, bytes]]) -> None:
         self.store = store

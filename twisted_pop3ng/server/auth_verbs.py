@@ -1,18 +1,19 @@
 """STLS (RFC 2595), AUTH (RFC 5034), APOP (RFC 1939 §7) and UTF8 (RFC 6856) for the server.
 
-Registered with :func:`twisted_pop3ng.server.command` like the core verbs; :mod:`server` imports
-this module at its end. The SASL wire rules live here (base64, ``=`` for an empty initial response,
-``*`` to cancel, continuation lines up to :data:`wire.MAX_AUTH_LINE`); the mechanisms themselves
-(:mod:`twisted_pop3ng.auth.sasl_server`) only gather credentials, and the portal's checkers decide.
+Registered in :data:`COMMANDS`, which :mod:`.protocol` merges with the core verbs; per-session
+state (the pending USER name, the SASL line hook, the APOP timestamp, UTF8 mode) is on
+``protocol.session``, server settings (``tls``, ``token_validator``, ``sasl_secret_key``) are
+declared ``POP3ServerFactory`` attributes. The SASL wire rules live here (base64, ``=`` for an
+empty initial response, ``*`` to cancel, continuation lines up to :data:`wire.MAX_AUTH_LINE`);
+the mechanisms themselves (:mod:`twisted_pop3ng.auth.sasl_server`) only gather credentials, and
+the portal's checkers decide.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -23,21 +24,24 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_pop3ng.server import policy
-from twisted_pop3ng.auth import sasl_server as sasl
+from twisted_pop3ng.auth import _binding, sasl_server as sasl
+from twisted_pop3ng.auth.digests import apop_digest
+from twisted_pop3ng.auth.passwords import PLAINTEXT_SCHEMES
 from twisted_pop3ng import wire
-from twisted_pop3ng.auth.checkers import IPreauthenticated, ISecretStore, PreauthenticatedChecker
+from twisted_pop3ng.auth.checkers import ISecretStore
 from twisted_pop3ng.errors import BadCommand
 from twisted_pop3ng.server.registry import CommandSet
+from twisted_pop3ng.server.session import ServerConnection
 from twisted_pop3ng.server.states import AUTHORIZATION
 
 COMMANDS = CommandSet()
 
 #: Schemes from which each challenge-response mechanism can work.
 _NEEDS = {
-    "CRAM-MD5": {"PLAIN", "CLEAR", "CLEARTEXT", "CRAM-MD5"},
-    "SCRAM-SHA-1": {"PLAIN", "CLEAR", "CLEARTEXT", "SCRAM-SHA-1"},
-    "SCRAM-SHA-256": {"PLAIN", "CLEAR", "CLEARTEXT", "SCRAM-SHA-256"},
-    "SCRAM-SHA-256-PLUS": {"PLAIN", "CLEAR", "CLEARTEXT", "SCRAM-SHA-256"},
+    "CRAM-MD5": PLAINTEXT_SCHEMES | {"CRAM-MD5"},
+    "SCRAM-SHA-1": PLAINTEXT_SCHEMES | {"SCRAM-SHA-1"},
+    "SCRAM-SHA-256": PLAINTEXT_SCHEMES | {"SCRAM-SHA-256"},
+    "SCRAM-SHA-256-PLUS": PLAINTEXT_SCHEMES | {"SCRAM-SHA-256"},
 }
 _OAUTH = frozenset({"OAUTHBEARER", "XOAUTH2"})
 
@@ -55,30 +59,15 @@ def _tls_connection(protocol: Any) -> Any:
 
 
 def channel_bindings(protocol: Any) -> Dict[str, bytes]:
-    """SCRAM-PLUS data by type: ``tls-server-end-point`` (RFC 5929) always, ``tls-exporter``
-    (RFC 9266) on TLS 1.3 only (before 1.3 it is unsafe without extended master secret)."""
+    """SCRAM-PLUS data by type (see :func:`twisted_pop3ng.auth._binding.channel_bindings`)."""
     conn = _tls_connection(protocol)
-    if conn is None or not hasattr(conn, "get_protocol_version_name"):
+    if conn is None:
         return {}
-    bindings: Dict[str, bytes] = {}
     try:
-        if conn.get_protocol_version_name() == "TLSv1.3":
-            bindings["tls-exporter"] = conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
-        cert = conn.get_certificate()
-        if cert is not None:
-            from cryptography.hazmat.primitives import hashes
-            from cryptography.hazmat.primitives.serialization import Encoding
-
-            leaf = cert.to_cryptography()
-            algorithm = leaf.signature_hash_algorithm
-            if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
-                algorithm = hashes.SHA256()
-            digest = hashes.Hash(algorithm)
-            digest.update(leaf.public_bytes(Encoding.DER))
-            bindings["tls-server-end-point"] = digest.finalize()
+        return _binding.channel_bindings(conn, server_side=True)
     except Exception:
         protocol.log.failure("cannot compute channel binding data")
-    return bindings
+        return {}
 
 
 def client_identities(protocol: Any) -> List[str]:
@@ -109,16 +98,16 @@ def client_identities(protocol: Any) -> List[str]:
 # -- STLS -----------------------------------------------------------------------------------------
 
 
-def _stls_capability(protocol: Any) -> Optional[str]:
-    if getattr(protocol.factory, "tls", None) is None or policy.is_secure(protocol):
+def _stls_capability(protocol: ServerConnection) -> Optional[str]:
+    if protocol.factory.tls is None or policy.is_secure(protocol):
         return None
-    return "STLS" if protocol.state == AUTHORIZATION else None
+    return "STLS" if protocol.session.state == AUTHORIZATION else None
 
 
 @COMMANDS.command("STLS", AUTHORIZATION, capability=_stls_capability)
-def do_STLS(protocol: Any, cmd: wire.Command) -> None:
+def do_STLS(protocol: ServerConnection, cmd: wire.Command) -> None:
     protocol._no_args(cmd)
-    tls = getattr(protocol.factory, "tls", None)
+    tls = protocol.factory.tls
     if tls is None:
         raise BadCommand("STLS is not available: no certificate configured")
     if policy.is_secure(protocol):
@@ -127,7 +116,7 @@ def do_STLS(protocol: Any, cmd: wire.Command) -> None:
     # Anything the client pipelined after STLS came in plaintext: it must not be executed inside
     # TLS (CVE-2011-0411). The reply above is already buffered in plaintext ahead of the handshake.
     protocol.clearLineBuffer()
-    protocol._username = None
+    protocol.session.username = None
     protocol.flush_output()
     protocol.transport.startTLS(tls)
 
@@ -135,14 +124,14 @@ def do_STLS(protocol: Any, cmd: wire.Command) -> None:
 # -- AUTH -----------------------------------------------------------------------------------------
 
 
-def _secret_store(protocol: Any) -> Any:
+def _secret_store(protocol: ServerConnection) -> Any:
     for checker in protocol.factory.portal.checkers.values():
         if ISecretStore.providedBy(checker):
             return checker
     return None
 
 
-def available_mechanisms(protocol: Any) -> List[str]:
+def available_mechanisms(protocol: ServerConnection) -> List[str]:
     config = policy.security(protocol)
     plaintext_ok = policy.plaintext_allowed(protocol)
     store = _secret_store(protocol)
@@ -156,7 +145,7 @@ def available_mechanisms(protocol: Any) -> List[str]:
         if name in sasl.PLAINTEXT or name in _OAUTH:
             if not plaintext_ok:
                 continue
-        if name in _OAUTH and getattr(protocol.factory, "token_validator", None) is None:
+        if name in _OAUTH and protocol.factory.token_validator is None:
             continue
         if name in _NEEDS and not (_NEEDS[name] & schemes):
             continue
@@ -168,20 +157,17 @@ def available_mechanisms(protocol: Any) -> List[str]:
     return names
 
 
-def _sasl_capability(protocol: Any) -> Optional[str]:
-    if protocol.state != AUTHORIZATION:
+def _sasl_capability(protocol: ServerConnection) -> Optional[str]:
+    if protocol.session.state != AUTHORIZATION:
         return None
     names = available_mechanisms(protocol)
     return "SASL " + " ".join(names) if names else None
 
 
-def _context(protocol: Any) -> sasl.SASLContext:
+def _context(protocol: ServerConnection) -> sasl.SASLContext:
     factory = protocol.factory
-    key = getattr(factory, "sasl_secret_key", None)
-    if key is None:
-        key = factory.sasl_secret_key = os.urandom(32)
     store = _secret_store(protocol)
-    validator = getattr(factory, "token_validator", None)
+    validator = factory.token_validator
     return sasl.SASLContext(
         hostname=policy.security(protocol).hostname,
         lookup_secret=store.lookup_secret if store is not None else None,
@@ -189,7 +175,7 @@ def _context(protocol: Any) -> sasl.SASLContext:
         plus_offered="SCRAM-SHA-256-PLUS" in available_mechanisms(protocol),
         client_identities=client_identities(protocol),
         validate_token=validator.validate if validator is not None else None,
-        secret_key=key,
+        secret_key=factory.sasl_secret_key,
     )
 
 
@@ -203,9 +189,9 @@ def _decode(data: bytes) -> bytes:
 
 
 class _Exchange:
-    """One AUTH exchange: owns the protocol's line hook until it ends."""
+    """One AUTH exchange: owns the session's line hook until it ends."""
 
-    def __init__(self, protocol: Any, mechanism: sasl.Mechanism) -> None:
+    def __init__(self, protocol: ServerConnection, mechanism: sasl.Mechanism) -> None:
         self.protocol = protocol
         self.mechanism = mechanism
 
@@ -230,7 +216,7 @@ class _Exchange:
         return self._run(self.mechanism.respond, data)
 
     def _run(self, step: Any, data: Any) -> Any:
-        self.protocol.line_hook = None
+        self.protocol.session.line_hook = None
         d = defer.maybeDeferred(step, data)
         d.addCallbacks(self._stepped, self._failed)
         return d
@@ -239,7 +225,7 @@ class _Exchange:
         if isinstance(result, sasl.Challenge):
             if self.protocol._closing:
                 return None
-            self.protocol.line_hook = self.line
+            self.protocol.session.line_hook = self.line
             self.protocol.write(b"+ " + binascii.b2a_base64(result.data, newline=False) + b"\r\n")
             return None
         return self.protocol.login(result.credentials)
@@ -251,17 +237,11 @@ class _Exchange:
         return failure
 
     def _end(self) -> None:
-        self.protocol.line_hook = None
-
-
-def _ensure_preauth_checker(protocol: Any) -> None:
-    portal = protocol.factory.portal
-    if IPreauthenticated not in portal.checkers:
-        portal.registerChecker(PreauthenticatedChecker())
+        self.protocol.session.line_hook = None
 
 
 @COMMANDS.command("AUTH", AUTHORIZATION, capability=_sasl_capability)
-def do_AUTH(protocol: Any, cmd: wire.Command) -> Any:
+def do_AUTH(protocol: ServerConnection, cmd: wire.Command) -> Any:
     words = cmd.words()
     names = available_mechanisms(protocol)
     if not words:
@@ -276,7 +256,8 @@ def do_AUTH(protocol: Any, cmd: wire.Command) -> Any:
             policy.check_plaintext(protocol)
         raise BadCommand("Unsupported authentication mechanism")
     initial = _decode(words[1]) if len(words) == 2 else None
-    _ensure_preauth_checker(protocol)
+    # (What SASL proves is accepted by the PreauthenticatedChecker that POP3ServerFactory
+    # registers on its portal when it is made.)
     return _Exchange(protocol, sasl.BY_NAME[name](_context(protocol))).begin(initial)
 
 
@@ -291,13 +272,12 @@ class APOPCredentials:
     digest: bytes
 
     def checkPassword(self, password: bytes) -> bool:
-        expected = hashlib.md5(self.timestamp + password).hexdigest().encode()
-        return hmac.compare_digest(expected, self.digest.lower())
+        return hmac.compare_digest(apop_digest(self.timestamp, password), self.digest.lower())
 
 
 @COMMANDS.command("APOP", AUTHORIZATION)
-def do_APOP(protocol: Any, cmd: wire.Command) -> Any:
-    timestamp = getattr(protocol, "apop_timestamp", None)
+def do_APOP(protocol: ServerConnection, cmd: wire.Command) -> Any:
+    timestamp = protocol.session.apop_timestamp
     if not policy.security(protocol).apop or timestamp is None:
         raise BadCommand("APOP is not enabled")
     words = cmd.words()
@@ -310,10 +290,10 @@ def do_APOP(protocol: Any, cmd: wire.Command) -> Any:
 
 
 @COMMANDS.command("UTF8", AUTHORIZATION,
-         capability=lambda protocol: "UTF8 USER" if protocol.state == AUTHORIZATION else "UTF8")
-def do_UTF8(protocol: Any, cmd: wire.Command) -> None:
+         capability=lambda protocol: "UTF8 USER" if protocol.session.state == AUTHORIZATION else "UTF8")
+def do_UTF8(protocol: ServerConnection, cmd: wire.Command) -> None:
     """RFC 6856: names, passwords and replies are UTF-8 from now on (we accept UTF-8 anyway)."""
     protocol._no_args(cmd)
-    protocol.utf8 = True
+    protocol.session.utf8 = True
     protocol.reply(True, "UTF8 enabled")
 

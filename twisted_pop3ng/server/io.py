@@ -5,12 +5,21 @@ with bounded memory, whatever the commands mean.
 
 * input is split into lines without copying the rest of the buffer per line, and is no longer read
   from the socket while enough of it waits behind a pending command (:class:`SessionIO`);
-* the replies of a batch of lines leave together, straight to the socket on plain TCP when the
-  transport holds nothing, else through the transport, whose full buffer pauses line processing
-  (a push producer registered for the connection's whole life, :class:`TransportFlow`);
+* the replies of a batch of lines leave together, through the connection's *sender* strategy:
+  :class:`StockSender` (``transport.writeSequence``, public API only) unless the factory was
+  given another (``twistd pop3ng`` gives :class:`twisted_pop3ng.fastpath.send.DirectSender`,
+  which writes straight to the socket on plain TCP when the transport holds nothing); the
+  transport's full buffer pauses line processing (a push producer registered for the
+  connection's whole life, :class:`TransportFlow`);
 * a stored message too large for one read is streamed chunk by chunk under that backpressure
   (:class:`MessageStream`);
-* inactivity timeouts cost a float per session and one timer per factory (:class:`IdleSweeper`).
+* inactivity timeouts cost a float per session and one timer per factory (:class:`IdleSweeper`);
+* the input buffer is this module's own (not ``LineReceiver``'s private ``_buffer``): what
+  :meth:`SessionIO.clearLineBuffer` drops after STLS (the CVE-2011-0411 defence) is exactly what
+  :meth:`SessionIO._split_lines` has not processed.
+
+Rules of this module: public Twisted API only; anything relying on transport internals is a
+strategy injected through ``POP3ServerFactory(sender=..., connection_info=...)``.
 
 :class:`SessionIO` is a mixin for :class:`~twisted_pop3ng.server.POP3ServerProtocol`: it relies on
 that class's ``factory`` (``clock``, ``idle_sweeper()``), ``transport``, ``paused``, ``_closing``
@@ -19,66 +28,71 @@ and ``_stream`` attributes, and calls back its ``lineReceived`` and ``lineLength
 
 from __future__ import annotations
 
-import socket
-from typing import Any, List, Optional, Set
+from typing import AbstractSet, Any, List, Optional, Set, Tuple
 
-from twisted.internet import defer, error, interfaces as iinternet
-from twisted.protocols.basic import LineReceiver
+from twisted.internet import defer, interfaces as iinternet
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_pop3ng import wire
 from twisted_pop3ng._net import set_no_delay  # noqa: F401  (re-exported)
-from twisted_pop3ng.fastpath.port import SERVER_TRANSPORTS
 
 #: Bytes read from a stored message per step; large enough that a 10 KB message is one read.
 CHUNK_SIZE = 256 * 1024
 #: Replies collected in one batch of input lines are written once they reach this size (Twisted
 #: sends at most 128 KiB per ``send``; the transport pauses us past its 64 KiB buffer).
 FLUSH_SIZE = 128 * 1024
-#: What the reactor hands ``connectionLost`` after an orderly close (it shares one instance too).
-_CONNECTION_DONE = Failure(error.ConnectionDone())
-#: "More data follows": the kernel holds a short segment back (for the FIN, in ``_close_at_once``).
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
-
-
-def _plain_and_empty(transport: Any) -> bool:
-    """A Twisted TCP server connection without TLS, open, with nothing queued to send: bytes may
-    go straight to its socket (order is kept) and it may be closed at once.
-
-    Relies on ``tcp.Server`` internals (``dataBuffer``, ``_tempDataLen``), hence the exact type
-    check: another subclass or another transport takes the ordinary path."""
-    return (type(transport) in SERVER_TRANSPORTS and not transport.TLS and transport.connected
-            and not transport.disconnecting and not transport.dataBuffer
-            and not transport._tempDataLen)
-#: A batch this large goes to ``sendmsg`` piece by piece instead of being joined first (a short
-#: one, such as a UIDL listing's three pieces, is cheaper to join than to gather).
+#: A batch this large is handed to the sender with ``gather=True``: a sender writing to the socket
+#: itself may pass it piece by piece (``sendmsg``) instead of joining it first (a short one, such
+#: as a UIDL listing's three pieces, is cheaper to join than to gather).
 GATHER_MIN = 32 * 1024
-#: Pieces handed to one ``sendmsg`` at most (Linux takes up to IOV_MAX, 1024); a longer batch
-#: of tiny pieces is joined instead.
+#: Pieces a gathering sender hands to one ``sendmsg`` at most (Linux takes up to IOV_MAX, 1024);
+#: a longer batch of tiny pieces is joined instead.
 MAX_GATHER = 512
 #: Input queued while commands wait, beyond which the socket is no longer read.
 MAX_QUEUED_INPUT = 64 * 1024
 #: Chunks written in one reactor turn before yielding, when the transport never pushes back.
 CHUNKS_PER_TURN = 16
+#: ``SessionIO._batch`` once ``clearLineBuffer`` took the rest of the batch being split.
+_CLEARED = object()
 
 
-def _unsent(pieces: List[bytes], sent: int) -> List[bytes]:
-    """What is left of ``pieces`` after the first ``sent`` octets went out."""
-    for i, piece in enumerate(pieces):
-        if sent < len(piece):
-            return [piece[sent:]] + pieces[i + 1:] if sent else pieces[i:]
-        sent -= len(piece)
-    return []
+class StockSender:
+    """How a session's replies reach the transport: Twisted's public API only.
+
+    The sender strategy's contract (what ``POP3ServerFactory(sender=...)`` takes):
+
+    * ``send(transport, pieces, gather)``: deliver the byte strings ``pieces`` in order after
+      everything sent before; ``gather`` says the batch is large (>= :data:`GATHER_MIN`). The
+      list is the sender's to keep or change.
+    * ``close_at_once(transport, pieces)``: either deliver ``pieces`` and close the connection
+      now (the transport's ``connectionLost`` has run when it returns True), or do nothing
+      visible and return False, with ``pieces`` changed in place to what is still to be sent
+      (the session then flushes it and calls ``loseConnection``).
+    """
+
+    __slots__ = ()
+
+    def send(self, transport: Any, pieces: List[bytes], gather: bool) -> None:
+        transport.writeSequence(pieces)
+
+    def close_at_once(self, transport: Any, pieces: List[bytes]) -> bool:
+        return False
 
 
-def _sent(send: Any, *args: Any) -> int:
-    """Octets a non-blocking ``send``/``sendmsg`` call took; 0 on any socket error (the
-    transport, handed the rest, meets the error again and reports it)."""
-    try:
-        return send(*args)
-    except OSError:
-        return 0
+STOCK_SENDER = StockSender()
+
+
+def _ip(address: Any) -> Optional[str]:
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else None
+
+
+def stock_connection_info(transport: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(client IP, server IP) of a connection, from ``getPeer``/``getHost`` (None where the
+    address is not an IP one). The ``connection_info`` strategy's contract: this signature."""
+    return _ip(transport.getPeer()), _ip(transport.getHost())
 
 
 class IdleSweeper:
@@ -233,8 +247,51 @@ class MessageStream:
             self.deferred.errback(failure)
 
 
-class SessionIO(LineReceiver):
-    """Line input, batched output and backpressure for one session (see the module docstring)."""
+class SessionIO(Protocol):
+    """Line input, batched output and backpressure for one session (see the module docstring).
+
+    Its line input keeps ``LineReceiver``'s API (``paused``, ``MAX_LENGTH``, ``lineReceived``,
+    ``lineLengthExceeded``, ``clearLineBuffer``, the producer methods) over a buffer of its own.
+    """
+
+    #: Lines end at LF (a CR before it is the line handler's to strip); longer ones are refused.
+    delimiter = b"\n"
+    MAX_LENGTH = 16384
+    #: True while no command line may be processed (see ``_block``); input then queues.
+    paused = False
+    # Provided by the protocol class (see the module docstring); declared for type checkers.
+    transport: Any
+    factory: Any
+    _closing: bool
+    _stream: Any
+    _blocks: AbstractSet[str]
+    _reading_paused: bool
+    #: Received input not yet split into lines (queued while ``paused``, or a partial line).
+    _input = b""
+    #: While :meth:`_split_lines` runs (None otherwise): ``[the batch being split, where its
+    #: unprocessed part starts]``, or _CLEARED once :meth:`clearLineBuffer` took that part.
+    _batch: Any = None
+
+    def lineReceived(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line longer than ``MAX_LENGTH`` (``line`` is the rest of the input from its start)."""
+        self.transport.loseConnection()
+
+    # LineReceiver's producer methods, for an application that registers the session itself.
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.transport.resumeProducing()
+        self.dataReceived(b"")
+
+    def stopProducing(self) -> None:
+        self.paused = True
+        self.transport.stopProducing()
 
     #: Inactivity allowed now (None: no timeout) and the clock time at which it runs out.
     _timeout: Optional[float] = None
@@ -294,63 +351,32 @@ class SessionIO(LineReceiver):
         out = self._out
         if out:
             size, self._out, self._out_size = self._out_size, [], 0
-            self._send(out, size >= GATHER_MIN)
+            transport = self.transport
+            if transport is not None:  # what _send does, without a call more per batch
+                self.factory.sender.send(transport, out, size >= GATHER_MIN)
 
     def _send(self, out: List[bytes], gather: bool = False) -> None:
-        """Write ``out`` to the transport; on plain TCP with nothing queued, ``send`` it at once.
-
-        A Twisted transport sends only when the reactor next reports the socket writable: per
-        reply an ``epoll_ctl`` on, an ``epoll_wait`` turn, a dispatch and an ``epoll_ctl`` off — a
-        third of a short session's CPU. When the transport holds nothing (so order is kept) the
-        replies go straight to the socket (not after STLS: TLS then lives inside the transport);
-        whatever the socket does not take, and any error, is left to the transport as before (it
-        reports errors on its next write).
-        """
+        """Hand ``out`` to the connection's sender (see :class:`StockSender`)."""
         transport = self.transport
-        if transport is None:
-            return
-        if _plain_and_empty(transport):
-            if len(out) > 1 and gather and len(out) <= MAX_GATHER:
-                # The pieces as they are (sendmsg gathers them): no join, no copy of the batch.
-                out = _unsent(out, _sent(transport.socket.sendmsg, out))
-                if not out:
-                    return
-            else:
-                data = out[0] if len(out) == 1 else b"".join(out)
-                sent = _sent(transport.socket.send, data)
-                if sent == len(data):
-                    return
-                out = [data[sent:]]
-        transport.writeSequence(out)
+        if transport is not None:
+            self.factory.sender.send(transport, out, gather)
 
     def _close_at_once(self) -> bool:
-        """Send what the batch collected and close a plain TCP connection now, when the socket
-        takes it all; False (nothing closed, the batch still to flush) otherwise.
-
-        ``loseConnection`` closes only when the reactor next reports the socket writable: an
-        ``epoll_ctl`` off and on, a turn and a dispatch, about a tenth of a short session. With an
-        empty buffer there is nothing to wait for, so this does at once what that turn would do
-        (``connectionLost`` with ConnectionDone: the reactor forgets the socket, shutdown and close,
-        then the protocol's ``connectionLost``), as ``posixbase._disconnectSelectable`` does.
-
-        The last reply goes with ``MSG_MORE``, so the shutdown's FIN rides in the same segment
-        (one loopback packet and one wake-up of the client less per session, instead of a data
-        segment and then a FIN).
-        """
+        """Send what the batch collected and close the connection now, if the sender can (see
+        :class:`StockSender`); False (nothing closed, the batch still to flush) otherwise."""
         transport = self.transport
-        if transport is None or not _plain_and_empty(transport) or transport.producer is not None:
+        if transport is None:
             return False
         out = self._out
+        pieces = out or []
         if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            sent = _sent(transport.socket.send, data, _MSG_MORE)
-            if sent != len(data):
-                # Leave the rest to the transport (its own send pushes the corked part too).
-                self._out, self._out_size = [data[sent:]], len(data) - sent
-                return False
+            # Emptied first: the session's connectionLost (run by a successful close) sees no batch.
             self._out, self._out_size = [], 0
-        transport.connectionLost(_CONNECTION_DONE)
-        return True
+        if self.factory.sender.close_at_once(transport, pieces):
+            return True
+        if pieces:
+            self._out, self._out_size = pieces, sum(map(len, pieces))
+        return False
 
     def _block(self, reason: str) -> None:
         """Stop processing command lines until every reason is gone."""
@@ -387,7 +413,7 @@ class SessionIO(LineReceiver):
         self._split_lines(data)
         # While commands wait (async login, a transfer, a client that does not read its replies),
         # stop reading the socket once enough input is queued: memory stays bounded.
-        if self.paused and not self._reading_paused and len(self._buffer) > MAX_QUEUED_INPUT:
+        if self.paused and not self._reading_paused and len(self._input) > MAX_QUEUED_INPUT:
             self._reading_paused = True
             self.transport.pauseProducing()
 
@@ -406,9 +432,6 @@ class SessionIO(LineReceiver):
             self._stream.stop()
 
 
-    _busy_splitting = False
-    _line_buffer_cleared = False
-
     def _split_lines(self, data: bytes) -> None:
         """``LineReceiver.dataReceived`` without its copy of the whole buffer per line.
 
@@ -416,44 +439,54 @@ class SessionIO(LineReceiver):
         meanwhile (re-entrantly) is queued; :meth:`clearLineBuffer` (STLS) drops the rest; a line or
         a pending partial line beyond ``MAX_LENGTH`` goes to :meth:`lineLengthExceeded`.
         """
-        if self._busy_splitting:
-            self._buffer += data
+        if self._batch is not None:  # re-entered from a line's handler: queue the input
+            self._input += data
             return
-        self._busy_splitting = True
         # Activity: once per batch of lines (input arrived, or waiting lines resume), not per line.
         self.resetTimeout()
+        buffer = self._input + data if self._input else data
+        self._input = b""
+        # The batch and where its unprocessed part starts, for clearLineBuffer: kept up to date
+        # per line in a list made per batch (an attribute store per line cost far more).
+        self._batch = batch = [buffer, 0]
         try:
-            buffer = self._buffer + data if self._buffer else data
-            self._buffer = b""
             start = 0
             find = buffer.find
             while not self.paused:
                 end = find(b"\n", start)
                 if end == -1:
                     if len(buffer) - start > self.MAX_LENGTH:
-                        self._buffer, rest, start, buffer = b"", buffer[start:], 0, b""
+                        self._input, rest, start, buffer = b"", buffer[start:], 0, b""
+                        self._batch = _CLEARED  # handed over whole: nothing left to clear
                         self.lineLengthExceeded(rest)
                         return
                     break
                 line = buffer[start:end]
                 start = end + 1
                 if len(line) > self.MAX_LENGTH:
-                    self._buffer, start, buffer = b"", 0, b""
+                    self._input, start, buffer = b"", 0, b""
+                    self._batch = _CLEARED  # the rest is dropped with the line
                     self.lineLengthExceeded(line)
                     return
+                batch[1] = start
                 self.lineReceived(line)
-                if self._line_buffer_cleared:
-                    self._line_buffer_cleared = False
+                if self._batch is not batch:  # clearLineBuffer took the rest of the batch
                     start, buffer = 0, b""
                     break
                 if self.transport is None or self.transport.disconnecting:
                     break
             if start < len(buffer):
-                self._buffer = buffer[start:] + self._buffer if start else buffer + self._buffer
+                self._input = buffer[start:] + self._input if start else buffer + self._input
         finally:
-            self._busy_splitting = False
+            self._batch = None
 
     def clearLineBuffer(self) -> bytes:
-        """Drop unprocessed input (STLS: what was pipelined in plaintext must not run in TLS)."""
-        self._line_buffer_cleared = self._busy_splitting
-        return LineReceiver.clearLineBuffer(self)
+        """Drop and return the input not yet processed: the rest of the batch being split and
+        whatever is queued (STLS: what was pipelined in plaintext must not run in TLS)."""
+        batch = self._batch
+        rest = self._input
+        if batch is not None and batch is not _CLEARED:
+            rest = batch[0][batch[1]:] + rest
+            self._batch = _CLEARED
+        self._input = b""
+        return rest

@@ -2,8 +2,9 @@
 
 The protocol calls these hooks at fixed points (connection made/lost, USER, login success and
 failure); the state they keep (failures per address, connections per address and user, last login
-per user) lives in one :class:`AbuseGuard` per factory, so it spans connections — a brute-forcer
-that reconnects for every guess still meets the growing delay. Defaults follow Dovecot.
+per user) lives in one :class:`AbuseGuard` per factory (``factory.abuse_guard``), so it spans
+connections — a brute-forcer that reconnects for every guess still meets the growing delay; what
+one connection was counted for is on its :class:`~.session.Session`. Defaults follow Dovecot.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from twisted.internet.interfaces import ISSLTransport
 
 from twisted_pop3ng.errors import AuthenticationFailed, LoginDelay, POP3Error
+from twisted_pop3ng.server.session import Connection
 from twisted_pop3ng.server.states import AUTHORIZATION
-from twisted_pop3ng.fastpath.port import SERVER_TRANSPORTS
 
 #: Dovecot's auth penalty: the delay doubles per failure from an address up to 15 s, forgotten after an hour.
 MAX_FAILURE_DELAY = 15.0
@@ -59,11 +60,6 @@ class SecurityConfig:
 
 def parse_network(text: str) -> Network:
     return ipaddress.ip_network(text.strip(), strict=False)
-
-
-def _ip(address: Any) -> Optional[str]:
-    host = getattr(address, "host", None)
-    return host if isinstance(host, str) else None
 
 
 class AbuseGuard:
@@ -139,72 +135,45 @@ class AbuseGuard:
 # -- hooks called by the protocol -----------------------------------------------------------------
 
 
-def security(protocol: Any) -> SecurityConfig:
+def security(protocol: Connection) -> SecurityConfig:
     return protocol.config.security
 
 
-def guard(protocol: Any) -> AbuseGuard:
-    factory = protocol.factory
-    existing = getattr(factory, "abuse_guard", None)
-    if existing is None:
-        existing = factory.abuse_guard = AbuseGuard(
-            protocol.config.security, protocol.config.auth_failure_delay, protocol.clock)
-    return existing
+def guard(protocol: Connection) -> AbuseGuard:
+    """The factory's :class:`AbuseGuard` (a declared ``POP3ServerFactory`` setting)."""
+    return protocol.factory.abuse_guard
 
 
 def _addresses(protocol: Any) -> Tuple[Optional[str], Optional[str]]:
-    """(client IP, server IP) of the connection, asked of the transport once per connection
-    (each ``getPeer``/``getHost`` builds an address object, ``getHost`` costs a system call)."""
+    """(client IP, server IP) of the connection, asked once per transport of the connection's
+    ``connection_info`` strategy (:func:`twisted_pop3ng.server.io.stock_connection_info` unless
+    the factory was given another: ``twistd pop3ng`` reads the raw address tuples)."""
     transport = protocol.transport
     if transport is None:
         return None, None
-    cached = protocol.__dict__.get("_address_cache")
-    if cached is not None and cached[0] is transport:
-        return cached[1], cached[2]
-    # An accepted TCP connection (plain, or with STLS's TLS inside it).
-    if type(transport) in SERVER_TRANSPORTS and len(transport.client) == 2:
-        # An accepted IPv4 connection: the raw address tuples, without building address objects.
-        peer, host = transport.client[0], _bound_host(transport.server)
-        if host is None:  # a wildcard listener: ask this connection
-            host = transport.socket.getsockname()[0]
-    else:
-        peer, host = _ip(transport.getPeer()), _ip(transport.getHost())
-    protocol._address_cache = (transport, peer, host)
+    session = protocol.session
+    if session.addresses_of is transport:
+        return session.peer, session.host
+    peer, host = protocol.factory.connection_info(transport)
+    session.addresses_of, session.peer, session.host = transport, peer, host
     return peer, host
 
 
-def _bound_host(port: Any) -> Optional[str]:
-    """The IPv4 address a listening port is bound to, unless it is the wildcard: then every
-    connection it accepts has that server address (asked of the socket once, kept on the port)."""
-    host = getattr(port, "_pop3ng_bound_host", False)
-    if host is False:
-        try:
-            bound = port.socket.getsockname()
-            host = bound[0] if len(bound) == 2 and bound[0] != "0.0.0.0" else None
-        except (AttributeError, OSError):
-            host = None
-        try:
-            port._pop3ng_bound_host = host
-        except AttributeError:
-            pass  # a port that takes no attributes: asked again next time
-    return host
-
-
-def peer_ip(protocol: Any) -> Optional[str]:
+def peer_ip(protocol: Connection) -> Optional[str]:
     return _addresses(protocol)[0]
 
 
-def is_secure(protocol: Any) -> bool:
+def is_secure(protocol: Connection) -> bool:
     return protocol.transport is not None and ISSLTransport.providedBy(protocol.transport)
 
 
-def is_local(protocol: Any) -> bool:
+def is_local(protocol: Connection) -> bool:
     """Dovecot's rule: the client address equals the server address (or not an IP socket at all)."""
     peer, host = _addresses(protocol)
     return peer is None or host is None or peer == host
 
 
-def plaintext_allowed(protocol: Any) -> bool:
+def plaintext_allowed(protocol: Connection) -> bool:
     config = security(protocol)
     if config.allow_plaintext_auth or is_secure(protocol) or is_local(protocol):
         return True
@@ -218,17 +187,16 @@ def plaintext_allowed(protocol: Any) -> bool:
     return address is not None and any(address in net for net in config.trusted_networks)
 
 
-def check_plaintext(protocol: Any) -> None:
+def check_plaintext(protocol: Connection) -> None:
     if not plaintext_allowed(protocol):
         raise AuthenticationFailed("Plaintext authentication disallowed on non-secure (SSL/TLS) connections.")
 
 
-def user_capability(protocol: Any) -> Optional[str]:
+def user_capability(protocol: Connection) -> Optional[str]:
+    return "USER" if protocol.session.state == AUTHORIZATION and plaintext_allowed(protocol) else None
 
-    return "USER" if protocol.state == AUTHORIZATION and plaintext_allowed(protocol) else None
 
-
-def connection_made(protocol: Any) -> bool:
+def connection_made(protocol: Connection) -> bool:
     """False (after a reply) when the address already holds too many connections.
 
     Local connections (client address == server address: the host itself, its MUAs, monitoring,
@@ -240,36 +208,39 @@ def connection_made(protocol: Any) -> bool:
     if not guard(protocol).open_connection(address):
         protocol.close("Too many connections from your address", code="SYS/TEMP")
         return False
-    protocol._counted_address = address
+    protocol.session.counted_address = address
     return True
 
 
-def connection_lost(protocol: Any) -> None:
+def connection_lost(protocol: Connection) -> None:
+    session = protocol.session
+    address, user = session.counted_address, session.admitted_user
+    if address is None and user is None:
+        return
     g = guard(protocol)
-    address = getattr(protocol, "_counted_address", None)
     if address is not None:
-        protocol._counted_address = None
+        session.counted_address = None
         g.close_connection(address)
-    user = getattr(protocol, "_admitted_user", None)
     if user is not None:
-        protocol._admitted_user = None
+        session.admitted_user = None
         g.release_user(user)
 
 
-def greeting(protocol: Any, text: str) -> str:
-    if not security(protocol).apop:
+def greeting(protocol: Connection, text: str) -> str:
+    config = security(protocol)
+    if not config.apop:
         return text
-    if getattr(protocol, "apop_timestamp", None) is None:
-        protocol.apop_timestamp = "<%d.%s@%s>" % (os.getpid(), os.urandom(6).hex(),
-                                                  security(protocol).hostname)
-    return "%s %s" % (text, protocol.apop_timestamp)
+    session = protocol.session
+    if session.apop_timestamp is None:
+        session.apop_timestamp = "<%d.%s@%s>" % (os.getpid(), os.urandom(6).hex(), config.hostname)
+    return "%s %s" % (text, session.apop_timestamp)
 
 
-def failure_delay(protocol: Any) -> float:
+def failure_delay(protocol: Connection) -> float:
     return guard(protocol).failure_delay(peer_ip(protocol))
 
 
-def admit(result: Any, protocol: Any, credentials: Any) -> Any:
+def admit(result: Any, protocol: Connection, credentials: Any) -> Any:
     """After a successful portal login: enforce LOGIN-DELAY and the per-user limit."""
     user = credentials.username
     if isinstance(user, bytes):
@@ -281,11 +252,11 @@ def admit(result: Any, protocol: Any, credentials: Any) -> Any:
         result[2]()  # the realm's logout: unlock the maildrop again
         raise
     g.success(peer_ip(protocol))
-    protocol._admitted_user = user
+    protocol.session.admitted_user = user
     return result
 
 
-def capabilities(protocol: Any) -> Sequence[str]:
+def capabilities(protocol: Connection) -> Sequence[str]:
     """LOGIN-DELAY and EXPIRE, only when configured (RFC 2449 §6.5, §6.7)."""
     config = security(protocol)
     caps = []

@@ -7,9 +7,11 @@ Rules of this module:
 * one small handler per verb; a handler either answers at once or returns a Deferred, and while that
   Deferred is pending no further command line is read (so pipelined commands are answered in order,
   also after an asynchronous login);
+* the session's state is on its :class:`~.session.Session` (``protocol.session``), not on the
+  protocol; the protocol object carries the connection's I/O state only;
 * the protocol never touches files: messages come from the ``IMailbox`` avatar, as bytes when
-  small (the optional ``read_whole``) or as file-like objects streamed through
-  :class:`~twisted_pop3ng.wire.MessageEncoder`; how lines come in and replies go out (batching,
+  small (``read_whole``, when it provides ``IWholeMessageReader``) or as file-like objects
+  streamed through :class:`~twisted_pop3ng.wire.MessageEncoder`; how lines come in and replies go out (batching,
   backpressure, streaming, timeouts) is :mod:`.server_io`'s business;
 * every error goes through :func:`twisted_pop3ng.errors.classify`; no exception text reaches the peer.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, List, Optional, Sequence
+from typing import AbstractSet, Any, Callable, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
@@ -37,12 +39,14 @@ from twisted_pop3ng.errors import (
     POP3Error,
     classify,
 )
-from twisted_pop3ng.interfaces import IMailbox, MessageInfo, MessageTable
+from twisted_pop3ng.interfaces import IMailbox, MessageTable
 from twisted_pop3ng.server import auth_verbs, verbs
 from twisted_pop3ng.server.registry import CommandSet
-from twisted_pop3ng.server.states import AUTHORIZATION, TRANSITIONS, UPDATE
-from twisted_pop3ng.server.io import (CHUNK_SIZE, IdleSweeper, MessageStream, SessionIO, TransportFlow,
-                        set_no_delay)
+from twisted_pop3ng.server.session import Session
+from twisted_pop3ng.server.states import TRANSITIONS, UPDATE
+from twisted_pop3ng.server.io import (CHUNK_SIZE, STOCK_SENDER, IdleSweeper, MessageStream,
+                                      SessionIO, TransportFlow, set_no_delay,
+                                      stock_connection_info)
 
 #: ``Command(verb, rest)`` without the named tuple's Python-level ``__new__``.
 _new_command = tuple.__new__
@@ -82,6 +86,18 @@ class ServerConfig:
     security: policy.SecurityConfig = field(default_factory=policy.SecurityConfig)
 
 
+def _session_view(name: str) -> Any:
+    """A protocol attribute that is the session's ``name`` (read and written through)."""
+
+    def get(protocol: "POP3ServerProtocol") -> Any:
+        return getattr(protocol.session, name)
+
+    def set(protocol: "POP3ServerProtocol", value: Any) -> None:
+        setattr(protocol.session, name, value)
+
+    return property(get, set, doc="``session.%s``" % name)
+
+
 class POP3ServerProtocol(SessionIO):
     """One POP3 session: AUTHORIZATION -> TRANSACTION -> UPDATE against an ``IMailbox`` avatar."""
 
@@ -90,24 +106,41 @@ class POP3ServerProtocol(SessionIO):
     MAX_LENGTH = wire.MAX_ANY_LINE
     log = Logger()
 
-    # Per-session state starts as these class-level defaults and becomes an instance attribute
-    # only when it changes: an idle connection then costs ~0.7 KB less (issue 5: <= 2 KB each).
-    state = AUTHORIZATION
-    mailbox: Optional[Any] = None
-    messages: Sequence[MessageInfo] = ()
-    #: Marked deletions; an immutable empty default, a set of its own from login on.
-    deleted: AbstractSet[int] = frozenset()
-    _logout: Optional[Callable[[], None]] = None
-    _username: Optional[bytes] = None
+    # The connection's I/O state starts as these class-level defaults and becomes an instance
+    # attribute only when it changes: an idle connection stays small.
     #: Why command lines are not read now; an empty default until the first block.
     _blocks: AbstractSet[str] = frozenset()
     _stream: Optional[MessageStream] = None
-    _bad_commands = 0
     _closing = False
     _reading_paused = False
     _abort_call: Any = None
-    #: While a SASL exchange waits for a client line, lines go here instead of the dispatcher.
-    line_hook: Optional[Callable[[bytes], Any]] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The POP3 session's own state (state, mailbox, snapshot, deletions, login facts).
+        self.session = Session()
+
+    # Views of the session for handlers written against the protocol (and older code); the
+    # server itself uses ``self.session``.
+    state = _session_view("state")
+    messages = _session_view("messages")
+    deleted = _session_view("deleted")
+    line_hook = _session_view("line_hook")
+    apop_timestamp = _session_view("apop_timestamp")
+    utf8 = _session_view("utf8")
+
+    @property
+    def mailbox(self) -> Optional[Any]:
+        return self.session.mailbox
+
+    @mailbox.setter
+    def mailbox(self, mailbox: Any) -> None:
+        """Attaching a mailbox binds its optional extensions (see :meth:`.Session.attach`)."""
+        session = self.session
+        if mailbox is None:
+            session.logout = session.detach()
+        else:
+            session.attach(mailbox, session.logout)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -154,7 +187,7 @@ class POP3ServerProtocol(SessionIO):
         if self.transport is not None:
             self.transport.loseConnection()
             if self._abort_call is None:
-                grace = QUIT_CLOSE_GRACE if ok or self.state == UPDATE else CLOSE_GRACE
+                grace = QUIT_CLOSE_GRACE if ok or self.session.state == UPDATE else CLOSE_GRACE
                 self._abort_call = self.clock.callLater(grace, self._abort)
 
     def _abort(self) -> None:
@@ -173,12 +206,12 @@ class POP3ServerProtocol(SessionIO):
             self._abort_call.cancel()
         self._abort_call = None
         self._stop_stream()
-        if self.state != UPDATE:
+        if self.session.state != UPDATE:
             self._do_logout()
         policy.connection_lost(self)
 
     def _do_logout(self) -> None:
-        logout, self._logout, self.mailbox = self._logout, None, None
+        logout = self.session.detach()
         if logout is not None:
             try:
                 logout()
@@ -192,8 +225,9 @@ class POP3ServerProtocol(SessionIO):
             return
         if line[-1:] == b"\r":
             line = line[:-1]
-        if self.line_hook is not None:
-            self._handle_result(self.line_hook(line), "AUTH")
+        session = self.session
+        if session.line_hook is not None:
+            self._handle_result(session.line_hook(line), "AUTH")
             return
         # RFC 5034 §4: an AUTH initial response may exceed the 255-octet command limit (tokens).
         if len(line) + 2 > wire.MAX_COMMAND_LINE and (
@@ -216,8 +250,8 @@ class POP3ServerProtocol(SessionIO):
                 self.bad_command("Unknown command: %s" % cmd.verb)
                 return
             commands.remember(word, handler)
-        if self.state not in handler.states:
-            self.bad_command("%s is not valid in the %s state" % (cmd.verb, self.state))
+        if session.state not in handler.states:
+            self.bad_command("%s is not valid in the %s state" % (cmd.verb, session.state))
             return
         try:
             result = handler.method(self, cmd)
@@ -225,7 +259,7 @@ class POP3ServerProtocol(SessionIO):
             self._command_failed(Failure(), cmd.verb)
             return
         if result is None:  # done: what _handle_result -> _command_succeeded would do, inline
-            self._bad_commands = 0
+            session.bad_commands = 0
         else:
             self._handle_result(result, cmd.verb)
 
@@ -252,15 +286,16 @@ class POP3ServerProtocol(SessionIO):
 
     def _command_succeeded(self) -> None:
         """Bad commands are counted in a row (as Dovecot does): a good one resets the count."""
-        self._bad_commands = 0
+        self.session.bad_commands = 0
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line far beyond any limit is abuse: say so, then close."""
         self.close("Line too long, closing connection")
 
     def bad_command(self, text: str) -> None:
-        self._bad_commands += 1
-        if self._bad_commands > self.config.max_bad_commands:
+        session = self.session
+        session.bad_commands += 1
+        if session.bad_commands > self.config.max_bad_commands:
             self.close("Too many bad commands, closing connection")
         else:
             self.reply(False, text)
@@ -287,9 +322,10 @@ class POP3ServerProtocol(SessionIO):
             number = wire.parse_message_number(word)
         except wire.WireError as error:
             raise BadCommand(str(error))
-        if number > len(self.messages):
+        session = self.session
+        if number > len(session.messages):
             raise NoSuchMessage("There is no message %d" % number)
-        if number - 1 in self.deleted:
+        if number - 1 in session.deleted:
             raise MessageDeleted("Message %d is deleted" % number)
         return number - 1
 
@@ -300,7 +336,9 @@ class POP3ServerProtocol(SessionIO):
         return self._message(words[0]) if words else None
 
     def _live(self) -> List[int]:
-        return [i for i in range(len(self.messages)) if i not in self.deleted]
+        session = self.session
+        deleted = session.deleted
+        return [i for i in range(len(session.messages)) if i not in deleted]
 
     def capabilities(self) -> List[str]:
         caps = self.factory.commands.capabilities(self)
@@ -346,15 +384,16 @@ class POP3ServerProtocol(SessionIO):
         if self._closing or self.transport is None:
             logout()
             return None
-        self.mailbox, self._logout = mailbox, logout
+        session = self.session
+        session.attach(mailbox, logout)
 
         def snapshot(messages: Any) -> None:
             # A MessageTable (read-only columns) is kept as it is; anything else is copied.
             # (MessageTable is a Sequence, an ABC: the MRO test spares isinstance's Python
             # __instancecheck__.)
-            self.messages = messages if MessageTable in type(messages).__mro__ else list(messages)
-            self.deleted = set()
-            self.state = TRANSITIONS[(self.state, "login")]
+            session.messages = messages if MessageTable in type(messages).__mro__ else list(messages)
+            session.deleted = set()
+            session.state = TRANSITIONS[(session.state, "login")]
             self.setTimeout(self.config.idle_timeout)
             self.reply(True, "Logged in.")
 
@@ -390,17 +429,19 @@ class POP3ServerProtocol(SessionIO):
         streamed; the status line goes out only once the message could be read or opened.
         ``encoder`` None: the whole message (RETR), else that encoder's part of it (TOP).
 
-        Small messages come from the mailbox's optional ``read_whole`` (one read, no file object,
-        Deferred or stream: pipelined RETRs of small messages are the bulk case), else from a file
-        whose size ``fstat`` knows (:meth:`_send_whole`).
+        Small messages come from ``read_whole`` when the mailbox provides
+        :class:`~twisted_pop3ng.interfaces.IWholeMessageReader` (one read, no file object, Deferred
+        or stream: pipelined RETRs of small messages are the bulk case; bound once per login), else
+        from a file whose size ``fstat`` knows (:meth:`_send_whole`).
         """
+        session = self.session
         try:
-            read_whole = getattr(self.mailbox, "read_whole", None)
+            read_whole = session.read_whole
             data = read_whole(index, CHUNK_SIZE) if read_whole is not None else None
             if data is not None:
                 self._write_message(status, encoder, data)
                 return None
-            opened = self.mailbox.open_message(index)
+            opened = session.mailbox.open_message(index)
         except Exception:
             return defer.fail()
         if encoder is None:
@@ -463,13 +504,25 @@ class POP3ServerProtocol(SessionIO):
         return None
 
 
+def _register_preauthenticated(portal: Any) -> None:
+    """Let the portal accept what SASL has proven (SCRAM, EXTERNAL, OAuth), unless it already
+    has a checker of its own for that."""
+    checkers = getattr(portal, "checkers", None)  # a portal need not be a cred Portal
+    if checkers is not None and cred.IPreauthenticated not in checkers:
+        portal.registerChecker(cred.PreauthenticatedChecker())
+
+
 class POP3ServerFactory(Factory):
     """Builds :class:`POP3ServerProtocol` sessions against a ``twisted.cred`` portal."""
 
     protocol = POP3ServerProtocol
 
     def __init__(self, portal: Any, config: Optional[ServerConfig] = None, clock: Any = None,
-                 commands: Optional[CommandSet] = None) -> None:
+                 commands: Optional[CommandSet] = None, *,
+                 tls: Any = None, token_validator: Any = None,
+                 abuse_guard: Optional[policy.AbuseGuard] = None,
+                 sasl_secret_key: Optional[bytes] = None,
+                 sender: Any = None, connection_info: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.portal = portal
@@ -479,6 +532,41 @@ class POP3ServerFactory(Factory):
         self.clock = clock
         self.sessions = itertools.count(1)
         self._idle_sweeper: Optional[IdleSweeper] = None
+        #: The TLS context factory STLS starts (an ``IOpenSSLServerConnectionCreator`` or
+        #: ``ContextFactory``); None: STLS is not offered.
+        self.tls = tls
+        #: Validates OAUTHBEARER/XOAUTH2 tokens (``validate(token) -> user | None``, see
+        #: :mod:`twisted_pop3ng.auth.oauth`); None: those mechanisms are not offered.
+        self.token_validator = token_validator
+        self._abuse_guard = abuse_guard
+        #: Keys the made-up SCRAM salts of unknown users (stable per user): random by default.
+        self.sasl_secret_key = sasl_secret_key if sasl_secret_key is not None else os.urandom(32)
+        #: How replies reach the transport and how the addresses of a connection are read (see
+        #: :class:`~twisted_pop3ng.server.io.StockSender`,
+        #: :func:`~twisted_pop3ng.server.io.stock_connection_info`); None: the stock ones, public
+        #: Twisted API only (``twistd pop3ng`` passes the fast path's, :mod:`twisted_pop3ng.fastpath`).
+
+        self.sender = sender if sender is not None else STOCK_SENDER
+        self.connection_info = (connection_info if connection_info is not None
+                                else stock_connection_info)
+        _register_preauthenticated(portal)
+
+    @property
+    def abuse_guard(self) -> policy.AbuseGuard:
+        """This server's memory of failures, connections and logins (spanning connections).
+
+        Made at the first use unless one was given, so that a ``config.security`` replaced after
+        construction (as ``twistd pop3ng`` does) is the one it enforces."""
+        guard = self._abuse_guard
+        if guard is None:
+            config = self.config
+            guard = self._abuse_guard = policy.AbuseGuard(
+                config.security, config.auth_failure_delay, self.clock)
+        return guard
+
+    @abuse_guard.setter
+    def abuse_guard(self, guard: Optional[policy.AbuseGuard]) -> None:
+        self._abuse_guard = guard
 
     def idle_sweeper(self) -> IdleSweeper:
         if self._idle_sweeper is None:

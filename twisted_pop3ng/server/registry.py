@@ -11,7 +11,9 @@ Rules of this module:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional
+
+HandlerFunction = Callable[..., Any]
 
 #: Command words already parsed once (b"RETR", b"retr", ...) and their handlers: the common case
 #: skips the parser. Only words naming a registered command get in, and at most this many.
@@ -44,7 +46,8 @@ class CommandSet:
         self.handlers[handler.verb] = handler
         self.known.clear()
 
-    def command(self, verb: str, *states: str, capability: Any = None) -> Callable:
+    def command(self, verb: str, *states: str,
+                capability: Any = None) -> Callable[[HandlerFunction], HandlerFunction]:
         """Decorator: register ``handler(protocol, cmd)`` for ``verb`` in ``states``.
 
         ``capability`` is what CAPA lists for this verb: a string, or a callable
@@ -53,7 +56,7 @@ class CommandSet:
         if isinstance(capability, str):
             capability = _constant(capability)
 
-        def register(method: Callable) -> Callable:
+        def register(method: HandlerFunction) -> HandlerFunction:
             self.add(Handler(verb, method, frozenset(states), capability))
             return method
 
@@ -66,7 +69,7 @@ class CommandSet:
         if len(self.known) < MAX_KNOWN_VERBS:
             self.known[word] = handler
 
-    def capabilities(self, protocol: Any) -> list:
+    def capabilities(self, protocol: Any) -> List[str]:
         """CAPA lines of the handlers that offer one now, in registration order."""
         caps = [h.capability(protocol) for h in self.handlers.values() if h.capability is not None]
         return [c for c in caps if c]

@@ -1,10 +1,11 @@
 """The RFC 1939 verbs: CAPA USER PASS QUIT STAT LIST UIDL NOOP RSET DELE RETR TOP.
 
 Rules of this module: one small function per verb, ``do_VERB(protocol, cmd)``, registered in
-:data:`COMMANDS` with the states it is valid in; a handler answers at once or returns a Deferred
-(while that is pending no further line is read); errors are raised, never written here
-(:func:`twisted_pop3ng.errors.classify` maps them to ``-ERR [CODE]``). STLS, AUTH, APOP and UTF8 are
-in :mod:`.auth_verbs`.
+:data:`COMMANDS` with the states it is valid in; the session's state is read from and written to
+``protocol.session`` (read once into a local where a verb uses several fields); a handler
+answers at once or returns a Deferred (while that is pending no further line is read); errors are
+raised, never written here (:func:`twisted_pop3ng.errors.classify` maps them to ``-ERR [CODE]``).
+STLS, AUTH, APOP and UTF8 are in :mod:`.auth_verbs`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted_pop3ng.errors import BadCommand, classify
 from twisted_pop3ng.interfaces import MessageTable
 from twisted_pop3ng.server import policy
 from twisted_pop3ng.server.registry import CommandSet
+from twisted_pop3ng.server.session import ServerConnection
 from twisted_pop3ng.server.states import AUTHORIZATION, TRANSACTION, TRANSITIONS
 
 COMMANDS = CommandSet()
@@ -30,42 +32,45 @@ _SIZE = operator.attrgetter("size")
 
 
 @COMMANDS.command("CAPA", AUTHORIZATION, TRANSACTION)
-def do_CAPA(protocol: Any, cmd: wire.Command) -> None:
+def do_CAPA(protocol: ServerConnection, cmd: wire.Command) -> None:
     protocol._no_args(cmd)
     protocol.reply_lines("Capability list follows", [c.encode() for c in protocol.capabilities()])
 
 
 @COMMANDS.command("USER", AUTHORIZATION, capability=policy.user_capability)
-def do_USER(protocol: Any, cmd: wire.Command) -> None:
+def do_USER(protocol: ServerConnection, cmd: wire.Command) -> None:
     policy.check_plaintext(protocol)
     name = cmd.rest.strip(b" ")
     if not name:
         raise BadCommand("USER needs a user name")
-    protocol._username = name
+    protocol.session.username = name
     protocol.reply(True, "Send your password.")
 
 
 @COMMANDS.command("PASS", AUTHORIZATION)
-def do_PASS(protocol: Any, cmd: wire.Command) -> Optional[defer.Deferred]:
-    if protocol._username is None:
+def do_PASS(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Deferred]:
+    session = protocol.session
+    username = session.username
+    if username is None:
         raise BadCommand("Send USER first")
-    username, protocol._username = protocol._username, None
+    session.username = None
     return protocol.login(UsernamePassword(username, cmd.rest))
 
 
 @COMMANDS.command("QUIT", AUTHORIZATION, TRANSACTION)
-def do_QUIT(protocol: Any, cmd: wire.Command) -> Optional[defer.Deferred]:
+def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Deferred]:
     protocol._no_args(cmd)
-    if protocol.state == AUTHORIZATION:
+    session = protocol.session
+    if session.state == AUTHORIZATION:
         protocol.close("Bye.", ok=True)
         return None
-    protocol.state = TRANSITIONS[(protocol.state, "quit")]
-    doomed = sorted(protocol.deleted)
+    session.state = TRANSITIONS[(session.state, "quit")]
+    doomed = sorted(session.deleted)
     if not doomed:
         protocol._do_logout()
         protocol.close("Logging out.", ok=True)
         return None
-    d = defer.maybeDeferred(protocol.mailbox.commit, doomed)
+    d = defer.maybeDeferred(session.mailbox.commit, doomed)
 
     def done(_: Any) -> None:
         protocol._do_logout()
@@ -82,41 +87,44 @@ def do_QUIT(protocol: Any, cmd: wire.Command) -> Optional[defer.Deferred]:
 
 
 @COMMANDS.command("STAT", TRANSACTION)
-def do_STAT(protocol: Any, cmd: wire.Command) -> None:
+def do_STAT(protocol: ServerConnection, cmd: wire.Command) -> None:
     protocol._no_args(cmd)
-    if protocol.deleted:
+    session = protocol.session
+    messages = session.messages
+    if session.deleted:
         live = protocol._live()
-        protocol.reply(True, "%d %d" % (len(live), sum(protocol.messages[i].size for i in live)))
+        protocol.reply(True, "%d %d" % (len(live), sum(messages[i].size for i in live)))
     else:
-        messages = protocol.messages
         total = (messages.total_size() if MessageTable in type(messages).__mro__
                  else sum(map(_SIZE, messages)))
         protocol.reply(True, "%d %d" % (len(messages), total))
 
 
 @COMMANDS.command("LIST", TRANSACTION)
-def do_LIST(protocol: Any, cmd: wire.Command) -> None:
+def do_LIST(protocol: ServerConnection, cmd: wire.Command) -> None:
     index = protocol._one_or_no_message(cmd)
+    messages = protocol.session.messages
     if index is not None:
-        protocol.reply(True, "%d %d" % (index + 1, protocol.messages[index].size))
+        protocol.reply(True, "%d %d" % (index + 1, messages[index].size))
         return
     live = protocol._live()
-    total = sum(protocol.messages[i].size for i in live)
-    lines = [b"%d %d" % (i + 1, protocol.messages[i].size) for i in live]
+    total = sum(messages[i].size for i in live)
+    lines = [b"%d %d" % (i + 1, messages[i].size) for i in live]
     protocol.reply_lines("%d messages (%d octets)" % (len(live), total), lines)
 
 
 @COMMANDS.command("UIDL", TRANSACTION, capability="UIDL")
-def do_UIDL(protocol: Any, cmd: wire.Command) -> None:
+def do_UIDL(protocol: ServerConnection, cmd: wire.Command) -> None:
     index = protocol._one_or_no_message(cmd)
+    session = protocol.session
+    messages = session.messages
     if index is not None:
-        protocol.reply(True, "%d %s" % (index + 1, protocol.messages[index].uid))
+        protocol.reply(True, "%d %s" % (index + 1, messages[index].uid))
         return
-    listing = getattr(protocol.mailbox, "uidl_listing", None) if not protocol.deleted else None
-    if listing is not None:  # the optional hook: a listing kept with the mailbox's snapshot
+    listing = session.uidl_listing if not session.deleted else None
+    if listing is not None:  # IUIDLListing (bound at login): a listing kept with the snapshot
         body = listing()
     else:
-        messages = protocol.messages
         body = wire.uidl_body((i + 1, messages[i].uid) for i in protocol._live())
     protocol.write(wire.response(True, "Unique-ID listing follows"))
     protocol.write(body)
@@ -124,40 +132,41 @@ def do_UIDL(protocol: Any, cmd: wire.Command) -> None:
 
 
 @COMMANDS.command("NOOP", TRANSACTION)
-def do_NOOP(protocol: Any, cmd: wire.Command) -> None:
+def do_NOOP(protocol: ServerConnection, cmd: wire.Command) -> None:
     protocol._no_args(cmd)
     protocol.reply(True)
 
 
 @COMMANDS.command("RSET", TRANSACTION)
-def do_RSET(protocol: Any, cmd: wire.Command) -> None:
+def do_RSET(protocol: ServerConnection, cmd: wire.Command) -> None:
     protocol._no_args(cmd)
-    protocol.deleted.clear()  # type: ignore[attr-defined]
-    protocol.reply(True, "%d messages" % len(protocol.messages))
+    session = protocol.session
+    session.deleted.clear()  # type: ignore[attr-defined]
+    protocol.reply(True, "%d messages" % len(session.messages))
 
 
 @COMMANDS.command("DELE", TRANSACTION)
-def do_DELE(protocol: Any, cmd: wire.Command) -> None:
+def do_DELE(protocol: ServerConnection, cmd: wire.Command) -> None:
     words = cmd.words()
     if len(words) != 1:
         raise BadCommand("DELE needs one message number")
     index = protocol._message(words[0])
-    protocol.deleted.add(index)  # type: ignore[attr-defined]
+    protocol.session.deleted.add(index)  # type: ignore[attr-defined]
     protocol.reply(True, "Marked to be deleted.")
 
 
 @COMMANDS.command("RETR", TRANSACTION)
-def do_RETR(protocol: Any, cmd: wire.Command) -> Optional[defer.Deferred]:
+def do_RETR(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Deferred]:
     words = cmd.rest.split()
     if len(words) != 1:
         raise BadCommand("RETR needs one message number")
     index = protocol._message(words[0])
     # (The status line formatted here, not by the cached wire.response: sizes vary.)
-    return protocol.send_message(index, b"+OK %d octets\r\n" % protocol.messages[index].size)
+    return protocol.send_message(index, b"+OK %d octets\r\n" % protocol.session.messages[index].size)
 
 
 @COMMANDS.command("TOP", TRANSACTION, capability="TOP")
-def do_TOP(protocol: Any, cmd: wire.Command) -> defer.Deferred:
+def do_TOP(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Deferred]:
     words = cmd.words()
     if len(words) != 2:
         raise BadCommand("TOP needs a message number and a line count")

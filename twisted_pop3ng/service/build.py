@@ -4,12 +4,17 @@ worker processes. The only place that wires the fast path in (:mod:`twisted_pop3
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List, Optional
 
 from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_pop3ng.service import security_options as tap_security
 from twisted_pop3ng.service.options import Options
+
+_log = Logger()
 
 
 class _Listeners(service.MultiService):
@@ -28,10 +33,68 @@ class _Listeners(service.MultiService):
                                  % (getattr(listener, "description", "?"), error))
 
 
-def _listener(listener: Any, description: str, parent: service.MultiService) -> None:
-    listener._raiseSynchronously = True  # fail in privilegedStartService, not in a log line
-    listener.description = description
-    listener.setServiceParent(parent)
+class ListeningService(service.Service):
+    """Listens on ``endpoint`` with ``factory`` and keeps the ``IListeningPort`` (:attr:`port`).
+
+    What ``strports.service(description, factory, reactor=...)`` builds, minus its two private
+    attributes: an endpoint that fails at once raises from ``privilegedStartService`` (so
+    :class:`_Listeners` can end twistd with a message), and ``--workers`` reads the port it must
+    share from :attr:`port`.
+    """
+
+    def __init__(self, endpoint: Any, factory: Any, description: str = "") -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description
+        #: The IListeningPort once listening, else None.
+        self.port: Any = None
+        #: ``endpoint.listen``'s Deferred (None before listening); fires with :attr:`port`.
+        self.listening: Optional[defer.Deferred] = None
+
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        if self.listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        failed_now: List[Failure] = []
+        at_once = [True]
+
+        def listened(port: Any) -> Any:
+            self.port = port
+            return port
+
+        def failed(reason: Failure) -> None:
+            if at_once[0]:
+                failed_now.append(reason)
+            elif not reason.check(defer.CancelledError):
+                _log.failure("cannot listen on {description}", reason,
+                             description=self.description)
+
+        self.listening = self.endpoint.listen(self.factory).addCallbacks(listened, failed)
+        at_once[0] = False
+        if failed_now:
+            failed_now[0].raiseException()
+
+    def stopService(self) -> defer.Deferred:
+        service.Service.stopService(self)
+        if self.listening is None:
+            return defer.succeed(None)
+        self.listening.cancel()  # an endpoint still on its way to listening gives up
+        return self.listening.addCallback(
+            lambda port: None if port is None else port.stopListening())
+
+
+def _listener(reactor: Any, description: str, factory: Any, parent: service.MultiService) -> None:
+    """Listen on ``description`` (with :func:`with_backlog`) under ``parent``."""
+    from twisted.internet import endpoints
+
+    endpoint = endpoints.serverFromString(reactor, with_backlog(description))
+    ListeningService(endpoint, factory, description).setServiceParent(parent)
 
 
 #: Listen backlog when a tcp: endpoint names none. Twisted's default (50) makes a burst of
@@ -54,17 +117,22 @@ def make_factory(options: Options) -> Any:
 
     from twisted_pop3ng.server.realm import MailboxRealm
     from twisted_pop3ng.server.protocol import POP3ServerFactory, ServerConfig
+    from twisted_pop3ng.fastpath import send as fast_send
 
     config = ServerConfig(
         login_timeout=options["login-timeout"],
         idle_timeout=options["idle-timeout"],
         auth_failure_delay=options["auth-failure-delay"],
         max_bad_commands=options["max-bad-commands"],
+        security=tap_security.security_config(options),
     )
     portal = Portal(MailboxRealm(options["store"]), options["credCheckers"])
-    factory = POP3ServerFactory(portal, config)
-    factory.tls = options["tls"]
-    tap_security.configure(options, factory, reactor)
+    # The fast path's strategies (None, so the stock ones, if its probes failed or
+    # POP3NG_STOCK_TWISTED=1).
+    factory = POP3ServerFactory(portal, config, sender=fast_send.sender(),
+                                connection_info=fast_send.connection_info(),
+                                **tap_security.factory_arguments(options))
+    tap_security.watch_tls(options, reactor)
     return factory
 
 
@@ -77,8 +145,7 @@ def configure_reactor(options: Options, reactor: Any) -> None:
 
 
 def makeService(options: Options) -> service.MultiService:
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet import endpoints, reactor
+    from twisted.internet import reactor
     from twisted_pop3ng.fastpath.port import LeanTCPReactor
     from twisted_pop3ng.fastpath.tls import tls_factory
 
@@ -87,15 +154,13 @@ def makeService(options: Options) -> service.MultiService:
     lean = LeanTCPReactor(reactor)  # tcp: endpoints listen with server_port.LeanPort
     top = _Listeners()
     for desc in options["listen"]:
-        endpoint = endpoints.serverFromString(lean, with_backlog(desc))
-        _listener(StreamServerEndpointService(endpoint, factory), desc, top)
+        _listener(lean, desc, factory, top)
     for desc in options["tls-listen"]:
-        endpoint = endpoints.serverFromString(lean, with_backlog(desc))
-        _listener(StreamServerEndpointService(endpoint, tls_factory(options["tls"], factory)), desc, top)
+        _listener(lean, desc, tls_factory(options["tls"], factory), top)
     if options["workers"] > 1:
         from twisted_pop3ng.service.workers import WorkerPool
 
-        WorkerPool(options["workers"] - 1, list(top)).setServiceParent(top)
+        WorkerPool(options["workers"] - 1, list(top), options.arguments).setServiceParent(top)
     if options.get("demo-info") is not None:
         from twisted_pop3ng.service import demo
 

@@ -70,7 +70,9 @@ def _port(description: str) -> str:
 
 
 def announce(info: DemoInfo, listen: List[str], tls_listen: List[str]) -> None:
-    out = sys.__stdout__
+    out = sys.__stdout__  # the terminal, not twistd's log
+    if out is None:  # no terminal (pythonw, a closed stdout): nobody to tell
+        return
     plain = [_port(d) for d in listen]
     tls = [_port(d) for d in tls_listen]
     lines = [

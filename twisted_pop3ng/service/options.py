@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List
+from typing import Any, Dict, Iterable, List
 
 from twisted.application import strports
 from twisted.cred import strcred
@@ -34,7 +34,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     optParameters = [
         ["tls-cert", None, None, "PEM certificate chain, leaf first."],
         ["tls-key", None, None, "PEM private key of the certificate (default: in --tls-cert)."],
-        ["mailbox", None, None, "Mailbox store: maildir:TEMPLATE (e.g. maildir:/var/mail/{user}/Maildir)."],
+        ["mailbox", None, None, "Mailbox store: SCHEME:ARGUMENTS, e.g. maildir:/var/mail/{user}/Maildir "
+                                "(--help-mailbox lists the schemes)."],
         ["idle-timeout", None, 600.0, "Seconds of inactivity after login before disconnecting "
                                       "(RFC 1939 asks for at least 600).", float],
         ["login-timeout", None, 60.0, "Seconds of inactivity before login.", float],
@@ -47,19 +48,33 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          float],
     ] + tap_security.OPT_PARAMETERS
     supportedInterfaces = None  # any checker twisted.cred knows
+    #: Where --help-mailbox writes (strcred's --help-auth writes to ``authOutput``).
+    mailbox_output: Any = sys.stdout
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"]: List[str] = []
-        self["tls-listen"]: List[str] = []
-        self["trusted-networks"]: List[Any] = []
+        self["listen"] = []  # List[str]
+        self["tls-listen"] = []  # List[str]
+        self["trusted-networks"] = []  # List[network]
+        #: The command line these options were parsed from (``twistd pop3ng``'s own arguments):
+        #: what ``--workers`` processes are started with.
+        self.arguments: List[str] = []
 
     def parseOptions(self, options: Any = None) -> None:
         # Before any option handler (an --auth checker, say) imports the default reactor.
         from twisted_pop3ng.fastpath.reactor import install_default
 
         install_default()
+        self.arguments = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
+
+    def opt_help_mailbox(self) -> None:
+        """Show the --mailbox schemes available (Twisted plugins) and exit."""
+        from twisted_pop3ng.mailbox import SCHEMES
+        from twisted_pop3ng.mailbox.plugins import mailbox_store_factories
+
+        self.mailbox_output.write(help_mailbox(mailbox_store_factories(), SCHEMES))
+        raise SystemExit(0)
 
     def opt_listen(self, description: str) -> None:
         """Plain POP3 endpoint (repeatable), e.g. tcp:110 or tcp:1100:interface=127.0.0.1."""
@@ -107,7 +122,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
         try:
             self["store"] = store_from_spec(self["mailbox"])
-        except (MailboxSpecError, ValueError) as error:
+        except MailboxSpecError as error:
+            raise usage.UsageError("--mailbox %s: %s; --help-mailbox lists the schemes"
+                                   % (self["mailbox"], error))
+        except ValueError as error:
             raise usage.UsageError("--mailbox %s: %s" % (self["mailbox"], error))
         if not self.get("credCheckers"):
             raise usage.UsageError("give at least one --auth, e.g. --auth passwd-file:/etc/pop3ng/users")
@@ -136,6 +154,23 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["mailbox"] = "maildir:" + info.maildir_template
         if not self.get("credCheckers"):
             self.opt_auth("passwd-file:" + info.passwd_file)
+
+
+def help_mailbox(factories: Dict[str, Any], legacy: Iterable[str] = ()) -> str:
+    """The text of ``--help-mailbox``: each plugin's scheme with its help, wrapped, then the
+    schemes only the deprecated ``mailbox.SCHEMES`` table (``legacy``) provides."""
+    import textwrap
+
+    lines = ["Usage: --mailbox SCHEME:ARGUMENTS", "", "Schemes (Twisted plugins providing "
+             "twisted_pop3ng.interfaces.IMailboxStoreFactory):", ""]
+    for scheme in sorted(factories):
+        lines.append("  %s" % scheme)
+        lines.extend(textwrap.wrap(" ".join(str(factories[scheme].help).split()), width=76,
+                                   initial_indent="      ", subsequent_indent="      "))
+    for scheme in sorted(set(legacy) - set(factories)):
+        lines.append("  %s" % scheme)
+        lines.append("      (from twisted_pop3ng.mailbox.SCHEMES, which is deprecated)")
+    return "\n".join(lines) + "\n"
 
 
 def _bytes_memory_checker(checker: Any) -> None:

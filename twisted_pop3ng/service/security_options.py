@@ -1,13 +1,15 @@
 """The security half of ``twistd pop3ng``: its options, their checks, and what they set up.
 
 :mod:`twisted_pop3ng.service.build` merges :data:`OPT_FLAGS`/:data:`OPT_PARAMETERS` into its ``Options``, calls
-:func:`post_options` from ``postOptions`` and :func:`configure` from ``makeService``.
+:func:`post_options` from ``postOptions``; the factory is made with :func:`security_config` as its
+``ServerConfig.security`` and :func:`factory_arguments` as keyword arguments, and
+:func:`watch_tls` installs the certificate reload.
 """
 
 from __future__ import annotations
 
 import signal
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.logger import Logger
 from twisted.python import usage
@@ -99,13 +101,26 @@ def security_config(options: Any) -> policy.SecurityConfig:
     return config
 
 
-def configure(options: Any, factory: Any, reactor: Any) -> None:
-    """Hand the security settings to the factory; reload TLS files on SIGHUP."""
-    factory.config.security = security_config(options)
-    factory.token_validator = options.get("token-validator")
+def factory_arguments(options: Any) -> Dict[str, Any]:
+    """The ``POP3ServerFactory`` keyword arguments the options describe: the STLS context
+    (``--tls-cert``, with ``--tls-client-ca``) and the OAuth token validator."""
+    return {"tls": options.get("tls"), "token_validator": options.get("token-validator")}
+
+
+def watch_tls(options: Any, reactor: Any) -> None:
+    """Reload the TLS certificate and key on SIGHUP, once the reactor runs (if TLS is configured)."""
     tls = options.get("tls")
     if tls is not None:
         reactor.callWhenRunning(install_sighup, tls, reactor)
+
+
+def configure(options: Any, factory: Any, reactor: Any) -> None:
+    """For a factory made without the security settings: hand them to it (its declared
+    ``config.security``, ``tls`` and ``token_validator``), and :func:`watch_tls`."""
+    factory.config.security = security_config(options)
+    for name, value in factory_arguments(options).items():
+        setattr(factory, name, value)
+    watch_tls(options, reactor)
 
 
 def install_sighup(tls: Any, reactor: Any) -> None:

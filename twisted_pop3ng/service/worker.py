@@ -1,8 +1,11 @@
 """One ``--workers`` process: adopts the listening sockets its master passes and serves them.
 
-Started by :class:`twisted_pop3ng.service.workers.WorkerPool` as
-``python -m twisted_pop3ng.service.worker FD:KIND[,FD:KIND...] -- POP3NG-ARGS``; it exits when the
-master goes away (its stdin is a pipe from the master).
+Started by :class:`twisted_pop3ng.service.workers.WorkerPool` (``python -c`` with
+:data:`~twisted_pop3ng.service.workers.BOOTSTRAP`), which writes its configuration as one JSON line
+on its stdin (:func:`~twisted_pop3ng.service.workers.worker_config`): ``arguments`` (the
+``pop3ng`` arguments), ``sockets`` (``"FD:KIND,..."``) and ``sys_path``. It exits when the master
+goes away (that stdin pipe reaches EOF). ``python -m twisted_pop3ng.service.worker`` reads the same
+line.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 
 def _watch_master(reactor: Any) -> None:
@@ -38,11 +41,9 @@ def _watch_master(reactor: Any) -> None:
     Watch(reactor).startReading()
 
 
-def worker_main(argv: Sequence[str]) -> None:
-    """``python -m twisted_pop3ng.service.worker FD:KIND[,FD:KIND...] -- POP3NG-ARGS``."""
-    spec, separator, *args = argv
-    if separator != "--":
-        raise SystemExit("usage: python -m twisted_pop3ng.service.worker FD:KIND,... -- POP3NG-ARGS")
+def worker_main(config: Mapping[str, Any]) -> None:
+    """Serve the sockets ``config["sockets"]`` names, configured by ``config["arguments"]``."""
+    spec, args = config["sockets"], config["arguments"]
     from twisted_pop3ng.fastpath.reactor import install_default
 
     install_default()  # as twistd pop3ng does
@@ -73,4 +74,8 @@ def worker_main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    worker_main(sys.argv[1:])
+    import json
+
+    _line = sys.stdin.buffer.readline()
+    if _line:
+        worker_main(json.loads(_line))

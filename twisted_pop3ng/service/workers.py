@@ -8,8 +8,13 @@ What stays true across processes:
 
 * maildrop locks are ``flock`` locks on files, so a second login is refused (``[IN-USE]``) whichever
   process holds the first; the maildir index is a file, validated by every process;
-* each worker re-reads the same command line, so it has the same users, mailboxes, TLS files and
-  limits. Per-address connection limits and failure delays are counted per process.
+* each worker parses the same ``pop3ng`` arguments (those the master's :class:`Options` parsed,
+  minus ``--workers``), so it has the same users, mailboxes, TLS files and limits. Per-address
+  connection limits and failure delays are counted per process.
+
+A worker gets its configuration explicitly: one JSON line on its stdin (:func:`worker_config`) with
+those arguments, the sockets it inherits and the master's ``sys.path`` (so it imports the very
+package the master runs, installed or not); its environment is the master's own.
 
 Workers are supervised: one that dies is started again (at most :data:`MAX_RESTARTS` a minute); they
 get SIGHUP (TLS reload) and SIGTERM when the server stops, and exit by themselves if the master goes
@@ -18,11 +23,12 @@ away (their stdin is a pipe from it).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -38,8 +44,32 @@ STOP_TIMEOUT = 10.0
 FIRST_FD = 3
 
 
+#: What a worker runs (``python -c``): read the configuration line, take the master's ``sys.path``,
+#: then import the worker. Only the standard library runs before ``sys.path`` is set.
+BOOTSTRAP = ("import json, sys\n"
+             "line = sys.stdin.buffer.readline()\n"
+             "if not line:\n"
+             "    raise SystemExit(0)  # the master went away before it said anything\n"
+             "config = json.loads(line)\n"
+             "sys.path[:] = config['sys_path']\n"
+             "from twisted_pop3ng.service.worker import worker_main\n"
+             "worker_main(config)\n")
+
+
+def worker_config(arguments: Sequence[str], sockets: Sequence[Tuple[int, str]],
+                  sys_path: Sequence[str]) -> bytes:
+    """The line a worker reads on its stdin: its ``pop3ng`` arguments, its sockets as
+    ``"FD:KIND,..."`` (numbered from :data:`FIRST_FD` in the worker) and the ``sys.path`` to use."""
+    spec = ",".join("%d:%s" % (FIRST_FD + i, kind) for i, (_, kind) in enumerate(sockets))
+    # Imports ignore sys.path entries that are not str; so does the worker.
+    path = [entry for entry in sys_path if isinstance(entry, str)]
+    config = {"arguments": list(arguments), "sockets": spec, "sys_path": path}
+    return json.dumps(config).encode("ascii") + b"\n"
+
+
 def pop3ng_arguments(argv: Sequence[str]) -> List[str]:
-    """The ``pop3ng`` plugin's own arguments from a twistd command line (after ``pop3ng``)."""
+    """Deprecated, unused: the ``pop3ng`` plugin's own arguments from a twistd command line (after
+    ``pop3ng``). Workers get :attr:`Options.arguments <twisted_pop3ng.service.options.Options>`."""
     args = list(argv[1:])
     if "pop3ng" not in args:
         raise ValueError("cannot find the pop3ng subcommand in %r" % (list(argv),))
@@ -74,13 +104,15 @@ class _Worker(protocol.ProcessProtocol):
 class WorkerPool(service.Service):
     """Spawns and supervises ``count`` workers sharing the sibling listeners' sockets."""
 
-    def __init__(self, count: int, listeners: Sequence[Any], argv: Optional[Sequence[str]] = None,
+    def __init__(self, count: int, listeners: Sequence[Any], arguments: Sequence[str],
                  reactor: Any = None) -> None:
+        """``listeners``: started :class:`~twisted_pop3ng.service.build.ListeningService`
+        objects; ``arguments``: the master's ``pop3ng`` arguments (``Options.arguments``)."""
         if reactor is None:
             from twisted.internet import reactor
         self.count = count
         self.listeners = list(listeners)
-        self.args = without_workers(pop3ng_arguments(argv if argv is not None else sys.argv))
+        self.args = without_workers(arguments)
         self.reactor = reactor
         self.workers: Dict[int, Tuple[_Worker, Any]] = {}
         self.restarts: List[float] = []
@@ -91,7 +123,9 @@ class WorkerPool(service.Service):
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         for listener in self.listeners:
-            port = _listening_port(listener)
+            port = listener.port
+            if port is None:
+                raise RuntimeError("--workers: %s is not listening" % (listener.description,))
             kind = "tls" if isinstance(port.factory, TLSMemoryBIOFactory) else "plain"
             self.sockets.append((port.fileno(), kind))
         for slot in range(self.count):
@@ -99,16 +133,15 @@ class WorkerPool(service.Service):
         self.reactor.callWhenRunning(self.reactor.callLater, 0, self._chain_sighup)
 
     def _spawn(self, slot: int) -> None:
-        spec = ",".join("%d:%s" % (FIRST_FD + i, kind) for i, (_, kind) in enumerate(self.sockets))
         child_fds: Dict[int, Any] = {0: "w", 1: 1, 2: 2}
         for i, (fd, _) in enumerate(self.sockets):
             child_fds[FIRST_FD + i] = fd
         worker = _Worker(self, slot)
-        args = [sys.executable, "-m", "twisted_pop3ng.service.worker", spec, "--"] + self.args
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd()] + sys.path))
-        transport = self.reactor.spawnProcess(worker, sys.executable, args, env=env,
-                                              childFDs=child_fds)
+        transport = self.reactor.spawnProcess(worker, sys.executable,
+                                              [sys.executable, "-c", BOOTSTRAP],
+                                              env=dict(os.environ), childFDs=child_fds)
+        # Never closed: the worker exits when this pipe reaches EOF (the master is gone).
+        transport.writeToChild(0, worker_config(self.args, self.sockets, sys.path))
         self.workers[slot] = (worker, transport)
         log.info("worker {slot} started (pid {pid})", slot=slot + 1, pid=transport.pid)
 
@@ -123,7 +156,11 @@ class WorkerPool(service.Service):
                       slot=worker.slot + 1)
             return
         log.warn("worker {slot} died; starting it again", slot=worker.slot + 1)
-        self.reactor.callLater(1.0, lambda: self.running and self._spawn(worker.slot))
+        self.reactor.callLater(1.0, self._respawn, worker.slot)
+
+    def _respawn(self, slot: int) -> None:
+        if self.running:
+            self._spawn(slot)
 
     def signal_workers(self, signum: int) -> None:
         for _, transport in list(self.workers.values()):
@@ -154,23 +191,3 @@ class WorkerPool(service.Service):
                 kill.cancel()
 
         return defer.DeferredList(ended).addCallback(done)
-
-
-def _listening_port(listener: Any) -> Any:
-    """The IListeningPort of a started StreamServerEndpointService (it listened synchronously)."""
-    found: List[Any] = []
-    waiting = getattr(listener, "_waitingForPort", None)
-    if waiting is None:
-        raise RuntimeError("--workers: a listener has not started")
-
-    def grab(port: Any) -> Any:
-        found.append(port)
-        return port
-
-    waiting.addCallback(grab)
-    if not found:
-        raise RuntimeError("--workers: a listener is not listening")
-    return found[0]
-
-
-# -- the worker process -----------------------------------------------------------------------------

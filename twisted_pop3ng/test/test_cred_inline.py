@@ -82,3 +82,38 @@ class LoginNowTests(unittest.TestCase):
         d = cred.login_now(portal, UsernamePassword(b"bob", b"secret"), IMailbox)
         self.assertIsInstance(d, defer.Deferred)
         self.assertEqual(self.successResultOf(d)[1], "mailbox of bob")
+
+    def test_only_a_declared_inline_checker_is_asked_at_once(self) -> None:
+        """``avatar_id_now`` is the IInlineChecker extension point: a checker that merely has a
+        method of that name is asked through the portal (``requestAvatarId``)."""
+        from twisted.cred.checkers import ICredentialsChecker
+        from twisted.cred.credentials import IUsernamePassword
+        from twisted.cred.portal import Portal
+        from twisted.internet import defer
+        from zope.interface import implementer
+
+        from twisted_pop3ng.interfaces import IInlineChecker, IMailbox
+
+        class Realm:
+            def requestAvatar(self, avatar_id, mind, *interfaces):
+                return interfaces[0], "mailbox of " + avatar_id, lambda: None
+
+        @implementer(ICredentialsChecker)
+        class Undeclared:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def avatar_id_now(self, credentials):
+                return "alice"
+
+            def requestAvatarId(self, credentials):
+                return defer.Deferred()  # never answers
+
+        @implementer(IInlineChecker)
+        class Declared(Undeclared):
+            pass
+
+        credentials = UsernamePassword(b"alice", b"pw")
+        result = cred.login_now(Portal(Realm(), [Declared()]), credentials, IMailbox)
+        self.assertEqual(result[:2], (IMailbox, "mailbox of alice"))
+        pending = cred.login_now(Portal(Realm(), [Undeclared()]), credentials, IMailbox)
+        self.assertNoResult(pending)

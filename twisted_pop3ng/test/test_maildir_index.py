@@ -107,7 +107,7 @@ class IndexTests(unittest.TestCase):
         self.age_directories()
         self.session()
         header, dirs, _ = self.index_text().split("\n", 2)
-        for rows in ["garbage\x00",
+        for text in ["garbage\x00",
                      "7 1700000001.a.host cur/../../../../etc/passwd\n",
                      "7 1700000001.a.host /etc/passwd\n",
                      "7 bad\x7fuid new/1700000001.a.host\n",
@@ -116,9 +116,9 @@ class IndexTests(unittest.TestCase):
                      "x 1700000001.a.host new/1700000001.a.host\n"]:
             mi.forget()
             with open(os.path.join(self.path, mi.INDEX_NAME), "w", encoding="utf-8") as f:
-                f.write("%s\n%s\n%s" % (header, dirs, rows))
+                f.write("%s\n%s\n%s" % (header, dirs, text))
             box = self.store.open_mailbox("alice")
-            self.assertEqual(box.list_messages(), [md.MessageInfo("1700000001.a.host", 8)], rows)
+            self.assertEqual(box.list_messages(), [md.MessageInfo("1700000001.a.host", 8)], text)
             with box.open_message(0) as f:
                 self.assertEqual(f.read(), b"secret\n")
             box.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -136,7 +137,7 @@ class AddressPolicyTests(unittest.TestCase):
     def allowed(self, peer, host, **security) -> bool:
         from twisted_pop3ng.server import policy
 
-        proto = server.POP3ServerFactory(Portal(MailboxRealm(MemoryStore()), []),
+        proto: Any = server.POP3ServerFactory(Portal(MailboxRealm(MemoryStore()), []),
                                          server.ServerConfig(security=SecurityConfig(**security)),
                                          clock=task.Clock()).buildProtocol(None)
         proto.transport = StringTransport(hostAddress=host, peerAddress=peer)

@@ -1,4 +1,5 @@
-"""The lean listening port (``server_port.LeanPort``): real sockets on 127.0.0.1."""
+"""The lean listening port (``fastpath.port.LeanPort``): real sockets on 127.0.0.1; its fallbacks
+are in test_fastpath."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from twisted.trial import unittest
 
 from twisted_pop3ng.fastpath import port as server_port
 from twisted_pop3ng.service import build as tap
+from twisted_pop3ng.test.test_fastpath import force_fast
 
 
 class Greeter(protocol.Protocol):
@@ -46,6 +48,9 @@ def greeting(port: int, send: bytes = b"") -> bytes:
 
 
 class LeanPortTests(unittest.TestCase):
+    def setUp(self) -> None:
+        force_fast(self)  # about the lean port: on even in the POP3NG_STOCK_TWISTED=1 leg
+
     def listen(self, factory: protocol.Factory) -> server_port.LeanPort:
         port = server_port.LeanTCPReactor(reactor).listenTCP(0, factory, 50, "127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -142,10 +147,7 @@ class LeanPortTests(unittest.TestCase):
         top = tap.makeService(options)
         top.privilegedStartService()
         self.addCleanup(top.stopService)
-        listener = list(top)[0]
-        ports = []
-        listener._waitingForPort.addCallback(lambda port: ports.append(port) or port)
-        port = ports[0]
+        port = list(top)[0].port
         self.assertIsInstance(port, server_port.LeanPort)
         self.assertEqual(port.backlog, tap.DEFAULT_BACKLOG)
         data = yield deferToThreadGreeting(port.getHost().port, b"QUIT\r\n")

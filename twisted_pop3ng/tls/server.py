@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
+
+from twisted_pop3ng.tls.pem import pem_blocks
 
 
 class TLSConfigError(ValueError):
@@ -33,7 +35,7 @@ def load_options(cert_path: str, key_path: Optional[str] = None) -> ssl.Certific
     """CertificateOptions for a PEM chain (leaf first) and its key; TLS 1.2 is the minimum."""
     chain_pem = _read(cert_path, "certificate")
     key_pem = _read(key_path, "key") if key_path else chain_pem
-    blocks = _pem_blocks(chain_pem, b"CERTIFICATE")
+    blocks = pem_blocks(chain_pem, b"CERTIFICATE")
     if not blocks:
         raise TLSConfigError("no PEM certificate found in %s" % cert_path)
     from cryptography import x509
@@ -60,20 +62,6 @@ def load_options(cert_path: str, key_path: Optional[str] = None) -> ssl.Certific
     # preference): AES-128-GCM first, ~1.4x the throughput of OpenSSL's default AES-256-GCM.
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES)
     return options
-
-
-def _pem_blocks(data: bytes, kind: bytes) -> List[bytes]:
-    begin, end = b"-----BEGIN " + kind + b"-----", b"-----END " + kind + b"-----"
-    blocks, pos = [], 0
-    while True:
-        start = data.find(begin, pos)
-        if start == -1:
-            return blocks
-        stop = data.find(end, start)
-        if stop == -1:
-            return blocks
-        blocks.append(data[start : stop + len(end)] + b"\n")
-        pos = stop + len(end)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

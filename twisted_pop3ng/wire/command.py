@@ -60,5 +60,6 @@ def parse_count(word: bytes) -> int:
     if not word.isdigit() or not word.isascii():
         raise WireError("Invalid line count")
     if len(word) > MAX_NUMBER_DIGITS:
-        return 10 ** MAX_NUMBER_DIGITS
+        capped: int = 10 ** MAX_NUMBER_DIGITS  # (int ** int is typed Any: a negative power is a float)
+        return capped
     return int(word)

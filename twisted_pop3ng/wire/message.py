@@ -129,7 +129,7 @@ class MessageEncoder:
                 data = data.replace(b"\r\n", b"\n")
             data = data.replace(b"\n", b"\r\n")
         if self._limit is not None:
-            data = self._cut(data)
+            data = self._cut(data, self._limit)
         return self._emit(data)
 
     def encode_all(self, data: bytes) -> List[bytes]:
@@ -163,7 +163,7 @@ class MessageEncoder:
         self._empty = False
         return data
 
-    def _cut(self, data: bytes) -> bytes:
+    def _cut(self, data: bytes, limit: int) -> bytes:
         """Apply the TOP limit to normalised data; set ``done`` when the limit is reached."""
         pos = 0
         size = len(data)
@@ -178,12 +178,12 @@ class MessageEncoder:
             if self._in_headers:
                 if line_len == 2:
                     self._in_headers = False
-                    if self._limit == 0:
+                    if limit == 0:
                         self.done = True
                         return data[:pos]
             else:
                 self._body_sent += 1
-                if self._body_sent >= self._limit:
+                if self._body_sent >= limit:
                     self.done = True
                     return data[:pos]
         return data
@@ -281,7 +281,9 @@ class MultiLineDecoder:
 
 py_stuff_dots, py_encode_body, py_wire_size_of = stuff_dots, encode_body, wire_size_of
 try:
-    from twisted_pop3ng.wire._speedups import encode_body, stuff_dots, wire_size_of  # type: ignore[no-redef]  # noqa: F811
+    # (The C functions take their argument by position only: hence the ignore.)
+    from twisted_pop3ng.wire._speedups import (  # type: ignore[assignment]  # noqa: F811
+        encode_body, stuff_dots, wire_size_of)
 except ImportError:  # not compiled here: the pure-Python versions above
     SPEEDUPS = False
 else:

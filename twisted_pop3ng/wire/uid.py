@@ -11,7 +11,12 @@ from typing import Iterable, Tuple
 
 from twisted_pop3ng.wire.limits import MAX_UID_LENGTH
 
-_UID_RE = re.compile(rb"\A[\x21-\x7e]{1,%d}\Z" % MAX_UID_LENGTH)
+#: The octets a UIDL may hold, and one UIDL as a regular-expression fragment (no anchors): for
+#: code that checks many UIDLs at once (the maildir listing) without writing the rule again.
+UID_OCTETS = bytes(range(0x21, 0x7F))
+UID_PATTERN = r"[\x21-\x7e]{1,%d}" % MAX_UID_LENGTH
+
+_UID_RE = re.compile((r"\A%s\Z" % UID_PATTERN).encode("ascii"))
 
 
 def is_valid_uid(uid: str) -> bool:

@@ -28,18 +28,20 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 
 from twisted_pop3ng.interfaces import MessageInfo
 from twisted_pop3ng.mailbox.maildir.names import uid_for as maildir_uid_for
+from twisted_pop3ng.wire.limits import MAX_UID_LENGTH
+from twisted_pop3ng.wire.uid import UID_OCTETS, UID_PATTERN
 
 _W_FIELD = re.compile(r",W=(\d+)")
 #: Standard names start TIME.M<usec>; usec is not zero-padded, so order numerically, not by name.
 _ORDER = re.compile(r"(\d{1,20})(?:\.M(\d{1,9}))?")
 #: Lines that all start TIME(10).M<usec>(6): their order as strings is delivery order.
 _PADDED = re.compile(r"\d{10}\.M\d{6}(?!\d)[^\n]*(?:\n\d{10}\.M\d{6}(?!\d)[^\n]*)*")
-UIDS = re.compile(r"[\x21-\x7e]{1,70}(?:\n[\x21-\x7e]{1,70})*")
+UIDS = re.compile(r"%s(?:\n%s)*" % (UID_PATTERN, UID_PATTERN))
 #: The same tests as ``_PADDED`` and ``UIDS`` on ASCII text, by ``bytes`` methods (3-4 times
 #: cheaper for 100,000 names): digits made ``0``, and the octets a UIDL may hold.
 _ZERO_DIGITS = bytes.maketrans(b"123456789", b"0" * 9)
 _PADDED_LINE = b"\n0000000000.M000000"
-_UID_OCTETS = bytes(range(0x21, 0x7F))
+_UID_OCTETS = UID_OCTETS
 #: Distinct ``:info`` suffixes (flag sets) :func:`strip_infos` removes one ``replace`` at a time.
 MAX_INFOS = 16
 
@@ -198,7 +200,7 @@ def valid_uids(bases: List[str]) -> bool:
         return False
     # Once the UIDL octets are deleted only the LF between names may be left.
     return (len(text.encode("ascii").translate(None, _UID_OCTETS)) == len(bases) - 1
-            and max(map(len, bases)) <= 70 and min(map(len, bases)) >= 1)
+            and max(map(len, bases)) <= MAX_UID_LENGTH and min(map(len, bases)) >= 1)
 
 
 def uids_of(bases: List[str], uid_for: Callable[[str], str]) -> List[str]:
@@ -268,7 +270,7 @@ def standard_rows(new: List[str], cur: List[str], uid_for: Callable[[str], str],
         return None  # a base name listed twice, or a prefix of another
     # Names of UIDL octets only have base names of UIDL octets; padded ones are not empty.
     if (uid_for is maildir_uid_for and len(raw.translate(None, _UID_OCTETS)) == n - 1
-            and max(map(len, ordered)) <= 70):
+            and max(map(len, ordered)) <= MAX_UID_LENGTH):
         uids = ordered
     else:
         uids = list(map(uid_for, ordered))

@@ -1,18 +1,19 @@
 """Maildir file names: the base name (before ``:2,flags``) and the UIDL made of it.
 
-Rules of this module: a leaf (standard library and :mod:`twisted_pop3ng.wire.uid` only), so the
-store, the index and the listing can all use it without importing each other.
+Rules of this module: a leaf (standard library, :mod:`twisted_pop3ng.wire.uid` and the core
+:mod:`twisted_pop3ng._maildir` only), so the store, the index and the listing can all use it
+without importing each other. ``base_name`` lives in :mod:`twisted_pop3ng._maildir`, which
+``pop3ng fetch`` shares.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from twisted_pop3ng._maildir import base_name
 from twisted_pop3ng.wire.uid import is_valid_uid
 
-
-def base_name(filename: str) -> str:
-    return filename.partition(":")[0]
+__all__ = ["base_name", "uid_for"]
 
 
 def uid_for(base: str) -> str:

@@ -29,9 +29,11 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tupl
 from zope.interface import implementer
 
 from twisted_pop3ng.errors import MailboxInUse, MessageVanished, POP3Error
-from twisted_pop3ng.interfaces import IMailbox, IMailboxStore, IMaildropLock, MessageInfo, MessageTable
+from twisted_pop3ng.interfaces import (IMailbox, IMailboxStore, IMaildropLock, IUIDLListing,
+                                       IWholeMessageReader, MessageInfo, MessageTable)
 from twisted_pop3ng.wire import uidl_body
 from twisted_pop3ng._fs import fsync_directory, write_atomically  # noqa: F401  (re-exported)
+from twisted_pop3ng import _maildir
 from twisted_pop3ng.mailbox.maildir import index as maildir_index
 from twisted_pop3ng.mailbox.maildir.names import base_name, uid_for
 from twisted_pop3ng.mailbox import safe_username
@@ -110,7 +112,7 @@ class MaildirStore:
             raise
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IWholeMessageReader, IUIDLListing)
 class MaildirMailbox:
     """A locked maildir and the snapshot taken when it was opened."""
 
@@ -241,20 +243,9 @@ class MaildirMailbox:
 
 
 def deliver(maildir: str, message: bytes, name: Optional[str] = None) -> str:
-    """Deliver a message the Maildir way (tmp, fsync, rename into new); returns the file name."""
-    import time
+    """Deliver a message the Maildir way (tmp, fsync, rename into new); returns the file name.
 
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
-    if name is None:
-        now = time.time()
-        name = "%d.M%06dP%dQ%s.%s" % (int(now), int(now * 1e6) % 1000000, os.getpid(),
-                                    os.urandom(4).hex(), socket.gethostname().replace("/", "_"))
-    tmp = os.path.join(maildir, "tmp", name)
-    with open(tmp, "wb") as f:
-        f.write(message)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, os.path.join(maildir, "new", name))
-    fsync_directory(os.path.join(maildir, "new"))
-    return name
+    The one Maildir delivery of the package, shared with ``pop3ng fetch``: see
+    :func:`twisted_pop3ng._maildir.deliver`.
+    """
+    return _maildir.deliver(maildir, message, name)

@@ -1,0 +1,62 @@
+"""``--mailbox`` schemes as Twisted plugins: the built-in factories and the lookup of all of them.
+
+A backend is an :class:`~twisted_pop3ng.interfaces.IMailboxStoreFactory` plugin (the ``--mailbox``
+counterpart of strcred's ``ICheckerFactory``): a module-level object in a drop-in file under a
+``twisted/plugins/`` directory on ``sys.path``. ``twisted/plugins/pop3ng.py`` holds the built-in
+ones, instances of the classes below.
+
+Rules of this module: it is imported by the drop-in, so whenever any ``twistd`` command looks for
+plugins; keep it import-light (zope.interface, twisted.plugin and our interfaces only) and import a
+store's module inside ``makeStore``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from twisted_pop3ng.interfaces import IMailboxStoreFactory
+
+
+@implementer(IPlugin, IMailboxStoreFactory)
+class MaildirStoreFactory:
+    """``--mailbox maildir:TEMPLATE``: :class:`~twisted_pop3ng.mailbox.maildir.MaildirStore`."""
+
+    scheme = "maildir"
+    help = ("Maildirs at a path template with {user}, created (mode 0700) at the first login, e.g. "
+            "maildir:/var/mail/{user}/Maildir. UIDL is the file's base name; the maildrop lock is "
+            "flock, so it holds across --workers processes.")
+
+    def makeStore(self, argstring: str) -> Any:
+        from twisted_pop3ng.mailbox.maildir.store import MaildirStore
+
+        return MaildirStore(argstring)
+
+
+@implementer(IPlugin, IMailboxStoreFactory)
+class MemoryStoreFactory:
+    """``--mailbox memory:``: :class:`~twisted_pop3ng.mailbox.memory.MemoryStore` (tests, demos)."""
+
+    scheme = "memory"
+    help = ("Maildrops in memory, empty at start and gone at exit, one per process (for tests); "
+            "no arguments: memory:")
+
+    def makeStore(self, argstring: str) -> Any:
+        from twisted_pop3ng.mailbox.memory import MemoryStore
+
+        return MemoryStore.from_spec(argstring)
+
+
+def mailbox_store_factories() -> Dict[str, Any]:
+    """Every ``--mailbox`` scheme the installed plugins provide, by scheme name.
+
+    When two plugins claim one scheme the first one found wins (as strcred does for ``--auth``).
+    """
+    from twisted.plugin import getPlugins
+
+    found: Dict[str, Any] = {}
+    for factory in getPlugins(IMailboxStoreFactory):
+        found.setdefault(str(factory.scheme), factory)
+    return found
