@@ -5,7 +5,8 @@
 
 Run as root from the repository root (Dovecot needs root to drop privileges). Each peer is started
 on 127.0.0.1 over its own hard-linked copy of the same generated maildirs, measured, and stopped.
-The result is a table of the measurements, the ratios against the peers and the goals of issue 5.
+The result is a table of the measurements, the ratios against the peers and the performance goals
+(docs/performance.rst).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Rules of this module: standard library and :mod:`twisted_pop3ng._fs` only -- a core leaf, so the
 maildir store (:func:`twisted_pop3ng.mailbox.maildir.deliver`) and ``pop3ng fetch``
 (:class:`twisted_pop3ng.fetch.delivery.MaildirDestination`) deliver the same way without importing
-each other. A message is written to ``tmp/NAME`` (never through a symlink), fsynced, renamed into
+each other. A message is written to a new ``tmp/NAME`` (never through a symlink or a hard
+link someone planted there), fsynced, renamed into
 ``new/NAME``, and ``new/`` is fsynced once per batch of renames.
 """
 
@@ -67,11 +68,18 @@ class TmpFile:
         self._fd: Optional[int] = None
 
     def open(self) -> int:
-        """The file's descriptor, created (or truncated: a killed run may have left it) on first use."""
+        """The file's descriptor, created new on first use (a file a killed run left under the
+        name is removed first)."""
         if self._fd is None:
-            # O_NOFOLLOW: a symlink planted in tmp/ must not redirect the write.
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                               self.mode)
+            # O_EXCL, never O_TRUNC: a symlink or a hard link planted in tmp/ under a predictable
+            # name (``pop3ng fetch``'s keyed names) must not make root truncate the file it
+            # points to (audit F17). Unlinking a name never touches the file behind it.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            try:
+                self._fd = os.open(self.path, flags, self.mode)
+            except FileExistsError:
+                os.unlink(self.path)
+                self._fd = os.open(self.path, flags, self.mode)
         return self._fd
 
     def write(self, data: bytes) -> None:

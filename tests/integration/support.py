@@ -1,6 +1,6 @@
 """Shared helpers for end-to-end tests: run the real ``twistd pop3ng`` process on loopback ports.
 
-The server is started exactly as users start it (DESIGN.md §3) and talked to over real sockets.
+The server is started exactly as users start it (docs/server.rst) and talked to over real sockets.
 Ports are chosen by the kernel (``tcp:0``) and read back from the server's log, so parallel test
 runs never race for a port.
 """

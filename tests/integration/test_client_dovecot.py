@@ -137,3 +137,37 @@ class DovecotClientTests(unittest.TestCase):
             await client.when_closed()
             self.assertEqual(self.remaining(), len(self.messages))
         return defer.ensureDeferred(go())
+
+
+class DovecotWithoutTLSTests(unittest.TestCase):
+    """Finding F18: over a connection without TLS (an endpoint, no ``hostname``), the client does
+    not use CRAM-MD5, whose exchange an observer can crack offline, unless plaintext is allowed.
+    Dovecot counts loopback as secured, so it offers everything here."""
+
+    def setUp(self):
+        root = self.mktemp()
+        os.makedirs(root)
+        self.dovecot = start_dovecot(os.path.join(root, "dovecot"), {"bob": PASSWORD},
+                                     extra_config="auth_mechanisms = plain cram-md5\n")
+        self.addCleanup(self.dovecot.stop)
+        deliver(self.dovecot.maildir("bob"), sample(1))
+
+    def endpoint(self):
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.dovecot.port)
+
+    def test_cram_md5_only_when_plaintext_is_allowed(self):
+        async def go():
+            for mechanism in (None, "CRAM-MD5"):
+                try:
+                    client = await connect(reactor, self.endpoint(), "bob", PASSWORD,
+                                           mechanism=mechanism)
+                except pop3.CapabilityError as e:
+                    self.assertIn("TLS", str(e))
+                else:
+                    await client.quit()
+                    self.fail("logged in with %s without TLS" % client.mechanism)
+            client = await connect(reactor, self.endpoint(), "bob", PASSWORD, allow_plaintext=True)
+            self.assertEqual(client.mechanism, "CRAM-MD5")
+            self.assertEqual((await client.stat())[0], 1)
+            await client.quit()
+        return defer.ensureDeferred(go())

@@ -1,5 +1,6 @@
-"""Our client against our own ``twistd pop3ng`` over real loopback sockets: STLS, SCRAM-PLUS with
-both channel-binding types, IN-USE, and a connection dropped in the middle of a RETR."""
+"""Our client against our own ``twistd pop3ng`` over real loopback sockets: STLS (a command queued
+behind it included), SCRAM-PLUS with both channel-binding types, IN-USE, and a connection dropped
+in the middle of a RETR."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.trial import unittest
 
 from twisted_pop3ng import client as pop3
-from twisted_pop3ng.client.connect import connect, trust_root
+from twisted_pop3ng.client.connect import connect, tls_options, trust_root
 
 from .support import start_server
 
@@ -35,6 +36,24 @@ class OurServerTests(unittest.TestCase):
             self.assertEqual(client.mechanism, "SCRAM-SHA-256-PLUS")  # tls-exporter over TLS 1.3
             bodies = await defer.gatherResults([client.retrieve(n) for n in range(1, 6)])
             self.assertEqual(bodies, self.messages)
+            await client.quit()
+        return defer.ensureDeferred(go())
+
+    def test_command_queued_behind_stls_goes_over_tls(self):
+        """Finding F15: ``starttls()`` then ``capa()`` without waiting. Before the fix CAPA went out
+        in plaintext after the +OK, into the server's TLS handshake, and the session died."""
+        async def go():
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port)
+            client = await endpoint.connect(pop3.POP3ClientFactory())
+            await client.ready
+            await client.capa()
+            tls = client.starttls(tls_options("localhost", self.ca))
+            early = client.capa()
+            self.assertIn("SASL", await early)
+            self.assertIn("SASL", await tls)
+            self.assertTrue(client.tls)
+            await client.login("alice", PASSWORD)
+            self.assertEqual((await client.stat())[0], 5)
             await client.quit()
         return defer.ensureDeferred(go())
 

@@ -1,4 +1,4 @@
-"""Black-box conformance: session semantics on a real maildir (DESIGN.md §2).
+"""Black-box conformance: session semantics on a real maildir.
 
 Snapshot at login, stable and unique UIDLs across sessions and renames, deletions only at QUIT,
 nothing committed on a drop, the maildrop lock, and storage errors that leave the session alive.

@@ -215,12 +215,20 @@ class DovecotFetchTests(FetchTestBase):
         self.assertEqual(self.on_server(), 0)
 
     def test_hashed_password_on_the_server(self):
-        """Dovecot offers SCRAM but holds a SHA512-CRYPT hash: SCRAM fails, PLAIN over TLS works."""
+        """Dovecot offers SCRAM but holds a SHA512-CRYPT hash: SCRAM fails; the fallback to PLAIN
+        over TLS is opt-in (finding F18: it hands the password to the server), so without
+        --allow-plain-fallback the run fails and fetches nothing, and with it the run works."""
         hashed = subprocess.check_output(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD])
         with open(os.path.join(self.dovecot.root, "users"), "wb") as f:
             f.write(b"bob:" + hashed.strip() + b"\n")
         self.put(3)
         code, err = self.fetch(self.url, *self.args())
+        self.assertEqual(code, fetch.EXIT_AUTH, err)
+        self.assertIn("AUTH SCRAM-SHA-256", err)
+        self.assertIn("--allow-plain-fallback", err)
+        self.assertEqual(self.on_server(), 3)
+        self.assertEqual(maildir_messages(self.out), [])
+        code, err = self.fetch(self.url, *self.args("--allow-plain-fallback"))
         self.assertEqual(code, 0, err)
         self.assert_exactly_once()
         self.assertEqual(self.on_server(), 0)
@@ -343,6 +351,32 @@ class OurServerFetchTests(FetchTestBase):
             entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", f.read())[1:]
         got = sorted(re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries)
         self.assertEqual(got, sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages))
+
+    def test_mbox_recovery_keeps_mail_another_program_appended(self):
+        """Finding F11: fetch is killed with an append partly written, procmail appends a message,
+        fetch runs again. Before the fix the rerun cut the file at the recorded offset and the
+        other message was gone; now the foreign bytes stay, the user is told, nothing is lost."""
+        path = os.path.join(self.root, "inbox.mbox")
+        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
+                             kill_at="delivered:1")
+        self.assertEqual(code, -signal.SIGKILL)
+        with open(path, "r+b") as f:  # as if the kill had come in the middle of the write
+            f.truncate(os.path.getsize(path) - 100)
+        theirs = b"From procmail@example.org Mon Jan  1 00:00:00 2024\nSubject: theirs\n\nkeep me\n\n"
+        with open(path, "ab") as f:
+            f.write(theirs)
+        code, err = self.fetch(self.url, *self.base("--mbox", path))
+        self.assertEqual(code, 0, err)
+        self.assertIn("warning:", err)
+        self.assertIn("left as it is", err)
+        with open(path, "rb") as f:
+            data = f.read()
+        self.assertIn(theirs, data)
+        entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", data)[1:]
+        got = {re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries}
+        for message in self.messages:  # every message whole (the partial copy stays too)
+            self.assertIn(_unstuffed(message).replace(b"\r\n", b"\n"), got)
+        self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
 
     def test_50mb_message_streams_in_bounded_memory(self):
         """The fetcher's peak RSS grows by far less than the message (twisted.mail: 111 MB for 50)."""

@@ -67,6 +67,9 @@ class SASLTests(unittest.TestCase):
             f.write("carl:%s\n" % doveadm("CRAM-MD5", PASSWORD))
             f.write("dave:%s\n" % doveadm("SCRAM-SHA-1", PASSWORD))
             f.write("jörg:{PLAIN}pässword\n")
+            # Certificate-only: "*" is no password, but EXTERNAL needs the user to exist (F6);
+            # "AUTH EXTERNAL =" takes the certificate's first name, its email SAN.
+            f.write("carol@example.org:*\n")
         for user in ("alice", "bob", "carl", "dave", "carol"):
             os.makedirs(cls.server.maildir(user), exist_ok=True)
 
@@ -290,5 +293,143 @@ class SASLTests(unittest.TestCase):
         self.assertIn(b"EXTERNAL", s.body())
         self.assertEqual(s.command(b"AUTH EXTERNAL " + b64(b"mallory")),
                          b"-ERR [AUTH] Authentication failed.\r\n")
-        os.makedirs(self.server.maildir("carol"), exist_ok=True)
+        os.makedirs(self.server.maildir("carol@example.org"), exist_ok=True)
         self.assertLoggedIn(s.command(b"AUTH EXTERNAL ="), s)
+
+
+def _rewrite(path: str, text: str) -> None:
+    """Replace a passwd-file so that the server sees the change even within one timestamp tick."""
+    stamp = os.stat(path).st_mtime_ns
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+
+
+class IdentityCheckTests(unittest.TestCase):
+    """F6: a certificate or token names a user; that user must be in the passwd-file, enabled.
+    F18: a cancelled OAuth failure is still a failure."""
+
+    def setUp(self) -> None:
+        self.root = tempfile.mkdtemp(prefix="pop3ng-identity-")
+        key_file = os.path.join(self.root, "oauth.key")
+        with open(key_file, "wb") as f:
+            f.write(KEY)
+        ca = trustme.CA()
+        client_ca = os.path.join(self.root, "client-ca.pem")
+        ca.cert_pem.write_to_path(client_ca)
+        self.certs = {}
+        for name in ("carol@example.org", "mallory@example.org"):
+            cert = ca.issue_cert(name, common_name=name.split("@")[0])
+            paths = (os.path.join(self.root, name + ".pem"), os.path.join(self.root, name + ".key"))
+            cert.cert_chain_pems[0].write_to_path(paths[0])
+            cert.private_key_pem.write_to_path(paths[1])
+            self.certs[name] = paths
+        self.server = start_server(self.root, {"erin": PASSWORD}, extra_args=[
+            "--auth-failure-delay", "0.05", "--max-auth-failure-delay", "0.1",
+            "--oauth-hmac-key", key_file, "--tls-client-ca", client_ca])
+        self.addCleanup(self.server.stop)
+        self.users = os.path.join(self.root, "users")
+        _rewrite(self.users, "erin:{PLAIN}%s\ncarol@example.org:*\n" % PASSWORD)
+
+    def cert_session(self, name: str):
+        import socket
+
+        from tests.integration.support import Session
+
+        sock = socket.create_connection(("127.0.0.1", self.server.tls_port), 10,
+                                        source_address=("127.0.0.2", 0))
+        s = Session(OpenSSLSocket(sock, self.server.certs["ca"], cert=self.certs[name]))  # type: ignore[arg-type]
+        self.addCleanup(s.close)
+        self.assertTrue(s.line().startswith(b"+OK"))
+        return s
+
+    def token_login(self, user: str) -> bytes:
+        s = connect_from(self.server, "127.0.0.2", tls=True)
+        self.addCleanup(s.close)
+        s.line()
+        token = issue_token(KEY, user).encode()
+        reply = s.command(b"AUTH XOAUTH2 " + b64(b"user=" + user.encode() + b"\x01auth=Bearer " + token + b"\x01\x01"))
+        if reply == b"+OK Logged in.\r\n":
+            s.command(b"QUIT")
+            s.closed()
+        return reply
+
+    def test_removed_user_cannot_use_certificate_or_token(self) -> None:
+        s = self.cert_session("carol@example.org")
+        self.assertEqual(s.command(b"AUTH EXTERNAL ="), b"+OK Logged in.\r\n")
+        s.command(b"QUIT")
+        s.closed()
+        self.assertEqual(self.token_login("erin"), b"+OK Logged in.\r\n")
+        _rewrite(self.users, "somebody:{PLAIN}x\n")
+        self.assertEqual(self.cert_session("carol@example.org").command(b"AUTH EXTERNAL ="),
+                         b"-ERR [AUTH] Authentication failed.\r\n")
+        self.assertEqual(self.token_login("erin"), b"-ERR [AUTH] Authentication failed.\r\n")
+
+    def test_disabled_user_cannot_log_in_at_all(self) -> None:
+        """Dovecot's ``nologin`` extra field (the 8th field) or a ``!``-locked password field."""
+        for entry in ("erin:{PLAIN}%s::::::nologin\ncarol@example.org:*::::::nologin\n" % PASSWORD,
+                      "erin:!{PLAIN}%s\ncarol@example.org:!*\n" % PASSWORD):
+            _rewrite(self.users, entry)
+            self.assertEqual(self.cert_session("carol@example.org").command(b"AUTH EXTERNAL ="),
+                             b"-ERR [AUTH] Authentication failed.\r\n")
+            self.assertEqual(self.token_login("erin"), b"-ERR [AUTH] Authentication failed.\r\n")
+            s = connect_from(self.server, "127.0.0.2", tls=True)
+            self.addCleanup(s.close)
+            self.assertEqual(s.login(b"erin", PASSWORD.encode()), b"-ERR [AUTH] Authentication failed.\r\n")
+
+    def test_certificate_of_an_unknown_user_creates_no_maildir(self) -> None:
+        s = self.cert_session("mallory@example.org")
+        self.assertEqual(s.command(b"AUTH EXTERNAL ="), b"-ERR [AUTH] Authentication failed.\r\n")
+        self.assertFalse(os.path.exists(os.path.dirname(self.server.maildir("mallory@example.org"))))
+
+    def test_oauth_cancel_after_the_error_challenge_is_a_failure(self) -> None:
+        """F18: after the RFC 7628 error challenge, ``*`` is answered as the failure it is."""
+        s = connect_from(self.server, "127.0.0.3", tls=True)
+        self.addCleanup(s.close)
+        s.line()
+        forged = issue_token(b"x" * 32, "erin").encode()
+        error = challenge(s.command(b"AUTH OAUTHBEARER " + b64(b"n,,\x01auth=Bearer " + forged + b"\x01\x01")))
+        self.assertIn(b"invalid_token", error)
+        self.assertEqual(s.command(b"*"), b"-ERR [AUTH] Authentication failed.\r\n")
+        # A cancel before any failure is still a plain cancel.
+        self.assertEqual(s.command(b"AUTH OAUTHBEARER"), b"+ \r\n")
+        self.assertEqual(s.command(b"*"), b"-ERR Authentication cancelled.\r\n")
+
+
+class PasswdReloadTests(unittest.TestCase):
+    """F14: after ``twistd --uid``, a passwd-file the server can no longer read fails closed."""
+
+    def test_unreadable_changed_file_refuses_old_passwords(self) -> None:
+        if os.getuid() != 0:
+            raise unittest.SkipTest("needs root to drop privileges")
+        root = tempfile.mkdtemp(prefix="pop3ng-reload-")
+        os.chmod(root, 0o755)
+        server = start_server(root, {"alice": "old password"}, tls=False,
+                              twistd_args=["--uid", "65534", "--gid", "65534"])
+        self.addCleanup(server.stop)
+        maildir = server.maildir("alice")
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(maildir, sub))
+        for dirpath, _, _ in os.walk(os.path.join(root, "mail")):
+            os.chown(dirpath, 65534, 65534)
+        users = os.path.join(root, "users")
+
+        def login(password: str) -> bytes:
+            s = connect_from(server, "127.0.0.1")
+            self.addCleanup(s.close)
+            reply = s.login(b"alice", password.encode())
+            s.command(b"QUIT")
+            return reply
+
+        self.assertEqual(login("old password"), b"+OK Logged in.\r\n")
+        os.chmod(users, 0o600)  # root's own file now: the server (nobody) cannot read it
+        _rewrite(users, "alice:{PLAIN}new password\n")
+        for _ in range(3):
+            self.assertEqual(login("old password"), b"-ERR [AUTH] Authentication failed.\r\n")
+        self.assertEqual(login("new password"), b"-ERR [AUTH] Authentication failed.\r\n")
+        log = server.log()
+        self.assertEqual(log.count("cannot be re-read"), 1, log)
+        self.assertNotIn("Traceback", log)
+        os.chmod(users, 0o644)
+        self.assertEqual(login("new password"), b"+OK Logged in.\r\n")
+        self.assertIn("read again", server.log())

@@ -101,7 +101,7 @@ class PlaintextPolicyTests(ServerMixin, unittest.TestCase):
 
 class BruteForceTests(ServerMixin, unittest.TestCase):
     def setUp(self) -> None:
-        self.server = self.start(args=["--auth-failure-delay", "0.1", "--max-auth-failure-delay", "0.8",
+        self.server = self.start(args=["--auth-failure-delay", "0.1", "--max-auth-failure-delay", "3.2",
                                        "--allow-plaintext-auth"])
         self.write_users(4)
 
@@ -112,23 +112,25 @@ class BruteForceTests(ServerMixin, unittest.TestCase):
             f.write("alice:%s\nbob:%s\n" % (hashed, hashed))
         return hashed
 
-    def test_delay_grows_per_address_and_resets_on_success(self) -> None:
+    def test_delay_grows_per_address_and_a_success_forgives_one_failure(self) -> None:
         durations = []
         for _ in range(5):  # a brute-forcer reconnects for every guess
             reply, took = self.timed_login(self.server, "127.0.0.5", b"alice", b"guess")
             self.assertEqual(reply, FAILED)
             durations.append(took)
-        for took, expected in zip(durations, (0.1, 0.2, 0.4, 0.8, 0.8)):
+        for took, expected in zip(durations, (0.1, 0.2, 0.4, 0.8, 1.6)):
             self.assertGreaterEqual(took, expected * 0.9, durations)
             self.assertLess(took, expected + 1.0, durations)
         # Another address is not slowed down by this one ...
         reply, took = self.timed_login(self.server, "127.0.0.6", b"alice", b"guess")
         self.assertLess(took, 0.7)
-        # ... and a success forgets the address's failures.
+        # ... and a success forgives one failure, not all (F18: Dovecot forgets them all, so
+        # logging into an owned account between guesses kept the delay at its base, 0.1 s).
         reply, _ = self.timed_login(self.server, "127.0.0.5", b"alice", PASSWORD.encode())
         self.assertEqual(reply, b"+OK Logged in.\r\n")
         _, took = self.timed_login(self.server, "127.0.0.5", b"bob", b"guess")
-        self.assertLess(took, 0.7)  # not 0.8 (the sixth failure in a row)
+        self.assertGreaterEqual(took, 1.6 * 0.9)  # the fifth failure's delay again, not 0.1
+        self.assertLess(took, 3.0)  # not 3.2 (the sixth failure in a row)
 
     def test_unknown_user_looks_like_wrong_password(self) -> None:
         hashed = self.write_users(12)  # 0.2-0.4 s per verification: skipping it would show
@@ -273,7 +275,7 @@ class GuardUnitTests(unittest.TestCase):
         self.assertEqual(guard.failure_delay("192.0.2.2"), 2)
         clock.advance(policy.FAILURE_MEMORY + 1)
         self.assertEqual(guard.failure_delay("192.0.2.1"), 2)
-        guard.success("192.0.2.1")
+        guard.success("192.0.2.1")  # forgives the one failure since the expiry
         self.assertEqual(guard.failure_delay("192.0.2.1"), 2)
 
     def test_user_limit_and_login_delay(self) -> None:

@@ -1,10 +1,12 @@
 """Bearer-token validation for OAUTHBEARER (RFC 7628) and XOAUTH2.
 
-The server never speaks to an identity provider itself: it asks an :class:`ITokenValidator`.
-Plug in your provider by implementing ``validate`` (e.g. RFC 7662 token introspection with treq, or
-verifying a JWT with your IdP's keys) and handing it to :class:`~twisted_pop3ng.server.POP3ServerFactory`
-as ``factory.token_validator``. Shipped here: :class:`HMACTokenValidator`, self-contained signed
-tokens for services that mint their own (``--oauth-hmac-key FILE``).
+The protocol never speaks to an identity provider itself: it asks an :class:`ITokenValidator`,
+handed to :class:`~twisted_pop3ng.server.POP3ServerFactory` as ``token_validator``. Shipped:
+:class:`HMACTokenValidator` here, self-contained signed tokens for services that mint their own
+(``--oauth-hmac-key FILE``); :mod:`twisted_pop3ng.auth.jwt_validator`, a provider's JWTs checked
+against its JWKS (``--oauth-jwks-url``); :mod:`twisted_pop3ng.auth.introspection`, RFC 7662
+introspection (``--oauth-introspection-url``). The user a token names must still be known to the
+``--auth`` checkers (:class:`~twisted_pop3ng.auth.checkers.PreauthenticatedChecker`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ class ITokenValidator(Interface):
         """The user (str) that ``token`` authorises, or None; may return a Deferred.
 
         ``username`` is what the client claimed ("" if it claimed nothing); the mechanism refuses
-        the login if the result differs from a non-empty claim.
+        the login if the result differs from a non-empty claim. Raise (or fail with)
+        :class:`~twisted_pop3ng.errors.TemporaryFailure` when the provider cannot answer: the
+        client gets ``-ERR [SYS/TEMP]`` rather than an authentication failure.
         """
 
 

@@ -126,6 +126,8 @@ class XOAuth2(ClientMechanism):
     """Google/Microsoft XOAUTH2: ``user=U^Aauth=Bearer T^A^A``; an error challenge gets an empty reply."""
 
     name = "XOAUTH2"
+    #: A bearer token is as good as a password to whoever sees it.
+    plaintext = True
 
     def __init__(self, username: str, token: str) -> None:
         self._message = ("user=%s\x01auth=Bearer %s\x01\x01" % (username, token)).encode("utf-8")
@@ -151,7 +153,7 @@ class OAuthBearer(XOAuth2):
         return b"\x01"
 
 
-#: Strongest first (issue 4): password mechanisms, then the token ones (tried only with a token).
+#: Strongest first: password mechanisms, then the token ones (tried only with a token).
 PASSWORD_PREFERENCE: Sequence[str] = (
     "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-1",
     "CRAM-MD5", "PLAIN", "LOGIN",
@@ -160,14 +162,30 @@ TOKEN_PREFERENCE: Sequence[str] = ("OAUTHBEARER", "XOAUTH2")
 #: The shared plaintext mechanisms, plus USER/PASS (named ``USER`` here), which sends the password
 #: as it is too.
 PLAINTEXT = mechanisms.PLAINTEXT | {"USER"}
+#: Bearer-token mechanisms: the token goes out as it is and can be replayed like a password
+#: (security finding F13), so they need TLS exactly as the plaintext ones do.
+BEARER = frozenset(TOKEN_PREFERENCE)
+#: Challenge-response methods whose exchange a passive observer can crack offline (an MD5 or
+#: HMAC-MD5 of the password; finding F18): not without TLS unless plaintext is allowed. ``APOP``
+#: is never chosen by :func:`choose`; the name is here for :func:`needs_tls`.
+WEAK_DIGEST = frozenset({"CRAM-MD5", "APOP"})
+#: Every method that must not be used on an unencrypted channel unless the caller allows it.
+NEEDS_TLS = PLAINTEXT | BEARER | WEAK_DIGEST
+
+
+def needs_tls(name: str) -> bool:
+    """True when ``name`` (a SASL mechanism, ``USER`` or ``APOP``) must not go out in the clear
+    unless the caller allowed plaintext: it reveals the secret, or something crackable offline."""
+    return name.upper() in NEEDS_TLS
 
 
 def choose(offered: Sequence[str], *, secure: bool, allow_plaintext: bool, token: bool,
            channel_binding: bool) -> List[str]:
     """Mechanisms to use, best first, from those the server offered.
 
-    Plaintext mechanisms (and USER/PASS, named ``USER``) only when the channel is encrypted or
-    the caller explicitly allows it; ``-PLUS`` only with channel-binding data.
+    Plaintext mechanisms (and USER/PASS, named ``USER``), the bearer-token ones and CRAM-MD5 only
+    when the channel is encrypted or the caller explicitly allows it (:data:`NEEDS_TLS`);
+    ``-PLUS`` only with channel-binding data.
     """
     offered_set = {m.upper() for m in offered}
     preference = TOKEN_PREFERENCE if token else PASSWORD_PREFERENCE
@@ -177,7 +195,7 @@ def choose(offered: Sequence[str], *, secure: bool, allow_plaintext: bool, token
             continue
         if name.endswith("-PLUS") and not channel_binding:
             continue
-        if name in PLAINTEXT and not (secure or allow_plaintext):
+        if name in NEEDS_TLS and not (secure or allow_plaintext):
             continue
         chosen.append(name)
     return chosen

@@ -20,7 +20,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import scramp.core
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
@@ -366,7 +366,7 @@ class XOAuth2(_OAuth):
 
 
 #: Every mechanism, in the order CAPA lists them (strongest first, plaintext last).
-MECHANISMS: List[type] = [ScramSha256Plus, ScramSha256, ScramSha1, CramMD5, External,
+MECHANISMS: List[Type[Mechanism]] = [ScramSha256Plus, ScramSha256, ScramSha1, CramMD5, External,
                           OAuthBearer, XOAuth2, Plain, Login]
 BY_NAME = {m.name: m for m in MECHANISMS}
 __all__ = ["Challenge", "Done", "Step", "AuthFailed", "SASLContext", "Mechanism", "Plain", "Login",

@@ -65,7 +65,8 @@ def parse_url(url: str) -> POP3URL:
 async def _connect(reactor: Any, target: Any, username: Optional[str], password: Optional[str],
                    token: Optional[str], cafile: Optional[str], allow_plaintext: bool,
                    timeout: Optional[float], connect_timeout: float, hostname: Optional[str],
-                   mechanism: Optional[str], login: bool, apop: bool) -> POP3Client:
+                   mechanism: Optional[str], login: bool, apop: bool,
+                   allow_plain_fallback: bool) -> POP3Client:
     factory = POP3ClientFactory(timeout=timeout, clock=reactor)
     implicit = False
     if isinstance(target, str):
@@ -92,7 +93,8 @@ async def _connect(reactor: Any, target: Any, username: Optional[str], password:
             if username is None:
                 raise ValueError("no user name given")
             await client.login(username, password, token=token, mechanism=mechanism,
-                               allow_plaintext=allow_plaintext, apop=apop)
+                               allow_plaintext=allow_plaintext, apop=apop,
+                               allow_plain_fallback=allow_plain_fallback)
     except BaseException:
         if client.transport is not None:
             client.transport.abortConnection()
@@ -105,12 +107,14 @@ def connect(reactor: Any, endpoint_or_url: Any, username: Optional[str] = None,
             cafile: Optional[str] = None, allow_plaintext: bool = False,
             timeout: Optional[float] = DEFAULT_TIMEOUT, connect_timeout: float = 30.0,
             hostname: Optional[str] = None, mechanism: Optional[str] = None,
-            login: bool = True, apop: bool = False) -> defer.Deferred:
+            login: bool = True, apop: bool = False,
+            allow_plain_fallback: bool = False) -> defer.Deferred:
     """Connect, secure (STLS or implicit TLS) and log in; fires with the :class:`POP3Client`.
 
     ``endpoint_or_url`` is a ``pop3://``/``pop3s://`` URL or a client endpoint (then ``hostname``
     asks for STLS with that name verified). The password never appears in the URL.
+    ``allow_plain_fallback``: see :meth:`POP3Client.login` (off by default).
     """
     return defer.ensureDeferred(_connect(reactor, endpoint_or_url, username, password, token, cafile,
                                          allow_plaintext, timeout, connect_timeout, hostname,
-                                         mechanism, login, apop))
+                                         mechanism, login, apop, allow_plain_fallback))

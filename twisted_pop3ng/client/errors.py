@@ -16,13 +16,28 @@ from twisted_pop3ng.errors import (AuthenticationFailed, LoginDelay, MailboxInUs
 class ServerError(POP3Error):
     """The server answered ``-ERR``; ``code`` is its response code (RFC 2449 §8) or None."""
 
+    #: Advice for the user, added by the client where it knows a likely cause (e.g. a refused
+    #: SCRAM when the fallback to PLAIN was not allowed); shown after the server's text.
+    hint = ""
+
     def __init__(self, text: str, code: Optional[str] = None, command: str = "") -> None:
         super().__init__(text, code)
         self.command = command
 
     def __str__(self) -> str:
         code = "[%s] " % self.code if self.code else ""
-        return "%s: -ERR %s%s" % (self.command or "server", code, self.text)
+        hint = " (%s)" % self.hint if self.hint else ""
+        return printable("%s: -ERR %s%s%s" % (self.command or "server", code, self.text, hint))
+
+
+def printable(text: str) -> str:
+    """Control characters escaped: the server chose this text, and it may end up on a terminal
+    (an escape sequence in ``-ERR`` must not retitle or drive it; finding F16). ``.text`` keeps
+    the original."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 class InUseError(ServerError, MailboxInUse):

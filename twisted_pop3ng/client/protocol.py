@@ -10,14 +10,19 @@ Rules of this module:
 * all parsing goes through :mod:`twisted_pop3ng.wire` (status lines, dot-unstuffing, terminator);
 * message bodies stream into a consumer (``IConsumer`` with backpressure, or anything with
   ``write``); memory stays bounded whatever the message size;
-* every ``-ERR`` becomes a :class:`ServerError` subclass chosen by its response code.
+* every ``-ERR`` becomes a :class:`ServerError` subclass chosen by its response code;
+* nothing the server says is trusted (finding F16): listings are bounded per line and in total,
+  numbers are ASCII digits within plausible limits, message numbers unique, UIDLs follow RFC 1939
+  (:func:`twisted_pop3ng.wire.is_valid_uid`); a violation is a :class:`ProtocolError`;
+* commands queued behind ``STLS`` are written only once TLS has started, never in plaintext.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, cast
 
 from twisted.internet import defer, error as ierror
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -46,8 +51,46 @@ DEFAULT_TIMEOUT = 60.0
 MAX_STATUS_LINE = 8192
 
 
+#: One line of a CAPA, LIST or UIDL listing. RFC 2449 §4 caps response lines at 512 octets; a
+#: longer one is a broken or hostile server (finding F16), refused before it can grow.
+MAX_LISTING_LINE = 2 * wire.MAX_RESPONSE_LINE
+#: All of one CAPA, LIST or UIDL listing: a UIDL line is at most ~84 octets, so this is some
+#: 800,000 messages; an endless listing fails here instead of taking the client's memory.
+MAX_LISTING_OCTETS = 64 << 20
+#: The largest message size (LIST) and total (STAT) believed: beyond, the reply is nonsense.
+MAX_MESSAGE_OCTETS = 1 << 40
+MAX_TOTAL_OCTETS = 1 << 50
+
+
 class _LinesSink:
-    """Collects a short multi-line body (CAPA, LIST, UIDL) as lines."""
+    """Collects a short multi-line body (CAPA, LIST, UIDL) as lines, within bounds: a line longer
+    than ``max_line`` or a body longer than ``max_octets`` raises :class:`ProtocolError` (which
+    fails the command and drops the connection) as soon as it is seen."""
+
+    def __init__(self, max_line: int = MAX_LISTING_LINE,
+                 max_octets: int = MAX_LISTING_OCTETS) -> None:
+        self.lines: List[bytes] = []
+        self._partial = b""
+        self._octets = 0
+        self._max_line = max_line
+        self._max_octets = max_octets
+
+    def write(self, data: bytes) -> None:
+        self._octets += len(data)
+        if self._octets > self._max_octets:
+            raise ProtocolError("listing longer than %d octets" % self._max_octets)
+        lines = (self._partial + data).split(b"\r\n")
+        self._partial = lines.pop()
+        if len(self._partial) > self._max_line or any(len(line) > self._max_line for line in lines):
+            raise ProtocolError("listing line longer than %d octets" % self._max_line)
+        self.lines.extend(lines)
+
+    def result(self) -> List[bytes]:
+        return self.lines
+
+
+class _BytesSink:
+    """Collects a message body (RETR/TOP without a consumer) in memory."""
 
     def __init__(self) -> None:
         self.parts: List[bytes] = []
@@ -55,13 +98,7 @@ class _LinesSink:
     def write(self, data: bytes) -> None:
         self.parts.append(data)
 
-    def result(self) -> List[bytes]:
-        data = b"".join(self.parts)
-        return data.split(b"\r\n")[:-1] if data else []
-
-
-class _BytesSink(_LinesSink):
-    def result(self) -> bytes:  # type: ignore[override]
+    def result(self) -> bytes:
         return b"".join(self.parts)
 
 
@@ -74,7 +111,10 @@ class _Pending:
     def __init__(self, line: Optional[bytes], multiline: bool = False, sink: Any = None,
                  barrier: bool = False, mechanism: Any = None, is_auth: bool = False) -> None:
         self.line = line
-        self.verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper() if line else "greeting"
+        words = line.split(b" ", 2)[:2] if line else [b"greeting"]
+        self.verb = words[0].decode("ascii", "replace").upper()
+        if self.verb == "AUTH" and len(words) == 2:
+            self.verb += " " + words[1].decode("ascii", "replace").upper()  # errors name the mechanism
         self.deferred: defer.Deferred = defer.Deferred()
         self.multiline = multiline
         self.sink = sink
@@ -115,6 +155,10 @@ class _BodyProducer:
 class POP3Client(LoginMixin, Protocol, TimeoutMixin):
     """A POP3 client session. ``ready`` fires with the greeting text once the server has greeted."""
 
+    #: Bounds of one CAPA, LIST or UIDL listing (a line, the whole); see :class:`_LinesSink`.
+    max_listing_line = MAX_LISTING_LINE
+    max_listing_octets = MAX_LISTING_OCTETS
+
     def __init__(self, timeout: Optional[float] = DEFAULT_TIMEOUT, clock: Any = None) -> None:
         self.command_timeout = timeout
         self.clock = clock
@@ -133,7 +177,7 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         self._processing = False
         self._closed: Optional[Failure] = None
         self._quitting = False
-        self._lost: defer.Deferred = defer.Deferred()
+        self._lost: Optional[defer.Deferred[None]] = defer.Deferred()
         greeting = _Pending(None)
         greeting.deferred.addCallback(self._greeted)
         greeting.deferred.chainDeferred(self.ready)
@@ -143,7 +187,7 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         if self.clock is not None:
-            self.callLater = self.clock.callLater
+            self.callLater = self.clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's documented override
         set_no_delay(self.transport)
         self._arm_timeout()
 
@@ -158,7 +202,7 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         if self.transport is not None:
             self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.setTimeout(None)
         failure = reason
         tls_error = _tls_error(reason, self.transport) if reason is not None else None
@@ -181,8 +225,13 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         """A Deferred that fires once the connection is gone."""
         if self._lost is None:
             return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._lost.addBoth(lambda r: (d.callback(None), r)[1])
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def fire(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._lost.addBoth(fire)
         return d
 
     def _fail_all(self, failure: Failure) -> None:
@@ -224,7 +273,7 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
                 if head.barrier or self._inflight[-1].barrier or not self.pipelining:
                     break
             self._inflight.append(self._queued.popleft())
-            out.append(head.line + b"\r\n")
+            out.append(cast(bytes, head.line) + b"\r\n")  # (only the greeting has no line; it is never queued)
             if head.barrier:
                 break
         if out and self.transport is not None:
@@ -358,7 +407,8 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         self._inflight.popleft()
         if status is None:
             self._release_consumer(head)
-            result: Any = head.sink.result() if isinstance(head.sink, _LinesSink) else head.sink
+            result: Any = (head.sink.result() if isinstance(head.sink, (_LinesSink, _BytesSink))
+                           else head.sink)
         elif not status.ok:
             if head.failure is not None:
                 result = Failure(head.failure)
@@ -373,8 +423,26 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
                                                    % head.mechanism.name))
         else:
             result = status
+        if head.discard_rest:
+            self._complete_stls(head, result)
+            return
         self._flush()
         head.deferred.callback(result)
+
+    def _complete_stls(self, head: _Pending, result: Any) -> None:
+        """The answer to STLS. Commands queued behind it (by a caller that did not wait for
+        :meth:`starttls`) must never go out in plaintext (finding F15): the callback starts TLS
+        first, then they are written, encrypted; if TLS did not start (``-ERR``, an error), they
+        fail instead of going out in the clear."""
+        behind = list(self._queued)
+        head.deferred.callback(result)
+        if not self.tls:
+            stranded = [item for item in behind if any(item is q for q in self._queued)]
+            self._queued = deque(q for q in self._queued if not any(q is s for s in stranded))
+            for item in stranded:
+                item.deferred.errback(TLSError("TLS did not start after STLS: %s was not sent "
+                                               "in the clear" % item.verb))
+        self._flush()
 
     # -- greeting, capabilities, TLS --------------------------------------------------------------
 
@@ -398,7 +466,7 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
             self.capabilities = {}
             return {}
 
-        return self.send(b"CAPA", multiline=True, sink=_LinesSink()).addCallbacks(parse, refused)
+        return self.send(b"CAPA", multiline=True, sink=self._listing()).addCallbacks(parse, refused)
 
     def starttls(self, context_factory: Any) -> defer.Deferred:
         """STLS (RFC 2595), then TLS with ``context_factory`` (e.g. ``optionsForClientTLS``).
@@ -424,21 +492,33 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
     def stat(self) -> defer.Deferred:
         """Fires with ``(message count, total octets)``."""
         def parse(status: wire.Status) -> Tuple[int, int]:
-            count, size = _numbers(status.text, 2)
-            return count, size
+            words = _words(status.text.encode("utf-8", "replace"), 2, "STAT")
+            return (_number(words[0], 0, _MAX_COUNT, "STAT"),
+                    _number(words[1], 0, MAX_TOTAL_OCTETS, "STAT"))
         return self.send(b"STAT").addCallback(parse)
 
     def list(self, number: Optional[int] = None) -> defer.Deferred:
         """``LIST``: ``{number: size}`` for all messages, or the size of one."""
         if number is not None:
-            return self.send(b"LIST %d" % number).addCallback(lambda s: _numbers(s.text, 2)[1])
-        return self.send(b"LIST", multiline=True, sink=_LinesSink()).addCallback(_parse_listing, int)
+            return self.send(b"LIST %d" % number).addCallback(_one, number, _scan_line, "LIST")
+        return self.send(b"LIST", multiline=True, sink=self._listing()).addCallback(
+            _parse_listing, _scan_line, "LIST")
 
     def uidl(self, number: Optional[int] = None) -> defer.Deferred:
-        """``UIDL``: ``{number: uid}`` for all messages, or the uid of one."""
+        """``UIDL``: ``{number: uid}`` for all messages, or the uid of one.
+
+        Every UIDL is checked against RFC 1939's rule (1-70 octets in 0x21-0x7E,
+        :func:`twisted_pop3ng.wire.is_valid_uid`) and every message number must be new: anything
+        else fails with :class:`ProtocolError`. The same UIDL under two numbers (a server bug)
+        is passed on as it is: what to do about it is the caller's decision.
+        """
         if number is not None:
-            return self.send(b"UIDL %d" % number).addCallback(lambda s: _split_pair(s.text)[1])
-        return self.send(b"UIDL", multiline=True, sink=_LinesSink()).addCallback(_parse_listing, str)
+            return self.send(b"UIDL %d" % number).addCallback(_one, number, _uid_line, "UIDL")
+        return self.send(b"UIDL", multiline=True, sink=self._listing()).addCallback(
+            _parse_listing, _uid_line, "UIDL")
+
+    def _listing(self) -> _LinesSink:
+        return _LinesSink(self.max_listing_line, self.max_listing_octets)
 
     def retrieve(self, number: int, consumer: Any = None) -> defer.Deferred:
         """``RETR``: stream the message into ``consumer`` (``IConsumer`` or has ``write``) and fire
@@ -473,33 +553,70 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         return d.addCallback(done)
 
 
-def _numbers(text: str, count: int) -> List[int]:
-    words = text.split()
-    try:
-        return [int(w) for w in words[:count]] if len(words) >= count else _bad(text)
-    except ValueError:
-        return _bad(text)
+#: The most messages a count or a message number may name (wire.MAX_NUMBER_DIGITS digits).
+_MAX_COUNT = 10 ** wire.MAX_NUMBER_DIGITS - 1
+#: ASCII digits only: int() would also take "+1", " 1", "1_0" and other scripts' digits.
+_DIGITS = re.compile(rb"[0-9]{1,20}\Z")
 
 
-def _bad(text: str) -> Any:
-    raise ProtocolError("malformed reply: %r" % text[:80])
+def _bad(what: str, raw: bytes) -> Any:
+    # repr() escapes control characters: the text is safe to print on a terminal.
+    raise ProtocolError("malformed %s reply from the server: %r" % (what, raw[:80]))
 
 
-def _split_pair(text: str) -> Tuple[int, str]:
-    words = text.split()
-    if len(words) < 2 or not words[0].isdigit():
-        _bad(text)
-    return int(words[0]), words[1]
+def _words(raw: bytes, count: int, what: str) -> List[bytes]:
+    """The first ``count`` words of a reply, split on spaces (RFC 1939 says one; a run is
+    tolerated, a tab or any other character is part of a word and fails its check); later words
+    are extra information a server may add, and ignored."""
+    words = [word for word in raw.split(b" ", count + 8) if word]
+    if len(words) < count:
+        _bad(what, raw)
+    return words[:count]
 
 
-def _parse_listing(lines: List[bytes], kind: Callable[[str], Any]) -> Dict[int, Any]:
+def _number(word: bytes, low: int, high: int, what: str) -> int:
+    if not _DIGITS.match(word):
+        _bad(what, word)
+    value = int(word)
+    if not low <= value <= high:
+        raise ProtocolError("implausible number in the %s reply from the server: %d" % (what, value))
+    return value
+
+
+def _scan_line(raw: bytes, what: str) -> Tuple[int, int]:
+    """``N SIZE [extra]`` (a LIST line, or the LIST N reply)."""
+    number, size = _words(raw, 2, what)
+    return _number(number, 1, _MAX_COUNT, what), _number(size, 0, MAX_MESSAGE_OCTETS, what)
+
+
+def _uid_line(raw: bytes, what: str) -> Tuple[int, str]:
+    """``N UID`` (a UIDL line, or the UIDL N reply); the UIDL must follow RFC 1939's rule."""
+    number, uid = _words(raw, 2, what)
+    text = uid.decode("ascii", "replace")
+    if not wire.is_valid_uid(text):
+        raise ProtocolError("invalid UIDL from the server (RFC 1939: 1-%d characters in "
+                            "0x21-0x7E): %r" % (wire.MAX_UID_LENGTH, uid[:80]))
+    return _number(number, 1, _MAX_COUNT, what), text
+
+
+def _one(status: wire.Status, number: int, parse_line: Callable[[bytes, str], Tuple[int, Any]],
+         what: str) -> Any:
+    """The value of a one-message ``LIST N`` / ``UIDL N`` reply, which must be about message N."""
+    got, value = parse_line(status.text.encode("utf-8", "replace"), what)
+    if got != number:
+        raise ProtocolError("the server answered %s %d about message %d" % (what, number, got))
+    return value
+
+
+def _parse_listing(lines: List[bytes], parse_line: Callable[[bytes, str], Tuple[int, Any]],
+                   what: str) -> Dict[int, Any]:
     result: Dict[int, Any] = {}
     for raw in lines:
-        number, value = _split_pair(raw.decode("utf-8", "replace"))
-        try:
-            result[number] = kind(value)
-        except ValueError:
-            _bad(raw.decode("utf-8", "replace"))
+        number, value = parse_line(raw, what)
+        if number in result:
+            raise ProtocolError("message %d listed twice in the %s reply from the server"
+                                % (number, what))
+        result[number] = value
     return result
 
 

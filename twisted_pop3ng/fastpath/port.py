@@ -2,9 +2,8 @@
 
 A POP3 session is short (connect, five commands, close), so what Twisted does once per accepted
 connection is a visible share of it. ``tcp.Port.doRead`` wraps every round of accepts in a
-log-buffering context manager (an attrs object and an observer swap) and a generator. On the
-2-core test VM a do-nothing POP3 responder spent about 215 µs of server CPU per session with the
-stock port and about 190 µs with this one (see docs/performance.rst, third round).
+log-buffering context manager (an attrs object and an observer swap) and a generator, which a
+plain loop avoids (measured in docs/performance.rst).
 
 :class:`LeanPort` accepts in a plain loop and builds the protocol and transport exactly as Twisted
 does (same transport class, same address objects, same adaptive number of accepts per round).
@@ -86,7 +85,7 @@ class LeanServer(tcp.Server):
             return self._getLogPrefix(protocol)
         return self._lean_protocol_class.__name__
 
-    @property  # type: ignore[override]
+    @property
     def logstr(self) -> str:
         if self._lean_logstr is None:
             self._lean_logstr = "%s,%s,%s" % (self._lean_name(), self.sessionno, self.hostname)
@@ -96,7 +95,7 @@ class LeanServer(tcp.Server):
     def logstr(self, value: str) -> None:
         self._lean_logstr = value
 
-    @property  # type: ignore[override]
+    @property
     def repstr(self) -> str:
         if self._lean_repstr is None:
             port = self.server._realPortNumber if self.server is not None else None
@@ -178,7 +177,7 @@ class LeanPort(tcp.Port):
         listening = self.socket
         # socket.accept() without its wrapper: it converts family and type to enums per call
         # (as do the socket's family and type properties: read once, in startListening).
-        accept, (family, kind) = listening._accept, self._lean_kinds
+        accept, (family, kind) = listening._accept, self._lean_kinds  # type: ignore[union-attr]
         accepted = 0
         try:
             for _ in range(self.numberAccepts):
@@ -195,7 +194,7 @@ class LeanPort(tcp.Port):
                     host = socket.getnameinfo(
                         addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = tuple([host[0]] + list(addr[1:]))
-                protocol = self.factory.buildProtocol(self._buildAddr(addr))
+                protocol = self.factory.buildProtocol(self._buildAddr(addr))  # type: ignore[union-attr]
                 if protocol is None:
                     skt.close()
                     continue

@@ -1,14 +1,13 @@
 """The reactor ``twistd pop3ng`` runs on by default: Twisted's epoll reactor, dispatching leaner.
 
 A POP3 session is short: an accept, five command lines, a close. So what Twisted's reactor does per
-event and per loop turn is a visible share of it (measured: docs/performance.rst, fourth round).
+event and per loop turn is a visible share of it (the measurements: docs/performance.rst).
 
 * ``EPollReactor.doPoll`` runs each ready descriptor's ``doRead``/``doWrite`` through
   ``log.callWithLogger``, which asks the descriptor for its ``logPrefix()`` and copies the legacy log
   context (a dictionary) around every call. That context is read only by the *legacy*
   ``twisted.python.log.msg``, to fill in the ``system`` column; ``twisted.logger.Logger`` events,
-  which this project logs with, name their own namespace. Skipping it saved 14 % of the server's
-  user-space instructions per benchmark session (callgrind, 717k -> 615k). The one visible change:
+  which this project logs with, name their own namespace, so it is skipped. The one visible change:
   a legacy log line written during a dispatch says ``[-]`` instead of
   ``[POP3ServerProtocol,7,127.0.0.1]``.
 * ``ReactorBase.mainLoop`` enters its failure-logging context manager once per turn; here it is
@@ -20,8 +19,7 @@ event and per loop turn is a visible share of it (measured: docs/performance.rst
   A POP3 session is a ping-pong of short lines: the client's next command usually arrives some
   tens of microseconds after the reply left. Sleeping in between costs the server a context
   switch each time and the client the wake-up of the server (on a VM, an IPI: a VM exit), for six
-  events per session. On the 2-core test VM this raised the session rate by 12-24 % with two to
-  four clients (docs/performance.rst, sixth round). The window adapts as Linux's cpuidle
+  events per session. The window adapts as Linux's cpuidle
   ``haltpoll`` governor does: it doubles (up to :attr:`LeanEPollReactor.busy_poll`, 50 µs by
   default) when a sleep ended sooner than the longest window, and halves, down to nothing, when
   a sleep outlasted it. So an idle server, or one whose events come further apart, does not

@@ -32,6 +32,7 @@ class BatchedTLSProtocol(TLSMemoryBIOProtocol):
         if self._lostTLSConnection:
             return
         connection = self._tlsConnection
+        transport: Any = self.transport
         view = memoryview(data)
         out: List[bytes] = []
         done = 0
@@ -44,7 +45,7 @@ class BatchedTLSProtocol(TLSMemoryBIOProtocol):
                     return
                 except SSL.Error:
                     if out:
-                        self.transport.writeSequence(out)
+                        transport.writeSequence(out)
                         out = []
                     self._tlsShutdownFinished(Failure())
                     return
@@ -54,7 +55,7 @@ class BatchedTLSProtocol(TLSMemoryBIOProtocol):
                     pass
         finally:
             if out:
-                self.transport.writeSequence(out)
+                transport.writeSequence(out)
 
 
 class BatchedTLSFactory(TLSMemoryBIOFactory):

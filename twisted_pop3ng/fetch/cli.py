@@ -16,6 +16,7 @@ from twisted.internet import defer, error as ierror
 
 from twisted_pop3ng.client import errors as client_errors
 from twisted_pop3ng.client.connect import parse_url
+from twisted_pop3ng.client.errors import printable
 from twisted_pop3ng.fetch.delivery import DeliveryError
 from twisted_pop3ng.fetch.run import BATCH, WINDOW, FetchBusy, FetchOptions, FetchResult, fetch
 from twisted_pop3ng.fetch.state import StateError
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(else the POP3NG_TOKEN environment variable)")
     p.add_argument("--allow-plaintext", action="store_true",
                    help="pop3://: go without TLS when STLS is not offered")
+    p.add_argument("--allow-plain-fallback", action="store_true",
+                   help="when SCRAM is refused, send the password with PLAIN over TLS (for servers "
+                        "that offer SCRAM but store only a crypt hash); off by default, since any "
+                        "server with a valid certificate would then get the password")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="give up when the server makes no progress for S seconds")
     p.add_argument("--batch", type=int, default=BATCH, metavar="N",
@@ -90,8 +95,10 @@ def classify_exit(error: BaseException) -> Tuple[int, str]:
         return EXIT_AUTH, str(error)  # no authentication method both sides accept
     if isinstance(error, (DeliveryError, StateError)):
         return EXIT_DELIVERY, str(error)
+    if isinstance(error, client_errors.ProtocolError):
+        return EXIT_CONNECTION, "protocol violation by the server: %s" % error
     if isinstance(error, (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
-                          ierror.TimeoutError, client_errors.ProtocolError, ierror.DNSLookupError)):
+                          ierror.TimeoutError, ierror.DNSLookupError)):
         return EXIT_CONNECTION, "connection failed: %s" % (str(error) or error.__class__.__name__)
     if isinstance(error, client_errors.ServerError):
         return EXIT_ERROR, "server refused: %s" % error
@@ -126,7 +133,8 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
                            args.cafile, args.allow_plaintext, args.timeout,
                            progress=sys.stderr.isatty() and not args.quiet,
                            batch=max(1, args.batch), window=max(1, args.pipeline), token=token,
-                           crash_hook=crash_hook)
+                           allow_plain_fallback=args.allow_plain_fallback, crash_hook=crash_hook,
+                           on_warning=_warn)
     from twisted.internet import reactor
 
     outcome: Dict[str, Any] = {}
@@ -143,7 +151,8 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
     value = outcome.get("value")
     if isinstance(value, FetchResult) and value.refused:
         for text in value.refused:
-            print("pop3ng fetch: not retrieved, left on the server: %s" % text, file=sys.stderr)
+            print("pop3ng fetch: not retrieved, left on the server: %s" % printable(text),
+                  file=sys.stderr)
         return EXIT_ERROR
     if isinstance(value, FetchResult):
         if not args.quiet and sys.stderr.isatty():
@@ -152,5 +161,10 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
         return EXIT_OK
     error = value.value if value is not None else RuntimeError("interrupted")
     code, text = classify_exit(error)
-    print("pop3ng fetch: %s" % text, file=sys.stderr)
+    print("pop3ng fetch: %s" % printable(text), file=sys.stderr)
     return code
+
+
+def _warn(text: str) -> None:
+    """Warnings go to stderr at once, even with --quiet: they ask the user to look at something."""
+    print("pop3ng fetch: warning: %s" % printable(text), file=sys.stderr)

@@ -15,9 +15,11 @@ record the messages as delivered and, later, send their ``DELE``.
   delivery exactly-once rather than at-least-once.
 * **mbox**: the batch is appended under an exclusive ``lockf`` lock (what mutt and procmail use) in
   mboxrd form (``From `` separator, ``>From`` quoting, LF line endings), then fsynced. The append's
-  offset, length and SHA-256 are recorded in the state file first; after a crash a complete append
-  (same bytes at the same place) is recognised and a shorter one is cut off, so mbox delivery is
-  exactly-once too.
+  offset, length, SHA-256 and the file's identity are recorded in the state file first, and a copy
+  of the batch is kept beside it; after a crash a complete append (same bytes at the same place)
+  is recognised and a shorter one is cut off -- only when the bytes after the offset are exactly
+  the start of that copy, never mail another program appended since -- so mbox delivery is
+  exactly-once too, and never destroys someone else's mail.
 * **MDA**: each message is piped (LF line endings) into ``sh -c CMD``; exit status 0 means delivered.
   A kill between the MDA's exit and the state write re-delivers that one message next time
   (at-least-once): the MDA's own side cannot be inspected.
@@ -32,7 +34,7 @@ import re
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 from twisted_pop3ng._maildir import (KEYED_PREFIX, TmpFile, base_name, keyed_name, make_maildir,
                                      publish)
@@ -80,6 +82,8 @@ class MaildirDestination:
         self.path = os.path.abspath(path)
         self.account = account
         make_maildir(self.path)
+        #: tmp/ names of the sinks begun and not yet published or aborted.
+        self._writing: Set[str] = set()
         self._existing = set()
         for sub in ("new", "cur"):
             for name in os.listdir(os.path.join(self.path, sub)):
@@ -94,7 +98,16 @@ class MaildirDestination:
         return self.name_for(uid) in self._existing
 
     def begin(self, uid: str) -> "_MaildirSink":
-        return _MaildirSink(self, uid, self.name_for(uid))
+        """A sink for one message. Two at once under one name would write the same tmp/ file
+        (finding F12): the fetcher never asks for that, and this refuses it if it ever did."""
+        name = self.name_for(uid)
+        if name in self._writing:
+            raise DeliveryError("two messages with the UIDL %r in one run" % uid)
+        self._writing.add(name)
+        return _MaildirSink(self, uid, name)
+
+    def _done(self, name: str) -> None:
+        self._writing.discard(name)
 
     def commit(self, sinks: Sequence["_MaildirSink"]) -> None:
         try:
@@ -104,6 +117,7 @@ class MaildirDestination:
         except OSError as error:
             raise DeliveryError("cannot deliver into %s: %s" % (self.path, error))
         self._existing.update(sink.name for sink in sinks)
+        self._writing.difference_update(sink.name for sink in sinks)
 
     def recover(self, state: Any) -> None:
         pass
@@ -118,6 +132,7 @@ class _MaildirSink:
     def __init__(self, destination: MaildirDestination, uid: str, name: str) -> None:
         self.uid = uid
         self.name = name
+        self._destination = destination
         self.size = 0
         self._file = TmpFile(destination.path, name)
         self.tmp_path = self._file.path
@@ -157,6 +172,7 @@ class _MaildirSink:
 
     def abort(self) -> None:
         self._file.abort()
+        self._destination._done(self.name)
 
 
 def _mboxrd(spool: _Spool, when: float) -> bytes:
@@ -181,12 +197,53 @@ def _digest_at(fd: int, start: int, end: int) -> str:
     return digest.hexdigest()
 
 
+def _same_bytes(fd: int, start: int, end: int, copy_path: str) -> bool:
+    """Whether the file's bytes in [start, end) are exactly the start of the file ``copy_path``."""
+    try:
+        copy = os.open(copy_path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        position = 0
+        while start + position < end:
+            want = min(1 << 20, end - start - position)
+            ours = os.pread(copy, want, position)
+            if len(ours) != want or os.pread(fd, want, start + position) != ours:
+                return False
+            position += want
+        return True
+    finally:
+        os.close(copy)
+
+
+def _file_digest(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return ""
+    try:
+        return _digest_at(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 class MboxDestination:
-    """Append to an mbox file under ``lockf``, recording each append first (see module doc)."""
+    """Append to an mbox file under ``lockf``, recording each append first (see module doc).
+
+    Crash recovery cuts off only bytes this fetcher wrote (finding F11): each batch is also
+    written, before the append, to a copy beside the state file (``STATE.mbox-append``, not
+    fsynced: it only has to outlive a killed process), and the append is recorded with the
+    mbox's identity (device, inode). After a kill, what follows the recorded offset is cut off
+    only when it is the same file and those bytes are exactly the start of that copy; anything
+    else (mail another program appended, a rewritten or replaced mbox) is left as it is, reported
+    in :attr:`warnings`, and the batch is delivered again.
+    """
 
     def __init__(self, path: str, account: str) -> None:
         self.path = os.path.abspath(path)
         self.state: Any = None
+        #: What recovery left alone for the user to look at (printed by the command line).
+        self.warnings: List[str] = []
 
     def has(self, uid: str) -> bool:
         return False
@@ -199,24 +256,54 @@ class MboxDestination:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         return fd
 
+    def _copy_path(self) -> Optional[str]:
+        return self.state.path + ".mbox-append" if self.state is not None else None
+
+    def _remove_copy(self) -> None:
+        copy = self._copy_path()
+        if copy is not None:
+            try:
+                os.unlink(copy)
+            except OSError:
+                pass
+
     def recover(self, state: Any) -> None:
-        """Finish what a killed run left: a complete append counts, a partial one is cut off."""
+        """Finish what a killed run left: a complete append counts, a partial one of ours is cut
+        off, and anything else is left alone and reported."""
         self.state = state
         pending = state.pending
         if not pending:
+            self._remove_copy()
             return
         fd = self._open_locked()
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            size = info.st_size
             offset, end = pending["offset"], pending["end"]
+            identity = pending.get("file")
+            same_file = identity is None or list(identity) == [info.st_dev, info.st_ino]
+            copy = self._copy_path()
             if size >= end and _digest_at(fd, offset, end) == pending.get("sha256"):
                 state.mark_delivered(pending["uids"])
-            elif size > offset:
-                os.ftruncate(fd, offset)
+            elif size == offset and same_file:
+                pass  # killed before a byte was written
+            elif (offset < size <= end and same_file and copy is not None
+                    and _file_digest(copy) == pending.get("sha256")
+                    and _same_bytes(fd, offset, size, copy)):
+                os.ftruncate(fd, offset)  # exactly our partial append: nobody else's bytes
                 os.fsync(fd)
+            else:
+                self.warnings.append(
+                    "%s was changed by another program after an interrupted append (expected "
+                    "our %d octets at offset %d, the file now has %d octets%s): left as it is; "
+                    "check it for a partial message at offset %d. The %d message(s) of that append "
+                    "are delivered again." % (self.path, end - offset, offset, size,
+                                              "" if same_file else " and is another file",
+                                              offset, len(pending.get("uids") or ())))
         finally:
             os.close(fd)
         state.set_pending(None)
+        self._remove_copy()
 
     def commit(self, sinks: Sequence[_Spool]) -> None:
         if not sinks:
@@ -225,15 +312,24 @@ class MboxDestination:
         entries = [_mboxrd(s, now) for s in sinks]
         blob = b"".join(entries)
         total = len(blob)
+        copy = self._copy_path()
+        if copy is not None:
+            try:
+                # Before the append is recorded: what recovery compares a partial append with.
+                _write_copy(copy, blob)
+            except OSError as error:
+                raise DeliveryError("cannot write %s: %s" % (copy, error))
         try:
             fd = self._open_locked()
         except OSError as error:
             raise DeliveryError("cannot open %s: %s" % (self.path, error))
         try:
-            offset = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            offset = info.st_size
             if self.state is not None:
                 self.state.set_pending({"offset": offset, "end": offset + total,
                                         "sha256": hashlib.sha256(blob).hexdigest(),
+                                        "file": [info.st_dev, info.st_ino],
                                         "uids": {s.uid: None for s in sinks}})
             data = memoryview(blob)
             while data:
@@ -241,7 +337,7 @@ class MboxDestination:
             os.fsync(fd)
         except OSError as error:
             try:
-                os.ftruncate(fd, offset)
+                os.ftruncate(fd, offset)  # still under our lock: only our own bytes
             except OSError:
                 pass
             raise DeliveryError("cannot append to %s: %s" % (self.path, error))
@@ -251,11 +347,28 @@ class MboxDestination:
                 sink.abort()
 
     def close(self) -> None:
-        pass
+        if self.state is not None and not self.state.pending:
+            self._remove_copy()
+
+
+def _write_copy(path: str, blob: bytes) -> None:
+    """The batch's bytes beside the state file, private, never through a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        data = memoryview(blob)
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 class MDADestination:
-    """Pipe each message into ``sh -c COMMAND``; exit status 0 means the MDA took it."""
+    """Pipe each message into ``sh -c COMMAND``; exit status 0 means the MDA took it.
+
+    ``POP3NG_UIDL`` in the command's environment is the server's UIDL: checked by the client
+    (1-70 characters in 0x21-0x7E, so no NUL, space or control character), but still the server's
+    choice -- it may hold ``/`` or ``..``, so a command must not use it as a file name as it is.
+    """
 
     #: Record each message as soon as its MDA succeeded: a later failure must not hide it.
     batch_limit = 1

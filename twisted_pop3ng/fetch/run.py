@@ -10,6 +10,10 @@ It never loses mail, and delivers each message once:
 3. Only when every delivery is durable: ``DELE`` for the delivered messages (all of them, or with
    ``--keep`` those older than ``--keep-days``), then ``QUIT``. A drop or a kill before ``QUIT``
    deletes nothing; the next run skips what was delivered and deletes it then.
+
+What the server says is checked before it is used (the client validates UIDLs, numbers and
+sizes); messages that share a UIDL are left on the server and reported. A UIDL never names a file:
+file names are digests (:mod:`.delivery`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet import defer
 
@@ -56,6 +60,13 @@ class FetchOptions:
     window: int = WINDOW
     #: An OAuth 2 bearer token (OAUTHBEARER / XOAUTH2) instead of a password.
     token: Optional[str] = None
+    #: When SCRAM (or CRAM-MD5) is refused, try once more with PLAIN over TLS. Off by default
+    #: (finding F18): it hands the password itself to any server with a valid certificate. Needed
+    #: for servers that offer SCRAM but store only a crypt hash (Dovecot with SHA512-CRYPT users).
+    allow_plain_fallback: bool = False
+    #: Called with each warning (:attr:`FetchResult.warnings`) as soon as it arises, so that it
+    #: reaches the user even when the run then fails.
+    on_warning: Optional[Callable[[str], None]] = None
     #: Called with the name of each step where a crash must lose nothing: ``delivered`` (after a
     #: durable batch, before its state write), ``before-dele``, ``before-quit``, ``after-quit``.
     #: The crash tests pass one that kills the process; None in production.
@@ -68,8 +79,11 @@ class FetchResult:
     delivered: int = 0
     skipped: int = 0
     deleted: int = 0
-    #: Messages the server refused to send (``-ERR`` to RETR): left on the server, reported.
+    #: Messages the server refused to send (``-ERR`` to RETR), or that share their UIDL with
+    #: another message: left on the server, reported.
     refused: List[str] = field(default_factory=list)
+    #: Things the user should look at that did not stop the run (an mbox left as it was found).
+    warnings: List[str] = field(default_factory=list)
 
 
 def _no_crash(name: str) -> None:
@@ -110,7 +124,11 @@ class _Retriever:
                and (not self._in_flight or self._in_flight_octets < WINDOW_OCTETS)):
             number, uid, size = self.todo[self._next]
             self._next += 1
-            sink = self.destination.begin(uid)
+            try:
+                sink = self.destination.begin(uid)
+            except Exception as e:
+                self._error = e  # reported once what is in flight has landed
+                break
             self._in_flight.append(sink)
             self._in_flight_octets += size
             self.client.retrieve(number, sink).addCallbacks(
@@ -222,9 +240,14 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
     destination = open_destination(options.kind, options.target, account)
     destination.recover(state)
     result = FetchResult()
+    for warning in getattr(destination, "warnings", ()):
+        result.warnings.append(warning)
+        if options.on_warning is not None:
+            options.on_warning(warning)
     client = await connect(reactor, options.url, password=options.password, token=options.token,
                            cafile=options.cafile,
-                           allow_plaintext=options.allow_plaintext, timeout=options.timeout)
+                           allow_plaintext=options.allow_plaintext, timeout=options.timeout,
+                           allow_plain_fallback=options.allow_plain_fallback)
     try:
         try:
             uids, sizes = await defer.gatherResults([client.uidl(), client.list()],
@@ -235,10 +258,13 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
                                       "needs to deliver each message exactly once")
             raise
         result.listed = len(uids)
+        ambiguous = _ambiguous(uids, result)
         todo: List[Tuple[int, str, int]] = []
         recovered: Dict[str, Optional[int]] = {}
         for number in sorted(uids):
             uid, size = uids[number], sizes.get(number)
+            if uid in ambiguous:
+                continue
             if state.is_delivered(uid, size):
                 result.skipped += 1
             elif destination.has(uid):
@@ -256,7 +282,7 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
         finally:
             if progress:
                 progress.close()
-        doomed = _to_delete(uids, sizes, state, options)
+        doomed = _to_delete(uids, sizes, state, options, ambiguous)
         crash_hook("before-dele")
         if doomed:
             replies = [client.delete(n) for n in doomed]
@@ -277,12 +303,33 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
     return result
 
 
+def _ambiguous(uids: Dict[int, str], result: FetchResult) -> Set[str]:
+    """UIDLs the server lists for more than one message (an RFC 1939 violation of buggy servers).
+
+    Such messages are neither fetched nor deleted, and reported (finding F12): the UIDL is what
+    names a message's file and its state entry, so two messages under one UIDL would write the
+    same file, and the second run would take both for delivered and delete both. Refusing the
+    whole listing would hold back every other message; leaving only these on the server loses
+    nothing and lets the rest flow.
+    """
+    numbers: Dict[str, List[int]] = {}
+    for number in sorted(uids):
+        numbers.setdefault(uids[number], []).append(number)
+    ambiguous = {uid for uid, listed in numbers.items() if len(listed) > 1}
+    for uid in sorted(ambiguous):
+        result.refused.append("%s: the server gives this UIDL to messages %s; they are left on "
+                              "the server" % (uid, ", ".join(str(n) for n in numbers[uid])))
+    return ambiguous
+
+
 def _to_delete(uids: Dict[int, str], sizes: Dict[int, int], state: FetchState,
-               options: FetchOptions) -> List[int]:
+               options: FetchOptions, ambiguous: Set[str]) -> List[int]:
     now = time.time()
     doomed = []
     for number in sorted(uids):
         uid = uids[number]
+        if uid in ambiguous:
+            continue  # which of them was delivered cannot be told: delete none
         if not state.is_delivered(uid, sizes.get(number)):
             continue
         if options.keep:

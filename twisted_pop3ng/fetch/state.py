@@ -5,7 +5,11 @@ durable delivery batch, so a crash leaves the previous or the next version, neve
 
     {"version": 1, "account": "pop3://alice@mail.example:110",
      "delivered": {"UIDL": [first_delivered_epoch, size], ...},
-     "pending": null | {"offset": N, "end": M, "uids": {...}}}      # mbox appends in flight
+     "pending": null | {"offset": N, "end": M, "sha256": H, "file": [dev, ino],
+                        "uids": {...}}}                                # mbox appends in flight
+
+An mbox append in flight also leaves a copy of its bytes beside this file (``STATE.mbox-append``):
+crash recovery compares with it (:class:`~twisted_pop3ng.fetch.delivery.MboxDestination`).
 
 An entry means "durable at the destination". It stays while the message is on the server (so a
 kill before QUIT does not re-deliver) and is dropped once the server no longer lists the UIDL.

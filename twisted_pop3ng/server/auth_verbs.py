@@ -79,7 +79,7 @@ def client_identities(protocol: Any) -> List[str]:
         peer = conn.get_peer_certificate()
     except Exception:
         return []
-    if peer is None:
+    if peer is None or not _chains_to_trusted_ca(conn, peer):
         return []
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -93,6 +93,26 @@ def client_identities(protocol: Any) -> List[str]:
         pass
     names += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     return names
+
+
+def _chains_to_trusted_ca(conn: Any, peer: Any) -> bool:
+    """The peer certificate verifies against the context's trusted CAs (F6).
+
+    The handshake's own verification may have been overridden by a verify callback that accepts
+    everything (a common embedding pattern), which would make EXTERNAL a login with any
+    self-signed certificate; pyOpenSSL does not expose ``SSL_get_verify_result``, so the chain
+    is verified again here, with the public ``X509StoreContext``."""
+    from OpenSSL import crypto
+
+    try:
+        store = conn.get_context().get_cert_store()
+        if store is None:
+            return False
+        chain = list(conn.get_peer_cert_chain() or [])[1:]  # intermediates the client sent
+        crypto.X509StoreContext(store, peer, chain).verify_certificate()
+    except Exception:  # X509StoreContextError, or anything odd about the connection: no identity
+        return False
+    return True
 
 
 # -- STLS -----------------------------------------------------------------------------------------
@@ -196,11 +216,17 @@ class _Exchange:
         self.mechanism = mechanism
 
     def begin(self, initial: Optional[bytes]) -> Any:
+        # The audit log's record of this attempt (the user is known once the mechanism says).
+        self.protocol.session.attempt = (None, self.mechanism.name)
         return self._run(self.mechanism.start, initial)
 
     def line(self, line: bytes) -> Any:
         if line.strip() == b"*":
             self._end()
+            if getattr(self.mechanism, "failed", False):
+                # OAuth has already refused the token (its error challenge is out): a cancel
+                # now is that failure, with its delay and count (F18), not a free retry.
+                return self._failed(Failure(sasl.AuthFailed("cancelled after a failure")))
             self.protocol.reply(False, "Authentication cancelled.")
             return None
         if len(line) + 2 > wire.MAX_AUTH_LINE:
@@ -228,10 +254,14 @@ class _Exchange:
             self.protocol.session.line_hook = self.line
             self.protocol.write(b"+ " + binascii.b2a_base64(result.data, newline=False) + b"\r\n")
             return None
-        return self.protocol.login(result.credentials)
+        return self.protocol.login(result.credentials, self.mechanism.name)
 
     def _failed(self, failure: Failure) -> Any:
         self._end()
+        session = self.protocol.session
+        if session.attempt is not None and session.attempt[0] is None:
+            # (SCRAM and OAuth know the name the client claimed; never the secret.)
+            session.attempt = (getattr(self.mechanism, "username", None), self.mechanism.name)
         if failure.check(sasl.AuthFailed):
             return self.protocol._login_failed(Failure(UnauthorizedLogin(str(failure.value))))
         return failure
@@ -283,7 +313,7 @@ def do_APOP(protocol: ServerConnection, cmd: wire.Command) -> Any:
     words = cmd.words()
     if len(words) != 2 or len(words[1]) != 32:
         raise BadCommand("APOP needs a user name and a 32-digit MD5 digest")
-    return protocol.login(APOPCredentials(words[0], timestamp.encode("ascii"), words[1]))
+    return protocol.login(APOPCredentials(words[0], timestamp.encode("ascii"), words[1]), "APOP")
 
 
 # -- UTF8 -----------------------------------------------------------------------------------------

@@ -262,6 +262,7 @@ class SessionIO(Protocol):
     # Provided by the protocol class (see the module docstring); declared for type checkers.
     transport: Any
     factory: Any
+    clock: Any  # (a property there: ``factory.clock``)
     _closing: bool
     _stream: Any
     _blocks: AbstractSet[str]
@@ -296,6 +297,9 @@ class SessionIO(Protocol):
     #: Inactivity allowed now (None: no timeout) and the clock time at which it runs out.
     _timeout: Optional[float] = None
     _deadline: Optional[float] = None
+    #: A clock time that no activity pushes the deadline past (the absolute login deadline, F4);
+    #: None: none. Set and cleared by the protocol.
+    _hard_deadline: Optional[float] = None
 
     def setTimeout(self, period: Optional[float]) -> None:
         """Start, change or (None) cancel the inactivity timeout; see :class:`IdleSweeper`."""
@@ -307,13 +311,18 @@ class SessionIO(Protocol):
             self._deadline = None
             sweeper.discard(self)
         else:
-            self._deadline = self.factory.clock.seconds() + period
+            deadline = self.factory.clock.seconds() + period
+            hard = self._hard_deadline
+            self._deadline = deadline if hard is None or deadline < hard else hard
             sweeper.add(self)
 
     def resetTimeout(self) -> None:
-        """Activity: push the deadline out (a float store, no timer juggling per line)."""
+        """Activity: push the deadline out (a float store, no timer juggling per line), never
+        past :attr:`_hard_deadline`."""
         if self._timeout is not None:
-            self._deadline = self.factory.clock.seconds() + self._timeout
+            deadline = self.factory.clock.seconds() + self._timeout
+            hard = self._hard_deadline
+            self._deadline = deadline if hard is None or deadline < hard else hard
 
     #: While a batch of received lines is processed, replies collect here and leave together
     #: (one ``send``, or one TLS write, for a pipelined burst).

@@ -1,21 +1,31 @@
 """Security policy of a server: plaintext-auth rules, APOP greeting, abuse limits, LOGIN-DELAY.
 
 The protocol calls these hooks at fixed points (connection made/lost, USER, login success and
-failure); the state they keep (failures per address, connections per address and user, last login
-per user) lives in one :class:`AbuseGuard` per factory (``factory.abuse_guard``), so it spans
-connections — a brute-forcer that reconnects for every guess still meets the growing delay; what
-one connection was counted for is on its :class:`~.session.Session`. Defaults follow Dovecot.
+failure); the state they keep (failures per address, connections per address and in all, sessions
+per user, last login per user) lives in one :class:`AbuseGuard` per factory
+(``factory.abuse_guard``), so it spans connections — a brute-forcer that reconnects for every guess
+still meets the growing delay; what one connection was counted for is on its
+:class:`~.session.Session`. Defaults follow Dovecot (its limits are the floor).
+
+Rules of this module:
+
+* every limit is bounded arithmetic that cannot raise: the failure count saturates, the delay is
+  clamped (an exception here once turned the delay into an immediate ``-ERR [SYS/TEMP]``, F1);
+* addresses are counted per *network* (:meth:`AbuseGuard.key`: /32 for IPv4 and /64 for IPv6 by
+  default, IPv4-mapped IPv6 as IPv4), so changing the last bits of an address gains nothing;
+* tracked memory is bounded (:data:`MAX_TRACKED_ADDRESSES`), oldest forgotten first.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import resource
 import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 from twisted.internet.interfaces import ISSLTransport
 
@@ -28,6 +38,17 @@ MAX_FAILURE_DELAY = 15.0
 FAILURE_MEMORY = 3600.0
 #: Addresses remembered at most (oldest forgotten first): bounded memory under a distributed attack.
 MAX_TRACKED_ADDRESSES = 100_000
+#: The failure count saturates here: 2**63 times any base delay is past every ceiling, and the
+#: count stays a small int (it overflowed a float multiplication after 1,024 failures: F1).
+MAX_FAILURE_COUNT = 64
+#: Dovecot closes a connection after 3 failed authentications (LOGIN_MAX_AUTH_ATTEMPTS).
+MAX_AUTH_FAILURES = 3
+#: Absolute time from connect to login (input does not extend it; Dovecot's is 3 minutes for
+#: "login_timeout"-style limits); the inactivity timeout before login is shorter still.
+LOGIN_DEADLINE = 120.0
+#: File descriptors kept free beyond ``--max-connections``'s automatic value (listening sockets,
+#: maildir files, logs, the thread pool's pipes).
+RESERVED_FDS = 64
 
 Network = Any  # ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,6 +76,17 @@ class SecurityConfig:
     expire: Optional[str] = None
     #: Host name for APOP and CRAM-MD5 challenges.
     hostname: str = field(default_factory=socket.gethostname)
+    #: Connections open at once in this process, local ones included; past it a new connection
+    #: gets ``-ERR [SYS/TEMP]`` and is closed (0: the file-descriptor limit less RESERVED_FDS).
+    max_connections: int = 0
+    #: Seconds from connect by which a client must have logged in, however active (None: none).
+    login_deadline: Optional[float] = LOGIN_DEADLINE
+    #: Failed authentications on one connection after which it is closed (0: no limit).
+    max_auth_failures: int = MAX_AUTH_FAILURES
+    #: Prefix lengths by which client addresses are grouped for the per-address limits and the
+    #: failure delay (an IPv6 site usually holds a whole /64, or a /56, /48).
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
 
 
 
@@ -73,45 +105,123 @@ class AbuseGuard:
         self.connections: Dict[str, int] = {}
         self.users: Dict[str, int] = {}
         self.last_login: Dict[str, float] = {}
+        #: Connections open now (all of them, local ones too), against ``max_connections``.
+        self.total = 0
+        self._connection_limit: Optional[int] = None
 
     def now(self) -> float:
         return self.clock.seconds() if hasattr(self.clock, "seconds") else time.time()
 
-    def failure_delay(self, address: Optional[str]) -> float:
-        """Record a failed authentication; the delay before answering grows per address."""
+    def key(self, address: Optional[str]) -> Optional[str]:
+        """The network ``address`` is counted under: itself for a full-length prefix (the common
+        IPv4 case, without parsing), else ``network/prefix``; IPv4-mapped IPv6 counts as IPv4."""
         if address is None:
-            return self.base_delay
-        now = self.now()
-        count, last = self.failures.pop(address, (0, now))
-        if now - last > FAILURE_MEMORY:
-            count = 0
-        count += 1
-        self.failures[address] = (count, now)
-        while len(self.failures) > MAX_TRACKED_ADDRESSES:
-            self.failures.popitem(last=False)
-        if self.base_delay <= 0:
-            return 0.0
-        return min(self.base_delay * 2 ** (count - 1), max(self.config.max_failure_delay, self.base_delay))
+            return None
+        config = self.config
+        if ":" not in address and config.ipv4_prefix >= 32:
+            return address
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return address
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if mapped is not None:
+            ip = mapped
+        prefix = config.ipv4_prefix if ip.version == 4 else config.ipv6_prefix
+        if prefix >= ip.max_prefixlen:
+            return str(ip)
+        return str(ipaddress.ip_network((ip, max(prefix, 0)), strict=False))
+
+    def failure_delay(self, address: Optional[str]) -> float:
+        """Record a failed authentication; the delay before answering grows per address.
+
+        Never raises, and is never more than the ceiling: bounded for any number of failures."""
+        ceiling = max(self.config.max_failure_delay, self.base_delay, 0.0)
+        try:
+            key = self.key(address)
+            if key is None:
+                return max(self.base_delay, 0.0)
+            now = self.now()
+            count, last = self.failures.pop(key, (0, now))
+            if now - last > FAILURE_MEMORY:
+                count = 0
+            count = min(count + 1, MAX_FAILURE_COUNT)
+            self.failures[key] = (count, now)
+            while len(self.failures) > MAX_TRACKED_ADDRESSES:
+                self.failures.popitem(last=False)
+            if self.base_delay <= 0:
+                return 0.0
+            return min(self.base_delay * 2.0 ** (count - 1), ceiling)
+        except Exception:  # a bug here must not turn the delay into no delay
+            return ceiling
+
+    def failure_count(self, address: Optional[str]) -> int:
+        """Failures remembered for ``address``'s network (0 once forgotten)."""
+        key = self.key(address)
+        count, last = self.failures.get(key, (0, 0.0)) if key is not None else (0, 0.0)
+        return 0 if self.now() - last > FAILURE_MEMORY else count
 
     def success(self, address: Optional[str]) -> None:
-        if address is not None:
-            self.failures.pop(address, None)
+        """A login from ``address`` forgives one failure, not all of them.
+
+        Dovecot forgets every failure of the address on a success; then a guesser who owns one
+        account logs into it between guesses at another and never meets more than the base delay.
+        Here that interleaving only holds the delay where it was (one success per failure), and
+        any faster guessing still makes it grow; a user who mistyped and then got in loses one
+        step of delay per login, and all of it after FAILURE_MEMORY."""
+        key = self.key(address)
+        if key is None:
+            return
+        entry = self.failures.get(key)
+        if entry is not None:
+            if entry[0] <= 1:
+                del self.failures[key]
+            else:
+                self.failures[key] = (entry[0] - 1, entry[1])
+
+    def connection_limit(self) -> int:
+        """``max_connections``, or (0) the process's file-descriptor limit less RESERVED_FDS."""
+        limit = self.config.max_connections
+        if limit:
+            return limit
+        if self._connection_limit is None:
+            try:
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            except (OSError, ValueError):
+                soft = resource.RLIM_INFINITY
+            if soft == resource.RLIM_INFINITY or soft <= 0:
+                soft = 1 << 20
+            self._connection_limit = max(soft - RESERVED_FDS, 1)
+        return self._connection_limit
+
+    def open_any(self) -> bool:
+        """Count a new connection against the global cap; False when the server is full."""
+        if self.total >= self.connection_limit():
+            return False
+        self.total += 1
+        return True
+
+    def close_any(self) -> None:
+        if self.total > 0:
+            self.total -= 1
 
     def open_connection(self, address: Optional[str]) -> bool:
-        if address is None:
+        key = self.key(address)
+        if key is None:
             return True
-        count = self.connections.get(address, 0)
+        count = self.connections.get(key, 0)
         limit = self.config.max_connections_per_address
         if limit and count >= limit:
             return False
-        self.connections[address] = count + 1
+        self.connections[key] = count + 1
         return True
 
-    def close_connection(self, address: Optional[str]) -> None:
-        if address is not None and address in self.connections:
-            self.connections[address] -= 1
-            if not self.connections[address]:
-                del self.connections[address]
+    def close_connection(self, key: Optional[str]) -> None:
+        """Release what :meth:`open_connection` counted (``key`` as :meth:`key` gave it)."""
+        if key is not None and key in self.connections:
+            self.connections[key] -= 1
+            if not self.connections[key]:
+                del self.connections[key]
 
     def admit_user(self, user: str) -> None:
         """Called when a user has proven its identity; raises to refuse the session."""
@@ -159,6 +269,11 @@ def _addresses(protocol: Any) -> Tuple[Optional[str], Optional[str]]:
     return peer, host
 
 
+def addresses(protocol: Connection) -> Tuple[Optional[str], Optional[str]]:
+    """(client IP, server IP) of the connection (None where not an IP connection)."""
+    return _addresses(protocol)
+
+
 def peer_ip(protocol: Connection) -> Optional[str]:
     return _addresses(protocol)[0]
 
@@ -183,7 +298,7 @@ def plaintext_allowed(protocol: Connection) -> bool:
     except ValueError:
         return False
     if address is not None and getattr(address, "ipv4_mapped", None):
-        address = address.ipv4_mapped
+        address = cast(ipaddress.IPv6Address, address).ipv4_mapped
     return address is not None and any(address in net for net in config.trusted_networks)
 
 
@@ -197,27 +312,37 @@ def user_capability(protocol: Connection) -> Optional[str]:
 
 
 def connection_made(protocol: Connection) -> bool:
-    """False (after a reply) when the address already holds too many connections.
+    """False (after a reply) when the server, or the client's network, holds too many connections.
 
-    Local connections (client address == server address: the host itself, its MUAs, monitoring,
-    benchmarks) are not counted: the limit is against remote floods, as Dovecot's are.
+    The global cap counts every connection (descriptors run out whoever holds them). The
+    per-address one does not count local connections (client address == server address: the host
+    itself, its MUAs, monitoring, benchmarks): it is against remote floods, as Dovecot's is.
     """
+    g = guard(protocol)
+    if not g.open_any():
+        protocol.close("Server is busy, too many connections, try again later", code="SYS/TEMP")
+        return False
+    session = protocol.session
+    session.counted_total = True
     if is_local(protocol):
         return True
-    address = peer_ip(protocol)
-    if not guard(protocol).open_connection(address):
+    key = g.key(peer_ip(protocol))
+    if not g.open_connection(key):
         protocol.close("Too many connections from your address", code="SYS/TEMP")
         return False
-    protocol.session.counted_address = address
+    session.counted_address = key
     return True
 
 
 def connection_lost(protocol: Connection) -> None:
     session = protocol.session
     address, user = session.counted_address, session.admitted_user
-    if address is None and user is None:
+    if address is None and user is None and not session.counted_total:
         return
     g = guard(protocol)
+    if session.counted_total:
+        session.counted_total = False
+        g.close_any()
     if address is not None:
         session.counted_address = None
         g.close_connection(address)
@@ -238,6 +363,20 @@ def greeting(protocol: Connection, text: str) -> str:
 
 def failure_delay(protocol: Connection) -> float:
     return guard(protocol).failure_delay(peer_ip(protocol))
+
+
+def login_deadline(protocol: Connection) -> Optional[float]:
+    """Seconds from connect by which the client must be logged in (None: no such deadline)."""
+    deadline = security(protocol).login_deadline
+    return deadline if deadline and deadline > 0 else None
+
+
+def too_many_failures(protocol: Connection) -> bool:
+    """Count a failed authentication on this connection; True once it must be closed."""
+    session = protocol.session
+    session.auth_failures += 1
+    limit = security(protocol).max_auth_failures
+    return bool(limit) and session.auth_failures >= limit
 
 
 def admit(result: Any, protocol: Connection, credentials: Any) -> Any:

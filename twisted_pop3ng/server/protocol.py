@@ -23,13 +23,14 @@ import os
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Callable, List, Optional
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_pop3ng.auth import checkers as cred
-from twisted_pop3ng.server import policy
+from twisted_pop3ng.server import audit, policy
 from twisted_pop3ng import wire
 from twisted_pop3ng import __version__
 from twisted_pop3ng.errors import (
@@ -50,6 +51,9 @@ from twisted_pop3ng.server.io import (CHUNK_SIZE, STOCK_SENDER, IdleSweeper, Mes
 
 #: ``Command(verb, rest)`` without the named tuple's Python-level ``__new__``.
 _new_command = tuple.__new__
+#: Longest password (or SASL PLAIN response) hashed: SHA-crypt and MD5-crypt cost grows with the
+#: length and passlib takes up to 4 KB (F2); a longer one fails as a wrong password, unhashed.
+MAX_PASSWORD = 1024
 #: Seconds a closing connection may take to deliver its last reply before it is aborted: a peer
 #: that never reads, or never completes the TLS handshake, would otherwise keep the connection (and
 #: the maildrop lock) forever, since loseConnection waits for the write buffer to drain. After QUIT
@@ -153,6 +157,9 @@ class POP3ServerProtocol(SessionIO):
         return self.factory.clock
 
     def connectionMade(self) -> None:
+        deadline = policy.login_deadline(self)
+        if deadline is not None:  # absolute: no input pushes it (F4)
+            self._hard_deadline = self.clock.seconds() + deadline
         self.setTimeout(self.config.login_timeout)
         set_no_delay(self.transport)
         self.transport.registerProducer(TransportFlow(self), True)
@@ -196,16 +203,23 @@ class POP3ServerProtocol(SessionIO):
             self.transport.abortConnection()
 
     def timeoutConnection(self) -> None:
-        self.log.info("closing idle connection")
+        hard = self._hard_deadline
+        if hard is not None and self.clock.seconds() >= hard:
+            self.close("Login time exceeded, closing connection.")
+            return
         self.close("Disconnected for inactivity.")
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.setTimeout(None)
         self._closing = True
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
         self._stop_stream()
+        pending = self.session.pending_login
+        if pending is not None:  # a hash still queued for a client that left: drop it (F2)
+            self.session.pending_login = None
+            pending.cancel()
         if self.session.state != UPDATE:
             self._do_logout()
         policy.connection_lost(self)
@@ -348,27 +362,57 @@ class POP3ServerProtocol(SessionIO):
         caps.append("IMPLEMENTATION %s" % self.config.implementation)
         return caps
 
-    def login(self, credentials: Any) -> Optional[defer.Deferred]:
+    def login(self, credentials: Any, mechanism: Optional[str] = None) -> Optional[defer.Deferred]:
         """Authenticate through the portal, lock the maildrop and take the snapshot.
 
         When the checker and realm answer at once (cheap password schemes, a local maildir; see
         :func:`.cred.login_now`) the rest runs as plain calls, and the command finishes without a
-        Deferred of its own.
+        Deferred of its own. While the portal works (a hash in the pool), the session's timeout
+        is suspended: the server's own hashing time is not the client's inactivity (F2, F5); if
+        the client leaves meanwhile, the login is cancelled (a queued hash is dropped).
+        ``mechanism`` names the method for the audit log (USER, APOP, a SASL mechanism).
         """
+        session = self.session
+        user = getattr(credentials, "username", None)
+        session.attempt = (user, mechanism or (session.attempt[1] if session.attempt else "USER"))
+        password = getattr(credentials, "password", None)
+        if password is not None and len(password) > MAX_PASSWORD:
+            return self._login_failed(Failure(UnauthorizedLogin("password too long")))
+        # A client whose address has recent failures queues its hash behind everyone else's,
+        # and gives its place up to them when the queue is full (see cred.HashPool).
+        g = policy.guard(self)
+        suspect = bool(g.failures) and g.failure_count(policy.peer_ip(self)) > 0
+        priority = cred.hash_priority.set(cred.SUSPECT if suspect else cred.NORMAL)
         try:
             d = cred.login_now(self.factory.portal, credentials, IMailbox)
         except Exception:
             return self._after_login(Failure(), credentials)
+        finally:
+            cred.hash_priority.reset(priority)
         if type(d) is tuple or not isinstance(d, defer.Deferred):
             return self._after_login(d, credentials)
         outcome: List[Any] = []
         d.addBoth(outcome.append)  # takes the result (a Failure too: nothing left unhandled)
         if outcome:
             return self._after_login(outcome[0], credentials)
-        return d.addCallback(lambda _: self._after_login(outcome[0], credentials))
+        session.pending_login = d
+        timeout = self._timeout
+        self.setTimeout(None)
+
+        def resumed(_: Any) -> Optional[defer.Deferred]:
+            session.pending_login = None
+            if not self._closing and self.transport is not None:
+                self.setTimeout(timeout)
+            return self._after_login(outcome[0], credentials)
+
+        return d.addCallback(resumed)
 
     def _after_login(self, result: Any, credentials: Any) -> Optional[defer.Deferred]:
         """The portal's result (avatar tuple or Failure): admit, then snapshot; None when done."""
+        if self._closing or self.transport is None:
+            # The client has gone: no reply, and above all no session slot taken (F5).
+            self._login_abandoned(result)
+            return None
         if isinstance(result, Failure):
             return self._login_failed(result)
         try:
@@ -379,21 +423,49 @@ class POP3ServerProtocol(SessionIO):
             return pending.addErrback(self._login_failed)
         return None
 
+    def _login_abandoned(self, result: Any) -> None:
+        """A login that finished after its connection: undo it, count a failure, log it once."""
+        attempt = self.session.attempt
+        self.session.attempt = None
+        if isinstance(result, Failure):
+            if not result.check(defer.CancelledError):
+                code, _, _ = classify(result.value)
+                if code == "AUTH":
+                    policy.failure_delay(self)  # a guess was checked: it counts
+            if attempt is not None:
+                audit.auth_failed(self, attempt[0], attempt[1], "disconnected")
+            return None
+        try:
+            result[2]()  # the realm's logout: unlock the maildrop again
+        except Exception:
+            self.log.failure("logout failed")
+        return None
+
     def _logged_in(self, result: Any) -> Optional[defer.Deferred]:
         _, mailbox, logout = result
+        session = self.session
+        attempt, session.attempt = session.attempt, None
+        if attempt is not None:
+            audit.auth_ok(self, session.admitted_user or attempt[0], attempt[1])
         if self._closing or self.transport is None:
             logout()
+            user, session.admitted_user = session.admitted_user, None
+            if user is not None:
+                policy.guard(self).release_user(user)
             return None
-        session = self.session
         session.attach(mailbox, logout)
 
         def snapshot(messages: Any) -> None:
+            if self._closing or self.transport is None:
+                return  # (connectionLost has logged out and released the slot)
             # A MessageTable (read-only columns) is kept as it is; anything else is copied.
             # (MessageTable is a Sequence, an ABC: the MRO test spares isinstance's Python
             # __instancecheck__.)
             session.messages = messages if MessageTable in type(messages).__mro__ else list(messages)
             session.deleted = set()
             session.state = TRANSITIONS[(session.state, "login")]
+            if self._hard_deadline is not None:
+                del self._hard_deadline  # logged in: the login deadline is over
             self.setTimeout(self.config.idle_timeout)
             self.reply(True, "Logged in.")
 
@@ -412,15 +484,31 @@ class POP3ServerProtocol(SessionIO):
         return None
 
     def _login_failed(self, failure: Failure) -> defer.Deferred:
+        session = self.session
         code, text, expected = classify(failure.value)
         if not expected:
             self.log.failure("login failed", failure)
+        attempt, session.attempt = session.attempt, None
+        if attempt is not None:
+            reason = ("password" if code == "AUTH" else "busy" if failure.check(cred.HashPoolFull)
+                      else (code or "error").lower().replace("/", "-") if expected else "error")
+            audit.auth_failed(self, attempt[0], attempt[1], reason)
+        if self._closing or self.transport is None:
+            return defer.succeed(None)
         if code != "AUTH":
             self.reply(False, text, code)
             return defer.succeed(None)
-        d = defer.Deferred()
+        close = policy.too_many_failures(self)
+        d: defer.Deferred[None] = defer.Deferred()
         self.clock.callLater(policy.failure_delay(self), d.callback, None)
-        d.addCallback(lambda _: self.reply(False, "Authentication failed.", "AUTH"))
+
+        def answer(_: Any) -> None:
+            if close:  # Dovecot's rule: a few failures on one connection, then it is closed
+                self.close("Authentication failed.", code="AUTH")
+            else:
+                self.reply(False, "Authentication failed.", "AUTH")
+
+        d.addCallback(answer)
         return d
 
     def send_message(self, index: int, status: bytes,
@@ -509,7 +597,7 @@ def _register_preauthenticated(portal: Any) -> None:
     has a checker of its own for that."""
     checkers = getattr(portal, "checkers", None)  # a portal need not be a cred Portal
     if checkers is not None and cred.IPreauthenticated not in checkers:
-        portal.registerChecker(cred.PreauthenticatedChecker())
+        portal.registerChecker(cred.PreauthenticatedChecker(portal))
 
 
 class POP3ServerFactory(Factory):

@@ -18,7 +18,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from typing import AbstractSet, Any, Callable, List, Optional
+from typing import AbstractSet, Any, Callable, List, Optional, Tuple
 from typing import Protocol as _TypingProtocol
 
 from twisted_pop3ng.interfaces import IUIDLListing, IWholeMessageReader
@@ -43,8 +43,17 @@ class Session:
         "read_whole", "uidl_listing",
         # USER's name until PASS; the APOP greeting timestamp; RFC 6856 UTF8 mode.
         "username", "apop_timestamp", "utf8",
-        # What the abuse guard counted for this connection, to release at its end.
-        "admitted_user", "counted_address",
+        # What the abuse guard counted for this connection, to release at its end: the user's
+        # session slot, the client's network (its AbuseGuard.key), the global connection count.
+        "admitted_user", "counted_address", "counted_total",
+        # Failed authentications on this connection (closed after max_auth_failures).
+        "auth_failures",
+        # The authentication under way, for its one audit log line: (user name or None,
+        # mechanism); None when none is (or its line was written).
+        "attempt",
+        # The portal's Deferred while a login waits on the checker (a hash in the pool): cancelled
+        # when the connection goes, so a queued hash of a client that left never runs.
+        "pending_login",
         # The client's and the server's IP address (None: not an IP connection), learnt once from
         # the transport ``addresses_of`` by the policy (connection_info), kept for the connection.
         "peer", "host", "addresses_of",
@@ -68,6 +77,10 @@ class Session:
     utf8: bool
     admitted_user: Optional[str]
     counted_address: Optional[str]
+    counted_total: bool
+    auth_failures: int
+    attempt: Optional[Tuple[Any, str]]
+    pending_login: Any
     peer: Optional[str]
     host: Optional[str]
     addresses_of: Any
@@ -84,6 +97,9 @@ class Session:
         self.username = self.apop_timestamp = None
         self.utf8 = False
         self.admitted_user = self.counted_address = None
+        self.counted_total = False
+        self.auth_failures = 0
+        self.attempt = self.pending_login = None
         self.peer = self.host = self.addresses_of = None
         self.bad_commands = 0
         self.line_hook = None
@@ -132,7 +148,7 @@ class ServerConnection(Connection, _TypingProtocol):
 
     def capabilities(self) -> List[str]: ...
 
-    def login(self, credentials: Any) -> Any: ...
+    def login(self, credentials: Any, mechanism: Optional[str] = None) -> Any: ...
 
     def send_message(self, index: int, status: bytes, encoder: Any = None) -> Any: ...
 

@@ -54,7 +54,7 @@ def do_PASS(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
     if username is None:
         raise BadCommand("Send USER first")
     session.username = None
-    return protocol.login(UsernamePassword(username, cmd.rest))
+    return protocol.login(UsernamePassword(username, cmd.rest), "USER")
 
 
 @COMMANDS.command("QUIT", AUTHORIZATION, TRANSACTION)

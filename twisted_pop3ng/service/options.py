@@ -1,4 +1,4 @@
-"""``twistd pop3ng``: the command-line options (DESIGN.md §3) and their checks.
+"""``twistd pop3ng``: the command-line options (docs/server.rst lists them) and their checks.
 
 Rules of this module: options are parsed and validated here (``postOptions``), nothing is started;
 :mod:`.build` turns parsed options into a factory and listening services.
@@ -46,7 +46,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["busy-poll", None, 50.0, "Longest time in microseconds the reactor keeps polling before it "
                                   "sleeps, adapted to the traffic (0: off; pop3ng's own reactor only).",
          float],
-    ] + tap_security.OPT_PARAMETERS
+    ] + tap_security.OPT_PARAMETERS + tap_security.abuse_options.OPT_PARAMETERS
     supportedInterfaces = None  # any checker twisted.cred knows
     #: Where --help-mailbox writes (strcred's --help-auth writes to ``authOutput``).
     mailbox_output: Any = sys.stdout

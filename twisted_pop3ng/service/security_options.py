@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_pop3ng.server import policy
+from twisted_pop3ng.service import abuse_options  # its options join Options (options.py)
 
 log = Logger()
 
@@ -40,6 +41,21 @@ OPT_PARAMETERS = [
                                   "EXTERNAL to clients whose certificate they sign."],
     ["oauth-hmac-key", None, None, "File with a secret key (>= 16 bytes): offer OAUTHBEARER and XOAUTH2 "
                                    "for tokens signed with it (see docs/security.rst)."],
+    ["oauth-jwks-url", None, None, "Offer OAUTHBEARER and XOAUTH2 for JWT access tokens signed with the "
+                                   "keys at this JWKS URL (https://, or http:// on loopback); needs "
+                                   "--oauth-issuer and --oauth-audience."],
+    ["oauth-jwks-file", None, None, "Like --oauth-jwks-url, with the keys in a local JWKS file."],
+    ["oauth-issuer", None, None, "The identity provider's issuer (the tokens' iss claim)."],
+    ["oauth-audience", None, None, "The audience tokens must be issued for (their aud claim): this "
+                                   "server's client id at the provider."],
+    ["oauth-username-claim", None, "email", "The token claim (or introspection field) naming the user."],
+    ["oauth-algorithms", None, ",".join(("RS256", "ES256", "PS256")),
+     "JWT signature algorithms allowed (comma-separated; never none or HS*)."],
+    ["oauth-introspection-url", None, None, "Offer OAUTHBEARER and XOAUTH2 for tokens the provider "
+                                            "confirms at this RFC 7662 introspection endpoint "
+                                            "(https://, or http:// on loopback)."],
+    ["oauth-client-id", None, None, "Client id for --oauth-introspection-url."],
+    ["oauth-client-secret-file", None, None, "File with the client secret for --oauth-introspection-url."],
 ]
 
 
@@ -68,13 +84,8 @@ def post_options(options: Any) -> None:
         raise usage.UsageError("--expire takes a number of days or NEVER")
     if options["login-delay"] is not None and options["login-delay"] < 0:
         raise usage.UsageError("--login-delay must not be negative")
-    if options["oauth-hmac-key"]:
-        from twisted_pop3ng.auth.oauth import HMACTokenValidator
-
-        try:
-            options["token-validator"] = HMACTokenValidator.from_file(options["oauth-hmac-key"])
-        except (OSError, ValueError) as error:
-            raise usage.UsageError("--oauth-hmac-key %s: %s" % (options["oauth-hmac-key"], error))
+    _token_validator(options)
+    _identities_from_user_database(options)
     if options["tls-client-ca"]:
         if options.get("tls") is None:
             raise usage.UsageError("--tls-client-ca needs --tls-cert")
@@ -82,6 +93,85 @@ def post_options(options: Any) -> None:
             options["tls"] = ClientCertTLS(options["tls"], options["tls-client-ca"])
         except (OSError, ValueError) as error:
             raise usage.UsageError("--tls-client-ca %s: %s" % (options["tls-client-ca"], error))
+
+
+def _token_validator(options: Any) -> None:
+    """``options["token-validator"]`` from the one OAuth source given (HMAC key, JWKS, or
+    introspection), or a usage error."""
+    sources = [name for name in ("oauth-hmac-key", "oauth-jwks-url", "oauth-jwks-file",
+                                 "oauth-introspection-url") if options.get(name)]
+    if len(sources) > 1:
+        raise usage.UsageError("give only one of --%s" % ", --".join(sources))
+    if not sources:
+        for name in ("oauth-issuer", "oauth-audience", "oauth-client-id", "oauth-client-secret-file"):
+            if options.get(name):
+                raise usage.UsageError("--%s needs --oauth-jwks-url, --oauth-jwks-file or "
+                                       "--oauth-introspection-url" % name)
+        return
+    source = sources[0]
+    claim = options.get("oauth-username-claim") or "email"
+    try:
+        if source == "oauth-hmac-key":
+            from twisted_pop3ng.auth.oauth import HMACTokenValidator
+
+            options["token-validator"] = HMACTokenValidator.from_file(options[source])
+        elif source == "oauth-introspection-url":
+            from twisted_pop3ng.auth import introspection
+
+            _check_url(options[source], source)
+            if not options.get("oauth-client-id") or not options.get("oauth-client-secret-file"):
+                raise usage.UsageError("--oauth-introspection-url needs --oauth-client-id and "
+                                       "--oauth-client-secret-file")
+            options["token-validator"] = introspection.from_options(
+                options[source], options["oauth-client-id"], options["oauth-client-secret-file"],
+                claim, options.get("oauth-issuer"), options.get("oauth-audience"))
+        else:
+            from twisted_pop3ng.auth import jwt_validator
+
+            if source == "oauth-jwks-url":
+                _check_url(options[source], source)
+            if not options.get("oauth-issuer") or not options.get("oauth-audience"):
+                raise usage.UsageError("--%s needs --oauth-issuer and --oauth-audience (tokens the "
+                                       "provider issued to other applications must not log in)" % source)
+            algorithms = jwt_validator.parse_algorithms(options.get("oauth-algorithms") or "")
+            options["token-validator"] = jwt_validator.from_options(
+                options.get("oauth-jwks-url"), options.get("oauth-jwks-file"), options["oauth-issuer"],
+                options["oauth-audience"], claim, algorithms)
+    except (OSError, ValueError) as error:
+        raise usage.UsageError("--%s %s: %s" % (source, options[source], error))
+
+
+def _check_url(url: str, option: str) -> None:
+    """https://, or http:// to a loopback address (a local proxy, a test): keys or answers
+    fetched in the clear from elsewhere could be replaced by anyone on the path."""
+    from urllib.parse import urlsplit
+    import ipaddress
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname:
+        host = parts.hostname
+        try:
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            pass
+    raise usage.UsageError("--%s %s: give an https:// URL (http:// only to a loopback address)"
+                           % (option, url))
+
+
+def _identities_from_user_database(options: Any) -> None:
+    """EXTERNAL, OAuth and SCRAM logins are checked against the --auth checkers (F6): a user
+    removed from or disabled in the passwd-file cannot log in with a certificate or token.
+    (The portal then has this checker for proven identities; POP3ServerFactory adds none.)"""
+    from twisted_pop3ng.auth.checkers import IPreauthenticated, PreauthenticatedChecker
+
+    checkers = options.get("credCheckers")
+    if checkers is None or any(IPreauthenticated in getattr(c, "credentialInterfaces", ())
+                               for c in checkers):
+        return
+    checkers.append(PreauthenticatedChecker(list(checkers)))
 
 
 def security_config(options: Any) -> policy.SecurityConfig:
@@ -98,7 +188,7 @@ def security_config(options: Any) -> policy.SecurityConfig:
     )
     if options["hostname"]:
         config.hostname = options["hostname"]
-    return config
+    return abuse_options.fill(config, options)
 
 
 def factory_arguments(options: Any) -> Dict[str, Any]:

@@ -47,7 +47,9 @@ def worker_main(config: Mapping[str, Any]) -> None:
     from twisted_pop3ng.fastpath.reactor import install_default
 
     install_default()  # as twistd pop3ng does
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed  # the one installed above: an IReactorCore, IReactorThreads, ...
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted_pop3ng.service import build
     from twisted_pop3ng.service.options import Options

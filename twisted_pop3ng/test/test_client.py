@@ -320,7 +320,7 @@ class LoginTests(unittest.TestCase):
     def test_falls_back_to_plain_over_tls_when_scram_is_refused(self):
         client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256", "PLAIN"]})
         client.tls = True
-        d = client.login("bob", "pw")
+        d = client.login("bob", "pw", allow_plain_fallback=True)
         self.assertTrue(transport.value().startswith(b"AUTH SCRAM-SHA-256 "))
         transport.clear()
         client.dataReceived(b"-ERR [AUTH] Authentication failed.\r\n")
@@ -352,6 +352,7 @@ class LoginTests(unittest.TestCase):
 
     def test_cram_md5(self):
         client, transport, _ = make_client(caps={"SASL": ["CRAM-MD5"]})
+        client.tls = True
         d = client.login("tim", "tanstaaftanstaaf")
         self.assertEqual(transport.value(), b"AUTH CRAM-MD5\r\n")
         transport.clear()
@@ -379,7 +380,7 @@ class LoginTests(unittest.TestCase):
 
     def test_apop_only_when_asked(self):
         client, transport, _ = make_client(caps={})
-        client.login("mrose", "tanstaaf", apop=True)
+        client.login("mrose", "tanstaaf", apop=True, allow_plaintext=True)
         self.assertEqual(transport.value(), b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n")
 
     def scram_server(self, password="pencil", mechanism="SCRAM-SHA-256"):

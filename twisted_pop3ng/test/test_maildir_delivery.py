@@ -78,3 +78,20 @@ class SharedNamingTests(unittest.TestCase):
         dest.commit([sink])
         fetched = os.path.join(self.path, "new", dest.name_for("uid-1"))
         self.assertEqual(stat.S_IMODE(os.stat(fetched).st_mode), 0o600)
+
+    def test_planted_link_in_tmp_is_not_written_through(self) -> None:
+        # audit F17: fetch's names are predictable; a hard link (fs.protected_hardlinks=0) or a
+        # symlink planted at tmp/NAME must not make root truncate or overwrite its target
+        _maildir.make_maildir(self.path)
+        victim = os.path.join(self.root, "victim")
+        with open(victim, "wb") as f:
+            f.write(b"root's precious file\n")
+        for plant in (os.link, os.symlink):
+            name = _maildir.keyed_name("account\x00%s" % plant.__name__)
+            plant(victim, os.path.join(self.path, "tmp", name))
+            self.assertEqual(_maildir.deliver(self.path, b"fetched\n", name), name)
+            with open(victim, "rb") as f:
+                self.assertEqual(f.read(), b"root's precious file\n")
+            with open(os.path.join(self.path, "new", name), "rb") as f:
+                self.assertEqual(f.read(), b"fetched\n")
+            self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])

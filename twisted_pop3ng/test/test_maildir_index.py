@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import textwrap
+import threading
 import time
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -483,3 +485,115 @@ class MessageTableTests(unittest.TestCase):
                 self.assertEqual(info.size, wire.wire_size_of(f.read()), name)
         self.assertEqual([f.split(".")[0] for f in scanned.files],
                          sorted(f.split(".")[0] for f in scanned.files))  # delivery order
+
+
+def _open_briefly(path: str, data: bytes = b"") -> None:
+    """Write ``data`` to a FIFO (and close it) if someone is reading it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # (ENXIO: nobody waits for it)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+class HostileIndexTests(unittest.TestCase):
+    """The index file is the user's to tamper with (audit F8, F17): it is read only as a bounded
+    regular file, never through a symlink, and written only as a new file."""
+
+    timeout = 30  # (before the fixes, opening a FIFO blocked for ever)
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
+        self.path = self.store.path_for("alice")
+        self.index = os.path.join(self.path, mi.INDEX_NAME)
+        mi.forget()
+        self.addCleanup(mi.forget)
+        md.deliver(self.path, b"one\n", "1700000001.a.host")
+        past = time.time() - 60
+        for sub in ("new", "cur"):
+            os.utime(os.path.join(self.path, sub), (past, past))
+        self.first = self.session()  # writes a settled index
+
+    def session(self) -> list:
+        box = self.store.open_mailbox("alice")
+        try:
+            return list(box.list_messages())
+        finally:
+            box.close()
+
+    def scans(self) -> list:
+        """Record the scans from now on (a scan: the index was not trusted)."""
+        mi.forget()
+        calls: list = []
+        scan = mi.scan
+
+        def recording(*args: Any) -> mi.Snapshot:
+            calls.append(args)
+            return scan(*args)
+
+        self.patch(mi, "scan", recording)
+        return calls
+
+    def test_a_good_index_is_trusted(self) -> None:
+        calls = self.scans()
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(calls, [])
+
+    def test_symlinked_index_is_not_followed(self) -> None:
+        elsewhere = os.path.join(self.root, "elsewhere")
+        os.rename(self.index, elsewhere)  # a valid index, but not the maildir's own file
+        os.symlink(elsewhere, self.index)
+        calls = self.scans()
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(len(calls), 1)
+        self.assertFalse(os.path.islink(self.index))  # replaced at logout, nothing written through
+        with open(elsewhere, "rb") as f:
+            self.assertTrue(f.read().startswith(b"pop3ng-index 2\n"))
+
+    def test_fifo_index_is_not_waited_for(self) -> None:
+        with open(self.index, "rb") as f:
+            valid = f.read()
+        os.unlink(self.index)
+        os.mkfifo(self.index)
+        # Before the fix the open() blocked until a writer came: this one comes after 5 s (so
+        # that such a server fails this test instead of hanging it) with a valid index, which
+        # such a server then trusted.
+        unblock = threading.Timer(5, _open_briefly, (self.index, valid))
+        unblock.start()
+        self.addCleanup(unblock.cancel)
+        calls = self.scans()
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(len(calls), 1)
+
+    def test_oversized_index_is_not_read(self) -> None:
+        size = os.path.getsize(self.index)
+        self.patch(mi, "MAX_INDEX_BYTES", size - 1)  # (a sparse terabyte, in small)
+        self.assertIsNone(mi.load(self.path))
+        calls = self.scans()
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(len(calls), 1)
+
+    def test_index_read_in_short_pieces(self) -> None:
+        read = os.read
+        self.patch(os, "read", lambda fd, n: read(fd, min(n, 5)))
+        calls = self.scans()
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(calls, [])
+
+    def test_planted_hard_link_at_the_temporary_name_is_not_written(self) -> None:
+        victim = os.path.join(self.root, "victim")
+        with open(victim, "wb") as f:
+            f.write(b"root's precious file\n")
+        # the name the last version used (fs.protected_hardlinks=0 lets a user make this link)
+        os.link(victim, "%s.tmp.%d" % (self.index, os.getpid()))
+        os.unlink(self.index)  # so that the logout writes a new one
+        self.session()
+        with open(victim, "rb") as f:
+            self.assertEqual(f.read(), b"root's precious file\n")
+        with open(self.index, "rb") as f:
+            self.assertTrue(f.read().startswith(b"pop3ng-index 2\n"))
+        self.assertNotEqual(os.stat(self.index).st_ino, os.stat(victim).st_ino)

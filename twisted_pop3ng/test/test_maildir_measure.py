@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from typing import Dict, List
 
@@ -239,3 +240,85 @@ class MeasurementTests(unittest.TestCase):
         before = len(os.listdir("/proc/self/fd"))
         self.assertRaises(OSError, mm.Measurement, self.path, ["x", "y"], 1)
         self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+
+class HostileFileTests(unittest.TestCase):
+    """What a local user can plant in cur/ or new/ (audit F9): a FIFO, a socket, a huge sparse
+    file. None blocks or stalls the measurement; none that holds no message is listed."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(self.path, sub))
+        self.patch(mm, "FORK_MIN", 8)
+        self.patch(mm, "CHUNK", 3)
+
+    def plant(self, count: int) -> List[str]:
+        """``count`` plain messages, then a FIFO, a FIFO with a writer, a socket, a sparse file
+        larger than MAX_MEASURED (all in cur/); their names."""
+        names = []
+        for i in range(count):
+            names.append("17000000%02d.M%06dP1.host" % (i, i))
+            with open(os.path.join(self.path, "cur", names[-1]), "wb") as f:
+                f.write(b"message %d\n" % i)
+        cur = os.path.join(self.path, "cur")
+        os.mkfifo(os.path.join(cur, "1800000000.fifo"))
+        os.mkfifo(os.path.join(cur, "1800000001.fifo-with-writer"))
+        reader = os.open(os.path.join(cur, "1800000001.fifo-with-writer"), os.O_RDONLY | os.O_NONBLOCK)
+        writer = os.open(os.path.join(cur, "1800000001.fifo-with-writer"), os.O_WRONLY)
+        self.addCleanup(os.close, reader)
+        self.addCleanup(os.close, writer)
+        sock = socket.socket(socket.AF_UNIX)
+        self.addCleanup(sock.close)
+        here = os.getcwd()
+        os.chdir(cur)  # (a socket's path must be short)
+        try:
+            sock.bind("1800000002.socket")
+        finally:
+            os.chdir(here)
+        with open(os.path.join(cur, "1800000003.sparse"), "wb") as f:
+            f.truncate(mm.MAX_MEASURED + 1)
+        return names + ["1800000000.fifo", "1800000001.fifo-with-writer", "1800000002.socket",
+                        "1800000003.sparse"]
+
+    def measure(self, names: List[str], expect_helper: bool) -> List[int]:
+        with mm.Measurement(self.path, names, 0) as m:
+            self.assertEqual(m.start(), expect_helper)
+            return list(m.finish())
+
+    def test_special_files_are_no_messages_and_sparse_ones_are_not_read(self) -> None:
+        names = self.plant(20)
+        for listed, helper in ((names, True), (names[:2] + names[20:], False)):
+            sizes = self.measure(listed, helper)
+            self.assertEqual(sizes[-4:], [mm.VANISHED, mm.VANISHED, mm.VANISHED, mm.TOO_LARGE])
+            self.assertEqual(sizes[:-4], [len(b"message %d\r\n" % i) for i in range(len(listed) - 4)])
+        cur = os.open(os.path.join(self.path, "cur"), mm.DIR_FLAGS)
+        self.addCleanup(os.close, cur)
+        self.assertEqual([mm.measure(cur, name) for name in names[-4:]],
+                         [mm.VANISHED, mm.VANISHED, mm.VANISHED, mm.TOO_LARGE])
+
+    def test_sparse_files_beyond_the_budget_wait_for_a_later_scan(self) -> None:
+        names = []
+        for i in range(3):
+            names.append("17000000%02d.big" % i)
+            with open(os.path.join(self.path, "cur", names[-1]), "wb") as f:
+                f.write(b"x" * mm.SMALL_READ)
+                f.truncate(8 * mm.SMALL_READ)  # the rest a hole: far fewer blocks than octets
+        self.patch(mm, "MEASURE_BUDGET", 17 * mm.SMALL_READ)  # two of them
+        sizes = self.measure(names, expect_helper=False)
+        self.assertEqual(sizes, [8 * mm.SMALL_READ + 2, 8 * mm.SMALL_READ + 2, mm.TOO_LARGE])
+
+    def test_real_messages_are_measured_exactly_whatever_the_budget(self) -> None:
+        # LIST must be the octets RETR sends: a large message with its blocks on disk is never
+        # listed with an approximate size.
+        names = []
+        for i in range(3):
+            names.append("17000000%02d.big" % i)
+            with open(os.path.join(self.path, "cur", names[-1]), "wb") as f:
+                f.write(b"line\n" * (mm.SMALL_READ // 2))
+        self.patch(mm, "MEASURE_BUDGET", mm.SMALL_READ)
+        self.patch(mm, "MAX_MEASURED", mm.SMALL_READ)
+        sizes = self.measure(names, expect_helper=False)
+        self.assertEqual(sizes, [6 * (mm.SMALL_READ // 2)] * 3)

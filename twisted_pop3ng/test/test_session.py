@@ -226,8 +226,9 @@ class SessionStateTests(SessionTestCase):
         slotted Session: no per-session attributes appear on the protocol, before or after login."""
         proto, transport = self.connect(self.factory())
         self.assertFalse(hasattr(proto.session, "__dict__"))
-        # Twisted's (factory, transport, connected), the idle deadline and the session.
-        idle = {"factory", "transport", "connected", "_deadline", "_timeout", "session"}
+        # Twisted's (factory, transport, connected), the idle and login deadlines and the session.
+        idle = {"factory", "transport", "connected", "_deadline", "_timeout", "_hard_deadline",
+                "session"}
         self.assertLessEqual(set(vars(proto)), idle)
         self.talk(proto, transport, b"USER alice\r\nPASS pw\r\nDELE 1\r\nXYZ\r\nRETR 2\r\n")
         moved = {"state", "mailbox", "messages", "deleted", "line_hook", "apop_timestamp", "utf8",

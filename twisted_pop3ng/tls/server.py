@@ -43,7 +43,9 @@ def load_options(cert_path: str, key_path: Optional[str] = None) -> ssl.Certific
     from OpenSSL import crypto
 
     try:
-        key = crypto.PKey.from_cryptography_key(load_pem_private_key(key_pem, password=None))
+        # Key types pyOpenSSL cannot take (DH, post-quantum) raise here and are reported below.
+        key = crypto.PKey.from_cryptography_key(
+            load_pem_private_key(key_pem, password=None))  # type: ignore[arg-type]
         certs = [crypto.X509.from_cryptography(x509.load_pem_x509_certificate(b)) for b in blocks]
     except Exception as error:  # cryptography raises several error types
         raise TLSConfigError("cannot load certificate/key (%s, %s): %s" % (cert_path, key_path, error))

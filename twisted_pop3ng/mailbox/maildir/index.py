@@ -19,6 +19,9 @@ Rules of trust:
 * otherwise the directories are listed again and only messages not known by base name are read;
 * anything unparsable, a FILE outside ``cur/``/``new/``, an invalid UIDL or a negative size: the
   index is ignored and rebuilt. UIDLs derive from base names, so a rebuild never changes one.
+* the file itself is read only when it is a regular file of at most :data:`MAX_INDEX_BYTES`,
+  opened without following a symlink or waiting for a FIFO (:func:`_read_index`); it is written as
+  a new file under an unpredictable name, then renamed (:func:`twisted_pop3ng._fs.write_atomically`).
 
 Besides the file, the last snapshots stay in memory (bounded by :data:`MAX_CACHED_MESSAGES`), so a
 second login in the same process costs two ``stat`` calls.
@@ -34,17 +37,18 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import stat
 import time
 from array import array
 from collections import OrderedDict
-from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
 
 from twisted_pop3ng.interfaces import MessageInfo, MessageTable
 from twisted_pop3ng._fs import write_atomically
 from twisted_pop3ng.mailbox.maildir import listing as rows
 from twisted_pop3ng.mailbox.maildir.names import base_name
 from twisted_pop3ng.mailbox.maildir.listing import UIDS as _UIDS, delivery_order, order_key  # noqa: F401 (re-exported)
-from twisted_pop3ng.mailbox.maildir.measure import FORK_MIN, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
+from twisted_pop3ng.mailbox.maildir.measure import FORK_MIN, TOO_LARGE, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
 
 INDEX_NAME = "pop3ng-index"
 INDEX_HEADER = "pop3ng-index 2"
@@ -52,6 +56,12 @@ INDEX_HEADER = "pop3ng-index 2"
 SETTLE_NS = 2 * 10 ** 9
 #: Messages kept in the in-process cache over all maildrops (~350 bytes each).
 MAX_CACHED_MESSAGES = 300_000
+#: A larger index file is ignored (and replaced at logout by one of the scanned snapshot): about
+#: 600,000 messages at a usual 100 octets a row, 190,000 at the longest rows. Reading and parsing
+#: one costs a few times its size in memory, so a forged one must not be read whatever its size.
+MAX_INDEX_BYTES = 64 << 20
+#: The index is read as the message files are (see :func:`_read_index`).
+_INDEX_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 Signature = Tuple[int, int, int, int]
 
@@ -87,14 +97,14 @@ def signature(path: str) -> Signature:
     # ``path + "/cur"``, not os.path.join: these run on every login (a join costs more than the
     # string it builds, and every maildir path is a directory name without a trailing slash
     # problem: "a//cur" is "a/cur").
-    cur = os.stat(path + "/cur")
-    new = os.stat(path + "/new")
+    cur = os.stat(path + "/cur", follow_symlinks=False)
+    new = os.stat(path + "/new", follow_symlinks=False)
     return (cur.st_ino, cur.st_mtime_ns, new.st_ino, new.st_mtime_ns)
 
 
 def _file_signature(path: str) -> Optional[Tuple[int, int, int]]:
     try:
-        st = os.stat(path + "/" + INDEX_NAME)
+        st = os.stat(path + "/" + INDEX_NAME, follow_symlinks=False)
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -118,12 +128,46 @@ def _unescape(name: str) -> str:
     return name
 
 
-def load(path: str) -> Optional[Snapshot]:
-    """The snapshot stored in ``path``'s index, or None when missing, old or corrupt."""
+def _read_index(path: str) -> Optional[Tuple[bytes, os.stat_result]]:
+    """The index file's contents and ``fstat``, or None when it is not a regular file of at most
+    :data:`MAX_INDEX_BYTES` or changed while it was read; raises OSError as ``open`` does.
+
+    A user who can write to the maildir must not hang or exhaust the server through it (audit F8):
+    no symlink is followed (``/dev/zero``), ``O_NONBLOCK`` and ``S_ISREG`` keep a FIFO from
+    blocking the open or the read, the size bounds the read (a sparse terabyte), and a short read
+    is not taken as the end."""
+    fd = os.open(path + "/" + INDEX_NAME, _INDEX_FLAGS)
     try:
-        with open(os.path.join(path, INDEX_NAME), "rb") as f:
-            st = os.fstat(f.fileno())
-            text = f.read().decode("utf-8", "surrogateescape")
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode) or size > MAX_INDEX_BYTES:
+            return None
+        parts: List[bytes] = []
+        total = 0
+        while total <= size:  # one octet more than fstat knows: a file that grew is seen
+            chunk = os.read(fd, size + 1 - total)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total != size:
+        return None  # rewritten meanwhile (not by a server: it replaces the file): rebuilt
+    return b"".join(parts) if len(parts) != 1 else parts[0], st
+
+
+def load(path: str) -> Optional[Snapshot]:
+    """The snapshot stored in ``path``'s index, or None when missing, old, corrupt, not a regular
+    file or larger than :data:`MAX_INDEX_BYTES` (then the maildir is scanned and the index
+    rewritten)."""
+    try:
+        read = _read_index(path)
+        if read is None:
+            return None
+        raw, st = read
+        text = raw.decode("utf-8", "surrogateescape")
+        del raw
         with rows.gc_paused(len(text) > 64 * FORK_MIN):  # about FORK_MIN rows or more
             snapshot = _parse(text)
     except (OSError, ValueError, UnicodeError):
@@ -140,7 +184,7 @@ def _parse(text: str) -> Optional[Snapshot]:
     sig: Optional[Signature] = None
     if dirs != "dirs -":
         cur, new = dirs[5:].split(" ")
-        sig = tuple(int(x) for x in cur.split(":") + new.split(":"))  # type: ignore
+        sig = cast(Signature, tuple(int(x) for x in cur.split(":") + new.split(":")))  # length checked next
         if len(sig) != 4:
             return None
     parts = body.replace("\n", " ").split(" ")
@@ -190,7 +234,7 @@ def flush(path: str, snapshot: Snapshot) -> None:
 
 # -- listing and measuring -------------------------------------------------------------------------
 
-def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type: ignore
+def scan(path: str, previous: Optional[Snapshot], uid_for: Callable[[str], str]) -> Snapshot:
     """List ``new/`` and ``cur/``; sizes come from ``previous``, ``,W=`` or reading the file.
 
     The files are read by this process and a forked helper (see :mod:`.maildir_measure`) while
@@ -225,10 +269,12 @@ def scan(path: str, previous: Optional[Snapshot], uid_for) -> Snapshot:  # type:
                     sizes[i] = size
                 measured = array("q", sizes)  # type: ignore[arg-type]
             provisional: Set[str] = set()
-            if measured and min(measured) < 0:  # VANISHED or UNREADABLE: rows without them
+            infos: Sequence[MessageInfo]
+            if measured and min(measured) < 0:  # VANISHED, UNREADABLE or TOO_LARGE
                 ordered = rows.permuted(measured, positions)
                 keep = _failures(positions, ordered, todo, ordered_bases, measurement, provisional)
-                files, uids, ordered = (list(map(x.__getitem__, keep)) for x in (files, uids, ordered))
+                files, uids, ordered = (list(map(x.__getitem__, keep))
+                                        for x in cast(Tuple[List[Any], ...], (files, uids, ordered)))
                 infos = MessageTable(uids, ordered)
             elif len(uids) >= FORK_MIN:
                 # Columns, not 100,000 objects: the sizes stay in listing order (STAT sums
@@ -247,10 +293,14 @@ def _failures(positions: List[int], ordered: List[int], todo: Sequence[int], bas
     keep = []
     for k, i in enumerate(positions):
         if ordered[k] == VANISHED:
-            continue  # moved or deleted meanwhile (the next session sees it), or no message
-        if ordered[k] == UNREADABLE:
+            # Moved or deleted meanwhile (the next session sees it), or no message: a directory,
+            # a FIFO or a socket is not listed (it holds no message RETR could send).
+            continue
+        if ordered[k] in (UNREADABLE, TOO_LARGE):
             # Unreadable (permissions): one bad file must not lock the user out of the rest;
-            # list it with its size on disk, RETR answers -ERR, measure it next time.
+            # list it with its size on disk, RETR answers -ERR, measure it next time. Too large
+            # to read now (a sparse terabyte, or past the scan's budget): listed the same way,
+            # RETR streams it, a later scan measures it if it can.
             on_disk = measurement.size_on_disk(bisect.bisect_left(todo, i))
             if on_disk is None:
                 continue
@@ -284,18 +334,22 @@ def forget(path: Optional[str] = None) -> None:
         _cache.pop(path, None)
 
 
-def snapshot(path: str, uid_for) -> Snapshot:  # type: ignore
-    """The current snapshot of ``path`` (the caller holds the maildrop lock)."""
+def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None) -> Snapshot:
+    """The current snapshot of ``path`` (the caller holds the maildrop lock). ``key``: the
+    maildir's name in the in-process cache when ``path`` is not it (``/proc/self/fd/N``, see
+    :meth:`.store.MaildirStore.open_root`)."""
+    if key is None:
+        key = path
     current = signature(path)
-    cached = _cache.get(path)
+    cached = _cache.get(key)
     if cached is not None and cached.signature == current and cached.stored is not None:
         # Also check the file: another process may have rewritten it, or it was damaged.
         if cached.stored == _file_signature(path):
-            _cache.move_to_end(path)
+            _cache.move_to_end(key)
             return cached
     stored = load(path)
     if stored is not None and stored.signature == current:
-        _remember(path, stored)
+        _remember(key, stored)
         return stored
     previous = cached or stored
     fresh = scan(path, previous, uid_for)
@@ -305,5 +359,5 @@ def snapshot(path: str, uid_for) -> Snapshot:  # type: ignore
         fresh.stored = previous.stored  # nothing new to write (e.g. still not settled)
     else:
         fresh.dirty = True
-    _remember(path, fresh)
+    _remember(key, fresh)
     return fresh

@@ -47,8 +47,14 @@ MAX_INFOS = 16
 
 
 def listing(path: str, sub: str) -> List[str]:
-    """The names in ``path/sub``, without dot files."""
-    names = os.listdir(os.path.join(path, sub))
+    """The names in ``path/sub``, without dot files. ``sub`` is opened without following a
+    symlink (ELOOP): a ``cur/`` swapped for a link to another user's must not list that one's
+    UIDLs."""
+    fd = os.open(path + "/" + sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        names = os.listdir(fd)
+    finally:
+        os.close(fd)
     if "\n." in "\n" + "\n".join(names):  # one scan of the text, not a test per name
         names = [name for name in names if name[:1] != "."]
     return names

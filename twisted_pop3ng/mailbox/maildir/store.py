@@ -15,20 +15,30 @@
   also holds across hosts.
 * Commit: unlink each deleted message (following a rename by another agent), then fsync the
   directories. Nothing is touched before commit.
+* Files a local user controls (audit F8-F10, F17) neither hang nor mislead the server: the maildir
+  is reached without following a user's symlink (:meth:`MaildirStore.open_root`) and then used
+  through its open descriptor; a message file is opened without following a symlink or waiting
+  (``O_NONBLOCK``) and read only when it is a regular file (else -ERR [SYS/PERM]); a short read is
+  never taken as its end, and a file that changes size while read fails (-ERR [SYS/TEMP], or the
+  connection is dropped once the body has started) instead of being sent truncated; a lock file
+  that is a hard link, not a regular file or someone else's is refused.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import os
 import socket
+import stat
 from collections import OrderedDict
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, cast
 
 from zope.interface import implementer
 
-from twisted_pop3ng.errors import MailboxInUse, MessageVanished, POP3Error
+from twisted_pop3ng.errors import (MailboxInUse, MessageVanished, PermanentFailure, POP3Error,
+                                   TemporaryFailure)
 from twisted_pop3ng.interfaces import (IMailbox, IMailboxStore, IMaildropLock, IUIDLListing,
                                        IWholeMessageReader, MessageInfo, MessageTable)
 from twisted_pop3ng.wire import uidl_body
@@ -42,8 +52,10 @@ from twisted_pop3ng.mailbox.maildir.index import INDEX_HEADER, INDEX_NAME  # noq
 LOCK_NAME = "pop3ng.lock"
 T = TypeVar("T")
 READ_SIZE = 1 << 20
-#: How a message file is opened: never through a symlink (see :meth:`MaildirMailbox._dir_fd`).
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
+#: How a message file is opened: never through a symlink (see :meth:`MaildirMailbox._dir_fd`),
+#: never waiting (a FIFO planted in cur/ would block the open, and the reactor with it: audit F9).
+#: Only a regular file is then read (``fstat``): anything else is -ERR [SYS/PERM].
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 _HOSTNAME = socket.gethostname()
 #: Encoded UIDL listings of recent snapshots, by snapshot identity (the snapshot is kept with its
 #: listing, so the identity stays valid), least recently used first, bounded in total size.
@@ -60,10 +72,15 @@ class MaildirLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
-        # O_NOFOLLOW: a pop3ng.lock symlink to /etc/passwd must not be truncated by root.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        # O_NOFOLLOW and no O_TRUNC: a pop3ng.lock symlink to /etc/passwd is not followed, and
+        # nothing is written before _check_lock_file has seen that this is our own file.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
         try:
+            _check_lock_file(fd, self.path)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except POP3Error:
+            os.close(fd)
+            raise
         except OSError as error:
             os.close(fd)
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -83,32 +100,151 @@ class MaildirLock:
             os.close(fd)
 
 
+def _check_lock_file(fd: int, path: str) -> None:
+    """Refuse a lock file that root would write through to someone else's file (audit F17): a
+    hard link (``st_nlink`` above 1: a user with ``fs.protected_hardlinks=0`` linked a root-owned
+    file here), anything but a regular file, or a file owned neither by this process's user nor by
+    the maildir's owner. Refused, not repaired: removing a name another server may hold a lock
+    on would let two sessions in; the administrator removes it."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        if st.st_uid == os.geteuid():
+            return
+        try:
+            # (followed: the directory is /proc/self/fd/N, the maildir open_root reached)
+            if st.st_uid == os.stat(os.path.dirname(path)).st_uid:
+                return
+        except OSError:
+            pass
+    raise PermanentFailure("Unsafe maildrop lock file (a link, not a regular file or not ours)")
+
+
+#: Whether ``/proc/self/fd/N`` names the directory open as N (Linux with /proc mounted): then a
+#: maildir opened safely once (:meth:`MaildirStore.open_root`) is used through that name, which
+#: the kernel does not resolve again, so nothing the user renames later redirects the session.
+_PROC_FD = os.path.isdir("/proc/self/fd")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY
+_NO_SYMLINK = _DIR_FLAGS | os.O_NOFOLLOW
+
+
+def _fd_path(fd: int) -> str:
+    return "/proc/self/fd/%d" % fd
+
+
+def _follow_trusted_link(parent_fd: int, name: str) -> Optional[int]:
+    """A descriptor of the directory that the symlink ``name`` in ``parent_fd`` leads to, when the
+    server may follow it on the user's part of the path; else None. Followed: a symlink the
+    administrator made (owned by root: no user can make one), and a user's own redirection to a
+    directory of their own (the link's owner owns the directory it leads to: ``~/Maildir`` ->
+    ``~/mail/inbox``). Never a hard link of a symlink (``st_nlink`` above 1: a user could place
+    root's anywhere where ``fs.protected_hardlinks`` is off). A link swapped between the checks
+    gains nothing: any link a user can make is the user's, so it leads only to their own
+    directories."""
+    try:
+        link = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    if not stat.S_ISLNK(link.st_mode) or link.st_nlink != 1:
+        return None
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return None
+    if link.st_uid == 0 or os.fstat(fd).st_uid == link.st_uid:
+        return fd
+    os.close(fd)
+    return None
+
+
 @implementer(IMailboxStore)
 class MaildirStore:
-    """Maildrops at ``template.format(user=…)``; created (0700) on first login when missing."""
+    """Maildrops at ``template.format(user=…)``; created (0700) on first login when missing.
+
+    The path is opened in two parts (audit F10): the template's directory before the component
+    holding ``{user}`` is the administrator's and opened as it is; from that component on, a user
+    may own the directories (``/home/{user}/Maildir``), so each is opened relative to the last
+    without following a symlink (a user's ``ln -s /home/bob/Maildir ~/Maildir`` is -ERR
+    [SYS/PERM]), except a symlink owned by root (home directories moved to another disk) or one
+    leading to a directory of the link's owner (see :func:`_follow_trusted_link`). The session
+    then uses the directory it opened (:data:`_PROC_FD`)."""
 
     def __init__(self, template: str, create: bool = True) -> None:
         if "{user}" not in template:
             raise ValueError("the maildir template needs a {user} placeholder, e.g. /var/mail/{user}/Maildir")
         self.template = template
         self.create = create
+        cut = template.rfind("/", 0, template.index("{user}")) + 1
+        #: The administrator's part of the path, and the part that may belong to the user.
+        self._trusted, self._below = template[:cut] or ".", template[cut:]
 
     def path_for(self, user: str) -> str:
         return self.template.replace("{user}", safe_username(user))
 
-    def open_mailbox(self, user: str) -> "MaildirMailbox":
-        path = self.path_for(user)
-        if not os.path.isdir(path + "/tmp"):
+    def open_root(self, user: str) -> int:
+        """A descriptor of ``user``'s maildir (created with cur/ new/ tmp/ when missing and
+        allowed), reached without following a symlink the user could have made."""
+        parts = [part for part in self._below.replace("{user}", safe_username(user)).split("/")
+                 if part and part != "."]
+        try:
+            fd = os.open(self._trusted, _DIR_FLAGS)
+        except FileNotFoundError:
             if not self.create:
                 raise POP3Error("Mailbox does not exist", "SYS/PERM")
-            for sub in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
-        lock = MaildirLock(path)
-        lock.acquire()
+            os.makedirs(self._trusted, mode=0o700, exist_ok=True)
+            fd = os.open(self._trusted, _DIR_FLAGS)
         try:
-            return MaildirMailbox(path, lock)
+            for part in parts:
+                child = self._open_part(fd, part)
+                os.close(fd)
+                fd = child
+            try:
+                os.stat("tmp", dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not self.create:
+                    raise POP3Error("Mailbox does not exist", "SYS/PERM")
+                for sub in _maildir.SUBDIRS:
+                    try:
+                        os.mkdir(sub, 0o700, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open_part(self, parent_fd: int, part: str) -> int:
+        try:
+            return os.open(part, _NO_SYMLINK, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not self.create:
+                raise POP3Error("Mailbox does not exist", "SYS/PERM")
+            try:
+                os.mkdir(part, 0o700, dir_fd=parent_fd)
+            except FileExistsError:
+                pass
+            return os.open(part, _NO_SYMLINK, dir_fd=parent_fd)
+        except OSError as error:
+            if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            fd = _follow_trusted_link(parent_fd, part)
+            if fd is None:
+                raise PermanentFailure("The maildrop path holds a file or another user's symlink")
+            return fd
+
+    def open_mailbox(self, user: str) -> "MaildirMailbox":
+        path = self.path_for(user)
+        fd = self.open_root(user)
+        try:
+            lock = MaildirLock(_fd_path(fd) if _PROC_FD else path)
+            lock.acquire()
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            return MaildirMailbox(path, lock, fd)
         except BaseException:
             lock.release()
+            os.close(fd)
             raise
 
 
@@ -116,10 +252,16 @@ class MaildirStore:
 class MaildirMailbox:
     """A locked maildir and the snapshot taken when it was opened."""
 
-    def __init__(self, path: str, lock: Optional[MaildirLock] = None) -> None:
+    def __init__(self, path: str, lock: Optional[MaildirLock] = None,
+                 root_fd: Optional[int] = None) -> None:
+        """``root_fd``: a descriptor of the maildir at ``path`` (:meth:`MaildirStore.open_root`),
+        which the session then uses instead of the path and closes with the mailbox."""
         self.path = path
         self.lock = lock
-        self._snapshot = snapshot = maildir_index.snapshot(path, uid_for)
+        #: Where the files are reached: the opened directory where /proc names it, else ``path``.
+        self._root = _fd_path(root_fd) if root_fd is not None and _PROC_FD else path
+        self._snapshot = snapshot = maildir_index.snapshot(self._root, uid_for, key=path)
+        self._root_fd = root_fd  # (only once nothing can fail: the caller closes it until then)
         #: This session's copy: ``_locate`` may update a file name after another agent's rename.
         self.files: List[str] = list(snapshot.files)
         self.infos: Sequence[MessageInfo] = snapshot.infos
@@ -138,7 +280,7 @@ class MaildirMailbox:
         base = base_name(self.files[index][4:])
         for sub in ("cur", "new"):
             try:
-                names = os.listdir(os.path.join(self.path, sub))
+                names = os.listdir(self._dir_fd(sub))
             except FileNotFoundError:
                 continue
             for name in names:
@@ -154,7 +296,7 @@ class MaildirMailbox:
         it keeps pointing at the real directory if the user swaps it for a symlink later."""
         fd = self._dir_fds.get(sub)
         if fd is None:
-            fd = self._dir_fds[sub] = os.open(os.path.join(self.path, sub),
+            fd = self._dir_fds[sub] = os.open(self._root + "/" + sub,
                                               os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         return fd
 
@@ -185,21 +327,42 @@ class MaildirMailbox:
             raise MessageVanished()
 
     def open_message(self, index: int) -> BinaryIO:
-        return os.fdopen(self._open_fd(index), "rb", buffering=0)
+        """The message as an unbuffered file that fails (:class:`MessageFile`) rather than end
+        early when the file changes while it is read; -ERR [SYS/PERM] for anything but a regular
+        file (a FIFO, a socket, a device planted in the maildir)."""
+        fd = self._open_fd(index)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_a_file()
+            return MessageFile(fd, st.st_size)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def read_whole(self, index: int, limit: int) -> Optional[bytes]:
-        """The stored message when it is shorter than ``limit`` octets (one read); else None.
+        """The stored message when it is shorter than ``limit`` octets; else None.
 
         The optional fast path of :class:`~twisted_pop3ng.interfaces.IMailbox`: the server sends
-        such a message in one write instead of streaming it. A short read of a regular file is
-        its end.
+        such a message in one write instead of streaming it. Usually one read and one ``fstat``:
+        a read shorter than the file's size (FUSE, a network filesystem) is not its end, the rest
+        is read; a file that changed meanwhile is -ERR [SYS/TEMP], never sent truncated; anything
+        but a regular file is -ERR [SYS/PERM].
         """
         fd = self._open_fd(index)
         try:
             data = os.read(fd, limit)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_a_file()
+            size = st.st_size
+            if len(data) == size:
+                return data if size < limit else None
+            if size >= limit:
+                return None  # streamed (MessageFile checks the size there)
+            return _read_rest(fd, data, size)
         finally:
             os.close(fd)
-        return data if len(data) < limit else None
 
     def uidl_listing(self) -> bytes:
         """The body of ``UIDL`` for the whole snapshot: ``N UID\\r\\n`` per message.
@@ -214,7 +377,7 @@ class MaildirMailbox:
             _UIDL_LISTINGS.move_to_end(id(snapshot))
             return hit[1]
         infos = self.infos
-        uids = infos.uids if MessageTable in type(infos).__mro__ else [info.uid for info in infos]
+        uids = cast(MessageTable, infos).uids if MessageTable in type(infos).__mro__ else [info.uid for info in infos]
         data = uidl_body(enumerate(uids, 1))
         if len(data) <= MAX_UIDL_LISTING_BYTES:
             _UIDL_LISTINGS[id(snapshot)] = (snapshot, data)
@@ -231,15 +394,62 @@ class MaildirMailbox:
             except FileNotFoundError:
                 pass  # already gone: the deletion is done
         for sub in ("new", "cur"):
-            fsync_directory(os.path.join(self.path, sub))
+            os.fsync(self._dir_fd(sub))
 
     def close(self) -> None:
         fds, self._dir_fds = self._dir_fds, {}
         for fd in fds.values():
             os.close(fd)
-        maildir_index.flush(self.path, self._snapshot)
-        if self.lock is not None:
-            self.lock.release()
+        try:
+            maildir_index.flush(self._root, self._snapshot)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+            root_fd, self._root_fd = self._root_fd, None
+            if root_fd is not None:
+                os.close(root_fd)
+
+
+def _not_a_file() -> POP3Error:
+    return PermanentFailure("Message is not a regular file")
+
+
+def _changed() -> POP3Error:
+    return TemporaryFailure("Message changed while it was read, try again")
+
+
+def _read_rest(fd: int, data: bytes, size: int) -> bytes:
+    """``data`` (the start of a file of ``size`` octets, by ``fstat``) and the rest of the file,
+    read to its end; -ERR [SYS/TEMP] unless that makes exactly ``size`` octets."""
+    parts = [data]
+    total = len(data)
+    while total <= size:  # one octet more than expected: a file that grew is seen
+        chunk = os.read(fd, size + 1 - total)
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    if total != size:
+        raise _changed()
+    return b"".join(parts)
+
+
+class MessageFile(io.FileIO):
+    """A message file opened for streaming (unbuffered, as ``os.fdopen(fd, "rb", 0)``) that knows
+    its size when opened: at the end of the file (an empty read, never a short one) a different
+    position means the file was truncated or grew meanwhile, and the read fails with -ERR
+    [SYS/TEMP] instead of letting the message be sent truncated (the server then drops the
+    connection, as for any failed transfer, so the client does not take it as complete)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        super().__init__(fd, "rb", closefd=True)
+        self.expected_size = size
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        data = super().read(size)
+        if not data and size != 0 and self.tell() != self.expected_size:
+            raise _changed()
+        return data
 
 
 def deliver(maildir: str, message: bytes, name: Optional[str] = None) -> str:
