@@ -65,6 +65,7 @@ class OurServerTests(unittest.TestCase):
             await client.capa()
             options = ssl.optionsForClientTLS("localhost", trustRoot=trust_root(self.ca),
                                               extraCertificateOptions={
+                                                  "insecurelyLowerMinimumTo": ssl.TLSVersion.TLSv1_2,
                                                   "lowerMaximumSecurityTo": ssl.TLSVersion.TLSv1_2})
             await client.starttls(options)
             self.assertEqual(client.transport.getHandle().get_protocol_version_name(), "TLSv1.2")

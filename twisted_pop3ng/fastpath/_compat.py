@@ -28,7 +28,7 @@ from twisted.internet import abstract, base, tcp
 from twisted.protocols import tls as _twisted_tls
 
 #: The Twisted releases the fast path was tested with (oldest as setup.cfg allows, newest run).
-SUPPORTED_TWISTED: Tuple[str, str] = (">=23.8", "<=26.10")
+SUPPORTED_TWISTED: Tuple[str, str] = (">=26.4", "<=26.10")
 #: Set to "1" to force every probe to "absent" (every fallback taken).
 STOCK_ENV = "POP3NG_STOCK_TWISTED"
 

@@ -84,9 +84,9 @@ class ProbeTests(unittest.TestCase):
         self.assertEqual(description.count("(stock)"), len(fastpath.active()))
 
     def test_the_version_range(self) -> None:
-        self.assertTrue(_compat.twisted_in_tested_range("23.8.0"))
+        self.assertTrue(_compat.twisted_in_tested_range("26.4.0"))
         self.assertTrue(_compat.twisted_in_tested_range("26.10.0rc1"))
-        self.assertFalse(_compat.twisted_in_tested_range("23.7.0"))
+        self.assertFalse(_compat.twisted_in_tested_range("26.3.0"))
         self.assertFalse(_compat.twisted_in_tested_range("27.1.0"))
         self.assertFalse(_compat.twisted_in_tested_range("trunk"))
 

@@ -82,7 +82,8 @@ class ReloadableServerTLS:
         self.options = load_options(self.cert_path, self.key_path)
 
     def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
-        return self.options.serverConnectionForTLS(protocol)
+        # What CertificateOptions.serverConnectionForTLS does (Twisted >= 26; no ALPN here).
+        return SSL.Connection(self.options.getContext(), None)
 
     def getContext(self) -> SSL.Context:
         return self.options.getContext()
