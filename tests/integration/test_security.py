@@ -203,6 +203,23 @@ class LimitTests(ServerMixin, unittest.TestCase):
         self.assertEqual(s.command(b"APOP alice " + digest), b"-ERR APOP is not enabled\r\n")
 
 
+class ImpossibleUserNameTests(ServerMixin, unittest.TestCase):
+    """A user name with a NUL or bytes that are not UTF-8 is a failed login like any other: with
+    Twisted's ``unix`` checker it used to be an instant ``[SYS/TEMP]`` and a traceback (pwd and
+    crypt raise on such names), which skipped the failure delay and filled the log."""
+
+    def test_nul_and_undecodable_names_are_auth_failures_without_traceback(self):
+        server = self.start(args=["--auth", "unix", "--auth-failure-delay", "0.01"])
+        for name in (b"ro\x00ot", b"\xff\xfe", b"a\x00"):
+            s = self.session(server, "127.0.0.2", tls=True)
+            self.assertTrue(s.command(b"USER " + name).startswith(b"+OK"))
+            reply = s.command(b"PASS whatever")
+            self.assertTrue(reply.startswith(b"-ERR [AUTH]"), (name, reply))
+        log = server.log()
+        self.assertNotIn("Traceback", log)
+        self.assertEqual(log.count("auth failed:"), 3, log[-3000:])
+
+
 class PrivilegeDropTests(unittest.TestCase):
     """``twistd --uid/--gid``: bind a privileged port as root, then serve as nobody."""
 

@@ -378,6 +378,10 @@ class POP3ServerProtocol(SessionIO):
         password = getattr(credentials, "password", None)
         if password is not None and len(password) > MAX_PASSWORD:
             return self._login_failed(Failure(UnauthorizedLogin("password too long")))
+        if not _plausible_user_name(user):
+            # No account has a NUL or undecodable bytes in its name; some checkers (Twisted's
+            # ``unix``: pwd and crypt) raise on them instead of refusing.
+            return self._login_failed(Failure(UnauthorizedLogin("impossible user name")))
         # A client whose address has recent failures queues its hash behind everyone else's,
         # and gives its place up to them when the queue is full (see cred.HashPool).
         g = policy.guard(self)
@@ -590,6 +594,20 @@ class POP3ServerProtocol(SessionIO):
                 self.log.failure("message transfer failed", result)
                 self.close()
         return None
+
+
+def _plausible_user_name(user: Any) -> bool:
+    """Whether ``user`` could name an account: UTF-8 (or str) without NUL; None (a mechanism that
+    names the user later) passes."""
+    if isinstance(user, bytes):
+        if b"\0" in user:
+            return False
+        try:
+            user.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+    return not (isinstance(user, str) and "\0" in user)
 
 
 def _register_preauthenticated(portal: Any) -> None:
