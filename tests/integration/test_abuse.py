@@ -28,7 +28,7 @@ PASSWORD = "correct horse"
 SLOW_PASSWORD = "slow but sure"
 FAILED = b"-ERR [AUTH] Authentication failed.\r\n"
 #: Small delays and timeouts, as the judge of issue 14 runs them.
-FAST_ARGS = ["--allow-plaintext-auth", "--auth-failure-delay", "0.001",
+FAST_ARGS = ["--allow-plaintext-auth", "--log-logins", "--auth-failure-delay", "0.001",
              "--max-auth-failure-delay", "0.05", "--login-timeout", "3"]
 
 

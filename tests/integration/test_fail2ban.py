@@ -181,7 +181,7 @@ class ServerLogTests(unittest.TestCase):
         # USER/PASS works from the "remote" loopback addresses without STLS.
         # LOGIN-DELAY: a second login of alice is refused after a right password.
         server = start_server(root, {"alice": PASSWORD}, tls=True,
-                              extra_args=["--allow-plaintext-auth", "--auth-failure-delay", "0",
+                              extra_args=["--allow-plaintext-auth", "--log-logins", "--auth-failure-delay", "0",
                                           "--login-delay", "3600"])
         self.addCleanup(server.stop)
         os.makedirs(server.maildir("alice"), exist_ok=True)

@@ -79,6 +79,9 @@ class SecurityConfig:
     #: Connections open at once in this process, local ones included; past it a new connection
     #: gets ``-ERR [SYS/TEMP]`` and is closed (0: the file-descriptor limit less RESERVED_FDS).
     max_connections: int = 0
+    #: Write an ``auth ok`` line for every successful login too (failures always have theirs).
+    #: Off by default: formatting a log line costs a login about as much as the rest of it.
+    log_successful_logins: bool = False
     #: Seconds from connect by which a client must have logged in, however active (None: none).
     login_deadline: Optional[float] = LOGIN_DEADLINE
     #: Failed authentications on one connection after which it is closed (0: no limit).

@@ -449,7 +449,7 @@ class POP3ServerProtocol(SessionIO):
         _, mailbox, logout = result
         session = self.session
         attempt, session.attempt = session.attempt, None
-        if attempt is not None:
+        if attempt is not None and self.factory.config.security.log_successful_logins:
             audit.auth_ok(self, session.admitted_user or attempt[0], attempt[1])
         if self._closing or self.transport is None:
             logout()

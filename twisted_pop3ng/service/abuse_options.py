@@ -56,6 +56,11 @@ def _prefix(bits: int) -> Callable[[str], int]:
 _count.coerceDoc = "A count, 0 or more."  # type: ignore[attr-defined]
 _seconds.coerceDoc = "Seconds, 0 or more."  # type: ignore[attr-defined]
 
+OPT_FLAGS: List[List[Any]] = [
+    ["log-logins", None, "Log every successful login too, one 'auth ok:' line (user, mechanism, "
+                         "addresses, TLS); failed logins always get their 'auth failed:' line."],
+]
+
 OPT_PARAMETERS: List[List[Any]] = [
     ["max-connections", None, 0,
      "Connections open at once, local ones included; past it a new one gets -ERR [SYS/TEMP] and is "
@@ -91,5 +96,6 @@ def fill(config: policy.SecurityConfig, options: Any) -> policy.SecurityConfig:
     config.max_auth_failures = int(_get(options, "max-auth-failures"))
     config.ipv4_prefix = int(_get(options, "ipv4-prefix"))
     config.ipv6_prefix = int(_get(options, "ipv6-prefix"))
+    config.log_successful_logins = bool(options.get("log-logins")) if hasattr(options, "get") else False
     checkers.HASH_POOL.configure(backlog=int(_get(options, "max-hash-queue")))
     return config

@@ -30,7 +30,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     optFlags = [
         ["demo", None, "Run a self-contained demo under ./%s (user, password, sample mail, "
                        "self-signed certificate, plain and TLS listeners on 127.0.0.1)." % DEMO_DIR],
-    ] + tap_security.OPT_FLAGS
+    ] + tap_security.OPT_FLAGS + tap_security.abuse_options.OPT_FLAGS
     optParameters = [
         ["tls-cert", None, None, "PEM certificate chain, leaf first."],
         ["tls-key", None, None, "PEM private key of the certificate (default: in --tls-cert)."],

@@ -65,7 +65,8 @@ class AbuseTestCase(unittest.TestCase):
         portal = Portal(MailboxRealm(self.store), [checker])
         config = server.ServerConfig(
             auth_failure_delay=0.001,
-            security=SecurityConfig(allow_plaintext_auth=True, max_failure_delay=0.05, **security))
+            security=SecurityConfig(allow_plaintext_auth=True, max_failure_delay=0.05,
+                                    log_successful_logins=True, **security))
         return server.POP3ServerFactory(portal, config, clock=self.clock)
 
     def connect(self, factory: server.POP3ServerFactory, peer: str = "192.0.2.1") -> Any:
@@ -117,6 +118,16 @@ class FailureTests(AbuseTestCase):
         for _ in range(5):
             self.talk(proto, transport, b"USER alice\r\nPASS x\r\n", 1)
         self.assertFalse(transport.disconnecting)
+
+    def test_successful_logins_are_logged_only_when_asked(self) -> None:
+        factory = self.factory()
+        factory.config.security.log_successful_logins = False
+        proto, transport = self.connect(factory)
+        self.talk(proto, transport, b"USER alice\r\nPASS wrong\r\n", 1)
+        self.talk(proto, transport, b"USER alice\r\nPASS right\r\n")
+        lines = self.audit_lines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("auth failed: user=alice "), lines)
 
     def test_audit_log_one_line_per_attempt(self) -> None:
         proto, transport = self.connect(self.factory())
