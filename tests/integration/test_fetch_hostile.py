@@ -50,9 +50,10 @@ class _Hostile(socketserver.StreamRequestHandler):
                 write(b"+OK\r\n" + b"".join(b"%d %s\r\n" % (i + 1, u) for i, (u, _) in enumerate(live))
                       + b".\r\n")
             elif verb == b"LIST":
-                write(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, _wire_size(m))
+                write(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, server.sizes.get(i + 1, _wire_size(m)))
                                             for i, (_, m) in enumerate(live)) + b".\r\n")
             elif verb == b"RETR":
+                server.retrieved.append(int(words[1]))
                 write(b"+OK\r\n" + wire.encode_message(live[int(words[1]) - 1][1]))
             elif verb == b"DELE":
                 marked.add(int(words[1]))
@@ -76,6 +77,8 @@ class HostileServerFetchTests(FetchTestBase):
         server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Hostile)
         server.daemon_threads = True
         server.messages, server.replies, server.deleted = list(messages), dict(replies or {}), []
+        # (LIST sizes to announce instead of the true ones, by message number; RETRs seen)
+        server.sizes, server.retrieved = {}, []
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
@@ -150,6 +153,49 @@ class HostileServerFetchTests(FetchTestBase):
         for directory, _, files in os.walk(self.root):
             self.assertFalse([f for f in files if "escaped" in f], directory)
         self.assertFalse(os.path.exists("/tmp/escaped-2"))
+
+    def test_message_far_larger_than_listed_is_left_on_the_server(self):
+        """F16: the server announces 100 octets and sends 5 MB. Before the fix all of it was
+        written to the maildir (a hostile server could fill the disk); now at most twice the
+        LIST size plus 1 MiB reaches the disk, the message stays on the server and is reported,
+        the others are delivered, and the exit status is 1."""
+        huge = b"Subject: huge\n\n" + (b"x" * 998 + b"\n") * 5000
+        messages = [(b"a", message(0)), (b"huge", huge), (b"b", message(2))]
+        server, url = self.serve(messages)
+        server.sizes[2] = 100
+        code, err = self.run_fetch(url)
+        self.assertEqual(code, fetch.EXIT_ERROR, err)
+        self.assertIn("huge: the server sent", err)
+        self.assertIn("listed at 100", err)
+        self.assertIn("left on the server", err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(sorted(maildir_messages(self.out)), sorted([message(0), message(2)]))
+        self.assertEqual(sorted(server.deleted), [b"a", b"b"])
+        self.assertEqual([uid for uid, _ in server.messages], [b"huge"])
+        self.assertEqual(os.listdir(os.path.join(self.out, "tmp")), [])
+        # The next run asks again (the server may have been fixed) and refuses again.
+        server.sizes = {1: 100}  # (it is message 1 now)
+        code, err = self.run_fetch(url)
+        self.assertEqual(code, fetch.EXIT_ERROR, err)
+        self.assertIn("huge: the server sent", err)
+        self.assertEqual([uid for uid, _ in server.messages], [b"huge"])
+
+    def test_max_message_size(self):
+        """``--max-message-size``: a message LIST gives as larger is not even retrieved; one
+        whose body turns out larger is dropped like an over-sized one."""
+        big = b"Subject: big\n\n" + b"y" * 5000 + b"\n"
+        messages = [(b"a", message(0)), (b"big", big), (b"liar", big)]
+        server, url = self.serve(messages)
+        server.sizes[3] = 100
+        code, err = self.run_fetch(url, "--max-message-size", "4000")
+        self.assertEqual(code, fetch.EXIT_ERROR, err)
+        self.assertIn("big: %d octets, more than --max-message-size 4000" % _wire_size(big), err)
+        self.assertIn("liar: the server sent", err)
+        self.assertNotIn(2, server.retrieved)
+        self.assertEqual(maildir_messages(self.out), [message(0)])
+        self.assertEqual(sorted(uid for uid, _ in server.messages), [b"big", b"liar"])
+        code, err = self.run_fetch(url, "--max-message-size", "0")
+        self.assertEqual(code, fetch.EXIT_USAGE, err)
 
     def test_err_text_cannot_drive_the_terminal(self):
         server, url = self.serve([(b"a", message(0))],

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import hashlib
+import hmac
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -413,6 +415,58 @@ class PasswdFileChecker:
         dummy, schemes = dummy_secret(users.values(), self.default_scheme)
         self._derived_cache = (users, dummy, schemes)
         return dummy, schemes
+
+    def salt_key(self) -> bytes:
+        """The key of the made-up SCRAM salts of unknown users and of the salts derived for
+        ``{PLAIN}`` users, when the administrator gives none (``--sasl-secret-file``): an HMAC over
+        this file's path and its entries, so that every ``--workers`` process and every restart
+        computes the same key for the same file (F7: a random key per process changed an unknown
+        user's salt, never a stored user's). The entries hold the password hashes, which a
+        client does not know, so the key cannot be computed from outside; it changes when the
+        file does (see docs/security.rst)."""
+        self._reload()
+        return self._scram_derived()[0]
+
+    def scram_profile(self, mechanism: str) -> Tuple[int, bool]:
+        """(iteration count, derived) an unknown user's fake SCRAM exchange for ``mechanism``
+        (``"SCRAM-SHA-256"``) must show to look like a user of the file (F7): the most common
+        iteration count of the users that mechanism can serve -- their ``{SCRAM-*}`` secrets, and
+        ``{PLAIN}`` ones at :data:`passwords.SCRAM_ITERATIONS` -- 4096 if there is none; and
+        whether most of those users are ``{PLAIN}`` ones, whose keys cost a PBKDF2 in a thread."""
+        self._reload()
+        return self._scram_derived()[1].get(mechanism, (passwords.SCRAM_ITERATIONS, False))
+
+    def _scram_derived(self) -> Tuple[bytes, Dict[str, Tuple[int, bool]]]:
+        """(:meth:`salt_key`, :meth:`scram_profile` by mechanism) of the users table now loaded,
+        remembered per table like :meth:`_derived`."""
+        users = self._users
+        cached = self.__dict__.get("_scram_cache")
+        if cached is not None and cached[0] is users:
+            return cached[1], cached[2]
+        key = hmac.new(b"twisted-pop3ng SCRAM salt key 1", self.path.encode("utf-8", "surrogateescape"),
+                       hashlib.sha256)
+        counts: Dict[str, Counter] = {}
+        plain = 0
+        for entry in users.values():
+            key.update(b"\0%s\0%s" % (entry.user.encode("utf-8", "surrogateescape"),
+                                        entry.password.encode("utf-8", "surrogateescape")))
+            scheme, secret = passwords.split_scheme(entry.password, self.default_scheme)
+            if scheme in passwords.PLAINTEXT_SCHEMES:
+                plain += 1
+            elif scheme.startswith("SCRAM-"):
+                count = secret.split(",", 1)[0]
+                if count.isdigit():
+                    counts.setdefault(scheme, Counter())[int(count)] += 1
+        profiles: Dict[str, Tuple[int, bool]] = {}
+        for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            stored = counts.get(mechanism, Counter())
+            both = stored + Counter({passwords.SCRAM_ITERATIONS: plain} if plain else {})
+            # (ties: the larger count; a fake must not look cheaper than real users)
+            iterations = (max(both, key=lambda i: (both[i], i)) if both
+                          else passwords.SCRAM_ITERATIONS)
+            profiles[mechanism] = (iterations, plain > sum(stored.values()))
+        self._scram_cache = (users, key.digest(), profiles)
+        return key.digest(), profiles
 
     def avatar_id_now(self, credentials: Any) -> Any:
         """The avatar id of a username/password whose stored scheme is cheap (see

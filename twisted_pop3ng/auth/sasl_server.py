@@ -69,8 +69,13 @@ class SASLContext:
     client_identities: Sequence[str] = ()
     #: ``(username_hint, token) -> authorised user | None`` (or a Deferred); None: no OAuth.
     validate_token: Optional[Callable[[str, str], Any]] = None
-    #: Key for deterministic fake salts (unknown users) and derived SCRAM salts.
+    #: Key for deterministic fake salts (unknown users) and derived SCRAM salts: the same in
+    #: every process and after restarts for the same configuration (F7), see
+    #: ``server.auth_verbs``; random (one exchange) only where nobody has a secret.
     secret_key: bytes = field(default_factory=lambda: os.urandom(32))
+    #: ``mechanism -> (iterations, derived)`` an unknown user's fake SCRAM exchange copies (see
+    #: ``PasswdFileChecker.scram_profile``); None: 4096 iterations, no derivation.
+    scram_profile: Optional[Callable[[str], Tuple[int, bool]]] = None
 
 
 class Mechanism:
@@ -233,11 +238,26 @@ class Scram(Mechanism):
         self.finished = True
         return Challenge(final.encode("utf-8"))
 
-    def _fake(self, username: str) -> passwords.ScramKeys:
+    @property
+    def _scheme(self) -> str:
+        """The stored scheme this mechanism uses: ``SCRAM-SHA-256`` for SCRAM-SHA-256(-PLUS)."""
+        return "SCRAM-" + self.hash_name.upper().replace("SHA", "SHA-")
+
+    def _fake(self, username: str) -> Any:
+        """Keys for a user who has none: a salt stable for the name (an HMAC under the context's
+        key, which is stable across processes and restarts), the iteration count most users
+        have, and -- where most users' keys are derived from ``{PLAIN}`` -- the same PBKDF2 in
+        a thread, so that neither ``s=``, ``i=`` nor the time of the server-first tells (F7)."""
         digest = hmac.new(self.context.secret_key, b"fake\0" + username.encode(), hashlib.sha256).digest()
         size = hashlib.new(self.hash_name).digest_size
-        return passwords.ScramKeys(passwords.SCRAM_ITERATIONS, digest[:16], os.urandom(size),
-                                   os.urandom(size))
+        iterations, derived = passwords.SCRAM_ITERATIONS, False
+        if self.context.scram_profile is not None:
+            iterations, derived = self.context.scram_profile(self._scheme)
+        if derived:
+            # (a random password: the keys are as unusable as random ones)
+            return hash_in_thread(passwords.scram_keys, os.urandom(16).hex().encode(), self.hash_name,
+                                  digest[:16], iterations)
+        return passwords.ScramKeys(iterations, digest[:16], os.urandom(size), os.urandom(size))
 
     def _keys(self, username: str) -> Any:
         if self.context.lookup_secret is None:
@@ -248,7 +268,7 @@ class Scram(Mechanism):
             if stored is None:
                 return self._fake(username)
             scheme, secret = passwords.split_scheme(stored)
-            if scheme == "SCRAM-" + self.hash_name.upper().replace("SHA", "SHA-"):
+            if scheme == self._scheme:
                 return passwords.parse_scram(secret)
             if scheme in passwords.PLAINTEXT_SCHEMES:
                 salt = hmac.new(self.context.secret_key, b"salt\0" + username.encode(),

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="messages made durable together (one directory fsync, one state write)")
     p.add_argument("--pipeline", type=int, default=WINDOW, metavar="N",
                    help="RETR commands in flight when the server offers PIPELINING")
+    p.add_argument("--max-message-size", type=int, metavar="BYTES",
+                   help="leave larger messages on the server and report them (default: twice "
+                        "the size the server lists for the message, plus 1 MiB)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -114,6 +117,9 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
     if args.keep_days is not None and not args.keep:
         print("pop3ng fetch: --keep-days needs --keep", file=sys.stderr)
         return EXIT_USAGE
+    if args.max_message_size is not None and args.max_message_size < 1:
+        print("pop3ng fetch: --max-message-size must be positive", file=sys.stderr)
+        return EXIT_USAGE
     try:
         token = None
         if args.token_file or not (args.password_file or "POP3NG_PASSWORD" in os.environ):
@@ -134,7 +140,7 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
                            progress=sys.stderr.isatty() and not args.quiet,
                            batch=max(1, args.batch), window=max(1, args.pipeline), token=token,
                            allow_plain_fallback=args.allow_plain_fallback, crash_hook=crash_hook,
-                           on_warning=_warn)
+                           on_warning=_warn, max_message_size=args.max_message_size)
     from twisted.internet import reactor
 
     outcome: Dict[str, Any] = {}

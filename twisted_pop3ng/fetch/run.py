@@ -41,6 +41,19 @@ BATCH = 64
 BATCH_OCTETS = 16 << 20
 #: A batch is at least 1/STATE_GROWTH of the state file's entries (see _Retriever._got).
 STATE_GROWTH = 16
+#: Without ``--max-message-size``, a message may be at most OVERSIZE_FACTOR times its LIST size
+#: plus OVERSIZE_SLACK octets (F16): RFC 1939 makes LIST the exact size, and the margin covers
+#: servers that count LF line ends (a message of empty lines doubles as CRLF) and small
+#: miscounts, while a server that announces 100 octets cannot fill the disk with gigabytes.
+OVERSIZE_FACTOR = 2
+OVERSIZE_SLACK = 1 << 20
+
+
+def message_limit(list_size: int, max_message_size: Optional[int]) -> int:
+    """The most octets ``pop3ng fetch`` takes for a message LIST gives as ``list_size``."""
+    if max_message_size is not None:
+        return max_message_size
+    return OVERSIZE_FACTOR * list_size + OVERSIZE_SLACK
 
 
 @dataclass
@@ -71,6 +84,10 @@ class FetchOptions:
     #: durable batch, before its state write), ``before-dele``, ``before-quit``, ``after-quit``.
     #: The crash tests pass one that kills the process; None in production.
     crash_hook: Optional[Callable[[str], None]] = None
+    #: The largest message to take, in octets: larger ones (by LIST, or by what the server
+    #: actually sends) are left on the server and reported. None: :func:`message_limit`'s
+    #: default, twice the LIST size plus 1 MiB.
+    max_message_size: Optional[int] = None
 
 
 @dataclass
@@ -96,7 +113,8 @@ class _Retriever:
     def __init__(self, client: pop3.POP3Client, destination: Any, state: FetchState,
                  todo: List[Tuple[int, str, int]], result: FetchResult, progress: Any,
                  batch: int = BATCH, window: int = WINDOW,
-                 crash_hook: Callable[[str], None] = _no_crash) -> None:
+                 crash_hook: Callable[[str], None] = _no_crash,
+                 max_message_size: Optional[int] = None) -> None:
         self.client = client
         self.destination = destination
         self.state = state
@@ -114,6 +132,7 @@ class _Retriever:
         self._adaptive = not hasattr(destination, "batch_limit")
         self._window = window
         self._crash_hook = crash_hook
+        self._max_message_size = max_message_size
 
     def start(self) -> defer.Deferred:
         self._pump()
@@ -124,23 +143,37 @@ class _Retriever:
                and (not self._in_flight or self._in_flight_octets < WINDOW_OCTETS)):
             number, uid, size = self.todo[self._next]
             self._next += 1
+            limit = message_limit(size, self._max_message_size)
+            if size > limit:
+                # (LIST already says it is too large: not even asked for)
+                self.result.refused.append("%s: %d octets, more than --max-message-size %d"
+                                           % (uid, size, limit))
+                continue
             try:
                 sink = self.destination.begin(uid)
             except Exception as e:
                 self._error = e  # reported once what is in flight has landed
                 break
-            self._in_flight.append(sink)
+            capped = _Capped(sink, limit)
+            self._in_flight.append(capped)
             self._in_flight_octets += size
-            self.client.retrieve(number, sink).addCallbacks(
-                self._got, self._failed, callbackArgs=(sink, size), errbackArgs=(sink, size))
+            self.client.retrieve(number, capped).addCallbacks(
+                self._got, self._failed, callbackArgs=(capped, size), errbackArgs=(capped, size))
         if not self._in_flight and (self._error is not None or self._next >= len(self.todo)):
             self._finish()
 
-    def _got(self, _: Any, sink: Any, size: int) -> None:
-        self._in_flight.remove(sink)
+    def _got(self, _: Any, capped: "_Capped", size: int) -> None:
+        self._in_flight.remove(capped)
         self._in_flight_octets -= size
+        sink = capped.sink
         if self._error is not None:
             sink.abort()
+            return self._pump()
+        if capped.oversized:
+            sink.abort()
+            self.result.refused.append(
+                "%s: the server sent %d octets for a message it listed at %d, more than the "
+                "limit of %d (--max-message-size)" % (sink.uid, capped.received, size, capped.limit))
             return self._pump()
         try:
             sink.finish()
@@ -159,9 +192,10 @@ class _Retriever:
             self._commit()
         self._pump()
 
-    def _failed(self, failure: Any, sink: Any, size: int) -> None:
-        self._in_flight.remove(sink)
+    def _failed(self, failure: Any, capped: "_Capped", size: int) -> None:
+        self._in_flight.remove(capped)
         self._in_flight_octets -= size
+        sink = capped.sink
         sink.abort()
         if failure.check(pop3.ServerError) and not failure.check(pop3.TemporaryError):
             # This one message cannot be had (vanished, unreadable): leave it on the server and go
@@ -200,6 +234,27 @@ class _Retriever:
             self.done.errback(self._error)
         else:
             self.done.callback(None)
+
+
+class _Capped:
+    """Hands a message to its sink up to ``limit`` octets (F16). Past that it drops the rest
+    rather than cutting the connection: the session must read the message to its terminating
+    dot to stay in step, and the other messages of the run still flow; the message is then
+    aborted and reported (:meth:`_Retriever._got`), so no more than ``limit`` octets of it ever
+    reach the disk."""
+
+    def __init__(self, sink: Any, limit: int) -> None:
+        self.sink = sink
+        self.limit = limit
+        self.received = 0
+        self.oversized = False
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.oversized or self.received > self.limit:
+            self.oversized = True
+            return
+        self.sink.write(data)
 
 
 async def fetch(reactor: Any, options: FetchOptions) -> FetchResult:
@@ -278,7 +333,8 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
         progress = _Progress(len(todo)) if options.progress and todo else None
         try:
             await _Retriever(client, destination, state, todo, result, progress,
-                             options.batch, options.window, crash_hook).start()
+                             options.batch, options.window, crash_hook,
+                             options.max_message_size).start()
         finally:
             if progress:
                 progress.close()

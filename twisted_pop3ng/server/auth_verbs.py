@@ -188,15 +188,30 @@ def _context(protocol: ServerConnection) -> sasl.SASLContext:
     factory = protocol.factory
     store = _secret_store(protocol)
     validator = factory.token_validator
-    return sasl.SASLContext(
+    context = sasl.SASLContext(
         hostname=policy.security(protocol).hostname,
         lookup_secret=store.lookup_secret if store is not None else None,
         channel_bindings=channel_bindings(protocol),
         plus_offered="SCRAM-SHA-256-PLUS" in available_mechanisms(protocol),
         client_identities=client_identities(protocol),
         validate_token=validator.validate if validator is not None else None,
-        secret_key=factory.sasl_secret_key,
+        scram_profile=getattr(store, "scram_profile", None),
     )
+    key = _salt_key(factory, store)
+    if key is not None:
+        context.secret_key = key
+    return context
+
+
+def _salt_key(factory: Any, store: Any) -> Optional[bytes]:
+    """The key of SCRAM's made-up and derived salts: the factory's (``--sasl-secret-file``),
+    else the secret store's own stable one (``PasswdFileChecker.salt_key``), so that an unknown
+    user's salt is the same in every worker and after a restart, as a stored user's is (F7).
+    None (a random key per exchange) only for a store that cannot make one."""
+    if factory.sasl_secret_key is not None:
+        return bytes(factory.sasl_secret_key)
+    salt_key = getattr(store, "salt_key", None)
+    return salt_key() if salt_key is not None else None
 
 
 def _decode(data: bytes) -> bytes:

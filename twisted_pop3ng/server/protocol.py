@@ -645,8 +645,11 @@ class POP3ServerFactory(Factory):
         #: :mod:`twisted_pop3ng.auth.oauth`); None: those mechanisms are not offered.
         self.token_validator = token_validator
         self._abuse_guard = abuse_guard
-        #: Keys the made-up SCRAM salts of unknown users (stable per user): random by default.
-        self.sasl_secret_key = sasl_secret_key if sasl_secret_key is not None else os.urandom(32)
+        #: Keys the made-up SCRAM salts of unknown users (stable per user) and the salts derived
+        #: for ``{PLAIN}`` users. None: the secret store's stable key (an HMAC over the
+        #: passwd-file, see ``PasswdFileChecker.salt_key``), never a random one per process, which
+        #: told unknown users from stored ones across ``--workers`` and restarts (F7).
+        self.sasl_secret_key = sasl_secret_key
         #: How replies reach the transport and how the addresses of a connection are read (see
         #: :class:`~twisted_pop3ng.server.io.StockSender`,
         #: :func:`~twisted_pop3ng.server.io.stock_connection_info`); None: the stock ones, public

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import signal
 from typing import Any, Dict, List, Optional
 
@@ -37,6 +39,9 @@ OPT_PARAMETERS = [
     ["expire", None, None, "RFC 2449 EXPIRE to advertise: days, or NEVER (the server does not expire "
                            "mail itself)."],
     ["hostname", None, None, "Host name in APOP and CRAM-MD5 challenges (default: the system's)."],
+    ["sasl-secret-file", None, None, "File with a secret (>= 16 bytes) keying the SCRAM salts made "
+                                     "up for unknown users (default: a key derived from the "
+                                     "passwd-file, which changes when the file does)."],
     ["tls-client-ca", None, None, "PEM CA certificates: request client certificates and offer SASL "
                                   "EXTERNAL to clients whose certificate they sign."],
     ["oauth-hmac-key", None, None, "File with a secret key (>= 16 bytes): offer OAUTHBEARER and XOAUTH2 "
@@ -85,6 +90,7 @@ def post_options(options: Any) -> None:
     if options["login-delay"] is not None and options["login-delay"] < 0:
         raise usage.UsageError("--login-delay must not be negative")
     _token_validator(options)
+    _sasl_secret(options)
     _identities_from_user_database(options)
     if options["tls-client-ca"]:
         if options.get("tls") is None:
@@ -93,6 +99,23 @@ def post_options(options: Any) -> None:
             options["tls"] = ClientCertTLS(options["tls"], options["tls-client-ca"])
         except (OSError, ValueError) as error:
             raise usage.UsageError("--tls-client-ca %s: %s" % (options["tls-client-ca"], error))
+
+
+def _sasl_secret(options: Any) -> None:
+    """``options["sasl-secret-key"]`` from ``--sasl-secret-file``: an HMAC of the file's bytes
+    (so that the key used is not the file's text), or a usage error."""
+    path = options.get("sasl-secret-file")
+    if not path:
+        return
+    try:
+        with open(path, "rb") as f:
+            secret = f.read(65536).strip()
+    except OSError as error:
+        raise usage.UsageError("--sasl-secret-file %s: %s" % (path, error.strerror or error))
+    if len(secret) < 16:
+        raise usage.UsageError("--sasl-secret-file %s: the secret must be at least 16 bytes" % path)
+    options["sasl-secret-key"] = hmac.new(secret, b"twisted-pop3ng SCRAM salt key 1",
+                                          hashlib.sha256).digest()
 
 
 def _token_validator(options: Any) -> None:
@@ -193,8 +216,13 @@ def security_config(options: Any) -> policy.SecurityConfig:
 
 def factory_arguments(options: Any) -> Dict[str, Any]:
     """The ``POP3ServerFactory`` keyword arguments the options describe: the STLS context
-    (``--tls-cert``, with ``--tls-client-ca``) and the OAuth token validator."""
-    return {"tls": options.get("tls"), "token_validator": options.get("token-validator")}
+    (``--tls-cert``, with ``--tls-client-ca``), the OAuth token validator and the SCRAM salt key
+    (``--sasl-secret-file``)."""
+    arguments = {"tls": options.get("tls"), "token_validator": options.get("token-validator")}
+    if options.get("sasl-secret-key") is not None:
+        # (only when given: a factory's own key is not replaced by "none")
+        arguments["sasl_secret_key"] = options["sasl-secret-key"]
+    return arguments
 
 
 def watch_tls(options: Any, reactor: Any) -> None:
