@@ -611,8 +611,8 @@ def _plausible_user_name(user: Any) -> bool:
 
 
 def _register_preauthenticated(portal: Any) -> None:
-    """Let the portal accept what SASL has proven (SCRAM, EXTERNAL, OAuth), unless it already
-    has a checker of its own for that."""
+    """Let the portal accept what SASL has proven (SCRAM, EXTERNAL, OAuth) of users its other
+    checkers know (F6), unless it already has a checker of its own for that."""
     checkers = getattr(portal, "checkers", None)  # a portal need not be a cred Portal
     if checkers is not None and cred.IPreauthenticated not in checkers:
         portal.registerChecker(cred.PreauthenticatedChecker(portal))

@@ -91,7 +91,6 @@ def post_options(options: Any) -> None:
         raise usage.UsageError("--login-delay must not be negative")
     _token_validator(options)
     _sasl_secret(options)
-    _identities_from_user_database(options)
     if options["tls-client-ca"]:
         if options.get("tls") is None:
             raise usage.UsageError("--tls-client-ca needs --tls-cert")
@@ -182,19 +181,6 @@ def _check_url(url: str, option: str) -> None:
             pass
     raise usage.UsageError("--%s %s: give an https:// URL (http:// only to a loopback address)"
                            % (option, url))
-
-
-def _identities_from_user_database(options: Any) -> None:
-    """EXTERNAL, OAuth and SCRAM logins are checked against the --auth checkers (F6): a user
-    removed from or disabled in the passwd-file cannot log in with a certificate or token.
-    (The portal then has this checker for proven identities; POP3ServerFactory adds none.)"""
-    from twisted_pop3ng.auth.checkers import IPreauthenticated, PreauthenticatedChecker
-
-    checkers = options.get("credCheckers")
-    if checkers is None or any(IPreauthenticated in getattr(c, "credentialInterfaces", ())
-                               for c in checkers):
-        return
-    checkers.append(PreauthenticatedChecker(list(checkers)))
 
 
 def security_config(options: Any) -> policy.SecurityConfig:

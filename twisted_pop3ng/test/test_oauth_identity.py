@@ -231,10 +231,12 @@ class OptionsTests(unittest.TestCase):
         self.assertIn(fragment, str(caught.exception))
 
     def test_user_database_checker_registered(self) -> None:
-        options = self.parse()
-        found = [c for c in options["credCheckers"] if isinstance(c, PreauthenticatedChecker)]
+        from twisted_pop3ng.service.build import make_factory
+
+        portal = make_factory(self.parse()).portal
+        found = [c for c in portal.checkers.values() if isinstance(c, PreauthenticatedChecker)]
         self.assertEqual(len(found), 1)
-        self.assertIsInstance(found[0].users[0], PasswdFileChecker)
+        self.assertIsInstance(found[0]._checkers()[0], PasswdFileChecker)
 
     def test_jwks(self) -> None:
         from twisted_pop3ng.auth.jwt_validator import JWTValidator
