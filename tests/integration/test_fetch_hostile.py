@@ -15,11 +15,6 @@ from twisted_pop3ng import fetch, wire
 from .test_fetch import FetchTestBase, maildir_messages
 
 
-def _wire_size(message: bytes) -> int:
-    encoder = wire.MessageEncoder(stuff=False)
-    return len(encoder.feed(message) + encoder.finish())
-
-
 class _Hostile(socketserver.StreamRequestHandler):
     """A POP3 server that says what the test scripted: ``server.messages`` is a list of
     (UIDL, message); ``server.replies`` overrides the reply to a verb with raw bytes. DELE marks,
@@ -50,7 +45,7 @@ class _Hostile(socketserver.StreamRequestHandler):
                 write(b"+OK\r\n" + b"".join(b"%d %s\r\n" % (i + 1, u) for i, (u, _) in enumerate(live))
                       + b".\r\n")
             elif verb == b"LIST":
-                write(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, server.sizes.get(i + 1, _wire_size(m)))
+                write(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, server.sizes.get(i + 1, wire.wire_size_of(m)))
                                             for i, (_, m) in enumerate(live)) + b".\r\n")
             elif verb == b"RETR":
                 server.retrieved.append(int(words[1]))
@@ -189,7 +184,7 @@ class HostileServerFetchTests(FetchTestBase):
         server.sizes[3] = 100
         code, err = self.run_fetch(url, "--max-message-size", "4000")
         self.assertEqual(code, fetch.EXIT_ERROR, err)
-        self.assertIn("big: %d octets, more than --max-message-size 4000" % _wire_size(big), err)
+        self.assertIn("big: %d octets, more than --max-message-size 4000" % wire.wire_size_of(big), err)
         self.assertIn("liar: the server sent", err)
         self.assertNotIn(2, server.retrieved)
         self.assertEqual(maildir_messages(self.out), [message(0)])
