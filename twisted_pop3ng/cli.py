@@ -9,6 +9,8 @@ from typing import List, Optional
 #: subcommand -> "module:function"; each function takes argv (after the subcommand), returns an exit code.
 SUBCOMMANDS = {
     "fetch": ("twisted_pop3ng.fetch.cli:main", "fetch mail from a POP3 server into a Maildir, mbox or MDA"),
+    "deliver": ("twisted_pop3ng.delivery.lda:main", "deliver a message from stdin into a maildrop (an LDA)"),
+    "db": ("twisted_pop3ng.mailbox.postgresql.cli:main", "create or upgrade the PostgreSQL schema (db upgrade DSN)"),
     "passwd": ("twisted_pop3ng.auth.passwords:main", "print a password hash for a passwd-file"),
 }
 

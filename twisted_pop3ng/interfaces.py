@@ -123,3 +123,24 @@ class IMailboxStoreFactory(Interface):
     def makeStore(argstring):
         """An :class:`IMailboxStore` from the text after ``SCHEME:``; raise ``ValueError`` (its
         text is shown on the command line) when ``argstring`` is unusable."""
+
+
+class IMailboxDelivery(Interface):
+    """Optional for an :class:`IMailboxStore`: mail can be delivered into it (LMTP, ``pop3ng deliver``).
+
+    Every built-in store provides it. Delivery never needs the maildrop lock: a message delivered
+    while a session holds the maildrop appears in the next session's snapshot, not in this one.
+    """
+
+    def deliver(username, source):
+        """Store one message for ``username`` and return its UIDL once it is durable.
+
+        ``source`` is a binary file positioned at the message's first octet, read to its end with
+        ``read(n)``: the message as stored (lines end in LF or CRLF, no dot-stuffing). A store must
+        stream it (a 50 MB message is never held whole). Blocking and thread-safe: the LMTP
+        listener calls it in a thread of its own pool, ``pop3ng deliver`` directly.
+
+        Raise :class:`~twisted_pop3ng.errors.TemporaryFailure` (or ``OSError`` such as ``ENOSPC``)
+        for a failure worth retrying and :class:`~twisted_pop3ng.errors.PermanentFailure` for one
+        that is not; nothing of the message may remain visible after either.
+        """

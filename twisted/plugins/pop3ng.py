@@ -1,5 +1,5 @@
 """twistd drop-in for twisted-pop3ng: ``twistd pop3ng``, the ``--auth passwd-file:PATH`` checker, the
-``--mailbox maildir:`` and ``memory:`` schemes and the ``--reactor=pop3ng-epoll`` reactor (what
+``--mailbox maildir:``, ``mbox:``, ``postgresql:`` and ``memory:`` schemes and the ``--reactor=pop3ng-epoll`` reactor (what
 ``twistd pop3ng`` runs on unless told otherwise).
 
 Every twistd command that looks for plugins (any ``--auth``, ``--help-auth``, ``--reactor``) imports
@@ -13,7 +13,8 @@ from twisted.cred.strcred import ICheckerFactory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from twisted_pop3ng.mailbox.plugins import MaildirStoreFactory, MemoryStoreFactory
+from twisted_pop3ng.mailbox.plugins import (MaildirStoreFactory, MboxStoreFactory, MemoryStoreFactory,
+                                            PostgresStoreFactory)
 
 
 @implementer(ICheckerFactory, IPlugin)
@@ -38,6 +39,8 @@ pop3ng = ServiceMaker(
 passwd_file = _PasswdFileCheckerFactory()
 maildir_store = MaildirStoreFactory()
 memory_store = MemoryStoreFactory()
+mbox_store = MboxStoreFactory()
+postgresql_store = PostgresStoreFactory()
 pop3ng_epoll = Reactor(
     "pop3ng-epoll", "twisted_pop3ng.reactor",
     "Twisted's epoll reactor without the legacy log context per event (Linux).")

@@ -49,6 +49,37 @@ class MemoryStoreFactory:
         return MemoryStore.from_spec(argstring)
 
 
+@implementer(IPlugin, IMailboxStoreFactory)
+class MboxStoreFactory:
+    """``--mailbox mbox:TEMPLATE``: :class:`~twisted_pop3ng.mailbox.mbox.store.MboxStore`."""
+
+    scheme = "mbox"
+    help = ("Unix mbox files at a path template with {user}, e.g. mbox:/var/mail/{user}; locked with "
+            "a dotlock and fcntl as Debian's MTAs and procmail lock them; UIDL is the message's "
+            "X-UIDL header when present, else an identity kept beside the mbox.")
+
+    def makeStore(self, argstring: str) -> Any:
+        from twisted_pop3ng.mailbox.mbox.store import MboxStore
+
+        return MboxStore.from_spec(argstring)
+
+
+@implementer(IPlugin, IMailboxStoreFactory)
+class PostgresStoreFactory:
+    """``--mailbox postgresql:DSN``: :class:`~twisted_pop3ng.mailbox.postgresql.store.PostgresStore`."""
+
+    scheme = "postgresql"
+    help = ("Maildrops in a PostgreSQL database (schema made by 'pop3ng db upgrade DSN'); DSN is a "
+            "libpq connection string or URI, plus pop3ng's own pool_size=N, e.g. "
+            "postgresql:'host=db dbname=mail user=pop3 pool_size=10'. Many servers may share one "
+            "database: the maildrop lock is a PostgreSQL advisory lock.")
+
+    def makeStore(self, argstring: str) -> Any:
+        from twisted_pop3ng.mailbox.postgresql.store import PostgresStore
+
+        return PostgresStore.from_spec(argstring)
+
+
 def mailbox_store_factories() -> Dict[str, Any]:
     """Every ``--mailbox`` scheme the installed plugins provide, by scheme name.
 

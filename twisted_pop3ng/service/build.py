@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_pop3ng.service import delivery_options, ops_options
 from twisted_pop3ng.service import security_options as tap_security
 from twisted_pop3ng.service.options import Options
 
@@ -157,6 +158,8 @@ def makeService(options: Options) -> service.MultiService:
         _listener(lean, desc, factory, top)
     for desc in options["tls-listen"]:
         _listener(lean, desc, tls_factory(options["tls"], factory), top)
+    delivery_options.add_services(options, factory, top)
+    ops_options.add_services(options, factory, top)
     if options["workers"] > 1:
         from twisted_pop3ng.service.workers import WorkerPool
 

@@ -14,6 +14,7 @@ from twisted.application import strports
 from twisted.cred import strcred
 from twisted.python import usage
 
+from twisted_pop3ng.service import delivery_options, ops_options
 from twisted_pop3ng.service import security_options as tap_security
 
 DEFAULT_LISTEN = "tcp:1100:interface=127.0.0.1"
@@ -30,7 +31,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     optFlags = [
         ["demo", None, "Run a self-contained demo under ./%s (user, password, sample mail, "
                        "self-signed certificate, plain and TLS listeners on 127.0.0.1)." % DEMO_DIR],
-    ] + tap_security.OPT_FLAGS + tap_security.abuse_options.OPT_FLAGS
+    ] + (tap_security.OPT_FLAGS + tap_security.abuse_options.OPT_FLAGS + delivery_options.OPT_FLAGS
+       + ops_options.OPT_FLAGS)
     optParameters = [
         ["tls-cert", None, None, "PEM certificate chain, leaf first."],
         ["tls-key", None, None, "PEM private key of the certificate (default: in --tls-cert)."],
@@ -46,7 +48,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["busy-poll", None, 50.0, "Longest time in microseconds the reactor keeps polling before it "
                                   "sleeps, adapted to the traffic (0: off; pop3ng's own reactor only).",
          float],
-    ] + tap_security.OPT_PARAMETERS + tap_security.abuse_options.OPT_PARAMETERS
+    ] + (tap_security.OPT_PARAMETERS + tap_security.abuse_options.OPT_PARAMETERS
+         + delivery_options.OPT_PARAMETERS + ops_options.OPT_PARAMETERS)
     supportedInterfaces = None  # any checker twisted.cred knows
     #: Where --help-mailbox writes (strcred's --help-auth writes to ``authOutput``).
     mailbox_output: Any = sys.stdout
@@ -138,6 +141,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if not 0 <= self["busy-poll"] <= MAX_BUSY_POLL_US:
             raise usage.UsageError("--busy-poll must be between 0 and %d microseconds" % MAX_BUSY_POLL_US)
         tap_security.post_options(self)
+        delivery_options.post_options(self)
+        ops_options.post_options(self)
 
     def _demo_defaults(self) -> None:
         from twisted_pop3ng.service import demo
