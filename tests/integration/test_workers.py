@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from typing import Dict, List
 
@@ -109,6 +110,23 @@ class WorkersTests(unittest.TestCase):
         self.server.stop()
         for pid in pids:
             self.assertFalse(os.path.exists("/proc/%d/status" % pid) and _alive(pid), pid)
+
+    def test_workers_exit_when_the_master_is_killed(self) -> None:
+        # systemd's Restart= starts a new master after a SIGKILL: orphaned workers would keep the
+        # port (so the new one fails with "Address already in use") and serve the old settings.
+        workers_only = [p for p in self.pids if p != self.server.process.pid]
+        os.kill(self.server.process.pid, signal.SIGKILL)
+        self.server.process.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers_only) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual([p for p in workers_only if _alive(p)], [])
+        # What a restarted master does first: bind and listen on the same port.
+        again = socket.socket()
+        self.addCleanup(again.close)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", self.server.port))
+        again.listen()
 
 
 def _alive(pid: int) -> bool:

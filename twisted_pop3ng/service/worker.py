@@ -21,6 +21,10 @@ def _watch_master(reactor: Any) -> None:
     """Exit when the master goes away: stdin is a pipe from it, EOF means it is gone."""
     from twisted.internet import abstract
 
+    def master_gone() -> None:
+        if reactor.running:
+            reactor.stop()
+
     class Watch(abstract.FileDescriptor):
         def fileno(self) -> int:
             return 0
@@ -32,11 +36,13 @@ def _watch_master(reactor: Any) -> None:
                 data = b""
             if not data:
                 self.stopReading()
-                if reactor.running:
-                    reactor.stop()
+                master_gone()
 
         def connectionLost(self, reason: Any) -> None:
-            pass
+            # A pipe whose writer died empty polls as EPOLLHUP without EPOLLIN: the reactor then
+            # calls this, never doRead. Ignoring it left workers serving, orphaned, after a
+            # SIGKILL of the master (and a restarted master failed with "Address already in use").
+            master_gone()
 
     Watch(reactor).startReading()
 
