@@ -306,12 +306,14 @@ class SnapshotFreshnessTests(TwistdTestCase):
 
     def test_damaged_or_missing_index(self):
         user, _ = self.fresh_user()
-        names = [self.server.deliver(user, message(i)) for i in range(5)]
+        for i in range(5):
+            self.server.deliver(user, message(i))
         s = self.login(user)
         uids, sizes = self.uidl_map(s), self.list_map(s)
         self.quit(s)
         md = self.server.maildir(user)
         index = [n for n in os.listdir(md) if "index" in n]
+        self.assertEqual(index, ["pop3ng-index"])  # else the loop below would damage nothing
         for damage in (b"garbage\n", b"", b"pop3ng-index 2\ndirs 1:2 3:4\n-5 x cur/y\n", None):
             for name in index:
                 path = os.path.join(md, name)
@@ -326,7 +328,6 @@ class SnapshotFreshnessTests(TwistdTestCase):
             self.assertEqual(self.list_map(s), sizes)
             self.assertEqual(self.retr(s, 5), stuffed(wire_lines(message(4))))
             self.quit(s)
-        self.assertEqual(len(names), 5)
 
 
 class MessageOrderTests(TwistdTestCase):
@@ -566,26 +567,46 @@ class SymlinkTests(TwistdTestCase):
             self.assertTrue(s.closed())
             self.assertTrue(os.path.exists(victim))
 
-    def test_planted_symlinks_for_lock_and_index_files(self):
-        self.tracebacks_allowed = True  # the refused operations are logged
-        # pop3ng.lock and the index's temporary file are created by the server in the maildir:
-        # symlinks planted there must not make it truncate or overwrite their targets
+    def _plant(self, md: str, name: str, index: int) -> str:
+        target = os.path.join(self.server.root, "target-%s-%d" % (name, index))
+        with open(target, "wb") as f:
+            f.write(b"precious\n")
+        os.symlink(target, os.path.join(md, name))
+        return target
+
+    def test_planted_symlink_for_the_lock_file(self):
+        self.tracebacks_allowed = True  # the refused lock is logged
+        # pop3ng.lock is opened O_NOFOLLOW: a symlink there refuses the login and its target
+        # (which root would otherwise open for writing) stays as it was.
         user, _ = self.fresh_user()
         self.server.deliver(user, message(0))
         md = self.server.maildir(user)
-        targets = []
-        for i, name in enumerate(["pop3ng.lock"] + ["pop3ng-index.tmp.%d" % self.server.process.pid]):
-            target = os.path.join(self.server.root, "target%d" % i)
-            with open(target, "wb") as f:
-                f.write(b"precious\n")
-            targets.append(target)
-            os.symlink(target, os.path.join(md, name))
+        target = self._plant(md, "pop3ng.lock", 0)
         s = self.session()
         s.line()
-        s.command(b"USER " + user.encode())
-        s.command(b"PASS " + USERS[user].encode())
-        s.command(b"QUIT")
-        s.closed()
-        for target in targets:
-            with open(target, "rb") as f:
-                self.assertEqual(f.read(), b"precious\n", target)
+        self.ok(s, b"USER " + user.encode())
+        reply = s.command(b"PASS " + USERS[user].encode())
+        self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"precious\n")
+        self.assertTrue(os.path.islink(os.path.join(md, "pop3ng.lock")))
+
+    def test_planted_symlink_for_the_index_file(self):
+        # The index is read O_NOFOLLOW and replaced by rename(2), which replaces a planted link
+        # itself: the login works, the target is untouched, and a real index file is written.
+        # (Its temporary file has a random name, created O_EXCL: nothing can be planted there.)
+        user, _ = self.fresh_user()
+        for i in range(3):
+            self.server.deliver(user, message(i))
+        md = self.server.maildir(user)
+        target = self._plant(md, "pop3ng-index", 0)
+        s = self.login(user)
+        self.assertTrue(s.command(b"STAT").startswith(b"+OK 3 "))
+        self.ok(s, b"QUIT")
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"precious\n")
+        deadline = time.monotonic() + 10
+        while os.path.islink(os.path.join(md, "pop3ng-index")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(os.path.islink(os.path.join(md, "pop3ng-index")))
+        self.assertTrue(os.path.isfile(os.path.join(md, "pop3ng-index")))

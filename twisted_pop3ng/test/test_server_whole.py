@@ -16,6 +16,39 @@ FILES = [b"Subject: a\n\n.dot first\nbody\n", b".x\r\nlast line without newline"
          b"big\n" + b".line\n" * 100_000]
 
 
+def octets(raw: bytes) -> int:
+    """The wire size, computed line by line from RFC 1939 (not with the codec under test): every
+    line (LF or CRLF ends one, a last line may lack it) counts with a CRLF, no dot-stuffing."""
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return sum(len(line[:-1] if line.endswith(b"\r") else line) + 2 for line in lines)
+
+
+class CountingFile:
+    """A real file that counts its ``read`` calls: the one-pass path reads a small file once,
+    streaming reads until an empty read."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.reads = 0
+        self.fileno = f.fileno
+
+    def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        return self.f.read(n)
+
+    def seek(self, *args: Any) -> int:
+        return self.f.seek(*args)
+
+    def close(self) -> None:
+        self.f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.f.closed
+
+
 class FileMailbox:
     """An IMailbox over real files; ``lie`` makes fstat report another file's size."""
 
@@ -26,11 +59,14 @@ class FileMailbox:
         self.opened: List[Any] = []
 
     def list_messages(self) -> List[MessageInfo]:
-        return [MessageInfo("u%d" % i, len(wire.encode_message(open(p, "rb").read())) - 3)
-                for i, p in enumerate(self.paths)]
+        sizes = []
+        for path in self.paths:
+            with open(path, "rb") as f:
+                sizes.append(octets(f.read()))
+        return [MessageInfo("u%d" % i, size) for i, size in enumerate(sizes)]
 
     def open_message(self, index: int) -> Any:
-        f = open(self.paths[index], "rb", buffering=0)
+        f = CountingFile(open(self.paths[index], "rb", buffering=0))
         if self.lie:
             other = open(self.paths[(index + 1) % len(self.paths)], "rb", buffering=0)
             f.fileno = other.fileno  # type: ignore[method-assign]
@@ -64,8 +100,11 @@ class WholeFileTests(ProtocolTestCase):
     def expected(self, index: int, lines: Any = None) -> bytes:
         return wire.encode_message(FILES[index], lines)
 
-    def check_all(self) -> None:
+    def check_all(self) -> bytes:
+        """Pipelined RETR/TOP of all files: the whole reply, checked; returns what was written
+        before the reactor turned (what was sent synchronously)."""
         reply = self.talk(b"RETR 1\r\nRETR 2\r\nTOP 1 1\r\nRETR 3\r\nNOOP\r\n")
+        at_once = reply
         for _ in range(100):
             if reply.endswith(b"+OK\r\n"):
                 break
@@ -78,10 +117,23 @@ class WholeFileTests(ProtocolTestCase):
                          + b"+OK %d octets\r\n" % sizes[1] + self.expected(1)
                          + b"+OK Message follows\r\n" + self.expected(0, 1)
                          + b"+OK %d octets\r\n" % sizes[2] + self.expected(2) + b"+OK\r\n")
+        self.assertEqual(sizes, [octets(data) for data in FILES])
+        return at_once
+
+    def small_replies(self) -> bytes:
+        sizes = [m.size for m in self.proto.messages]
+        return (b"+OK %d octets\r\n" % sizes[0] + self.expected(0)
+                + b"+OK %d octets\r\n" % sizes[1] + self.expected(1)
+                + b"+OK Message follows\r\n" + self.expected(0, 1))
 
     def test_small_files_in_one_write_large_streamed(self) -> None:
-        self.use()
-        self.check_all()
+        box = self.use()
+        at_once = self.check_all()
+        self.assertTrue(at_once.startswith(self.small_replies()), at_once[:200])
+        # RETR 1, RETR 2 and TOP 1 1 each read their small file in one read (streaming reads on
+        # until an empty read); the large file took several.
+        self.assertEqual([f.reads for f in box.opened[:3]], [1, 1, 1])
+        self.assertGreater(box.opened[3].reads, 2)
         self.assertTrue(all(f.closed for f in self.proto.mailbox.opened))
 
     def test_size_mismatch_falls_back_to_streaming(self) -> None:
