@@ -524,9 +524,9 @@ class PasswdFileChecker:
         prepared = passwords.saslprep(password) if not password.isascii() else password
         stored = entry.password if entry is not None else self._derived()[0]
         try:
-            ok = passwords.verify(stored, password, self.default_scheme)
+            ok = passwords.verify(stored, password, self.default_scheme, user=username)
             if not ok and prepared != password:
-                ok = passwords.verify(stored, prepared, self.default_scheme)
+                ok = passwords.verify(stored, prepared, self.default_scheme, user=username)
         except passwords.UnknownScheme as error:
             # (repr: the name is the client's, it must not forge log lines)
             self.log.error("passwd-file {path}: unsupported scheme {scheme} for {user!r}",

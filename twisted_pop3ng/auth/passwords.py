@@ -4,6 +4,10 @@ Formats are Dovecot's own (checked against ``doveadm pw`` in the tests), so an e
 passwd-file works unchanged. The crypto comes from maintained libraries: ``passlib`` (libpass) for
 the crypt(3) family, ``bcrypt``, ``argon2-cffi``, and ``hashlib``/``hmac`` for the salted digests,
 PBKDF2 and SCRAM keys. Verification can be slow by design: callers run it in a thread.
+
+Every scheme Dovecot verifies is verified here (:data:`SCHEMES`, with Dovecot's ``.B64``/``.HEX``
+encodings); the weak ones (:data:`WEAK_SCHEMES`) log a warning recommending a rehash, once per
+user and process. Generation (:data:`GENERATORS`, ``pop3ng passwd``) offers only the sound ones.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import hmac
 import os
 import secrets
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
+
+from twisted.logger import Logger
 
 from twisted_pop3ng.auth import cram
 
@@ -58,10 +65,136 @@ def saslprep(password: bytes) -> bytes:
 
 
 # -- verification ---------------------------------------------------------------------------------
+#
+# As Dovecot's password_verify(): the stored secret is decoded by the scheme's encoding (a
+# ``.B64``/``.BASE64``/``.HEX`` suffix of the scheme name chooses one; a fixed-size digest without
+# suffix is hex when its length is twice the digest's, else base64), then checked. Every
+# comparison of secret material is constant-time (``hmac.compare_digest``).
+
+#: Logged the first time a user logs in with one of these (see :func:`is_weak`): Dovecot's weak
+#: schemes (refused by Dovecot 2.4 unless ``auth_allow_weak_schemes``) and the unsalted single
+#: digests, which a stolen file gives up to a GPU in hours.
+WEAK_SCHEMES = frozenset({
+    "MD5", "MD5-CRYPT", "SMD5", "HMAC-MD5", "PLAIN-MD4", "PLAIN-MD5", "LDAP-MD5", "DES-CRYPT",
+    "SHA", "SHA1", "SHA256", "SHA512", "DIGEST-MD5", "PLAIN-TRUNC", "OTP"})
+
+_log = Logger()
+_warned: Set[str] = set()
+_warned_lock = threading.Lock()  # verification runs in the hash threads
 
 
-def _verify_plain(secret: str, password: bytes) -> bool:
-    return hmac.compare_digest(secret.encode("utf-8", "surrogateescape"), password)
+@dataclass(frozen=True)
+class Scheme:
+    """How Dovecot stores and checks one scheme."""
+
+    #: ``check(raw_secret, password, user)``: the decoded secret against a password.
+    check: Callable[[bytes, bytes, Optional[str]], bool]
+    #: Dovecot's default encoding of the secret: "none", "base64" or "hex".
+    encoding: str = "none"
+    #: The raw size of a fixed-size digest (0: any); a secret of another size is refused.
+    raw_size: int = 0
+
+
+def _text(check: Callable[[str, bytes], bool]) -> Callable[[bytes, bytes, Optional[str]], bool]:
+    """A check of a textual secret (crypt strings, PBKDF2, SCRAM) as a :class:`Scheme` check."""
+    return lambda raw, password, user: check(raw.decode("utf-8", "surrogateescape"), password)
+
+
+def _check_plain(raw: bytes, password: bytes, user: Optional[str]) -> bool:
+    return hmac.compare_digest(raw, password)
+
+
+def _check_plain_trunc(raw: bytes, password: bytes, user: Optional[str]) -> bool:
+    """``LENGTH-PASSWORD``: a password stored truncated to LENGTH octets by an old system; any
+    password with that prefix is accepted when the stored one is exactly LENGTH long (Dovecot)."""
+    length, dash, stored = raw.partition(b"-")
+    if not dash or not length.isdigit():
+        return False
+    if len(stored) == int(length) and len(password) >= len(stored):
+        return hmac.compare_digest(password[:len(stored)], stored)
+    return hmac.compare_digest(password, stored)
+
+
+def _digest(name: str) -> Callable[[bytes], bytes]:
+    if name == "md4":  # gone from OpenSSL 3's default provider; passlib has a fallback
+        from passlib.crypto.digest import lookup_hash
+
+        return lambda data: lookup_hash("md4").const(data).digest()
+    return lambda data: hashlib.new(name, data).digest()
+
+
+def _check_digest(name: str) -> Callable[[bytes, bytes, Optional[str]], bool]:
+    digest = _digest(name)
+    return lambda raw, password, user: hmac.compare_digest(digest(password), raw)
+
+
+def _check_salted(name: str) -> Callable[[bytes, bytes, Optional[str]], bool]:
+    """``DIGEST(password + salt) + salt`` (SSHA, SSHA256, SSHA512, SMD5): the salt is what follows
+    the digest, and must not be empty."""
+    size = hashlib.new(name).digest_size
+
+    def check(raw: bytes, password: bytes, user: Optional[str]) -> bool:
+        digest, salt = raw[:size], raw[size:]
+        return bool(salt) and hmac.compare_digest(hashlib.new(name, password + salt).digest(), digest)
+
+    return check
+
+
+def _check_digest_md5(raw: bytes, password: bytes, user: Optional[str]) -> bool:
+    """MD5 of ``user:realm:password`` (RFC 2831's A1 secret); the realm is what follows the last
+    ``@`` of the login name, as in Dovecot (``user@domain@realm`` keeps ``user@domain``)."""
+    if user is None:
+        return False
+    name, at, realm = user.rpartition("@")
+    if not at:
+        name, realm = user, ""
+    a1 = b"%s:%s:%s" % (name.encode("utf-8", "surrogateescape"), realm.encode("utf-8", "surrogateescape"),
+                        password)
+    return hmac.compare_digest(hashlib.md5(a1).digest(), raw)
+
+
+def _check_md5(raw: bytes, password: bytes, user: Optional[str]) -> bool:
+    """Dovecot's ``{MD5}``: an MD5-crypt string, or else a PLAIN-MD5 digest."""
+    if raw.startswith(b"$1$"):
+        return _verify_crypt(raw.decode("ascii", "replace"), password)
+    decoded = _decode(raw.decode("ascii", "replace"), SCHEMES["PLAIN-MD5"], None)
+    return decoded is not None and _check_digest("md5")(decoded, password, user)
+
+
+def _check_cram(raw: bytes, password: bytes, user: Optional[str]) -> bool:
+    return hmac.compare_digest(bytes.fromhex(cram.cram_context(password)), raw)
+
+
+_OTP_ALGORITHMS = ("md4", "md5", "sha1")
+
+
+def _otp_fold(algorithm: str, data: bytes) -> bytes:
+    """RFC 2289's 64-bit fold of a digest (for SHA-1 the words byte-swapped, as RFC 2289 and
+    Dovecot do on little-endian hosts)."""
+    d = _digest(algorithm)(data)
+    if algorithm != "sha1":
+        return bytes(a ^ b for a, b in zip(d[0:8], d[8:16]))
+    words = [d[i:i + 4] for i in range(0, 20, 4)]
+    first = bytes(a ^ b ^ c for a, b, c in zip(words[0], words[2], words[4]))
+    second = bytes(a ^ b for a, b in zip(words[1], words[3]))
+    return first[::-1] + second[::-1]
+
+
+def _check_otp(raw: bytes, password: bytes, user: Optional[str]) -> bool:
+    """``ALGORITHM SEQUENCE SEED HASH`` (RFC 2289 one-time passwords; Dovecot <= 2.3): the
+    password is the pass phrase, hashed SEQUENCE + 1 times with SEED (in lower case, RFC 2289 §6)."""
+    try:
+        algorithm, sequence, seed, stored = raw.decode("ascii").split(" ")
+        count = int(sequence)
+        expected = bytes.fromhex(stored)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if algorithm not in _OTP_ALGORITHMS or not 0 <= count <= 10000 or len(expected) != 8:
+        return False
+    value = _otp_fold(algorithm, seed.lower().encode("ascii") + password)
+    for _ in range(count):
+        value = _otp_fold(algorithm, value)
+    return hmac.compare_digest(value, expected)
 
 
 def _verify_crypt(secret: str, password: bytes) -> bool:
@@ -97,21 +230,6 @@ def _verify_argon2(secret: str, password: bytes) -> bool:
         return False
 
 
-def _verify_salted(algorithm: str) -> Callable[[str, bytes], bool]:
-    size = hashlib.new(algorithm).digest_size
-
-    def verify(secret: str, password: bytes) -> bool:
-        try:
-            raw = base64.b64decode(secret, validate=True)
-        except ValueError:
-            return False
-        digest, salt = raw[:size], raw[size:]
-        return len(digest) == size and hmac.compare_digest(
-            hashlib.new(algorithm, password + salt).digest(), digest)
-
-    return verify
-
-
 def _verify_pbkdf2(secret: str, password: bytes) -> bool:
     """Dovecot: ``$1$SALT$ROUNDS$HEX`` with PBKDF2-HMAC-SHA1 over the salt string."""
     try:
@@ -123,13 +241,6 @@ def _verify_pbkdf2(secret: str, password: bytes) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(computed, expected)
-
-
-def _verify_cram(secret: str, password: bytes) -> bool:
-    try:
-        return hmac.compare_digest(cram.cram_context(password), secret.strip().lower())
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -171,33 +282,118 @@ def _verify_scram(algorithm: str) -> Callable[[str, bytes], bool]:
     return verify
 
 
-VERIFIERS: Dict[str, Callable[[str, bytes], bool]] = {
-    "PLAIN": _verify_plain,
-    "CLEAR": _verify_plain,
-    "CLEARTEXT": _verify_plain,
-    "CRYPT": _verify_crypt,
-    "MD5-CRYPT": _verify_crypt,
-    "SHA256-CRYPT": _verify_crypt,
-    "SHA512-CRYPT": _verify_crypt,
-    "BLF-CRYPT": _verify_bcrypt,
-    "ARGON2I": _verify_argon2,
-    "ARGON2ID": _verify_argon2,
-    "SSHA": _verify_salted("sha1"),
-    "SSHA256": _verify_salted("sha256"),
-    "SSHA512": _verify_salted("sha512"),
-    "PBKDF2": _verify_pbkdf2,
-    "CRAM-MD5": _verify_cram,
-    "SCRAM-SHA-1": _verify_scram("sha1"),
-    "SCRAM-SHA-256": _verify_scram("sha256"),
+#: Every scheme Dovecot (2.3 and 2.4) verifies, with its encoding (Dovecot's password-scheme.c).
+SCHEMES: Dict[str, Scheme] = {
+    "PLAIN": Scheme(_check_plain),
+    "CLEAR": Scheme(_check_plain),
+    "CLEARTEXT": Scheme(_check_plain),
+    "PLAIN-TRUNC": Scheme(_check_plain_trunc),
+    "CRYPT": Scheme(_text(_verify_crypt)),
+    "DES-CRYPT": Scheme(_text(_verify_crypt)),
+    "MD5-CRYPT": Scheme(_text(_verify_crypt)),
+    "SHA256-CRYPT": Scheme(_text(_verify_crypt)),
+    "SHA512-CRYPT": Scheme(_text(_verify_crypt)),
+    "BLF-CRYPT": Scheme(_text(_verify_bcrypt)),
+    "MD5": Scheme(_check_md5),
+    "ARGON2I": Scheme(_text(_verify_argon2)),
+    "ARGON2ID": Scheme(_text(_verify_argon2)),
+    "PBKDF2": Scheme(_text(_verify_pbkdf2)),
+    "SCRAM-SHA-1": Scheme(_text(_verify_scram("sha1"))),
+    "SCRAM-SHA-256": Scheme(_text(_verify_scram("sha256"))),
+    "SHA": Scheme(_check_digest("sha1"), "base64", 20),
+    "SHA1": Scheme(_check_digest("sha1"), "base64", 20),
+    "SHA256": Scheme(_check_digest("sha256"), "base64", 32),
+    "SHA512": Scheme(_check_digest("sha512"), "base64", 64),
+    "SSHA": Scheme(_check_salted("sha1"), "base64"),
+    "SSHA256": Scheme(_check_salted("sha256"), "base64"),
+    "SSHA512": Scheme(_check_salted("sha512"), "base64"),
+    "SMD5": Scheme(_check_salted("md5"), "base64"),
+    "PLAIN-MD4": Scheme(_check_digest("md4"), "hex", 16),
+    "PLAIN-MD5": Scheme(_check_digest("md5"), "hex", 16),
+    "LDAP-MD5": Scheme(_check_digest("md5"), "base64", 16),
+    "DIGEST-MD5": Scheme(_check_digest_md5, "hex", 16),
+    "CRAM-MD5": Scheme(_check_cram, "hex", 32),
+    "HMAC-MD5": Scheme(_check_cram, "hex", 32),
+    "OTP": Scheme(_check_otp),
 }
+#: Kept for callers of the old name: the schemes that :func:`verify` knows.
+VERIFIERS = SCHEMES
+
+_ENCODINGS = {"B64": "base64", "BASE64": "base64", "HEX": "hex"}
 
 
-def verify(stored: str, password: bytes, default: str = DEFAULT_SCHEME) -> bool:
-    scheme, secret = split_scheme(stored, default)
-    verifier: Optional[Callable[[str, bytes], bool]] = VERIFIERS.get(scheme)
-    if verifier is None:
+def _lookup(scheme: str) -> Tuple[Scheme, Optional[str]]:
+    """The :class:`Scheme` of ``SCHEME[.ENCODING]`` and the encoding its suffix names, if any."""
+    name, dot, suffix = scheme.upper().partition(".")
+    found = SCHEMES.get(name)
+    if found is None or (dot and suffix not in _ENCODINGS):
         raise UnknownScheme(scheme)
-    return verifier(secret, password)
+    return found, _ENCODINGS[suffix] if dot else None
+
+
+def _decode(secret: str, scheme: Scheme, explicit: Optional[str]) -> Optional[bytes]:
+    """The raw secret (None: undecodable or of the wrong size), as Dovecot's password_decode()."""
+    encoding = explicit or scheme.encoding
+    guessed = explicit is None and encoding != "none" and scheme.raw_size != 0
+    if guessed:
+        encoding = "hex" if len(secret) == 2 * scheme.raw_size else "base64"
+    raw: Optional[bytes] = None
+    if encoding == "none":
+        raw = secret.encode("utf-8", "surrogateescape")
+    if encoding == "hex":
+        try:
+            raw = bytes.fromhex(secret)
+        except ValueError:
+            if not guessed:
+                return None
+            encoding = "base64"  # some lengths are both; Dovecot tries base64 next
+    if encoding == "base64":
+        try:
+            raw = base64.b64decode(secret.strip(), validate=True)
+        except ValueError:
+            return None
+    if raw is None or (scheme.raw_size and len(raw) != scheme.raw_size):
+        return None
+    return raw
+
+
+def is_weak(stored: str, default: str = DEFAULT_SCHEME) -> bool:
+    """Whether ``stored`` is of a scheme to rehash (:data:`WEAK_SCHEMES`), ``{CRYPT}`` holding a
+    DES or MD5 crypt string included."""
+    scheme, secret = split_scheme(stored, default)
+    name = scheme.partition(".")[0]
+    if name == "CRYPT":
+        return not secret.startswith("$") or secret.startswith("$1$")
+    return name in WEAK_SCHEMES
+
+
+def _warn_weak(scheme: str, stored: str, user: Optional[str]) -> None:
+    """Recommend a rehash, once per user (or per secret, without a user) in this process."""
+    key = "user:" + user if user is not None else "secret:" + stored
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    # (repr: a user name must not forge log lines)
+    _log.warn("password of {user!r} is stored with the weak scheme {scheme}: rehash it with "
+              "'pop3ng passwd' ({default} by default) at the next password change",
+              user=user if user is not None else "(unknown)", scheme=scheme, default=DEFAULT_GENERATE,
+              weak_scheme=scheme)
+
+
+def verify(stored: str, password: bytes, default: str = DEFAULT_SCHEME, user: Optional[str] = None) -> bool:
+    """Whether ``password`` matches ``stored`` (``{SCHEME}secret``); raises :class:`UnknownScheme`.
+
+    ``user``: the login name, which ``{DIGEST-MD5}`` needs (without it such a secret never
+    matches) and the weak-scheme warning names. A malformed secret is a mismatch, not an error.
+    """
+    scheme, secret = split_scheme(stored, default)
+    found, explicit = _lookup(scheme)
+    raw = _decode(secret, found, explicit)
+    ok = raw is not None and found.check(raw, password, user)
+    if ok and is_weak(stored, default):
+        _warn_weak(scheme, stored, user)
+    return ok
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -302,7 +498,7 @@ def _read_password(args: argparse.Namespace) -> bytes:
 
 
 def main(argv: List[str]) -> int:
-    """``pop3ng passwd [-s SCHEME] [--stdin] [-t HASH]``: print a hash, like ``doveadm pw``."""
+    """``pop3ng passwd [-s SCHEME] [--stdin] [-t HASH [-u USER]]``: print a hash, like ``doveadm pw``."""
     parser = argparse.ArgumentParser(
         prog="pop3ng passwd",
         description="Print a password hash for a Dovecot-format passwd-file. The password is read from "
@@ -312,6 +508,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--stdin", action="store_true", help="read the password from stdin")
     parser.add_argument("-t", "--test", metavar="HASH",
                         help="verify the password against HASH instead; exit 0 if it matches")
+    parser.add_argument("-u", "--user", help="the login name, which -t needs for {DIGEST-MD5} (as doveadm pw -u)")
     parser.add_argument("-l", "--list", action="store_true", help="list the supported schemes")
     args = parser.parse_args(argv)
     if args.list:
@@ -328,7 +525,7 @@ def main(argv: List[str]) -> int:
         return 1
     if args.test:
         try:
-            ok = verify(args.test, password)
+            ok = verify(args.test, password, user=args.user)
         except UnknownScheme as error:
             print("pop3ng passwd: unknown scheme %s" % error, file=sys.stderr)
             return 2

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_pop3ng.service import delivery_options, ops_options
+from twisted_pop3ng.service import delivery_options, ops_options, systemd
 from twisted_pop3ng.service import security_options as tap_security
 from twisted_pop3ng.service.options import Options
 
@@ -164,6 +164,8 @@ def makeService(options: Options) -> service.MultiService:
         from twisted_pop3ng.service.workers import WorkerPool
 
         WorkerPool(options["workers"] - 1, list(top), options.arguments).setServiceParent(top)
+    if systemd.notify_socket() is not None:  # run by systemd (Type=notify): READY=1 once listening
+        reactor.callWhenRunning(systemd.notify_when_listening, top, reactor)
     if options.get("demo-info") is not None:
         from twisted_pop3ng.service import demo
 

@@ -105,7 +105,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             try:
                 strports.endpoints.serverFromString(reactor, desc)
             except Exception as error:
-                raise usage.UsageError("bad endpoint %r: %s" % (desc, error))
+                from twisted_pop3ng.service.systemd import explain_endpoint_error
+
+                raise usage.UsageError("bad endpoint %r: %s"
+                                       % (desc, explain_endpoint_error(desc, error) or error))
         if self["tls-listen"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-listen needs --tls-cert (and --tls-key)")
         if self["tls-key"] and not self["tls-cert"]:

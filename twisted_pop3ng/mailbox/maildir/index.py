@@ -5,20 +5,24 @@ The file ``pop3ng-index`` in the maildir is text, replaced atomically (tmp + fsy
 
     pop3ng-index 2
     dirs CUR_INO:CUR_MTIME_NS NEW_INO:NEW_MTIME_NS        ("dirs -" when not settled)
+    uidmap INO:MTIME_NS:SIZE                               only with a pop3ng-uidl-map (below)
     SIZE UID FILE                                          one row per message, in message order
 
 ``FILE`` is ``cur/NAME`` or ``new/NAME``, with ``%``, space, CR and LF percent-escaped.
 
 Rules of trust:
 
-* the rows *are* the snapshot while both directories keep the recorded inode and mtime: every
+* the rows *are* the snapshot while both directories keep the recorded inode and mtime, and the
+  maildir's ``pop3ng-uidl-map`` (UIDLs kept from Dovecot, :mod:`.dovecot_uidlist`) is still the
+  one the ``uidmap`` line records, or still absent: every
   delivery, move, flag change and deletion in a maildir renames or unlinks an entry, which changes
   its directory's mtime. A signature is recorded only when it was stable across the listing and the
   mtime was at least :data:`SETTLE_NS` old, so a change within the same clock tick as the listing
   cannot hide behind an unchanged mtime;
 * otherwise the directories are listed again and only messages not known by base name are read;
 * anything unparsable, a FILE outside ``cur/``/``new/``, an invalid UIDL or a negative size: the
-  index is ignored and rebuilt. UIDLs derive from base names, so a rebuild never changes one.
+  index is ignored and rebuilt. UIDLs derive from base names (and the UIDL map, which is never
+  rewritten), so a rebuild never changes one.
 * the file itself is read only when it is a regular file of at most :data:`MAX_INDEX_BYTES`,
   opened without following a symlink or waiting for a FIFO (:func:`_read_index`); it is written as
   a new file under an unpredictable name, then renamed (:func:`twisted_pop3ng._fs.write_atomically`).
@@ -45,7 +49,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
 from twisted_pop3ng.interfaces import MessageInfo, MessageTable
 from twisted_pop3ng._fs import write_atomically
-from twisted_pop3ng.mailbox.maildir import listing as rows
+from twisted_pop3ng.mailbox.maildir import dovecot_uidlist, listing as rows
 from twisted_pop3ng.mailbox.maildir.names import base_name
 from twisted_pop3ng.mailbox.maildir.listing import UIDS as _UIDS, delivery_order, order_key  # noqa: F401 (re-exported)
 from twisted_pop3ng.mailbox.maildir.measure import FORK_MIN, TOO_LARGE, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
@@ -72,11 +76,14 @@ _ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
 class Snapshot:
     """The messages of a maildir at one moment: ``files[i]`` holds ``infos[i]``."""
 
-    __slots__ = ("signature", "files", "infos", "stored", "dirty", "provisional")
+    __slots__ = ("signature", "files", "infos", "stored", "dirty", "provisional", "uidmap", "uidl_body")
 
     def __init__(self, signature: Optional[Signature], files: List[str],
-                 infos: Sequence[MessageInfo], provisional: FrozenSet[str] = frozenset()) -> None:
+                 infos: Sequence[MessageInfo], provisional: FrozenSet[str] = frozenset(),
+                 uidmap: Optional[dovecot_uidlist.Stamp] = None) -> None:
         self.signature = signature
+        #: The stamp of the ``pop3ng-uidl-map`` the UIDLs were made with (None: there was none).
+        self.uidmap = uidmap
         self.files = files
         self.infos = infos
         #: Base names of unreadable files, listed with their size on disk: never remembered.
@@ -85,6 +92,9 @@ class Snapshot:
         self.stored: Optional[Tuple[int, int, int]] = None
         #: True while the index file does not hold this snapshot yet (see :func:`flush`).
         self.dirty = False
+        #: The encoded ``UIDL`` listing, made on first use and kept as long as the snapshot is
+        #: (the in-process cache keeps the last snapshot of each maildir).
+        self.uidl_body: Optional[bytes] = None
 
     def sizes_by_base(self) -> Dict[str, int]:
         sizes = {base_name(f[4:]): info.size for f, info in zip(self.files, self.infos)}
@@ -181,6 +191,11 @@ def _parse(text: str) -> Optional[Snapshot]:
     header, dirs, body = text.split("\n", 2)
     if header != INDEX_HEADER or not dirs.startswith("dirs "):
         return None
+    uidmap: Optional[dovecot_uidlist.Stamp] = None
+    if body.startswith("uidmap "):
+        line, body = body.split("\n", 1)
+        ino, mtime, size = map(int, line[7:].split(":"))
+        uidmap = (ino, mtime, size)
     sig: Optional[Signature] = None
     if dirs != "dirs -":
         cur, new = dirs[5:].split(" ")
@@ -201,13 +216,15 @@ def _parse(text: str) -> Optional[Snapshot]:
         return None
     if "%" in joined:
         files = [_unescape(f) if "%" in f else f for f in files]
-    return Snapshot(sig, files, rows.sized_infos(rows.unsized_infos(uids), sizes))
+    return Snapshot(sig, files, rows.sized_infos(rows.unsized_infos(uids), sizes), uidmap=uidmap)
 
 
 def save(path: str, snapshot: Snapshot) -> None:
     """Write the index; a failure only costs a rescan next time."""
     sig = snapshot.signature
     dirs = "dirs -" if sig is None else "dirs %d:%d %d:%d" % sig
+    if snapshot.uidmap is not None:
+        dirs += "\nuidmap %d:%d:%d" % snapshot.uidmap
     files, infos = snapshot.files, snapshot.infos
     if snapshot.provisional:
         keep = [base_name(f[4:]) not in snapshot.provisional for f in files]
@@ -341,19 +358,28 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
     if key is None:
         key = path
     current = signature(path)
+    uidmap = dovecot_uidlist.stamp(path)
     cached = _cache.get(key)
-    if cached is not None and cached.signature == current and cached.stored is not None:
+    if (cached is not None and cached.signature == current and cached.uidmap == uidmap
+            and cached.stored is not None):
         # Also check the file: another process may have rewritten it, or it was damaged.
         if cached.stored == _file_signature(path):
             _cache.move_to_end(key)
             return cached
     stored = load(path)
-    if stored is not None and stored.signature == current:
+    if stored is not None and stored.signature == current and stored.uidmap == uidmap:
         _remember(key, stored)
         return stored
     previous = cached or stored
+    # UIDLs kept from Dovecot: read only for a scan (then once per version of the map), made
+    # from dovecot-uidlist only for a maildir pop3ng never served (no index, nothing cached).
+    served_before = cached is not None or _file_signature(path) is not None
+    mapping = dovecot_uidlist.uidl_map(path, key, served_before)
+    if mapping is not None:
+        uid_for = mapping.uid_for
     fresh = scan(path, previous, uid_for)
-    if (previous is not None and previous.stored is not None
+    fresh.uidmap = None if mapping is None else mapping.stamp
+    if (previous is not None and previous.stored is not None and previous.uidmap == fresh.uidmap
             and previous.stored == _file_signature(path) and previous.signature == fresh.signature
             and previous.files == fresh.files and previous.infos == fresh.infos):
         fresh.stored = previous.stored  # nothing new to write (e.g. still not settled)

@@ -13,11 +13,16 @@ import hashlib
 from twisted_pop3ng._maildir import base_name
 from twisted_pop3ng.wire.uid import is_valid_uid
 
-__all__ = ["base_name", "uid_for"]
+__all__ = ["base_name", "hashed_uid", "uid_for"]
 
 
 def uid_for(base: str) -> str:
     """The UIDL of a maildir message: its base name where that is a valid UIDL, else a hash of it."""
     if is_valid_uid(base):
         return base
+    return hashed_uid(base)
+
+
+def hashed_uid(base: str) -> str:
+    """The digest form of a base name's UIDL: ``h`` and 40 hex digits, always a valid UIDL."""
     return "h" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
