@@ -7,6 +7,7 @@ test, so a bug shared by encoder and decoder cannot cancel out.
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 from hypothesis import given, settings
@@ -16,7 +17,9 @@ from twisted.trial import unittest
 from twisted_pop3ng import wire
 from twisted_pop3ng.wire import message
 
-PROPERTIES = settings(deadline=None, max_examples=300)
+# (POP3NG_HYPOTHESIS_EXAMPLES: fewer examples for mutation-testing runs, which run this thousands
+# of times.)
+PROPERTIES = settings(deadline=None, max_examples=int(os.environ.get("POP3NG_HYPOTHESIS_EXAMPLES", "300")))
 
 # Messages built from the bytes that matter to the codec (CR, LF, ".") plus ordinary ones, so that
 # dots at line starts, CRLF split across chunks and bare CRs are common, not rare.
