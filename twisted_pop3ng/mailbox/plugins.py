@@ -56,7 +56,8 @@ class MboxStoreFactory:
     scheme = "mbox"
     help = ("Unix mbox files at a path template with {user}, e.g. mbox:/var/mail/{user}; locked with "
             "a dotlock and fcntl as Debian's MTAs and procmail lock them; UIDL is the message's "
-            "X-UIDL header when present, else an identity kept beside the mbox.")
+            "X-UIDL header when present, else an identity kept beside the mbox. Options: "
+            "?format=mboxo (MTA-style quoting; default mboxrd), &lock_timeout=SECONDS (default 30).")
 
     def makeStore(self, argstring: str) -> Any:
         from twisted_pop3ng.mailbox.mbox.store import MboxStore
