@@ -8,41 +8,61 @@ from __future__ import annotations
 
 import io
 import itertools
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from zope.interface import implementer
 
 from twisted_pop3ng.errors import MailboxInUse, MessageVanished
-from twisted_pop3ng.interfaces import IMailbox, IMailboxStore, IWholeMessageReader, MessageInfo
+from twisted_pop3ng.interfaces import IMailbox, IMailboxDelivery, IMailboxStore, IWholeMessageReader, MessageInfo
 from twisted_pop3ng.wire import wire_size_of
 
 
-@implementer(IMailboxStore)
+#: How much of a delivery's source one ``read`` asks for.
+READ_SIZE = 1 << 20
+
+
+@implementer(IMailboxStore, IMailboxDelivery)
 class MemoryStore:
-    """Maildrops kept in a dict: ``{user: [(uid, message bytes), ...]}``."""
+    """Maildrops kept in a dict: ``{user: [(uid, message bytes), ...]}``.
+
+    :meth:`deliver` may run in other threads (the LMTP listener's pool) while the reactor thread
+    opens and commits maildrops: one lock guards the dict's lists.
+    """
 
     def __init__(self) -> None:
         self.maildrops: Dict[str, List[Tuple[str, bytes]]] = {}
         self._locked: Set[str] = set()
         self._uids = itertools.count(1)
+        self._mutex = threading.Lock()
 
     @classmethod
     def from_spec(cls, rest: str) -> "MemoryStore":
         return cls()
 
-    def deliver(self, user: str, message: bytes) -> str:
-        uid = "m%d" % next(self._uids)
-        self.maildrops.setdefault(user, []).append((uid, message))
+    def deliver(self, user: str, source: Union[bytes, Any]) -> str:
+        """Add a message (``bytes``, or a binary file read to its end: :class:`IMailboxDelivery`)
+        to ``user``'s maildrop; returns its UIDL."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            message = bytes(source)
+        else:
+            message = b"".join(iter(lambda: source.read(READ_SIZE), b""))
+        with self._mutex:
+            uid = "m%d" % next(self._uids)
+            self.maildrops.setdefault(user, []).append((uid, message))
         return uid
 
     def open_mailbox(self, user: str) -> "MemoryMailbox":
-        if user in self._locked:
-            raise MailboxInUse()
-        self._locked.add(user)
-        return MemoryMailbox(self, user, list(self.maildrops.get(user, [])))
+        with self._mutex:
+            if user in self._locked:
+                raise MailboxInUse()
+            self._locked.add(user)
+            messages = list(self.maildrops.get(user, []))
+        return MemoryMailbox(self, user, messages)
 
     def _unlock(self, user: str) -> None:
-        self._locked.discard(user)
+        with self._mutex:
+            self._locked.discard(user)
 
 
 @implementer(IMailbox, IWholeMessageReader)
@@ -69,8 +89,9 @@ class MemoryMailbox:
 
     def commit(self, deleted: Sequence[int]) -> None:
         doomed = {self._messages[i][0] for i in deleted}
-        drop = self.store.maildrops.get(self.user, [])
-        drop[:] = [(u, d) for u, d in drop if u not in doomed]
+        with self.store._mutex:
+            drop = self.store.maildrops.get(self.user, [])
+            drop[:] = [(u, d) for u, d in drop if u not in doomed]
 
     def close(self) -> None:
         if not self._closed:

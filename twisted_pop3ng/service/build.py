@@ -163,7 +163,9 @@ def makeService(options: Options) -> service.MultiService:
     if options["workers"] > 1:
         from twisted_pop3ng.service.workers import WorkerPool
 
-        WorkerPool(options["workers"] - 1, list(top), options.arguments).setServiceParent(top)
+        # The workers share the POP3 ports only: LMTP and metrics are served by this process.
+        pop3_listeners = [child for child in top if isinstance(child, ListeningService)]
+        WorkerPool(options["workers"] - 1, pop3_listeners, options.arguments).setServiceParent(top)
     if systemd.notify_socket() is not None:  # run by systemd (Type=notify): READY=1 once listening
         reactor.callWhenRunning(systemd.notify_when_listening, top, reactor)
     if options.get("demo-info") is not None:

@@ -59,6 +59,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["listen"] = []  # List[str]
         self["tls-listen"] = []  # List[str]
         self["trusted-networks"] = []  # List[network]
+        self["lmtp-listen"] = []  # List[str]
         #: The command line these options were parsed from (``twistd pop3ng``'s own arguments):
         #: what ``--workers`` processes are started with.
         self.arguments: List[str] = []
@@ -86,6 +87,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def opt_trusted_network(self, cidr: str) -> None:
         """Network (CIDR) allowed plaintext authentication without TLS (repeatable)."""
         tap_security.opt_trusted_network(self, cidr)
+
+    def opt_lmtp_listen(self, description: str) -> None:
+        """LMTP (RFC 2033) endpoint delivering into the --mailbox store (repeatable), e.g.
+        tcp:24:interface=127.0.0.1 or unix:/run/pop3ng/lmtp; the main process only with --workers."""
+        delivery_options.opt_lmtp_listen(self, description)
 
     def opt_tls_listen(self, description: str) -> None:
         """POP3S endpoint, TLS from the first byte (repeatable), e.g. tcp:995."""

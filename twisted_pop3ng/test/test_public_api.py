@@ -74,7 +74,6 @@ MOVED: Dict[str, str] = {
     "twisted_pop3ng.client_errors": "twisted_pop3ng.client.errors",
     "twisted_pop3ng.connect": "twisted_pop3ng.client.connect",
     "twisted_pop3ng.fetchstate": "twisted_pop3ng.fetch.state",
-    "twisted_pop3ng.delivery": "twisted_pop3ng.fetch.delivery",
     "twisted_pop3ng.tap_security": "twisted_pop3ng.service.security_options",
     "twisted_pop3ng.demo": "twisted_pop3ng.service.demo",
     "twisted_pop3ng.passwords": "twisted_pop3ng.auth.passwords",
@@ -92,7 +91,7 @@ PERMANENT = [
     "twisted_pop3ng.client", "twisted_pop3ng.wire", "twisted_pop3ng.mailbox",
     "twisted_pop3ng.mailbox.maildir", "twisted_pop3ng.mailbox.memory", "twisted_pop3ng.fetch",
     "twisted_pop3ng.tls", "twisted_pop3ng.interfaces", "twisted_pop3ng.errors",
-    "twisted_pop3ng.testing",
+    "twisted_pop3ng.testing", "twisted_pop3ng.delivery",
 ]
 
 
