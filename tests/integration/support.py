@@ -125,16 +125,19 @@ def _die_with_parent() -> None:
 
 def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = True,
                  extra_args: Optional[List[str]] = None, plain_listeners: int = 1,
-                 twistd_args: Optional[List[str]] = None) -> ServerProcess:
+                 twistd_args: Optional[List[str]] = None,
+                 command_prefix: Optional[List[str]] = None) -> ServerProcess:
     """Start ``twistd -n pop3ng`` with a passwd-file, maildirs under ``root/mail`` and test certs.
 
-    ``twistd_args`` go to twistd itself, before ``pop3ng`` (e.g. ``["--uid", "65534"]``).
+    ``twistd_args`` go to twistd itself, before ``pop3ng`` (e.g. ``["--uid", "65534"]``);
+    ``command_prefix`` runs the whole command under another one (e.g. strace injecting faults).
     """
     os.makedirs(root, exist_ok=True)
     users = users if users is not None else {"alice": "correct horse battery staple"}
     passwd = write_users(os.path.join(root, "users"), users)
     # ``python -m twisted.scripts.twistd`` does nothing on Twisted >= 24 (no __main__ block): call run().
-    args = [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile="] + list(twistd_args or []) + ["pop3ng",
+    args = list(command_prefix or []) + [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile="]
+    args += list(twistd_args or []) + ["pop3ng",
             "--auth", "passwd-file:" + passwd,
             "--mailbox", "maildir:" + os.path.join(root, "mail", "{user}", "Maildir")]
     for _ in range(plain_listeners):
