@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 #: Runs twistd exactly like the ``twistd`` console script.
 TWISTD_MAIN = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-_PORT_RE = re.compile(rb"POP3ServerFactory( \(TLS\))? starting on (\d+)")
+_PORT_RE = re.compile(rb"POP3ServerFactory( \(TLS\))?(?: \(PROXY\))? starting on (\d+)")
 
 
 def make_certificates(directory: str) -> Dict[str, str]:

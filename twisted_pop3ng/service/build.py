@@ -90,11 +90,25 @@ class ListeningService(service.Service):
             lambda port: None if port is None else port.stopListening())
 
 
+#: The ``--listen``/``--tls-listen`` prefix (Twisted's endpoint name) for a listener behind a
+#: load balancer that sends the PROXY protocol header.
+PROXY_PREFIX = "haproxy:"
+
+
 def _listener(reactor: Any, description: str, factory: Any, parent: service.MultiService) -> None:
-    """Listen on ``description`` (with :func:`with_backlog`) under ``parent``."""
+    """Listen on ``description`` (with :func:`with_backlog`) under ``parent``; a ``haproxy:``
+    description listens on the endpoint after the prefix, through
+    :class:`~twisted_pop3ng.server.proxy.ProxyHeaderFactory` (not Twisted's wrapper, which
+    connects the protocol before the header told who the client is)."""
     from twisted.internet import endpoints
 
-    endpoint = endpoints.serverFromString(reactor, with_backlog(description))
+    inner = description
+    if description.lower().startswith(PROXY_PREFIX):
+        from twisted_pop3ng.server.proxy import ProxyHeaderFactory
+
+        inner = description[len(PROXY_PREFIX):]
+        factory = ProxyHeaderFactory(factory)
+    endpoint = endpoints.serverFromString(reactor, with_backlog(inner))
     ListeningService(endpoint, factory, description).setServiceParent(parent)
 
 

@@ -73,7 +73,12 @@ def worker_main(config: Mapping[str, Any]) -> None:
         probe = socket.socket(fileno=os.dup(fd))
         family = probe.family
         probe.close()
+        proxied, _, kind = kind.rpartition("+")
         served = tls_factory(options["tls"], factory) if kind == "tls" else factory
+        if proxied:
+            from twisted_pop3ng.server.proxy import ProxyHeaderFactory
+
+            served = ProxyHeaderFactory(served)
         LeanTCPReactor(reactor).adoptStreamPort(fd, family, served)
         os.close(fd)
     _watch_master(reactor)

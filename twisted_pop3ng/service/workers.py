@@ -116,7 +116,8 @@ class WorkerPool(service.Service):
         self.reactor = reactor
         self.workers: Dict[int, Tuple[_Worker, Any]] = {}
         self.restarts: List[float] = []
-        self.sockets: List[Tuple[int, str]] = []  # (fd, "plain" | "tls")
+        #: (fd, kind): "plain" or "tls", prefixed "proxy+" behind a PROXY-protocol balancer.
+        self.sockets: List[Tuple[int, str]] = []
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -126,8 +127,13 @@ class WorkerPool(service.Service):
             port = listener.port
             if port is None:
                 raise RuntimeError("--workers: %s is not listening" % (listener.description,))
-            kind = "tls" if isinstance(port.factory, TLSMemoryBIOFactory) else "plain"
-            self.sockets.append((port.fileno(), kind))
+            from twisted_pop3ng.server.proxy import ProxyHeaderFactory
+
+            factory, proxied = port.factory, isinstance(port.factory, ProxyHeaderFactory)
+            if proxied:
+                factory = factory.wrappedFactory
+            kind = "tls" if isinstance(factory, TLSMemoryBIOFactory) else "plain"
+            self.sockets.append((port.fileno(), "proxy+" + kind if proxied else kind))
         for slot in range(self.count):
             self._spawn(slot)
         self.reactor.callWhenRunning(self.reactor.callLater, 0, self._chain_sighup)
