@@ -9,8 +9,9 @@ Rules of this module:
       auth ok: user=NAME mechanism=MECH rip=CLIENT-IP lip=SERVER-IP tls=yes|no
 
   and the same values are structured fields of the ``twisted.logger`` event (``user``,
-  ``mechanism``, ``rip``, ``lip``, ``tls``, ``reason``, and ``audit`` = ``"auth failed"`` or
-  ``"auth ok"``), under the namespace :data:`NAMESPACE`;
+  ``mechanism``, ``rip``, ``lip``, ``tls``, ``reason``, ``audit`` = ``"auth failed"`` or
+  ``"auth ok"``, and ``event`` = ``"auth.failed"`` or ``"auth.ok"``), under the namespace
+  :data:`NAMESPACE`;
 * nothing secret is ever logged: no password, token, response or challenge, only the name;
 * the name is the client's choice, so it is made harmless before it is logged
   (:func:`sanitize`): no whitespace, control characters or backslashes (they become ``\\xNN``
@@ -38,6 +39,9 @@ MAX_NAME = 64
 FAILED_FORMAT = ("auth failed: user={user} mechanism={mechanism} rip={rip} lip={lip} tls={tls} "
                  "reason={reason}")
 OK_FORMAT = "auth ok: user={user} mechanism={mechanism} rip={rip} lip={lip} tls={tls}"
+#: The ``event`` field of each (the name of the event in structured logs, see twisted_pop3ng.logs).
+FAILED_EVENT = "auth.failed"
+OK_EVENT = "auth.ok"
 
 log = Logger(namespace=NAMESPACE)
 
@@ -78,7 +82,7 @@ def _fields(protocol: Any, user: Any, mechanism: Optional[str]) -> dict:
 def auth_failed(protocol: Any, user: Any, mechanism: Optional[str], reason: str) -> None:
     """Log one failed authentication (never raises: logging must not fail a login)."""
     try:
-        log.info(FAILED_FORMAT, audit="auth failed", reason=reason,
+        log.info(FAILED_FORMAT, event=FAILED_EVENT, audit="auth failed", reason=reason,
                  **_fields(protocol, user, mechanism))
     except Exception:
         pass
@@ -87,7 +91,7 @@ def auth_failed(protocol: Any, user: Any, mechanism: Optional[str], reason: str)
 def auth_ok(protocol: Any, user: Any, mechanism: Optional[str]) -> None:
     """Log one successful authentication (never raises)."""
     try:
-        log.info(OK_FORMAT, audit="auth ok", **_fields(protocol, user, mechanism))
+        log.info(OK_FORMAT, event=OK_EVENT, audit="auth ok", **_fields(protocol, user, mechanism))
     except Exception:
         pass
 

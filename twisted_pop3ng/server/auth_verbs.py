@@ -136,7 +136,13 @@ def do_STLS(protocol: ServerConnection, cmd: wire.Command) -> None:
     # Anything the client pipelined after STLS came in plaintext: it must not be executed inside
     # TLS (CVE-2011-0411). The reply above is already buffered in plaintext ahead of the handshake.
     protocol.clearLineBuffer()
-    protocol.session.username = None
+    session = protocol.session
+    session.username = None
+    stats = protocol.factory.stats
+    if stats is not None:
+        stats.stls += 1
+        if session.summary is not None:
+            session.summary.stls = True
     protocol.flush_output()
     protocol.transport.startTLS(tls)
 

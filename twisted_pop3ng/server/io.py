@@ -187,6 +187,8 @@ class MessageStream:
         self.encoder = encoder
         self.deferred: defer.Deferred = defer.Deferred()
         self._head: Optional[bytes] = status
+        #: Octets of the message sent so far (after the status line).
+        self.sent = -len(status)
         self._paused = False
         self._finished = False
         self._scheduled = None
@@ -219,6 +221,7 @@ class MessageStream:
                 out, self._head = self._head + out, None
             if out:
                 self.protocol.write(out)
+                self.sent += len(out)
             self.protocol.resetTimeout()
             if last:
                 self._finish(None)
@@ -342,16 +345,19 @@ class SessionIO(Protocol):
             # Hand it over now: past the transport's buffer size this pauses us (backpressure).
             self.flush_output()
 
-    def write_pieces(self, pieces: List[bytes]) -> None:
-        """``write`` each of ``pieces`` in order (one message's status, body and terminator)."""
+    def write_pieces(self, pieces: List[bytes], size: Optional[int] = None) -> None:
+        """``write`` each of ``pieces`` in order (one message's status, body and terminator);
+        ``size``: their total length, when the caller knows it."""
         if self.transport is None or self._closing:
             return
+        if size is None:
+            size = sum(map(len, pieces))
         out = self._out
         if out is None:
-            self._send(pieces, sum(map(len, pieces)) >= GATHER_MIN)
+            self._send(pieces, size >= GATHER_MIN)
             return
         out += pieces
-        self._out_size += sum(map(len, pieces))
+        self._out_size += size
         if self._out_size >= FLUSH_SIZE:
             self.flush_output()
 

@@ -322,19 +322,28 @@ def connection_made(protocol: Connection) -> bool:
     itself, its MUAs, monitoring, benchmarks): it is against remote floods, as Dovecot's is.
     """
     g = guard(protocol)
-    if not g.open_any():
-        protocol.close("Server is busy, too many connections, try again later", code="SYS/TEMP")
-        return False
     session = protocol.session
+    if not g.open_any():
+        _refuse(protocol, "total", "Server is busy, too many connections, try again later")
+        return False
     session.counted_total = True
     if is_local(protocol):
         return True
     key = g.key(peer_ip(protocol))
     if not g.open_connection(key):
-        protocol.close("Too many connections from your address", code="SYS/TEMP")
+        _refuse(protocol, "address", "Too many connections from your address")
         return False
     session.counted_address = key
     return True
+
+
+def _refuse(protocol: Connection, limit: str, text: str) -> None:
+    """Close a connection refused by the ``limit`` ("total" or "address"), counted as such."""
+    protocol.session.ended = "refused"
+    stats = protocol.factory.stats
+    if stats is not None:
+        stats.refused[limit] += 1
+    protocol.close(text, code="SYS/TEMP")
 
 
 def connection_lost(protocol: Connection) -> None:

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_pop3ng.auth import checkers as cred
-from twisted_pop3ng.server import audit, policy
+from twisted_pop3ng.server import audit, policy, session_log
 from twisted_pop3ng import wire
 from twisted_pop3ng import __version__
 from twisted_pop3ng.errors import (
@@ -44,6 +44,7 @@ from twisted_pop3ng.interfaces import IMailbox, MessageTable
 from twisted_pop3ng.server import auth_verbs, verbs
 from twisted_pop3ng.server.registry import CommandSet
 from twisted_pop3ng.server.session import Session
+from twisted_pop3ng.server.stats import NO_CODE, OTHER, ServerStats, SessionSummary
 from twisted_pop3ng.server.states import TRANSITIONS, UPDATE
 from twisted_pop3ng.server.io import (CHUNK_SIZE, STOCK_SENDER, IdleSweeper, MessageStream,
                                       SessionIO, TransportFlow, set_no_delay,
@@ -88,6 +89,10 @@ class ServerConfig:
     extra_capabilities: List[str] = field(default_factory=list)
     #: Plaintext policy, APOP, SASL mechanisms, abuse limits, LOGIN-DELAY/EXPIRE (see policy.py).
     security: policy.SecurityConfig = field(default_factory=policy.SecurityConfig)
+    #: Log an event per connection and a summary per session (:mod:`.session_log`); off by
+    #: default, as formatting a log line costs about as much as a short session. The summaries
+    #: are made of the factory's counters: a factory started without ``stats`` makes one.
+    log_sessions: bool = False
 
 
 def _session_view(name: str) -> Any:
@@ -157,6 +162,15 @@ class POP3ServerProtocol(SessionIO):
         return self.factory.clock
 
     def connectionMade(self) -> None:
+        factory = self.factory
+        stats = factory.stats
+        if stats is not None:  # (counting is off unless the factory was given a ServerStats)
+            session = self.session
+            session.tls_listener = tls = policy.is_secure(self)  # TLS from the first byte
+            stats.opened(tls)
+            if factory.config.log_sessions:
+                session.summary = SessionSummary(factory.clock.seconds())
+                session_log.connected(self)
         deadline = policy.login_deadline(self)
         if deadline is not None:  # absolute: no input pushes it (F4)
             self._hard_deadline = self.clock.seconds() + deadline
@@ -171,6 +185,10 @@ class POP3ServerProtocol(SessionIO):
         return policy.greeting(self, "POP3 server ready.")
 
     def reply(self, ok: bool, text: str = "", code: Optional[str] = None) -> None:
+        if not ok:
+            stats = self.factory.stats
+            if stats is not None:
+                stats.errors[code or NO_CODE] += 1
         self.write(wire.response(ok, text, code))
 
     def reply_lines(self, status: str, lines: List[bytes]) -> None:
@@ -179,6 +197,9 @@ class POP3ServerProtocol(SessionIO):
         self.write(wire.response(True, status) + body + wire.TERMINATOR)
 
     def close(self, text: Optional[str] = None, ok: bool = False, code: Optional[str] = None) -> None:
+        session = self.session
+        if session.ended is None:  # (QUIT, a timeout or a refusal said how before)
+            session.ended = "closed"
         if text is not None:
             self.reply(ok, text, code)
         self.setTimeout(None)
@@ -194,7 +215,7 @@ class POP3ServerProtocol(SessionIO):
         if self.transport is not None:
             self.transport.loseConnection()
             if self._abort_call is None:
-                grace = QUIT_CLOSE_GRACE if ok or self.session.state == UPDATE else CLOSE_GRACE
+                grace = QUIT_CLOSE_GRACE if ok or session.state == UPDATE else CLOSE_GRACE
                 self._abort_call = self.clock.callLater(grace, self._abort)
 
     def _abort(self) -> None:
@@ -203,6 +224,7 @@ class POP3ServerProtocol(SessionIO):
             self.transport.abortConnection()
 
     def timeoutConnection(self) -> None:
+        self.session.ended = "timeout"
         hard = self._hard_deadline
         if hard is not None and self.clock.seconds() >= hard:
             self.close("Login time exceeded, closing connection.")
@@ -216,12 +238,19 @@ class POP3ServerProtocol(SessionIO):
             self._abort_call.cancel()
         self._abort_call = None
         self._stop_stream()
-        pending = self.session.pending_login
+        session = self.session
+        pending = session.pending_login
         if pending is not None:  # a hash still queued for a client that left: drop it (F2)
-            self.session.pending_login = None
+            session.pending_login = None
             pending.cancel()
-        if self.session.state != UPDATE:
+        if session.state != UPDATE:
             self._do_logout()
+        stats = self.factory.stats
+        if stats is not None:
+            how = session.ended or "drop"
+            stats.closed(session.tls_listener, how)
+            if session.summary is not None:
+                session_log.ended(self, how)  # (before the guard forgets the admitted user)
         policy.connection_lost(self)
 
     def _do_logout(self) -> None:
@@ -243,13 +272,17 @@ class POP3ServerProtocol(SessionIO):
         if session.line_hook is not None:
             self._handle_result(session.line_hook(line), "AUTH")
             return
+        factory = self.factory
+        stats = factory.stats
         # RFC 5034 §4: an AUTH initial response may exceed the 255-octet command limit (tokens).
         if len(line) + 2 > wire.MAX_COMMAND_LINE and (
                 line[:5].upper() != b"AUTH " or len(line) + 2 > wire.MAX_AUTH_LINE):
+            if stats is not None:
+                stats.command(OTHER, session)
             self.bad_command("Command line too long")
             return
         word, _, rest = line.partition(b" ")
-        commands = self.factory.commands
+        commands = factory.commands
         handler = commands.known.get(word)
         if handler is not None:
             cmd = _new_command(wire.Command, (handler.verb, rest))
@@ -257,13 +290,26 @@ class POP3ServerProtocol(SessionIO):
             try:
                 cmd = wire.parse_command(line)
             except wire.WireError as error:
+                if stats is not None:
+                    stats.command(OTHER, session)
                 self.bad_command(str(error))
                 return
             handler = commands.handlers.get(cmd.verb)
             if handler is None:
+                if stats is not None:
+                    stats.command(OTHER, session)
                 self.bad_command("Unknown command: %s" % cmd.verb)
                 return
             commands.remember(word, handler)
+        if stats is not None:  # (what stats.command does, inline: this is the hot path)
+            counts = stats.commands
+            try:
+                counts[handler.verb] += 1
+            except KeyError:
+                counts[handler.verb] = 1
+            summary = session.summary
+            if summary is not None:
+                summary.commands += 1
         if session.state not in handler.states:
             self.bad_command("%s is not valid in the %s state" % (cmd.verb, session.state))
             return
@@ -375,6 +421,9 @@ class POP3ServerProtocol(SessionIO):
         session = self.session
         user = getattr(credentials, "username", None)
         session.attempt = (user, mechanism or (session.attempt[1] if session.attempt else "USER"))
+        factory = self.factory
+        if factory.stats is not None:
+            session.login_started = factory.clock.seconds()
         password = getattr(credentials, "password", None)
         if password is not None and len(password) > MAX_PASSWORD:
             return self._login_failed(Failure(UnauthorizedLogin("password too long")))
@@ -413,6 +462,10 @@ class POP3ServerProtocol(SessionIO):
 
     def _after_login(self, result: Any, credentials: Any) -> Optional[defer.Deferred]:
         """The portal's result (avatar tuple or Failure): admit, then snapshot; None when done."""
+        factory = self.factory
+        stats = factory.stats
+        if stats is not None:
+            stats.login_latency.observe(factory.clock.seconds() - self.session.login_started)
         if self._closing or self.transport is None:
             # The client has gone: no reply, and above all no session slot taken (F5).
             self._login_abandoned(result)
@@ -437,8 +490,11 @@ class POP3ServerProtocol(SessionIO):
                 if code == "AUTH":
                     policy.failure_delay(self)  # a guess was checked: it counts
             if attempt is not None:
+                self._count_login(attempt[1], "disconnected")
                 audit.auth_failed(self, attempt[0], attempt[1], "disconnected")
             return None
+        if attempt is not None:
+            self._count_login(attempt[1], "disconnected")
         try:
             result[2]()  # the realm's logout: unlock the maildrop again
         except Exception:
@@ -449,8 +505,10 @@ class POP3ServerProtocol(SessionIO):
         _, mailbox, logout = result
         session = self.session
         attempt, session.attempt = session.attempt, None
-        if attempt is not None and self.factory.config.security.log_successful_logins:
-            audit.auth_ok(self, session.admitted_user or attempt[0], attempt[1])
+        if attempt is not None:
+            self._count_login(attempt[1], "ok")
+            if self.factory.config.security.log_successful_logins:
+                audit.auth_ok(self, session.admitted_user or attempt[0], attempt[1])
         if self._closing or self.transport is None:
             logout()
             user, session.admitted_user = session.admitted_user, None
@@ -496,6 +554,7 @@ class POP3ServerProtocol(SessionIO):
         if attempt is not None:
             reason = ("password" if code == "AUTH" else "busy" if failure.check(cred.HashPoolFull)
                       else (code or "error").lower().replace("/", "-") if expected else "error")
+            self._count_login(attempt[1], reason)
             audit.auth_failed(self, attempt[0], attempt[1], reason)
         if self._closing or self.transport is None:
             return defer.succeed(None)
@@ -527,6 +586,7 @@ class POP3ServerProtocol(SessionIO):
         from a file whose size ``fstat`` knows (:meth:`_send_whole`).
         """
         session = self.session
+        top = encoder is not None
         try:
             read_whole = session.read_whole
             data = read_whole(index, CHUNK_SIZE) if read_whole is not None else None
@@ -546,11 +606,17 @@ class POP3ServerProtocol(SessionIO):
             if self._closing:
                 source.close()
                 return defer.succeed(None)
-            self._stream = MessageStream(self, source, status, encoder)
+            transfer = self._stream = MessageStream(self, source, status, encoder)
+
+            def counted(result: Any) -> Any:
+                if not isinstance(result, Failure):
+                    self._count_sent(top, transfer.sent)
+                return result
+
             if self.paused and "write" in self._blocks:
-                self._stream.pause()
-            self._stream.run()
-            return self._stream.deferred.addBoth(self._stream_done)
+                transfer.pause()
+            transfer.run()
+            return transfer.deferred.addBoth(counted).addBoth(self._stream_done)
 
         return d.addCallback(stream)
 
@@ -558,8 +624,23 @@ class POP3ServerProtocol(SessionIO):
                        data: bytes) -> None:
         # Status and body as separate pieces of the batch: no copy of the body to join them.
         pieces = wire.encode_whole_pieces(data) if encoder is None else encoder.encode_all(data)
+        size = sum(map(len, pieces))
+        stats = self.factory.stats
+        if stats is not None:
+            stats.sent(encoder is not None, size, self.session.summary)
         pieces.insert(0, status)
-        self.write_pieces(pieces)
+        self.write_pieces(pieces, size + len(status))
+
+    def _count_sent(self, top: bool, size: int) -> None:
+        """A message sent (RETR, or TOP's part of it): ``size`` octets after the status line."""
+        stats = self.factory.stats
+        if stats is not None:
+            stats.sent(top, size, self.session.summary)
+
+    def _count_login(self, mechanism: str, result: str) -> None:
+        stats = self.factory.stats
+        if stats is not None:
+            stats.logins[(mechanism, result)] += 1
 
     def _send_whole(self, source: Any, status: bytes, encoder: wire.MessageEncoder) -> bool:
         """Send a small stored file in one write, synchronously; False: stream it instead.
@@ -628,7 +709,8 @@ class POP3ServerFactory(Factory):
                  tls: Any = None, token_validator: Any = None,
                  abuse_guard: Optional[policy.AbuseGuard] = None,
                  sasl_secret_key: Optional[bytes] = None,
-                 sender: Any = None, connection_info: Any = None) -> None:
+                 sender: Any = None, connection_info: Any = None,
+                 stats: Optional[ServerStats] = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.portal = portal
@@ -656,6 +738,10 @@ class POP3ServerFactory(Factory):
         #: Twisted API only (``twistd pop3ng`` passes the fast path's, :mod:`twisted_pop3ng.fastpath`).
 
         self.sender = sender if sender is not None else STOCK_SENDER
+        #: What this server counts (sessions, commands, logins, errors, ...; see
+        #: :mod:`twisted_pop3ng.server.stats`), read by ``--metrics``; None: nothing is counted
+        #: (a session then pays one test per command). ``config.log_sessions`` makes one.
+        self.stats = stats
         self.connection_info = (connection_info if connection_info is not None
                                 else stock_connection_info)
         _register_preauthenticated(portal)
@@ -684,6 +770,8 @@ class POP3ServerFactory(Factory):
 
     def startFactory(self) -> None:
         self.idle_sweeper().keep_timer = True
+        if self.stats is None and self.config.log_sessions:
+            self.stats = ServerStats()  # (the session summaries are made of its counts)
 
     def stopFactory(self) -> None:
         self.idle_sweeper().stop()

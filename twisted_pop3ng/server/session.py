@@ -61,6 +61,14 @@ class Session:
         "bad_commands",
         # While a SASL exchange waits for a client line, lines go here instead of the dispatcher.
         "line_hook",
+        # Whether the connection came in on a TLS listener (--tls-listen), for the counters.
+        "tls_listener",
+        # How the session ended (a word of stats.ENDINGS) once known; None: not yet.
+        "ended",
+        # The clock time the current login's credentials were complete (login latency).
+        "login_started",
+        # What the session did, for its summary log event; None unless sessions are logged.
+        "summary",
     )
 
     state: str
@@ -86,6 +94,10 @@ class Session:
     addresses_of: Any
     bad_commands: int
     line_hook: Optional[Callable[[bytes], Any]]
+    tls_listener: bool
+    ended: Optional[str]
+    login_started: float
+    summary: Any  # a stats.SessionSummary, or None
 
     def __init__(self) -> None:
         self.state = AUTHORIZATION
@@ -102,7 +114,9 @@ class Session:
         self.attempt = self.pending_login = None
         self.peer = self.host = self.addresses_of = None
         self.bad_commands = 0
-        self.line_hook = None
+        self.line_hook = self.ended = self.summary = None
+        self.tls_listener = False
+        self.login_started = 0.0
 
     def attach(self, mailbox: Any, logout: Optional[Callable[[], None]]) -> None:
         """Take the logged-in mailbox, and bind its optional extensions once for the session."""

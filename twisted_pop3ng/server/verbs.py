@@ -61,6 +61,7 @@ def do_PASS(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
 def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Deferred]:
     protocol._no_args(cmd)
     session = protocol.session
+    session.ended = "quit"
     if session.state == AUTHORIZATION:
         protocol.close("Bye.", ok=True)
         return None
@@ -73,6 +74,11 @@ def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
     d = defer.maybeDeferred(session.mailbox.commit, doomed)
 
     def done(_: Any) -> None:
+        stats = protocol.factory.stats
+        if stats is not None:
+            stats.deletions += len(doomed)
+            if session.summary is not None:
+                session.summary.deleted = len(doomed)
         protocol._do_logout()
         protocol.close("Logging out, messages deleted.", ok=True)
 

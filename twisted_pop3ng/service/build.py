@@ -147,6 +147,7 @@ def make_factory(options: Options) -> Any:
     factory = POP3ServerFactory(portal, config, sender=fast_send.sender(),
                                 connection_info=fast_send.connection_info(),
                                 **tap_security.factory_arguments(options))
+    ops_options.configure_factory(options, factory)  # (each --workers process too)
     tap_security.watch_tls(options, reactor)
     return factory
 

@@ -162,7 +162,7 @@ class PasswdFileTests(unittest.TestCase):
         checker = self.write("alice:{PLAIN}secret\n")
         calls: List[Any] = []
         real = checkers.passwords.verify
-        self.patch(checkers.passwords, "verify", lambda *a: calls.append(a) or real(*a))
+        self.patch(checkers.passwords, "verify", lambda *a, **kw: calls.append(a) or real(*a, **kw))
         password = "x\u00ad".encode()
         self.assertFalse(checker._verify(checker.lookup("alice"), "alice", password))
         known, calls[:] = len(calls), []
