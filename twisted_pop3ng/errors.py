@@ -8,7 +8,8 @@ text never reaches the client.
 from __future__ import annotations
 
 import errno
-from typing import Optional, Tuple
+import os
+from typing import Any, Optional, Tuple
 
 from twisted.cred.error import LoginDenied, UnauthorizedLogin
 
@@ -68,6 +69,12 @@ class BadCommand(POP3Error):
     """The client misused the protocol (wrong state, bad arguments)."""
 
 
+#: errno values the machine causes, not a bug of ours (a full disk, a quota, descriptors or memory
+#: running out, a failing or read-only disk, permissions): the admin needs one line saying what
+#: and where, not a traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO,
+                       errno.EROFS, errno.EACCES, errno.EPERM}
+
 #: errno values that will not go away by retrying.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
 
@@ -85,3 +92,22 @@ def classify(error: BaseException) -> Tuple[Optional[str], str, bool]:
             return PermanentFailure.code, "Mailbox storage is not accessible", False
         return TemporaryFailure.code, "Mailbox storage failed, try again later", False
     return TemporaryFailure.code, "Internal server error, try again later", False
+
+
+def environment_problem(error: BaseException) -> Optional[str]:
+    """One line for an ``OSError`` the machine caused (see ``_ENVIRONMENT_ERRNOS``), e.g. ``"No
+    space left on device: '/var/mail/alice/Maildir/pop3ng.lock'"``; None for anything else."""
+    if not isinstance(error, OSError) or error.errno not in _ENVIRONMENT_ERRNOS:
+        return None
+    text = os.strerror(error.errno)
+    return "%s: %r" % (text, error.filename) if error.filename is not None else text
+
+
+def log_failure(log: Any, message: str, failure: Any, **fields: Any) -> None:
+    """Log a failure that had no ``-ERR`` meaning: a problem of the machine as one warning line
+    (:func:`environment_problem`), anything else -- a bug of ours -- with its traceback."""
+    problem = environment_problem(failure.value)
+    if problem is None:
+        log.failure(message, failure, **fields)
+    else:
+        log.warn(message + ": {problem}", problem=problem, **fields)

@@ -183,10 +183,9 @@ class AbuseGuard:
                 self.failures[key] = (entry[0] - 1, entry[1])
 
     def connection_limit(self) -> int:
-        """``max_connections``, or (0) the process's file-descriptor limit less RESERVED_FDS."""
-        limit = self.config.max_connections
-        if limit:
-            return limit
+        """``max_connections`` (0: no limit of its own), never more than the process's
+        file-descriptor limit less RESERVED_FDS: the sessions it has must still be able to open
+        their messages, lock files and indexes (past it, a RETR would fail with EMFILE)."""
         if self._connection_limit is None:
             try:
                 soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -195,7 +194,8 @@ class AbuseGuard:
             if soft == resource.RLIM_INFINITY or soft <= 0:
                 soft = 1 << 20
             self._connection_limit = max(soft - RESERVED_FDS, 1)
-        return self._connection_limit
+        limit = self.config.max_connections
+        return min(limit, self._connection_limit) if limit else self._connection_limit
 
     def open_any(self) -> bool:
         """Count a new connection against the global cap; False when the server is full."""

@@ -39,6 +39,7 @@ from twisted_pop3ng.errors import (
     NoSuchMessage,
     POP3Error,
     classify,
+    log_failure,
 )
 from twisted_pop3ng.interfaces import IMailbox, MessageTable
 from twisted_pop3ng.server import auth_verbs, verbs
@@ -367,7 +368,7 @@ class POP3ServerProtocol(SessionIO):
             return
         code, text, expected = classify(error)
         if not expected:
-            self.log.failure("{verb} failed", failure, verb=verb)
+            log_failure(self.log, "{verb} failed", failure, verb=verb)
         self.reply(False, text, code)
 
     # -- helpers for handlers ---------------------------------------------------------------------
@@ -549,7 +550,7 @@ class POP3ServerProtocol(SessionIO):
         session = self.session
         code, text, expected = classify(failure.value)
         if not expected:
-            self.log.failure("login failed", failure)
+            log_failure(self.log, "login failed", failure)
         attempt, session.attempt = session.attempt, None
         if attempt is not None:
             reason = ("password" if code == "AUTH" else "busy" if failure.check(cred.HashPoolFull)
@@ -672,7 +673,7 @@ class POP3ServerProtocol(SessionIO):
             if not self._closing:
                 # The status line is out; a partial body cannot be turned into -ERR: drop the
                 # connection (nothing is committed) so the client does not take a short message.
-                self.log.failure("message transfer failed", result)
+                log_failure(self.log, "message transfer failed", result)
                 self.close()
         return None
 

@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from twisted_pop3ng import wire
-from twisted_pop3ng.errors import BadCommand, classify
+from twisted_pop3ng.errors import BadCommand, classify, log_failure
 from twisted_pop3ng.interfaces import MessageTable
 from twisted_pop3ng.server import policy
 from twisted_pop3ng.server.registry import CommandSet
@@ -84,7 +84,7 @@ def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
 
     def failed(failure: Failure) -> None:
         code, text, expected = classify(failure.value)
-        protocol.log.failure("UPDATE failed", failure)
+        log_failure(protocol.log, "UPDATE failed", failure)
         protocol._do_logout()
         protocol.close("Some deleted messages were not removed: " + text, code=code)
 

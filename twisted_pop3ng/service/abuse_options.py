@@ -64,7 +64,7 @@ OPT_FLAGS: List[List[Any]] = [
 OPT_PARAMETERS: List[List[Any]] = [
     ["max-connections", None, 0,
      "Connections open at once, local ones included; past it a new one gets -ERR [SYS/TEMP] and is "
-     "closed (0: the file-descriptor limit less %d)." % policy.RESERVED_FDS, _count],
+     "closed (0, and never more than: the file-descriptor limit less %d)." % policy.RESERVED_FDS, _count],
     ["login-deadline", None, policy.LOGIN_DEADLINE,
      "Seconds from connect by which a client must have logged in, however active; no command "
      "extends it (0: none).", _seconds],
