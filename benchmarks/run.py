@@ -2,6 +2,7 @@
 
     python3 -m benchmarks.run            # full sizes (about 5 minutes on 2 cores)
     python3 -m benchmarks.run --quick    # smaller maildir and fewer idle connections (~1.5 min)
+    python3 -m benchmarks.run --json results.json --plot charts/   # also keep the results, draw them
 
 Run as root from the repository root (Dovecot needs root to drop privileges). Each peer is started
 on 127.0.0.1 over its own hard-linked copy of the same generated maildirs, measured, and stopped.
@@ -270,6 +271,43 @@ def machine() -> str:
         cpu, os.cpu_count() or 0, mem, platform.release(), platform.python_version())
 
 
+def _commit() -> Optional[str]:
+    """The checkout's commit (with ``+`` when it has uncommitted changes), if git can tell."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(HERE),
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=os.path.dirname(HERE), capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
+def _met(key: str, results: Dict[str, Result]) -> Optional[bool]:
+    """Whether the goal of ``key`` was met (None: no goal, or a peer it compares with is missing)."""
+    return GOALS[key][1](results) if key in GOALS else None
+
+
+def results_record(results: Dict[str, Result], spec: DataSpec, args: Any, command: str) -> Dict[str, Any]:
+    """What ``--json`` writes and :mod:`benchmarks.plot` draws: the results by peer, plus where,
+    when and how they were measured, and the table's rows with their labels filled in."""
+    names = {"bulk_count": spec.bulk_count, "bulk_kb": spec.bulk_size // 1024,
+             "session_users": spec.session_users, "big_mb": spec.big_mb,
+             "many_k": spec.many_count // 1000, "idle": args.idle}
+    return {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": _commit(),
+        "command": command,
+        "rows": [{"key": key, "label": label % names, "unit": unit, "higher_is_better": higher,
+                  "goal": GOALS.get(key, ("",))[0], "met": _met(key, results)}
+                 for key, label, unit, higher in ROWS],
+        "results": results,
+    }
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 def parse_args(argv: Optional[List[str]] = None) -> Any:
@@ -296,7 +334,9 @@ def parse_args(argv: Optional[List[str]] = None) -> Any:
                         help="drop the page cache before cold (default: every peer's cold login "
                              "finds the files in the page cache)")
     parser.add_argument("--root", default="/tmp/pop3ng-bench", help="work directory (data reused)")
-    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--json", default=None, help="also write the results here (benchmarks.plot reads it)")
+    parser.add_argument("--plot", default=None, metavar="DIR",
+                        help="also draw the results as PNG and SVG charts into DIR (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.many is None:
         args.many = 20_000 if args.quick else 100_000
@@ -356,10 +396,19 @@ def run_peer(name: str, spec: DataSpec, template: str, args: Any) -> Result:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked now, not after minutes of measuring)
+        except ImportError:
+            sys.stderr.write("--plot needs matplotlib: pip install matplotlib (or the docs extra)\n")
+            return 2
     spec = DataSpec(bulk_count=args.bulk_count, bulk_size=args.bulk_size, big_mb=args.big_mb,
                     many_count=args.many, session_users=args.session_clients)
     peers.raise_nofile()
     os.makedirs(args.root, exist_ok=True)
+    # Where the results go must exist before the run, not only after minutes of measuring.
+    for directory in filter(None, [args.json and os.path.dirname(os.path.abspath(args.json)), args.plot]):
+        os.makedirs(directory, exist_ok=True)
     template = peers.prepare_template(os.path.join(args.root, "template"), spec, log)
     log("client ceiling (raw loopback blast): %.0f MB/s" % client.raw_blast())
     results: Dict[str, Result] = {}
@@ -367,11 +416,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name in args.peers.split(","):
             results[name] = merge_best(results.get(name, {}), run_peer(name, spec, template, args))
     print("machine: " + machine())
-    print("command: python3 -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "python3 -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    print("command: " + command)
     print(table(results, spec, args))
+    record = results_record(results, spec, args, command)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "results": results}, f, indent=2)
+            json.dump(record, f, indent=2)
+            f.write("\n")
+    if args.plot:
+        from benchmarks import plot
+
+        for path in plot.draw_all(record, args.plot):
+            log("chart: %s" % path)
     return 0
 
 
