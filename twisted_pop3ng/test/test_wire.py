@@ -143,6 +143,20 @@ class CommandTests(unittest.TestCase):
         for word in (b"0", b"-1", b"+1", b"1.5", b"abc", b"\xd9\xa1", b"9" * 11, b""):
             self.assertRaises(wire.WireError, wire.parse_message_number, word)
 
+    def test_the_longest_message_number(self) -> None:
+        # (Killed mutants: the digit bound off by one.)
+        self.assertEqual(wire.parse_message_number(b"9" * wire.MAX_NUMBER_DIGITS), 10 ** wire.MAX_NUMBER_DIGITS - 1)
+        self.assertEqual(wire.parse_message_number(b"0" * (wire.MAX_NUMBER_DIGITS - 1) + b"7"), 7)
+
+    def test_line_counts_of_any_length(self) -> None:
+        self.assertEqual(wire.parse_count(b"0"), 0)
+        self.assertEqual(wire.parse_count(b"9" * wire.MAX_NUMBER_DIGITS), 10 ** wire.MAX_NUMBER_DIGITS - 1)
+        # A longer count means "everything" to clients: larger than any count of fewer digits.
+        for digits in (wire.MAX_NUMBER_DIGITS + 1, 500):
+            self.assertGreater(wire.parse_count(b"1" * digits), 10 ** wire.MAX_NUMBER_DIGITS - 1)
+        for word in (b"-1", b"+1", b"1.5", b"", b"\xd9\xa1"):
+            self.assertRaises(wire.WireError, wire.parse_count, word)
+
     def test_responses_are_bounded_and_single_line(self) -> None:
         line = wire.response(False, "x" * 2000 + "\r\ninjected", "SYS/TEMP")
         self.assertEqual(len(line), wire.MAX_RESPONSE_LINE)
