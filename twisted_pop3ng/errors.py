@@ -104,9 +104,13 @@ def environment_problem(error: BaseException) -> Optional[str]:
 
 
 def log_failure(log: Any, message: str, failure: Any, **fields: Any) -> None:
-    """Log a failure that had no ``-ERR`` meaning: a problem of the machine as one warning line
-    (:func:`environment_problem`), anything else -- a bug of ours -- with its traceback."""
-    problem = environment_problem(failure.value)
+    """Log a failure: a problem of the machine (:func:`environment_problem`) or a
+    :class:`POP3Error` a backend raised on purpose as one warning line, anything else -- a bug
+    of ours -- with its traceback."""
+    error = failure.value
+    problem = environment_problem(error)
+    if problem is None and isinstance(error, POP3Error):  # raised on purpose: it says what
+        problem = "[%s] %s" % (error.code, error.text) if error.code else error.text
     if problem is None:
         log.failure(message, failure, **fields)
     else:

@@ -53,8 +53,9 @@ class IWholeMessageReader(Interface):
     """
 
     def read_whole(index, limit):
-        """The stored message at ``index`` as bytes when it is shorter than ``limit`` octets, else
-        None (the server then calls ``open_message``). Synchronous: never a Deferred.
+        """The stored message at ``index`` as bytes when it is shorter than ``limit`` octets and at
+        hand (a file read, a prefetched copy), else None: the server then calls ``open_message``.
+        Synchronous: never a Deferred, never a wait.
 
         Raise :class:`~twisted_pop3ng.errors.MessageVanished` (or ``OSError``) when it is gone.
         """

@@ -64,6 +64,10 @@ class ServerProcess:
     ports: List[int] = field(default_factory=list)
     tls_ports: List[int] = field(default_factory=list)
     certs: Optional[Dict[str, str]] = None
+    #: A test that provokes a failure of the server's own (a broken backend, say) sets this;
+    #: otherwise any traceback in the log fails the test when the server stops.
+    tracebacks_allowed: bool = False
+    _checked: bool = False
 
     @property
     def port(self) -> int:
@@ -98,7 +102,16 @@ class ServerProcess:
         return sock
 
     def stop(self) -> None:
+        """Stop the server; then fail if its log holds a traceback (nothing a client does may
+        cause one: a client's mistake gets -ERR, a machine's problem one warning line)."""
         stop_process(self.process)
+        if self._checked or self.tracebacks_allowed:
+            return
+        self._checked = True
+        log = self.log()
+        if "Traceback" in log:
+            start = log.index("Traceback")
+            raise AssertionError("the server logged a traceback:\n" + log[max(0, start - 300):start + 3000])
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:

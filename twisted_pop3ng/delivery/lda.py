@@ -17,6 +17,7 @@ from typing import IO, Any, List, Optional
 from twisted_pop3ng.delivery import outcome
 from twisted_pop3ng.delivery.recipients import RecipientResolver
 from twisted_pop3ng.delivery.trace import return_path
+from twisted_pop3ng.mailbox import redact_spec as redact
 
 PROG = "pop3ng deliver"
 READ_SIZE = 1 << 16
@@ -120,12 +121,16 @@ def _open_store(spec: str) -> Any:
     from twisted_pop3ng.interfaces import IMailboxDelivery
     from twisted_pop3ng.mailbox import MailboxSpecError, store_from_spec
 
+    from twisted_pop3ng.errors import TemporaryFailure
+
     try:
         store = store_from_spec(spec)
+    except TemporaryFailure as error:  # (a database that is down: the MTA must retry, not bounce)
+        raise _Exit(outcome.EX_TEMPFAIL, "--mailbox %s: %s" % (redact(spec), error))
     except (MailboxSpecError, ValueError) as error:
-        raise _Exit(outcome.EX_USAGE, "--mailbox %s: %s" % (spec, error))
+        raise _Exit(outcome.EX_USAGE, "--mailbox %s: %s" % (redact(spec), error))
     if not IMailboxDelivery.providedBy(store):
-        raise _Exit(outcome.EX_USAGE, "--mailbox %s: this store cannot take deliveries" % (spec,))
+        raise _Exit(outcome.EX_USAGE, "--mailbox %s: this store cannot take deliveries" % (redact(spec),))
     return store
 
 

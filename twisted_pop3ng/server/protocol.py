@@ -254,13 +254,31 @@ class POP3ServerProtocol(SessionIO):
                 session_log.ended(self, how)  # (before the guard forgets the admitted user)
         policy.connection_lost(self)
 
-    def _do_logout(self) -> None:
+    def _do_logout(self) -> Optional[defer.Deferred]:
+        """Run the avatar's logout (the mailbox's ``close``: the maildrop unlock); its Deferred
+        when it returned one (a database releasing a lock), else None."""
         logout = self.session.detach()
-        if logout is not None:
-            try:
-                logout()
-            except Exception:
-                self.log.failure("logout failed")
+        if logout is None:
+            return None
+        try:
+            result: Any = logout()
+        except Exception:
+            self.log.failure("logout failed")
+            return None
+        if defer.Deferred in type(result).__mro__:
+            unlocked: defer.Deferred = result
+            unlocked.addErrback(lambda failure: log_failure(self.log, "logout failed", failure))
+            return unlocked
+        return None
+
+    def logout_then_close(self, text: str, ok: bool = False, code: Optional[str] = None) -> None:
+        """QUIT's last step: the maildrop is unlocked before the final reply goes out, so a
+        client that logs in again at once (on this server or another) finds it free."""
+        unlocked = self._do_logout()
+        if unlocked is None:
+            self.close(text, ok=ok, code=code)
+        else:
+            unlocked.addCallback(lambda _: None if self._closing else self.close(text, ok=ok, code=code))
 
     # -- command dispatch -------------------------------------------------------------------------
 

@@ -68,8 +68,7 @@ def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
     session.state = TRANSITIONS[(session.state, "quit")]
     doomed = sorted(session.deleted)
     if not doomed:
-        protocol._do_logout()
-        protocol.close("Logging out.", ok=True)
+        protocol.logout_then_close("Logging out.", ok=True)
         return None
     d = defer.maybeDeferred(session.mailbox.commit, doomed)
 
@@ -79,14 +78,12 @@ def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
             stats.deletions += len(doomed)
             if session.summary is not None:
                 session.summary.deleted = len(doomed)
-        protocol._do_logout()
-        protocol.close("Logging out, messages deleted.", ok=True)
+        protocol.logout_then_close("Logging out, messages deleted.", ok=True)
 
     def failed(failure: Failure) -> None:
         code, text, expected = classify(failure.value)
         log_failure(protocol.log, "UPDATE failed", failure)
-        protocol._do_logout()
-        protocol.close("Some deleted messages were not removed: " + text, code=code)
+        protocol.logout_then_close("Some deleted messages were not removed: " + text, code=code)
 
     d.addCallbacks(done, failed)
     return d

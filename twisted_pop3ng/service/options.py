@@ -130,15 +130,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["tls"] = None
         if not self["mailbox"]:
             raise usage.UsageError("--mailbox is required, e.g. --mailbox maildir:/var/mail/{user}/Maildir")
-        from twisted_pop3ng.mailbox import MailboxSpecError, store_from_spec
+        from twisted_pop3ng.mailbox import MailboxSpecError, redact_spec, store_from_spec
 
+        shown = redact_spec(self["mailbox"])  # (a DSN may carry a password)
         try:
             self["store"] = store_from_spec(self["mailbox"])
         except MailboxSpecError as error:
-            raise usage.UsageError("--mailbox %s: %s; --help-mailbox lists the schemes"
-                                   % (self["mailbox"], error))
+            raise usage.UsageError("--mailbox %s: %s; --help-mailbox lists the schemes" % (shown, error))
         except ValueError as error:
-            raise usage.UsageError("--mailbox %s: %s" % (self["mailbox"], error))
+            raise usage.UsageError("--mailbox %s: %s" % (shown, error))
         if not self.get("credCheckers"):
             raise usage.UsageError("give at least one --auth, e.g. --auth passwd-file:/etc/pop3ng/users")
         if self["idle-timeout"] < 600:

@@ -16,8 +16,9 @@ import tempfile
 from typing import Any, Callable, Dict, List
 
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = ["FuzzFinding", "TARGETS", "server_session", "sasl_exchange", "client_replies", "passwd_file"]
 
@@ -26,6 +27,7 @@ class FuzzFinding(AssertionError):
     """The target broke a promise; the message says which."""
 
 
+@implementer(ILogObserver)
 class _LoggedFailures:
     """Collects failures logged (``log.failure``, ``log.err``) while a target runs."""
 
