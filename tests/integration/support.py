@@ -23,8 +23,20 @@ from twisted_pop3ng.mailbox.maildir import deliver
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The repository root (what twistd needs on its path to find the twisted/plugins drop-in).
 ROOT = os.path.dirname(os.path.dirname(HERE))
-#: Runs twistd exactly like the ``twistd`` console script.
-TWISTD_MAIN = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+#: Runs twistd exactly like the ``twistd`` console script. Under coverage (``.ci/run``'s second
+#: leg measures the servers too), the data is saved before twistd ends itself with the signal that
+#: stopped it (``os.kill(os.getpid(), SIGTERM)``: no atexit handler runs after that).
+TWISTD_MAIN = (
+    "import os, sys; sys.argv[0] = 'twistd'\n"
+    "if os.environ.get('COVERAGE_PROCESS_CONFIG'):\n"
+    "    import coverage\n"
+    "    _cov, _kill = coverage.Coverage.current(), os.kill\n"
+    "    def _save_then_kill(pid, sig):\n"
+    "        if pid == os.getpid() and _cov is not None:\n"
+    "            _cov.stop(); _cov.save()\n"
+    "        _kill(pid, sig)\n"
+    "    os.kill = _save_then_kill\n"
+    "from twisted.scripts.twistd import run; run()")
 _PORT_RE = re.compile(rb"POP3ServerFactory( \(TLS\))?(?: \(PROXY\))? starting on (\d+)")
 
 
