@@ -1,8 +1,8 @@
 """Helpers of the black-box end-to-end suite (``tests/test_e2e_*.py``).
 
-Everything here is written independently of ``twisted_pop3ng``: the expected wire form of a stored
-message is computed line by line from RFC 1939 (CRLF line endings, dot-stuffing), never with the
-server's codec, so a shared bug cannot hide itself.
+The expected wire form of a stored message comes from :mod:`twisted_pop3ng.testing.rfc1939`,
+computed line by line from RFC 1939 (CRLF line endings, dot-stuffing), never with the server's
+codec, so a shared bug cannot hide itself.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.trial import unittest
 
+from twisted_pop3ng.testing.rfc1939 import stuffed, top_lines, wire_lines, wire_message  # noqa: F401
+
 from .support import ServerProcess, Session, start_server
 
 #: Passwords with single, double, leading-word and trailing-word spaces (all {PLAIN}).
@@ -25,38 +27,6 @@ POOL = 60
 USERS: Dict[str, str] = {"user%02d" % i: "correct horse  battery staple %d" % i for i in range(POOL)}
 
 STATUS_RE = re.compile(rb"\A(\+OK|-ERR)( [\x20-\x7e]*)?\r\n\Z")
-
-
-def wire_lines(raw: bytes) -> List[bytes]:
-    """The lines of a stored message as a POP3 client must receive them (without line endings).
-
-    LF and CRLF both end a line; a bare CR is data; a last line without newline still counts.
-    """
-    if not raw:
-        return []
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
-def wire_message(raw: bytes) -> bytes:
-    """What the client stores: every line ending CRLF, no stuffing (LIST size == len of this)."""
-    return b"".join(line + b"\r\n" for line in wire_lines(raw))
-
-
-def stuffed(lines: List[bytes]) -> bytes:
-    """The multi-line response body for ``lines``, terminator included."""
-    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
-
-
-def top_lines(raw: bytes, n: int) -> List[bytes]:
-    """Header, the blank separator line and ``n`` body lines (RFC 1939 TOP)."""
-    lines = wire_lines(raw)
-    if b"" not in lines:
-        return lines
-    sep = lines.index(b"")
-    return lines[: sep + 1 + n]
 
 
 def read_status(session: Session) -> bytes:

@@ -1,8 +1,7 @@
 """Property-based tests of the wire codec (hypothesis): any message, any chunking.
 
-The expected values come from a line-by-line oracle written here from RFC 1939 (every line ends in
-CRLF, a line starting with "." gets one more, "." CRLF ends the body), never from the codec under
-test, so a bug shared by encoder and decoder cannot cancel out.
+The expected values come from the line-by-line RFC 1939 oracle (:mod:`twisted_pop3ng.testing.rfc1939`),
+never from the codec under test, so a bug shared by encoder and decoder cannot cancel out.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from twisted_pop3ng import wire
+from twisted_pop3ng.testing.rfc1939 import stuffed, top_lines, wire_lines, wire_message
 from twisted_pop3ng.wire import message
 
 # (POP3NG_HYPOTHESIS_EXAMPLES: fewer examples for mutation-testing runs, which run this thousands
@@ -28,32 +28,7 @@ _INTERESTING = st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"\n.", b"a"
 MESSAGES = st.lists(st.one_of(_INTERESTING, st.binary(max_size=8)), max_size=60).map(b"".join)
 
 
-def oracle_lines(raw: bytes) -> List[bytes]:
-    """The message's lines without endings: LF or CRLF end a line, a bare CR is data."""
-    if not raw:
-        return []
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
-def oracle_wire(raw: bytes) -> bytes:
-    """What a client stores: each line + CRLF (the LIST size is its length)."""
-    return b"".join(line + b"\r\n" for line in oracle_lines(raw))
-
-
-def oracle_body(lines: List[bytes]) -> bytes:
-    """The multi-line response body for ``lines``, dot-stuffed, terminator included."""
-    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
-
-
-def oracle_top(raw: bytes, n: int) -> List[bytes]:
-    lines = oracle_lines(raw)
-    if b"" not in lines:
-        return lines
-    separator = lines.index(b"")
-    return lines[:separator + 1 + n]
+oracle_lines, oracle_wire, oracle_body, oracle_top = wire_lines, wire_message, stuffed, top_lines
 
 
 def split_at(data: bytes, cuts: List[int]) -> List[bytes]:

@@ -40,6 +40,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from twisted_pop3ng.errors import MailboxInUse, MessageVanished
+from twisted_pop3ng.testing.rfc1939 import wire_message
 from twisted_pop3ng.interfaces import (IMailbox, IMailboxDelivery, IMailboxStore, IUIDLListing,
                                        IWholeMessageReader)
 
@@ -83,21 +84,9 @@ LOCK_RELEASE_GRACE = 15.0
 
 # -- the RFC 1939 oracle (independent of twisted_pop3ng.wire) -------------------------------------
 
-def wire_lines(stored: bytes) -> List[bytes]:
-    """The lines of a stored message as a client receives them: LF or CRLF end a line, a bare CR
-    is data, a last line without a newline still counts."""
-    if not stored:
-        return []
-    lines = stored.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
 def wire_form(stored: bytes) -> bytes:
-    """The message a client stores after RETR: CRLF after every line, no stuffing. Its length is
-    the ``LIST``/``STAT`` size (RFC 1939 §11)."""
-    return b"".join(line + b"\r\n" for line in wire_lines(stored))
+    """The message a client stores after RETR (its length is the ``LIST``/``STAT`` size)."""
+    return wire_message(stored)
 
 
 class WireFormStream:
