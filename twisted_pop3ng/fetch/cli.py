@@ -10,37 +10,57 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional
 
-from twisted.internet import defer, error as ierror
+from twisted.internet import defer
 
-from twisted_pop3ng.client import errors as client_errors
 from twisted_pop3ng.client.connect import parse_url
 from twisted_pop3ng.client.errors import printable
-from twisted_pop3ng.fetch.delivery import DeliveryError
-from twisted_pop3ng.fetch.run import BATCH, WINDOW, FetchBusy, FetchOptions, FetchResult, fetch
-from twisted_pop3ng.fetch.state import StateError
+from twisted_pop3ng.fetch.exits import (EXIT_AUTH, EXIT_CONNECTION, EXIT_DELIVERY, EXIT_ERROR,
+                                        EXIT_OK, EXIT_TLS, EXIT_TRY_LATER, EXIT_USAGE,
+                                        classify_exit)
+from twisted_pop3ng.fetch.run import BATCH, WINDOW, FetchOptions, FetchResult, fetch
 
 __all__ = ["main", "classify_exit", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_AUTH", "EXIT_TLS",
            "EXIT_CONNECTION", "EXIT_DELIVERY", "EXIT_TRY_LATER"]
 
-EXIT_OK = 0
-EXIT_ERROR = 1          # the server refused a command, or something unexpected
-EXIT_USAGE = 2          # bad command line, no password
-EXIT_AUTH = 3           # authentication failed / no acceptable mechanism
-EXIT_TLS = 4            # TLS failed (certificate, host name, no STLS offered)
-EXIT_CONNECTION = 5     # cannot connect, connection lost, timeout, protocol violation
-EXIT_DELIVERY = 6       # local delivery or state file failed
-EXIT_TRY_LATER = 7      # [IN-USE], [LOGIN-DELAY], [SYS/TEMP]: try again later
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pop3ng fetch", description="Fetch mail from a POP3 server.")
-    p.add_argument("url", help="pop3://USER@HOST[:PORT] (STLS) or pop3s://USER@HOST[:PORT] (TLS)")
-    dest = p.add_mutually_exclusive_group(required=True)
+    p = argparse.ArgumentParser(
+        prog="pop3ng fetch", description="Fetch mail from a POP3 server.",
+        usage="%(prog)s URL (--maildir DIR | --mbox FILE | --mda CMD | --forward URL) [options]\n"
+              "       %(prog)s --config FILE [--account NAME]... [--daemon SECONDS] [--json]\n"
+              "       %(prog)s --print-example-config")
+    p.add_argument("url", nargs="?",
+                   help="pop3://USER@HOST[:PORT] (STLS) or pop3s://USER@HOST[:PORT] (TLS)")
+    dest = p.add_mutually_exclusive_group()
     dest.add_argument("--maildir", metavar="DIR")
     dest.add_argument("--mbox", metavar="FILE")
     dest.add_argument("--mda", metavar="CMD", help="command run with sh -c, one message on stdin")
+    dest.add_argument("--forward", metavar="URL",
+                      help="hand each message to an MTA: smtp://HOST[:PORT], smtps://HOST[:PORT], "
+                           "lmtp://HOST[:PORT] or lmtp:/PATH/TO/SOCKET")
+    p.add_argument("--forward-to", metavar="ADDRESS",
+                   help="envelope recipient for --forward (default: your user name)")
+    p.add_argument("--forward-from", metavar="ADDRESS",
+                   help="envelope sender for --forward (default: the message's Return-Path)")
+    p.add_argument("--forward-cafile", metavar="PEM", help="CA certificates for the MTA's STARTTLS")
+    p.add_argument("--forward-starttls", choices=("auto", "require", "never"), default="auto")
+    p.add_argument("--on-reject", choices=("keep", "delete"), default="keep",
+                   help="a message the MTA refuses for good (5xx): keep it on the server "
+                        "(default) or delete it there")
+    p.add_argument("--config", metavar="FILE", help="fetch the accounts of a TOML config file")
+    p.add_argument("--account", metavar="NAME", action="append", default=[],
+                   help="with --config: only this account (repeatable)")
+    p.add_argument("--daemon", type=float, metavar="SECONDS",
+                   help="with --config: keep polling, each account every SECONDS "
+                        "(or its poll_interval)")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable summary on stdout")
+    p.add_argument("--print-example-config", action="store_true",
+                   help="print a commented example config file and exit")
+    p.add_argument("--mechanism", metavar="NAME",
+                   help="use this SASL mechanism (e.g. SCRAM-SHA-256) instead of the strongest offered")
     p.add_argument("--keep", action="store_true", help="leave messages on the server")
     p.add_argument("--keep-days", type=float, metavar="N", help="with --keep: delete after N days")
     p.add_argument("--state", metavar="FILE", help="UIDL state file (default under ~/.local/state)")
@@ -77,43 +97,29 @@ def _secret(path: Optional[str], variable: str) -> Optional[str]:
     return os.environ.get(variable)
 
 
-def classify_exit(error: BaseException) -> Tuple[int, str]:
-    """Map a failure to ``(exit code, message)`` for the command line."""
-    from OpenSSL import SSL
-
-    while isinstance(error, defer.FirstError):
-        error = error.subFailure.value
-    if isinstance(error, (client_errors.InUseError, client_errors.LoginDelayError,
-                          client_errors.TemporaryError, FetchBusy)):
-        return EXIT_TRY_LATER, "server busy, try again later: %s" % error
-    if isinstance(error, client_errors.AuthError):
-        return EXIT_AUTH, "authentication failed: %s" % error
-    if isinstance(error, (client_errors.TLSError, SSL.Error)):
-        return EXIT_TLS, "TLS failed: %s" % error
-    if isinstance(error, client_errors.StlsRequired):
-        return EXIT_TLS, str(error)
-    if isinstance(error, client_errors.UidlUnsupported):
-        return EXIT_ERROR, str(error)
-    if isinstance(error, client_errors.CapabilityError):
-        return EXIT_AUTH, str(error)  # no authentication method both sides accept
-    if isinstance(error, (DeliveryError, StateError)):
-        return EXIT_DELIVERY, str(error)
-    if isinstance(error, client_errors.ProtocolError):
-        return EXIT_CONNECTION, "protocol violation by the server: %s" % error
-    if isinstance(error, (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
-                          ierror.TimeoutError, ierror.DNSLookupError)):
-        return EXIT_CONNECTION, "connection failed: %s" % (str(error) or error.__class__.__name__)
-    if isinstance(error, client_errors.ServerError):
-        return EXIT_ERROR, "server refused: %s" % error
-    if isinstance(error, OSError):
-        return EXIT_DELIVERY, "local error: %s" % error
-    return EXIT_ERROR, "%s: %s" % (error.__class__.__name__, error)
-
-
 def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) -> int:
     """``pop3ng fetch ARGS``; returns the exit code. ``crash_hook`` goes to
     :attr:`FetchOptions.crash_hook` (the crash tests' way in; the console script passes none)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.print_example_config:
+        from twisted_pop3ng.fetch.example import EXAMPLE_CONFIG
+
+        sys.stdout.write(EXAMPLE_CONFIG)
+        return EXIT_OK
+    if args.config is not None:
+        from twisted_pop3ng.fetch.multi import main_config
+
+        return main_config(parser, args, argv, crash_hook)
+    if args.account or args.daemon is not None:
+        parser.error("--account and --daemon go with --config FILE")
+    if args.url is None:
+        parser.error("a URL (or --config FILE) is needed")
+    destination = next((k, v) for k, v in (("maildir", args.maildir), ("mbox", args.mbox),
+                                      ("mda", args.mda), ("forward", args.forward),
+                                      ("", "")) if v or not k)
+    if not destination[0]:
+        parser.error("one of the arguments --maildir --mbox --mda --forward is required")
     if args.keep_days is not None and not args.keep:
         print("pop3ng fetch: --keep-days needs --keep", file=sys.stderr)
         return EXIT_USAGE
@@ -126,6 +132,7 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
             token = _secret(args.token_file, "POP3NG_TOKEN")
         password = None if token is not None else _secret(args.password_file, "POP3NG_PASSWORD")
         parse_url(args.url)
+        forward = _forward_settings(args)
     except (OSError, ValueError) as e:
         print("pop3ng fetch: %s" % e, file=sys.stderr)
         return EXIT_USAGE
@@ -133,14 +140,14 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
         print("pop3ng fetch: no password: use --password-file FILE or POP3NG_PASSWORD "
               "(or, for OAuth, --token-file FILE or POP3NG_TOKEN)", file=sys.stderr)
         return EXIT_USAGE
-    kind, target = next((k, v) for k, v in (("maildir", args.maildir), ("mbox", args.mbox),
-                                             ("mda", args.mda)) if v)
+    kind, target = destination
     options = FetchOptions(args.url, kind, target, password, args.keep, args.keep_days, args.state,
                            args.cafile, args.allow_plaintext, args.timeout,
                            progress=sys.stderr.isatty() and not args.quiet,
                            batch=max(1, args.batch), window=max(1, args.pipeline), token=token,
                            allow_plain_fallback=args.allow_plain_fallback, crash_hook=crash_hook,
-                           on_warning=_warn, max_message_size=args.max_message_size)
+                           on_warning=_warn, max_message_size=args.max_message_size,
+                           forward=forward, mechanism=args.mechanism)
     from twisted.internet import reactor
 
     outcome: Dict[str, Any] = {}
@@ -152,9 +159,12 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
     def run() -> None:
         defer.ensureDeferred(fetch(reactor, options)).addBoth(finished)
 
+    started = time.monotonic()
     reactor.callWhenRunning(run)
     reactor.run()
     value = outcome.get("value")
+    if args.json:
+        _print_json(args.url, value, started)
     if isinstance(value, FetchResult) and value.refused:
         for text in value.refused:
             print("pop3ng fetch: not retrieved, left on the server: %s" % printable(text),
@@ -174,3 +184,42 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
 def _warn(text: str) -> None:
     """Warnings go to stderr at once, even with --quiet: they ask the user to look at something."""
     print("pop3ng fetch: warning: %s" % printable(text), file=sys.stderr)
+
+
+def _forward_settings(args: argparse.Namespace) -> Any:
+    if args.forward is None:
+        for name in ("forward_to", "forward_from", "forward_cafile"):
+            if getattr(args, name) is not None:
+                raise ValueError("--%s goes with --forward" % name.replace("_", "-"))
+        return None
+    from twisted_pop3ng.fetch.forward import ForwardSettings, parse_forward_url
+
+    from twisted_pop3ng.fetch.config import address
+
+    parse_forward_url(args.forward)
+    for name in ("forward_to", "forward_from"):
+        if getattr(args, name) is not None:
+            try:
+                address(getattr(args, name))
+            except ValueError as error:
+                raise ValueError("--%s: %s" % (name.replace("_", "-"), error))
+    return ForwardSettings(args.forward, args.forward_to, args.forward_from, args.forward_cafile,
+                           args.forward_starttls, args.on_reject, args.timeout)
+
+
+def _print_json(url: str, value: Any, started: float) -> None:
+    """``--json`` for a single account: the same shape as with --config (one account)."""
+    from twisted_pop3ng.fetch.progress import AccountReport, json_summary
+
+    report = AccountReport(url, EXIT_OK, seconds=time.monotonic() - started)
+    if isinstance(value, FetchResult):
+        report.listed, report.delivered, report.skipped = value.listed, value.delivered, value.skipped
+        report.deleted, report.octets = value.deleted, value.octets
+        report.refused = [printable(t) for t in value.refused]
+        report.warnings = [printable(t) for t in value.warnings]
+        report.exit = EXIT_ERROR if value.refused else EXIT_OK
+    else:
+        error = value.value if value is not None else RuntimeError("interrupted")
+        report.exit, text = classify_exit(error)
+        report.error = printable(text)
+    print(json_summary([report], report.exit))

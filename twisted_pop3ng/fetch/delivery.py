@@ -370,8 +370,12 @@ class MDADestination:
     choice -- it may hold ``/`` or ``..``, so a command must not use it as a file name as it is.
     """
 
-    #: Record each message as soon as its MDA succeeded: a later failure must not hide it.
+    #: Record each message as soon as its MDA succeeded: a later failure must not hide it;
+    #: journaled at once, the state file rewritten every batch (:mod:`.state`).
     batch_limit = 1
+    journaled = True
+    #: :meth:`commit` waits for the command: the fetcher runs it in a thread, one at a time.
+    blocking = True
 
     def __init__(self, command: str, account: str) -> None:
         self.command = command
@@ -406,7 +410,7 @@ class MDADestination:
 
 
 def open_destination(kind: str, target: str, account: str) -> Any:
-    """``kind`` is ``maildir``, ``mbox`` or ``mda``."""
+    """``kind`` is ``maildir``, ``mbox`` or ``mda`` (``forward`` is :mod:`.forward`'s)."""
     classes: Dict[str, Any] = {"maildir": MaildirDestination, "mbox": MboxDestination,
                                "mda": MDADestination}
     return classes[kind](target, account)

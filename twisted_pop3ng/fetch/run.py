@@ -25,12 +25,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from twisted_pop3ng.client import protocol as pop3
 from twisted_pop3ng.client.connect import parse_url
 from twisted_pop3ng.client.errors import UidlUnsupported
 from twisted_pop3ng.fetch.delivery import open_destination
+from twisted_pop3ng.fetch.forward import ForwardDestination, ForwardSettings
 from twisted_pop3ng.fetch.state import FetchState, default_path
 
 #: RETR commands in flight at once, and the most octets (by LIST size) in flight beyond the first.
@@ -88,6 +89,17 @@ class FetchOptions:
     #: actually sends) are left on the server and reported. None: :func:`message_limit`'s
     #: default, twice the LIST size plus 1 MiB.
     max_message_size: Optional[int] = None
+    #: For ``kind == "forward"``: where and how to forward (:mod:`.forward`).
+    forward: Optional[Any] = None
+    #: Force one SASL mechanism (e.g. ``SCRAM-SHA-256``) instead of the strongest offered.
+    mechanism: Optional[str] = None
+    #: Asked before each RETR is sent: once true, no more messages are fetched; those in flight
+    #: land and are recorded, the delivered ones are deleted and the session ends with QUIT
+    #: (the daemon's SIGTERM).
+    should_stop: Optional[Callable[[], bool]] = None
+    #: Told the work to do and each message as it is recorded (:mod:`.progress`); when None and
+    #: :attr:`progress` is true, a bar of its own on stderr.
+    progress_sink: Optional[Any] = None
 
 
 @dataclass
@@ -101,6 +113,13 @@ class FetchResult:
     refused: List[str] = field(default_factory=list)
     #: Things the user should look at that did not stop the run (an mbox left as it was found).
     warnings: List[str] = field(default_factory=list)
+    #: Octets delivered (as the destination stores them).
+    octets: int = 0
+    #: True when :attr:`FetchOptions.should_stop` ended the run before every message was fetched.
+    stopped: bool = False
+    #: The server's LOGIN-DELAY capability after login (RFC 2449 §6.8), in seconds, if any: the
+    #: daemon polls no more often than that.
+    login_delay: Optional[float] = None
 
 
 def _no_crash(name: str) -> None:
@@ -114,7 +133,8 @@ class _Retriever:
                  todo: List[Tuple[int, str, int]], result: FetchResult, progress: Any,
                  batch: int = BATCH, window: int = WINDOW,
                  crash_hook: Callable[[str], None] = _no_crash,
-                 max_message_size: Optional[int] = None) -> None:
+                 max_message_size: Optional[int] = None,
+                 should_stop: Optional[Callable[[], bool]] = None) -> None:
         self.client = client
         self.destination = destination
         self.state = state
@@ -133,14 +153,23 @@ class _Retriever:
         self._window = window
         self._crash_hook = crash_hook
         self._max_message_size = max_message_size
+        self._should_stop = should_stop or (lambda: False)
+        self._unsaved = 0
+        self._save_every = batch
+        self._blocking = getattr(destination, "blocking", False)
+        self._committing = False
 
     def start(self) -> defer.Deferred:
         self._pump()
         return self.done
 
     def _pump(self) -> None:
+        if self._next < len(self.todo) and self._should_stop():
+            self.result.stopped = True
+            self._next = len(self.todo)  # fetch no more; what is in flight lands and is recorded
         while (self._error is None and self._next < len(self.todo) and len(self._in_flight) < self._window
-               and (not self._in_flight or self._in_flight_octets < WINDOW_OCTETS)):
+               and (not self._in_flight or self._in_flight_octets < WINDOW_OCTETS)
+               and not (self._blocking and len(self._batch) >= self._window)):
             number, uid, size = self.todo[self._next]
             self._next += 1
             limit = message_limit(size, self._max_message_size)
@@ -205,31 +234,92 @@ class _Retriever:
             self._error = failure.value
         self._pump()
 
+    def _take(self, count: int) -> List[Tuple[Any, int]]:
+        batch, self._batch = self._batch[:count], self._batch[count:]
+        self._batch_octets = sum(sink.size for sink, _ in self._batch)
+        return batch
+
     def _commit(self) -> None:
-        batch, self._batch, self._batch_octets = self._batch, [], 0
+        if self._blocking:
+            return self._kick()
+        batch = self._take(len(self._batch))
         if not batch:
             return
         try:
-            self.destination.commit([sink for sink, _ in batch])
-            self._crash_hook("delivered")
-            self.state.mark_delivered({sink.uid: size for sink, size in batch})
-            if self.state.pending is not None:
-                self.state.pending = None
-            self.state.save()
+            rejected = self.destination.commit([sink for sink, _ in batch]) or {}
         except Exception as e:
-            for sink, _ in batch:
-                sink.abort()
-            if self._error is None:
-                self._error = e
+            return self._commit_failed(batch, e)
+        self._record(batch, rejected)
+
+    def _kick(self) -> None:
+        """For destinations that block (an MTA, an MDA): one commit at a time, in order, in a
+        thread, so that the reactor goes on receiving this run's messages (and other accounts'
+        sessions go on) meanwhile. Each is recorded before the next is handed over."""
+        if self._committing or not self._batch:
             return
+        if self._error is not None:
+            for sink, _ in self._take(len(self._batch)):
+                sink.abort()
+            return
+        batch = self._take(self._limit)
+        self._committing = True
+        d = threads.deferToThread(self.destination.commit, [sink for sink, _ in batch])
+        d.addCallbacks(lambda rejected: self._record(batch, rejected or {}),
+                       lambda failure: self._commit_failed(batch, failure.value))
+        d.addBoth(self._committed)
+
+    def _committed(self, _: Any) -> None:
+        self._committing = False
+        self._kick()
+        self._pump()
+
+    def _commit_failed(self, batch: List[Tuple[Any, int]], error: BaseException) -> None:
+        for sink, _ in batch:
+            sink.abort()
+        if self._error is None:
+            self._error = error
+
+    def _record(self, batch: List[Tuple[Any, int]], rejected: Dict[str, str]) -> None:
+        """After the destination took ``batch``: record it (``delivered`` is the crash step)."""
+        try:
+            self._crash_hook("delivered")
+            if rejected and not getattr(self.destination, "delete_rejected", False):
+                # Refused for good by a forwarding MTA (5xx): left on the server and reported.
+                for uid, reply in rejected.items():
+                    self.result.refused.append("%s: %s" % (uid, reply))
+                batch = [(sink, size) for sink, size in batch if sink.uid not in rejected]
+            elif rejected:
+                for uid, reply in rejected.items():
+                    self.result.warnings.append("%s: %s; deleted on the server (on_reject = "
+                                                '"delete")' % (uid, reply))
+            delivered: Dict[str, Optional[int]] = {sink.uid: size for sink, size in batch}
+            if getattr(self.destination, "journaled", False):
+                # Handed to another program one by one: journal each at once, rewrite the state
+                # file only every batch (state module doc).
+                self.state.journal(delivered)
+                self._unsaved += len(delivered)
+                if self._unsaved >= self._save_every:
+                    self.state.save()
+                    self._unsaved = 0
+            else:
+                self.state.mark_delivered(delivered)
+                if self.state.pending is not None:
+                    self.state.pending = None
+                self.state.save()
+        except Exception as e:
+            return self._commit_failed(batch, e)
+        octets = sum(sink.size for sink, _ in batch)
         self.result.delivered += len(batch)
+        self.result.octets += octets
         if self.progress:
-            self.progress(self.result.delivered)
+            self.progress.advance(len(batch), octets)
 
     def _finish(self) -> None:
         if self.done.called:
             return
         self._commit()
+        if self._committing:
+            return  # :meth:`_committed` comes back here once the destination is done
         if self._error is not None:
             self.done.errback(self._error)
         else:
@@ -292,7 +382,12 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
 
     crash_hook = options.crash_hook or _no_crash
     state = FetchState.load(state_path, account)
-    destination = open_destination(options.kind, options.target, account)
+    if options.kind == "forward":
+        destination: Any = ForwardDestination(options.forward or ForwardSettings(options.target),
+                                              account)
+        destination.crash_hook = crash_hook
+    else:
+        destination = open_destination(options.kind, options.target, account)
     destination.recover(state)
     result = FetchResult()
     for warning in getattr(destination, "warnings", ()):
@@ -302,7 +397,9 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
     client = await connect(reactor, options.url, password=options.password, token=options.token,
                            cafile=options.cafile,
                            allow_plaintext=options.allow_plaintext, timeout=options.timeout,
-                           allow_plain_fallback=options.allow_plain_fallback)
+                           allow_plain_fallback=options.allow_plain_fallback,
+                           mechanism=options.mechanism)
+    result.login_delay = _login_delay(client.capabilities)
     try:
         try:
             uids, sizes = await defer.gatherResults([client.uidl(), client.list()],
@@ -330,13 +427,19 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
         if recovered:
             state.mark_delivered(recovered)
             state.save()
-        progress = _Progress(len(todo)) if options.progress and todo else None
+        progress = options.progress_sink
+        if progress is None and options.progress and todo:
+            from twisted_pop3ng.fetch.progress import ProgressBar
+
+            progress = _OwnBar(ProgressBar(sys.stderr))
+        if progress is not None:
+            progress.start(len(todo), sum(size for _, _, size in todo))
         try:
             await _Retriever(client, destination, state, todo, result, progress,
                              options.batch, options.window, crash_hook,
-                             options.max_message_size).start()
+                             options.max_message_size, options.should_stop).start()
         finally:
-            if progress:
+            if progress is not None:
                 progress.close()
         doomed = _to_delete(uids, sizes, state, options, ambiguous)
         crash_hook("before-dele")
@@ -352,11 +455,19 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
         raise
     finally:
         destination.close()
+        state.close()
     result.deleted = len(doomed)
     state.forget(uids[n] for n in doomed)
     state.forget_except(uids.values())
     state.save()
     return result
+
+
+def _login_delay(capabilities: Dict[str, List[str]]) -> Optional[float]:
+    words = capabilities.get("LOGIN-DELAY") or []
+    if words and words[0].isdigit() and len(words[0]) < 9:
+        return float(words[0])
+    return None
 
 
 def _ambiguous(uids: Dict[int, str], result: FetchResult) -> Set[str]:
@@ -395,21 +506,18 @@ def _to_delete(uids: Dict[int, str], sizes: Dict[int, int], state: FetchState,
     return doomed
 
 
-class _Progress:
-    """A one-line progress indicator on stderr (only used when stderr is a terminal)."""
+class _OwnBar:
+    """A bar for a single run (the command line without --config): cleared at the end."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.last = 0.0
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.account = bar.account()
 
-    def __call__(self, count: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= 0.1 or count == self.total:
-            self.last = now
-            width = 30
-            filled = int(width * count / max(self.total, 1))
-            sys.stderr.write("\r[%s%s] %d/%d" % ("#" * filled, "." * (width - filled), count, self.total))
-            sys.stderr.flush()
+    def start(self, messages: int, octets: int) -> None:
+        self.account.start(messages, octets)
+
+    def advance(self, messages: int, octets: int) -> None:
+        self.account.advance(messages, octets)
 
     def close(self) -> None:
-        sys.stderr.write("\n")
+        self.bar.clear()

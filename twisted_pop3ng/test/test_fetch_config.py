@@ -1,0 +1,281 @@
+"""The ``pop3ng fetch --config`` file: every mistake names the file, the line and the key; the
+example parses; defaults and per-account values combine as documented."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from twisted.trial import unittest
+
+from twisted_pop3ng.fetch import config
+from twisted_pop3ng.fetch.example import EXAMPLE_CONFIG
+
+GOOD = """\
+[defaults]
+cafile = "/etc/ca.pem"
+keep = true
+maildir = "/srv/mail/default"
+
+[accounts.work]
+url = "pop3s://alice@mail.example.org"
+password_file = "~/work.pw"
+
+[accounts."home"]
+url = "pop3://bob@pop.example.net:1100"
+password_command = "pass show home"
+forward = "lmtp:/run/dovecot/lmtp"
+forward_to = "bob"
+keep = false
+"""
+
+
+class ConfigTests(unittest.TestCase):
+    def error(self, text: str) -> config.ConfigError:
+        with self.assertRaises(config.ConfigError) as caught:
+            config.parse(textwrap.dedent(text), "fetch.toml")
+        return caught.exception
+
+    def test_defaults_apply_and_an_accounts_own_values_win(self) -> None:
+        parsed = config.parse(GOOD, "fetch.toml")
+        work, home = parsed.accounts
+        self.assertEqual((work.name, home.name), ("work", "home"))
+        self.assertEqual(work.destination, ("maildir", "/srv/mail/default"))
+        self.assertEqual(work.get("password_file"), os.path.expanduser("~/work.pw"))
+        self.assertEqual(work.get("cafile"), "/etc/ca.pem")
+        self.assertIs(work.get("keep"), True)
+        # home's own destination replaces the default maildir rather than clashing with it
+        self.assertEqual(home.destination, ("forward", "lmtp:/run/dovecot/lmtp"))
+        self.assertIs(home.get("keep"), False)
+        self.assertEqual(parsed.select(["home"]), [home])
+        self.assertEqual(parsed.select([]), [work, home])
+
+    def test_the_example_parses(self) -> None:
+        parsed = config.parse(EXAMPLE_CONFIG, "example")
+        self.assertEqual([a.name for a in parsed.accounts], ["work", "home", "cloud"])
+        self.assertEqual([a.destination[0] for a in parsed.accounts], ["maildir", "forward", "mbox"])
+        self.assertEqual(parsed.daemon.parallel, 4)
+        self.assertEqual(parsed.accounts[2].get("poll_interval"), 900.0)
+        self.assertEqual(parsed.accounts[0].get("poll_interval"), 300.0)
+
+    def test_syntax_error_names_the_line(self) -> None:
+        e = self.error("""\
+            [accounts.a]
+            url = "pop3://a@h"
+            maildir = "/m
+            """)
+        self.assertEqual(e.line, 3)
+        self.assertTrue(str(e).startswith("fetch.toml:3: TOML syntax error"), str(e))
+
+    def test_wrong_type_names_file_line_and_key(self) -> None:
+        e = self.error("""\
+            [defaults]
+            keep = "yes"
+            [accounts.a]
+            url = "pop3://a@h"
+            maildir = "/m"
+            """)
+        self.assertEqual(str(e), 'fetch.toml:2: defaults.keep: expected true or false '
+                                 '(without quotes), got "yes"')
+        e = self.error("""\
+            [accounts.a]
+            url = "pop3://a@h"
+            maildir = "/m"
+
+            [accounts.b]
+            url = "pop3://b@h"
+            maildir = "/m"
+            timeout = -3
+            """)
+        self.assertEqual((e.line, e.key), (8, "accounts.b.timeout"))
+        self.assertIn("expected a positive number, got -3", str(e))
+
+    def test_unknown_key_with_a_hint(self) -> None:
+        e = self.error("""\
+            [accounts.a]
+            url = "pop3://a@h"
+            maildir = "/m"
+            keep = true
+            keep-days = 3
+            """)
+        self.assertEqual((e.line, e.key), (5, "accounts.a.keep-days"))
+        self.assertIn("unknown key (did you mean keep_days?)", str(e))
+        e = self.error("""\
+            [acounts.a]
+            url = "pop3://a@h"
+            """)
+        self.assertEqual((e.line, e.key), (1, "acounts"))
+
+    def test_dotted_and_quoted_keys_are_found(self) -> None:
+        e = self.error("""\
+            accounts.a.url = "pop3://a@h"
+            accounts.a.maildir = "/m"
+            accounts."a".batch = 0
+            """)
+        self.assertEqual((e.line, e.key), (3, "accounts.a.batch"))
+
+    def test_rules_between_keys(self) -> None:
+        cases = {
+            "two destinations": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                maildir = "/m"
+                mbox = "/x"
+                """, 4, "exactly one destination"),
+            "no destination": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                """, 1, "has none"),
+            "no url": ("""\
+                [accounts.a]
+                maildir = "/m"
+                """, 1, "no url"),
+            "keep_days without keep": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                maildir = "/m"
+                keep_days = 3
+                """, 4, "keep_days needs keep = true"),
+            "two secrets": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                maildir = "/m"
+                password_file = "/p"
+                password_env = "P"
+                """, 5, "one source"),
+            "forward option without forward": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                maildir = "/m"
+                forward_to = "bob"
+                """, 4, "only for a forward destination"),
+            "bad URL": ("""\
+                [accounts.a]
+                url = "http://a@h"
+                maildir = "/m"
+                """, 2, "url"),
+            "URL without user": ("""\
+                [accounts.a]
+                url = "pop3://h"
+                maildir = "/m"
+                """, 2, "needs a user name"),
+            "bad forward URL": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                forward = "lmtp:relative/socket"
+                """, 3, "absolute socket path"),
+            "OAuth incomplete": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                maildir = "/m"
+                oauth_token_endpoint = "https://idp/token"
+                """, 4, "oauth_client_id"),
+            "bad recipient": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                forward = "smtp://localhost"
+                forward_to = "bob@example.org\\r\\nRCPT TO:<evil@example.org>"
+                """, 4, "expected an address without spaces"),
+            "bad on_reject": ("""\
+                [accounts.a]
+                url = "pop3://a@h"
+                forward = "smtp://localhost"
+                on_reject = "bounce"
+                """, 4, 'expected one of "keep", "delete"'),
+            "no accounts": ("""\
+                [defaults]
+                keep = true
+                """, None, "no accounts"),
+            "account not a table": ("""\
+                accounts = 3
+                """, 1, "expected a table"),
+        }
+        for name, (text, line, words) in cases.items():
+            e = self.error(text)
+            self.assertEqual(e.line, line, name)
+            self.assertIn(words, str(e), name)
+            if line is not None:
+                self.assertTrue(str(e).startswith("fetch.toml:%d: " % line), (name, str(e)))
+
+    def test_unknown_account_selected(self) -> None:
+        parsed = config.parse(GOOD, "fetch.toml")
+        with self.assertRaises(config.ConfigError) as caught:
+            parsed.select(["work", "nope"])
+        self.assertIn("no account named nope (the file has: home, work)", str(caught.exception))
+
+    def test_unreadable_and_non_utf8_files(self) -> None:
+        with self.assertRaises(config.ConfigError) as caught:
+            config.load("/nonexistent/fetch.toml")
+        self.assertIn("/nonexistent/fetch.toml: cannot read", str(caught.exception))
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[accounts.a]\n# caf\xe9\n")
+        with self.assertRaises(config.ConfigError) as caught:
+            config.load(path)
+        self.assertEqual(caught.exception.line, 2)
+
+
+class CommandLineTests(unittest.TestCase):
+    """The console script: --print-example-config, and config errors as exit 2 with one line."""
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "twisted_pop3ng.cli", "fetch", *args],
+                              capture_output=True, timeout=60)
+
+    def test_print_example_config_parses(self) -> None:
+        result = self.run_cli("--print-example-config")
+        self.assertEqual(result.returncode, 0)
+        self.assertEqual(result.stdout.decode(), EXAMPLE_CONFIG)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(result.stdout)
+        self.assertEqual(len(config.load(path).accounts), 3)
+
+    def test_config_error_exit_code_and_message(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[accounts.a]\nurl = "pop3://a@h"\nmaildir = "/m"\nbatch = "ten"\n')
+        result = self.run_cli("--config", path)
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.stderr.decode(),
+                         'pop3ng fetch: %s:4: accounts.a.batch: expected a whole number, 1 or '
+                         'more, got "ten"\n' % path)
+
+    def test_single_account_options_do_not_mix_with_config(self) -> None:
+        result = self.run_cli("--config", "x.toml", "--maildir", "/m")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(b"--maildir goes in the config file", result.stderr)
+        result = self.run_cli("pop3://a@h", "--maildir", "/m", "--daemon", "60")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(b"--daemon go with --config", result.stderr)
+        result = self.run_cli("pop3://a@h")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(b"--maildir --mbox --mda --forward is required", result.stderr)
+
+
+class ContribUnitTests(unittest.TestCase):
+    """contrib/fetch's systemd units run command lines pop3ng fetch accepts, on the config
+    path the docs name."""
+
+    def test_exec_start_lines_parse(self) -> None:
+        import shlex
+
+        from twisted_pop3ng.fetch.cli import _parser
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        contrib = os.path.join(os.path.dirname(os.path.dirname(here)), "contrib", "fetch")
+        seen = {}
+        for name in ("pop3ng-fetch.service", "pop3ng-fetch-once.service"):
+            with open(os.path.join(contrib, name)) as f:
+                lines = [line for line in f.read().splitlines() if line.startswith("ExecStart=")]
+            self.assertEqual(len(lines), 1, name)
+            words = shlex.split(lines[0][len("ExecStart="):].replace("%h", "/home/u"))
+            self.assertEqual(words[:2], ["pop3ng", "fetch"])
+            args = _parser().parse_args(words[2:])
+            self.assertEqual(args.config, "/home/u/.config/pop3ng/fetch.toml")
+            seen[name] = args.daemon
+        self.assertEqual(seen, {"pop3ng-fetch.service": 300.0, "pop3ng-fetch-once.service": None})
+        with open(os.path.join(contrib, "pop3ng-fetch.timer")) as f:
+            self.assertIn("Unit=pop3ng-fetch-once.service", f.read())
