@@ -68,6 +68,26 @@ class IndexTests(unittest.TestCase):
         self.session()
         self.assertIn("dirs -", self.index_text())
 
+    def test_per_directory_stamps_are_read(self) -> None:
+        # "dirs CUR -": cur/ is trusted, new/ listed again; "dirs -" (either version): both.
+        self.deliver(b"one\n", "1700000001.a.host", "cur")
+        self.deliver(b"two\n", "1700000002.b.host")
+        self.age_directories()
+        first = self.session()
+        header, dirs, body = self.index_text().split("\n", 2)
+        cur = os.stat(os.path.join(self.path, "cur"))
+        self.assertTrue(dirs.startswith("dirs %d:%d " % (cur.st_ino, cur.st_mtime_ns)), dirs)
+        listing = rows.listing
+        for line, expected in (("dirs %d:%d -" % (cur.st_ino, cur.st_mtime_ns), ["new"]),
+                               ("dirs -", ["new", "cur"]), (dirs, [])):
+            with open(os.path.join(self.path, mi.INDEX_NAME), "w", encoding="utf-8") as f:
+                f.write("%s\n%s\n%s" % (header, line, body))
+            mi.forget()
+            listed: list = []
+            self.patch(rows, "listing", lambda path, sub: listed.append(sub) or listing(path, sub))
+            self.assertEqual(self.session(), first)
+            self.assertEqual(listed, expected, line)
+
     def test_delivery_and_flag_change_are_seen_sizes_reused(self) -> None:
         self.deliver(b"one\n", "1700000001.a.host")
         self.age_directories()
@@ -115,7 +135,8 @@ class IndexTests(unittest.TestCase):
                      "7 bad\x7fuid new/1700000001.a.host\n",
                      "-5 1700000001.a.host new/1700000001.a.host\n",
                      "7 1700000001.a.host\n",
-                     "x 1700000001.a.host new/1700000001.a.host\n"]:
+                     "x 1700000001.a.host new/1700000001.a.host\n",
+                     "%d 1700000001.a.host new/1700000001.a.host\n" % (1 << 64)]:
             mi.forget()
             with open(os.path.join(self.path, mi.INDEX_NAME), "w", encoding="utf-8") as f:
                 f.write("%s\n%s\n%s" % (header, dirs, text))

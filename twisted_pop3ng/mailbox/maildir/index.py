@@ -1,10 +1,10 @@
 """The maildir index: a maildir's snapshot (files, UIDLs, wire sizes), kept so a login need not list
-or read 100,000 files again.
+or read 100,000 files again, and brought up to date from what changed when something did.
 
 The file ``pop3ng-index`` in the maildir is text, replaced atomically (tmp + fsync + rename)::
 
     pop3ng-index 2
-    dirs CUR_INO:CUR_MTIME_NS NEW_INO:NEW_MTIME_NS        ("dirs -" when not settled)
+    dirs CUR NEW          each INO:MTIME_NS, or "-" when not settled ("dirs -": neither is)
     uidmap INO:MTIME_NS:SIZE                               only with a pop3ng-uidl-map (below)
     SIZE UID FILE                                          one row per message, in message order
 
@@ -12,14 +12,15 @@ The file ``pop3ng-index`` in the maildir is text, replaced atomically (tmp + fsy
 
 Rules of trust:
 
-* the rows *are* the snapshot while both directories keep the recorded inode and mtime, and the
-  maildir's ``pop3ng-uidl-map`` (UIDLs kept from Dovecot, :mod:`.dovecot_uidlist`) is still the
-  one the ``uidmap`` line records, or still absent: every
-  delivery, move, flag change and deletion in a maildir renames or unlinks an entry, which changes
-  its directory's mtime. A signature is recorded only when it was stable across the listing and the
-  mtime was at least :data:`SETTLE_NS` old, so a change within the same clock tick as the listing
-  cannot hide behind an unchanged mtime;
-* otherwise the directories are listed again and only messages not known by base name are read;
+* the rows of a directory *are* its messages while it keeps the recorded inode and mtime (a
+  *settled* stamp, see :mod:`.snapshot` for when a stamp is settled), and the maildir's
+  ``pop3ng-uidl-map`` (UIDLs kept from Dovecot, :mod:`.dovecot_uidlist`) is still the one the
+  ``uidmap`` line records, or still absent: every delivery, move, flag change and deletion in a
+  maildir renames or unlinks an entry, which changes its directory's mtime;
+* a directory whose stamp changed or was not settled is listed again, and only the names not in
+  its rows are read (:mod:`.incremental`); when that cannot place them (a name sorting between
+  known messages, two names of one base name) both directories are listed (:func:`scan`), and
+  still only messages not known by base name are read;
 * anything unparsable, a FILE outside ``cur/``/``new/``, an invalid UIDL or a negative size: the
   index is ignored and rebuilt. UIDLs derive from base names (and the UIDL map, which is never
   rewritten), so a rebuild never changes one.
@@ -28,12 +29,17 @@ Rules of trust:
   a new file under an unpredictable name, then renamed (:func:`twisted_pop3ng._fs.write_atomically`).
 
 Besides the file, the last snapshots stay in memory (bounded by :data:`MAX_CACHED_MESSAGES`), so a
-second login in the same process costs two ``stat`` calls.
+later login in the same process costs a few ``stat`` calls, plus a listing of what changed.
+
+The file is written at logout (:func:`flush`), after the session, not during the login: after a
+scan, and after updates once they changed a sizeable share of the rows (:func:`worth_writing`).
+An older file is still a consistent snapshot (its stamps are its rows'), so a process reading it
+only brings it up to date; rewriting 100,000 rows at every logout of a maildir that receives mail
+all day would cost more than that.
 
 A scan (:func:`scan`) lists both directories and reads only the messages whose size it does not
 know; on a cold login to a big maildir that is every message, read by this process and a forked
-helper side by side (:mod:`.maildir_measure`) while the rows are built (:mod:`.maildir_listing`).
-The index file is written at logout (:func:`flush`), after the session, not during the login.
+helper side by side (:mod:`.measure`) while the rows are built (:mod:`.listing`).
 """
 
 from __future__ import annotations
@@ -42,23 +48,25 @@ import bisect
 import os
 import re
 import stat
-import time
 from array import array
 from collections import OrderedDict
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
 
 from twisted_pop3ng.interfaces import MessageInfo, MessageTable
 from twisted_pop3ng._fs import write_atomically
-from twisted_pop3ng.mailbox.maildir import dovecot_uidlist, listing as rows
+from twisted_pop3ng.mailbox.maildir import dovecot_uidlist, incremental, listing as rows
 from twisted_pop3ng.mailbox.maildir.names import base_name
 from twisted_pop3ng.mailbox.maildir.listing import UIDS as _UIDS, delivery_order, order_key  # noqa: F401 (re-exported)
 from twisted_pop3ng.mailbox.maildir.measure import FORK_MIN, TOO_LARGE, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
+from twisted_pop3ng.mailbox.maildir.snapshot import (REMOTE_SETTLE_NS, SUBDIRS, DirStamp, Snapshot, clock,
+                                                     settled, stamp, stat_dirs)
 
 INDEX_NAME = "pop3ng-index"
 INDEX_HEADER = "pop3ng-index 2"
-#: A directory mtime younger than this when listed is not trusted next time (clock tick, NFS).
-SETTLE_NS = 2 * 10 ** 9
-#: Messages kept in the in-process cache over all maildrops (~350 bytes each).
+#: Kept for the deprecated ``maildir_index`` module: how old a stamp must be to go into the file.
+SETTLE_NS = REMOTE_SETTLE_NS
+#: Messages kept in the in-process cache over all maildrops (~350 bytes each, ~430 with the
+#: directory listings an update compares with, see :attr:`.Snapshot.listings`).
 MAX_CACHED_MESSAGES = 300_000
 #: A larger index file is ignored (and replaced at logout by one of the scanned snapshot): about
 #: 600,000 messages at a usual 100 octets a row, 190,000 at the longest rows. Reading and parsing
@@ -66,6 +74,11 @@ MAX_CACHED_MESSAGES = 300_000
 MAX_INDEX_BYTES = 64 << 20
 #: The index is read as the message files are (see :func:`_read_index`).
 _INDEX_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: After updates, the file is rewritten once the rows changed since it was written reach this
+#: share of the messages (1/64), or :data:`WRITE_DRIFT_MAX` rows: a process reading an older file
+#: measures those again, which costs less than writing every row at every logout.
+WRITE_DRIFT_SHARE = 64
+WRITE_DRIFT_MAX = 4096
 
 Signature = Tuple[int, int, int, int]
 
@@ -73,43 +86,10 @@ _FILES = re.compile(r"(?:cur|new)/[^/\n\x00.][^/\n\x00]*(?:\n(?:cur|new)/[^/\n\x
 _ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
 
 
-class Snapshot:
-    """The messages of a maildir at one moment: ``files[i]`` holds ``infos[i]``."""
-
-    __slots__ = ("signature", "files", "infos", "stored", "dirty", "provisional", "uidmap", "uidl_body")
-
-    def __init__(self, signature: Optional[Signature], files: List[str],
-                 infos: Sequence[MessageInfo], provisional: FrozenSet[str] = frozenset(),
-                 uidmap: Optional[dovecot_uidlist.Stamp] = None) -> None:
-        self.signature = signature
-        #: The stamp of the ``pop3ng-uidl-map`` the UIDLs were made with (None: there was none).
-        self.uidmap = uidmap
-        self.files = files
-        self.infos = infos
-        #: Base names of unreadable files, listed with their size on disk: never remembered.
-        self.provisional = provisional
-        #: (inode, mtime, size) of the index file holding this snapshot, when known.
-        self.stored: Optional[Tuple[int, int, int]] = None
-        #: True while the index file does not hold this snapshot yet (see :func:`flush`).
-        self.dirty = False
-        #: The encoded ``UIDL`` listing, made on first use and kept as long as the snapshot is
-        #: (the in-process cache keeps the last snapshot of each maildir).
-        self.uidl_body: Optional[bytes] = None
-
-    def sizes_by_base(self) -> Dict[str, int]:
-        sizes = {base_name(f[4:]): info.size for f, info in zip(self.files, self.infos)}
-        for base in self.provisional:
-            sizes.pop(base, None)
-        return sizes
-
-
 def signature(path: str) -> Signature:
-    # ``path + "/cur"``, not os.path.join: these run on every login (a join costs more than the
-    # string it builds, and every maildir path is a directory name without a trailing slash
-    # problem: "a//cur" is "a/cur").
-    cur = os.stat(path + "/cur", follow_symlinks=False)
-    new = os.stat(path + "/new", follow_symlinks=False)
-    return (cur.st_ino, cur.st_mtime_ns, new.st_ino, new.st_mtime_ns)
+    """(cur inode, cur mtime, new inode, new mtime) of ``path``."""
+    dirs = stat_dirs(path)
+    return stamp(dirs["cur"]) + stamp(dirs["new"])
 
 
 def _file_signature(path: str) -> Optional[Tuple[int, int, int]]:
@@ -120,8 +100,12 @@ def _file_signature(path: str) -> Optional[Tuple[int, int, int]]:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _settled(sig: Signature, now_ns: int) -> bool:
-    return max(sig[1], sig[3]) <= now_ns - SETTLE_NS
+def worth_writing(snapshot: Snapshot) -> bool:
+    """Whether the rows changed since the file was written are worth writing it again."""
+    drift = snapshot.drift
+    if drift <= 0:
+        return False
+    return drift >= WRITE_DRIFT_MAX or drift * WRITE_DRIFT_SHARE >= len(snapshot.files)
 
 
 # -- the file ---------------------------------------------------------------------------------------
@@ -180,7 +164,7 @@ def load(path: str) -> Optional[Snapshot]:
         del raw
         with rows.gc_paused(len(text) > 64 * FORK_MIN):  # about FORK_MIN rows or more
             snapshot = _parse(text)
-    except (OSError, ValueError, UnicodeError):
+    except (OSError, ValueError, UnicodeError, OverflowError):  # (a size beyond 64 bits)
         return None
     if snapshot is not None:
         snapshot.stored = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -196,19 +180,20 @@ def _parse(text: str) -> Optional[Snapshot]:
         line, body = body.split("\n", 1)
         ino, mtime, size = map(int, line[7:].split(":"))
         uidmap = (ino, mtime, size)
-    sig: Optional[Signature] = None
+    stamps: Dict[str, Optional[DirStamp]] = {"cur": None, "new": None}
     if dirs != "dirs -":
         cur, new = dirs[5:].split(" ")
-        sig = cast(Signature, tuple(int(x) for x in cur.split(":") + new.split(":")))  # length checked next
-        if len(sig) != 4:
-            return None
+        for sub, field in (("cur", cur), ("new", new)):
+            if field != "-":
+                ino, mtime = map(int, field.split(":"))
+                stamps[sub] = (ino, mtime)
     parts = body.replace("\n", " ").split(" ")
     if parts[-1] == "":
         parts.pop()
     if len(parts) % 3:
         return None
-    sizes = list(map(int, parts[0::3]))
     uids, files = parts[1::3], parts[2::3]
+    sizes = array("q", map(int, parts[0::3]))
     if sizes and (min(sizes) < 0 or not _UIDS.fullmatch("\n".join(uids))):
         return None
     joined = "\n".join(files)
@@ -216,13 +201,30 @@ def _parse(text: str) -> Optional[Snapshot]:
         return None
     if "%" in joined:
         files = [_unescape(f) if "%" in f else f for f in files]
-    return Snapshot(sig, files, rows.sized_infos(rows.unsized_infos(uids), sizes), uidmap=uidmap)
+    infos: Sequence[MessageInfo]
+    if len(uids) >= FORK_MIN:
+        infos = MessageTable(uids, sizes)  # columns, as a scan makes them
+    else:
+        infos = rows.sized_infos(rows.unsized_infos(uids), list(sizes))
+    snapshot = Snapshot(stamps, files, infos, uidmap=uidmap)
+    snapshot.durable = frozenset(sub for sub, st in stamps.items() if st is not None)
+    return snapshot
+
+
+def _dirs_line(snapshot: Snapshot) -> str:
+    """The ``dirs`` line: a stamp only where it is durable and its rows are all measured."""
+    unsure = snapshot.provisional_dirs()
+    fields = []
+    for sub in ("cur", "new"):
+        st = snapshot.dirs.get(sub)
+        ok = st is not None and sub in snapshot.durable and sub not in unsure
+        fields.append("%d:%d" % st if ok and st is not None else "-")
+    return "dirs -" if fields == ["-", "-"] else "dirs %s %s" % tuple(fields)
 
 
 def save(path: str, snapshot: Snapshot) -> None:
     """Write the index; a failure only costs a rescan next time."""
-    sig = snapshot.signature
-    dirs = "dirs -" if sig is None else "dirs %d:%d %d:%d" % sig
+    dirs = _dirs_line(snapshot)
     if snapshot.uidmap is not None:
         dirs += "\nuidmap %d:%d:%d" % snapshot.uidmap
     files, infos = snapshot.files, snapshot.infos
@@ -233,7 +235,8 @@ def save(path: str, snapshot: Snapshot) -> None:
     joined = "\n".join(files)
     if any(raw in joined.replace("\n", "") for raw, _ in _ESCAPES[:3]) or "\r" in joined:
         files = [_escape(f) for f in files]
-    rows = "".join(["%d %s %s\n" % (info.size, info.uid, f) for info, f in zip(infos, files)])
+    uids, sizes = incremental.columns(infos)
+    rows = "".join(["%d %s %s\n" % row for row in zip(sizes, uids, files)])
     data = ("%s\n%s\n%s" % (INDEX_HEADER, dirs, rows)).encode("utf-8", "surrogateescape")
     try:
         write_atomically(os.path.join(path, INDEX_NAME), data)
@@ -241,6 +244,7 @@ def save(path: str, snapshot: Snapshot) -> None:
         return
     snapshot.stored = _file_signature(path)
     snapshot.dirty = False
+    snapshot.drift = 0
 
 
 def flush(path: str, snapshot: Snapshot) -> None:
@@ -257,11 +261,11 @@ def scan(path: str, previous: Optional[Snapshot], uid_for: Callable[[str], str])
     The files are read by this process and a forked helper (see :mod:`.maildir_measure`) while
     the rows are built (see :mod:`.maildir_listing`).
     """
-    now = time.time_ns()
-    before = signature(path)
+    now = clock()
+    before = stat_dirs(path)
     new = rows.listing(path, "new")
     cur = rows.listing(path, "cur")
-    after = signature(path)
+    after = stat_dirs(path)
     with rows.gc_paused(len(new) + len(cur) >= FORK_MIN):
         names = new + cur  # listing order: positions below len(new) are in new/
         text = "\n".join(names)
@@ -299,8 +303,23 @@ def scan(path: str, previous: Optional[Snapshot], uid_for: Callable[[str], str])
                 infos = MessageTable(uids, measured, positions)
             else:  # a list: each RETR reads a row, and a list row costs no Python call
                 infos = list(map(MessageInfo, uids, rows.permuted(measured, positions)))
-    sig = after if before == after and _settled(after, now) and not provisional else None
-    return Snapshot(sig, files, infos, frozenset(provisional))
+    fresh = Snapshot({}, files, infos, frozenset(provisional))
+    unsure = fresh.provisional_dirs()  # measured again next time: the directory is listed again
+    # A base name listed twice (a move by link + unlink, half done): both directories are listed
+    # again next time, as long as it lasts; a name that is no row must not hide in a listing.
+    twice = len(positions) < len(new) + len(cur)
+    durable = set()
+    for sub, names in (("new", new), ("cur", cur)):
+        st = before[sub]
+        ok = (stamp(st) == stamp(after[sub]) and settled(st.st_dev, st.st_mtime_ns, now)
+              and sub not in unsure and not twice)
+        fresh.dirs[sub] = stamp(st) if ok else None
+        if ok and now - st.st_mtime_ns >= REMOTE_SETTLE_NS:
+            durable.add(sub)
+        if len(files) == len(new) + len(cur):  # every name is a message's
+            fresh.listings[sub] = names
+    fresh.durable = frozenset(durable)
+    return fresh
 
 
 def _failures(positions: List[int], ordered: List[int], todo: Sequence[int], bases: List[str],
@@ -351,25 +370,35 @@ def forget(path: Optional[str] = None) -> None:
         _cache.pop(path, None)
 
 
+class _MapChanged(Exception):
+    """The UIDL map changed while a snapshot was being updated: scan instead."""
+
+
 def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None) -> Snapshot:
     """The current snapshot of ``path`` (the caller holds the maildrop lock). ``key``: the
     maildir's name in the in-process cache when ``path`` is not it (``/proc/self/fd/N``, see
     :meth:`.store.MaildirStore.open_root`)."""
     if key is None:
         key = path
-    current = signature(path)
+    stats = stat_dirs(path)
     uidmap = dovecot_uidlist.stamp(path)
     cached = _cache.get(key)
-    if (cached is not None and cached.signature == current and cached.uidmap == uidmap
-            and cached.stored is not None):
-        # Also check the file: another process may have rewritten it, or it was damaged.
-        if cached.stored == _file_signature(path):
-            _cache.move_to_end(key)
-            return cached
-    stored = load(path)
-    if stored is not None and stored.signature == current and stored.uidmap == uidmap:
-        _remember(key, stored)
-        return stored
+    stored: Optional[Snapshot] = None
+    base = cached if cached is not None and cached.uidmap == uidmap else None
+    if base is None:
+        stored = load(path)
+        if stored is not None and stored.uidmap == uidmap:
+            base = stored
+    if base is not None:
+        try:
+            fresh = _brought_up_to_date(path, key, base, stats, uid_for)
+        except _MapChanged:
+            fresh = None
+        if fresh is not None:
+            if not fresh.dirty and (worth_writing(fresh) or not _file_holds(path, fresh)):
+                fresh.dirty = True
+            _remember(key, fresh)
+            return fresh
     previous = cached or stored
     # UIDLs kept from Dovecot: read only for a scan (then once per version of the map), made
     # from dovecot-uidlist only for a maildir pop3ng never served (no index, nothing cached).
@@ -379,11 +408,39 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
         uid_for = mapping.uid_for
     fresh = scan(path, previous, uid_for)
     fresh.uidmap = None if mapping is None else mapping.stamp
-    if (previous is not None and previous.stored is not None and previous.uidmap == fresh.uidmap
-            and previous.stored == _file_signature(path) and previous.signature == fresh.signature
-            and previous.files == fresh.files and previous.infos == fresh.infos):
-        fresh.stored = previous.stored  # nothing new to write (e.g. still not settled)
-    else:
-        fresh.dirty = True
+    fresh.dirty = True
     _remember(key, fresh)
     return fresh
+
+
+def _file_holds(path: str, snapshot: Snapshot) -> bool:
+    """Whether the index file still holds ``snapshot`` or an older version of it; else it is
+    written at logout. Another process's valid file (a worker of the same server) is left as it is:
+    two processes rewriting each other's file at every login would each pay for a write."""
+    current = _file_signature(path)
+    if current is None:
+        return False  # deleted by someone
+    if current == snapshot.stored:
+        return True
+    other = load(path)  # (damaged, or written by another process)
+    if other is None:
+        return False
+    snapshot.stored = other.stored
+    return True
+
+
+def _brought_up_to_date(path: str, key: str, base: Snapshot, stats: Dict[str, os.stat_result],
+                        uid_for: Callable[[str], str]) -> Optional[Snapshot]:
+    """``base`` (cached or read from the file, with the current UIDL map) as the directories are
+    now: itself when neither changed, else :func:`.incremental.update`."""
+    if not base.provisional and all(base.dirs.get(sub) == stamp(stats[sub]) for sub in SUBDIRS):
+        return base
+
+    def rule() -> Callable[[str], str]:
+        mapping = dovecot_uidlist.uidl_map(path, key, True)
+        if (None if mapping is None else mapping.stamp) != base.uidmap:
+            raise _MapChanged()
+        return uid_for if mapping is None else mapping.uid_for
+
+    # (Measurement by this module's name: what a test puts in its place measures here too.)
+    return incremental.update(path, base, stats, rule, lambda *args: Measurement(*args))

@@ -32,6 +32,8 @@ from twisted_pop3ng.wire.limits import MAX_UID_LENGTH
 from twisted_pop3ng.wire.uid import UID_OCTETS, UID_PATTERN
 
 _W_FIELD = re.compile(r",W=(\d+)")
+#: The largest ``,W=`` size taken from a name (18 digits: sizes are kept as 64-bit integers).
+MAX_W_FIELD = 10 ** 18 - 1
 #: Standard names start TIME.M<usec>; usec is not zero-padded, so order numerically, not by name.
 _ORDER = re.compile(r"(\d{1,20})(?:\.M(\d{1,9}))?")
 #: Lines that all start TIME(10).M<usec>(6): their order as strings is delivery order.
@@ -302,13 +304,14 @@ def _prefixed_lines(new: List[str], cur: List[str], text: str) -> List[str]:
 
 def known_sizes(bases: List[str], known: Dict[str, int]) -> List[Optional[int]]:
     """Sizes known without reading a file: from ``known`` (by base name), then from a ``,W=``
-    field in the name; None for the others."""
+    field in the name; None for the others. A ``,W=`` field beyond :data:`MAX_W_FIELD` is no
+    size (a name anyone who can deliver may choose): that file is read."""
     sizes: List[Optional[int]] = list(map(known.get, bases))
     if ",W=" in "\n".join(bases):
         for i, base in enumerate(bases):
             if sizes[i] is None and ",W=" in base:
                 match = _W_FIELD.search(base)
-                if match:
+                if match and len(match.group(1)) <= 18:  # (and no int of a million digits)
                     sizes[i] = int(match.group(1))
     return sizes
 
