@@ -98,7 +98,7 @@ class DataSpec:
     session_users: int = 4
 
     def users(self) -> Dict[str, str]:
-        names = ["bulk", "big", "many"] + ["s%d" % i for i in range(self.session_users)]
+        names = ["bulk", "big", "many", "manynew"] + ["s%d" % i for i in range(self.session_users)]
         return {name: PASSWORD for name in names}
 
 
@@ -107,6 +107,7 @@ def prepare_template(directory: str, spec: DataSpec, log: Callable[[str], None])
     mail = os.path.join(directory, "mail")
     stamp = os.path.join(directory, "spec.txt")
     if os.path.exists(stamp) and open(stamp).read() == repr(spec):
+        all_in_new(os.path.join(mail, "many", "Maildir"), os.path.join(mail, "manynew", "Maildir"))
         return mail
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
@@ -116,10 +117,26 @@ def prepare_template(directory: str, spec: DataSpec, log: Callable[[str], None])
     fill_maildir(os.path.join(mail, "many", "Maildir"), spec.many_count, spec.many_size)
     for i in range(spec.session_users):
         fill_maildir(os.path.join(mail, "s%d" % i, "Maildir"), 10, 4096, seed=100 + i)
+    all_in_new(os.path.join(mail, "many", "Maildir"), os.path.join(mail, "manynew", "Maildir"))
     with open(stamp, "w") as f:
         f.write(repr(spec))
     log("generated test mail in %.1f s" % (time.monotonic() - start))
     return mail
+
+
+def all_in_new(source: str, target: str) -> None:
+    """``target``: the messages of ``source`` (in cur/) hard-linked into new/ under their base
+    names, as on a POP3-only site where no client ever moves a message to cur/."""
+    if os.path.isdir(os.path.join(target, "new")):
+        return
+    partial = target + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(partial, sub))
+    cur = os.path.join(source, "cur")
+    for name in os.listdir(cur):
+        os.link(os.path.join(cur, name), os.path.join(partial, "new", name.partition(":")[0]))
+    os.rename(partial, target)
 
 
 def clone_mail(template_mail: str, root: str) -> None:

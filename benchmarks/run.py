@@ -100,6 +100,64 @@ def bench_many(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
                many_count=count)
 
 
+def login_stat(target: client.Target, user: str) -> float:
+    """Seconds from connecting to the answer of STAT; then QUIT."""
+    start = time.perf_counter()
+    conn = client.Connection(target.port, timeout=600)
+    try:
+        conn.login(user, PASSWORD)
+        conn.command(b"STAT")
+        elapsed = time.perf_counter() - start
+        conn.command(b"QUIT")
+        return elapsed
+    finally:
+        conn.close()
+
+
+def deliver_as_mta(maildir: str, size: int, seq: int) -> None:
+    """One message delivered as an MTA does: written to tmp/ under a unique standard name,
+    fsynced, renamed into new/."""
+    now = time.time()
+    name = "%d.M%06dP%d.bench-mta-%d" % (now, int(now % 1 * 1e6), os.getpid(), seq)
+    tmp = os.path.join(maildir, "tmp", name)
+    with open(tmp, "wb") as f:
+        f.write(peers.make_message(size, 7000 + seq))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, os.path.join(maildir, "new", name))
+
+
+def _median(values: List[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def bench_deliveries(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
+    """A big maildrop that receives mail between logins: one message delivered (a real file, tmp/
+    then new/) before each login, login+STAT timed; then a second login right after the first
+    (nothing delivered in between). With the messages in cur/ ("many") and all of them in new/
+    ("manynew", a POP3-only site). The median of ``--delivery-rounds`` rounds counts; the
+    slowest is kept too (``_max``), to show the spread."""
+    mail = os.path.join(args.root, peer.name.replace(".", "-"), "mail")
+    for user, key in (("many", "deliver_cur"), ("manynew", "deliver_new")):
+        maildir = os.path.join(mail, user, "Maildir")
+        for _ in range(2):  # the first login of all (a cold scan; Dovecot's first sync), then warm
+            login_stat(peer.target, user)
+        firsts: List[float] = []
+        seconds: List[float] = []
+        for i in range(args.delivery_rounds):
+            deliver_as_mta(maildir, spec.many_size, i)
+            firsts.append(login_stat(peer.target, user))
+            seconds.append(login_stat(peer.target, user))
+        out[key] = _median(firsts)
+        out[key + "_max"] = max(firsts)
+        out[key + "_second"] = _median(seconds)
+        out[key + "_second_max"] = max(seconds)
+        log("%s: %s first logins %s, second logins %s" % (
+            peer.name, user, " ".join("%.3f" % x for x in firsts), " ".join("%.3f" % x for x in seconds)))
+
+
 def bench_idle(peer: Running, spec: DataSpec, args: Any, out: Result) -> None:
     """Memory per idle connection: dirty PSS of all the peer's processes, measured after each of
     five equal steps of connections; the median step counts (one-off growth such as a table
@@ -158,6 +216,7 @@ BENCHMARKS: Dict[str, Callable[[Running, DataSpec, Any, Result], None]] = {
     "big": bench_big,
     "sessions": bench_sessions,
     "many": bench_many,
+    "deliveries": bench_deliveries,
     "idle": bench_idle,
 }
 #: Memory measurements get a freshly started peer: memory freed by earlier tests (a 100k-message
@@ -178,6 +237,10 @@ ROWS = [
     ("many_warm", "e. %(many_k)dk maildir login+STAT warm", "s", False),
     ("many_uidl", "e. %(many_k)dk maildir UIDL", "s", False),
     ("idle_kb", "f. memory per idle conn (%(idle)d)", "KB", False),
+    ("deliver_cur", "g. %(many_k)dk in cur/, 1 delivered before each login: login+STAT", "s", False),
+    ("deliver_cur_second", "g. the same, a second login right after", "s", False),
+    ("deliver_new", "h. %(many_k)dk all in new/, 1 delivered before each login: login+STAT", "s", False),
+    ("deliver_new_second", "h. the same, a second login right after", "s", False),
 ]
 
 #: key -> (description, check(results by peer) -> bool or None when a peer is missing)
@@ -209,6 +272,10 @@ GOALS.update({
     "many_warm": ("<=0.1 s", _limit_goal("many_warm", 0.1)),
     "many_uidl": ("<=0.1 s", _limit_goal("many_uidl", 0.1)),
     "idle_kb": ("<=2 KB", _limit_goal("idle_kb", 2.0)),
+    "deliver_cur": ("<=0.1 s", _limit_goal("deliver_cur", 0.1)),
+    "deliver_cur_second": ("<=0.05 s", _limit_goal("deliver_cur_second", 0.05)),
+    "deliver_new": ("<=0.1 s", _limit_goal("deliver_new", 0.1)),
+    "deliver_new_second": ("<=0.05 s", _limit_goal("deliver_new_second", 0.05)),
 })
 
 
@@ -324,6 +391,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Any:
     parser.add_argument("--big-mb", type=int, default=50)
     parser.add_argument("--many", type=int, default=None, help="messages in the big maildir")
     parser.add_argument("--idle", type=int, default=None, help="idle connections")
+    parser.add_argument("--delivery-rounds", type=int, default=9,
+                        help="deliveries (each followed by two logins) per big maildir in 'deliveries'")
     parser.add_argument("--session-clients", type=int, default=4)
     parser.add_argument("--session-seconds", type=float, default=None)
     parser.add_argument("--repeat", type=int, default=3,

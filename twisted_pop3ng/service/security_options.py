@@ -44,6 +44,10 @@ OPT_PARAMETERS = [
                                      "passwd-file, which changes when the file does)."],
     ["tls-client-ca", None, None, "PEM CA certificates: request client certificates and offer SASL "
                                   "EXTERNAL to clients whose certificate they sign."],
+    ["tls-ticket-rotation", None, 4 * 3600.0, "Seconds between TLS session-ticket key rotations (the "
+                                              "keys are shared by all --workers processes).", float],
+    ["tls-ticket-grace", None, 4 * 3600.0, "Seconds a retired ticket key still resumes sessions (0: "
+                                           "tickets stop resuming at each rotation).", float],
     ["oauth-hmac-key", None, None, "File with a secret key (>= 16 bytes): offer OAUTHBEARER and XOAUTH2 "
                                    "for tokens signed with it (see docs/security.rst)."],
     ["oauth-jwks-url", None, None, "Offer OAUTHBEARER and XOAUTH2 for JWT access tokens signed with the "
@@ -91,6 +95,7 @@ def post_options(options: Any) -> None:
         raise usage.UsageError("--login-delay must not be negative")
     _token_validator(options)
     _sasl_secret(options)
+    _ticket_keys(options)
     if options["tls-client-ca"]:
         if options.get("tls") is None:
             raise usage.UsageError("--tls-client-ca needs --tls-cert")
@@ -98,6 +103,39 @@ def post_options(options: Any) -> None:
             options["tls"] = ClientCertTLS(options["tls"], options["tls-client-ca"])
         except (OSError, ValueError) as error:
             raise usage.UsageError("--tls-client-ca %s: %s" % (options["tls-client-ca"], error))
+
+
+def _ticket_keys(options: Any) -> None:
+    """Session tickets sealed with keys rotated every ``--tls-ticket-rotation`` seconds (a worker
+    then takes its master's keys: :func:`share_ticket_keys`)."""
+    rotation, grace = options["tls-ticket-rotation"], options["tls-ticket-grace"]
+    if rotation <= 0 or grace < 0:
+        raise usage.UsageError("--tls-ticket-rotation must be positive and --tls-ticket-grace not negative")
+    if options.get("tls") is not None:
+        from twisted_pop3ng.fastpath import tls_tickets
+        from twisted_pop3ng.tls.tickets import TicketKeys
+
+        options["tls"].use_ticket_keys(TicketKeys(rotation=rotation, grace=grace), tls_tickets.install,
+                                       tls_tickets.TicketWithFirstWrite)
+
+
+def _server_tls(tls: Any) -> Any:
+    """The :class:`~twisted_pop3ng.tls.ReloadableServerTLS` behind ``tls`` (or :class:`ClientCertTLS`)."""
+    return getattr(tls, "inner", tls)
+
+
+def ticket_keys_export(tls: Any) -> Optional[Dict[str, Any]]:
+    """The ticket keys a ``--workers`` master hands to its workers (None without TLS)."""
+    keys = getattr(_server_tls(tls), "ticket_keys", None)
+    return keys.export() if keys is not None else None
+
+
+def share_ticket_keys(tls: Any, exported: Optional[Dict[str, Any]]) -> None:
+    """In a worker: seal and open tickets with the master's keys, so a ticket resumes anywhere."""
+    if tls is not None and exported:
+        from twisted_pop3ng.tls.tickets import TicketKeys
+
+        _server_tls(tls).use_ticket_keys(TicketKeys.from_export(exported))
 
 
 def _sasl_secret(options: Any) -> None:

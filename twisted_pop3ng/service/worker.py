@@ -65,6 +65,9 @@ def worker_main(config: Mapping[str, Any]) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     options = Options()
     options.parseOptions(list(args))
+    from twisted_pop3ng.service.security_options import share_ticket_keys
+
+    share_ticket_keys(options["tls"], config.get("tls_tickets"))  # a ticket resumes in any process
     build.configure_reactor(options, reactor)
     factory = build.make_factory(options)
     for item in spec.split(","):

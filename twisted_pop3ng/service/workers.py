@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -57,13 +57,16 @@ BOOTSTRAP = ("import json, sys\n"
 
 
 def worker_config(arguments: Sequence[str], sockets: Sequence[Tuple[int, str]],
-                  sys_path: Sequence[str]) -> bytes:
+                  sys_path: Sequence[str], tls_tickets: Optional[Dict[str, Any]] = None) -> bytes:
     """The line a worker reads on its stdin: its ``pop3ng`` arguments, its sockets as
-    ``"FD:KIND,..."`` (numbered from :data:`FIRST_FD` in the worker) and the ``sys.path`` to use."""
+    ``"FD:KIND,..."`` (numbered from :data:`FIRST_FD` in the worker), the ``sys.path`` to use and
+    the master's TLS ticket keys (secret: a pipe, never the command line or the environment)."""
     spec = ",".join("%d:%s" % (FIRST_FD + i, kind) for i, (_, kind) in enumerate(sockets))
     # Imports ignore sys.path entries that are not str; so does the worker.
     path = [entry for entry in sys_path if isinstance(entry, str)]
-    config = {"arguments": list(arguments), "sockets": spec, "sys_path": path}
+    config: Dict[str, Any] = {"arguments": list(arguments), "sockets": spec, "sys_path": path}
+    if tls_tickets is not None:
+        config["tls_tickets"] = tls_tickets
     return json.dumps(config).encode("ascii") + b"\n"
 
 
@@ -118,6 +121,8 @@ class WorkerPool(service.Service):
         self.restarts: List[float] = []
         #: (fd, kind): "plain" or "tls", prefixed "proxy+" behind a PROXY-protocol balancer.
         self.sockets: List[Tuple[int, str]] = []
+        #: The master's TLS ticket keys (``ticket_keys_export``), handed to every worker.
+        self.tls_tickets: Optional[Dict[str, Any]] = None
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -133,6 +138,11 @@ class WorkerPool(service.Service):
             if proxied:
                 factory = factory.wrappedFactory
             kind = "tls" if isinstance(factory, TLSMemoryBIOFactory) else "plain"
+            if self.tls_tickets is None:
+                from twisted_pop3ng.service.security_options import ticket_keys_export
+
+                pop3 = factory.wrappedFactory if kind == "tls" else factory
+                self.tls_tickets = ticket_keys_export(getattr(pop3, "tls", None))
             self.sockets.append((port.fileno(), "proxy+" + kind if proxied else kind))
         for slot in range(self.count):
             self._spawn(slot)
@@ -147,7 +157,7 @@ class WorkerPool(service.Service):
                                               [sys.executable, "-c", BOOTSTRAP],
                                               env=dict(os.environ), childFDs=child_fds)
         # Never closed: the worker exits when this pipe reaches EOF (the master is gone).
-        transport.writeToChild(0, worker_config(self.args, self.sockets, sys.path))
+        transport.writeToChild(0, worker_config(self.args, self.sockets, sys.path, self.tls_tickets))
         self.workers[slot] = (worker, transport)
         log.info("worker {slot} started (pid {pid})", slot=slot + 1, pid=transport.pid)
 

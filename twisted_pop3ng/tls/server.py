@@ -1,11 +1,13 @@
-"""TLS for the server: certificate chain + key from PEM, TLS 1.2+, reloadable, self-signed for --demo."""
+"""TLS for the server: certificate chain + key from PEM, TLS 1.2+, reloadable, self-signed for --demo,
+session resumption by tickets."""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
 from twisted.internet import ssl
@@ -13,6 +15,11 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from twisted_pop3ng.tls.pem import pem_blocks
+from twisted_pop3ng.tls.tickets import TicketKeys
+
+#: ``installer(context, keys) -> bool``: makes a context use ``keys`` for its tickets (the
+#: ``--workers``-wide keys need :func:`twisted_pop3ng.fastpath.tls_tickets.install`).
+TicketInstaller = Callable[[SSL.Context, TicketKeys], bool]
 
 
 class TLSConfigError(ValueError):
@@ -56,6 +63,8 @@ def load_options(cert_path: str, key_path: Optional[str] = None) -> ssl.Certific
             certificate=leaf,
             extraCertChain=extra,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            enableSessions=False,  # no server-side cache: stateless tickets only
+            enableSessionTickets=True,
         )
         context = options.getContext()  # built once and kept by the options
     except Exception as error:
@@ -63,27 +72,70 @@ def load_options(cert_path: str, key_path: Optional[str] = None) -> ssl.Certific
     # Mozilla's "intermediate" TLS 1.3 order, chosen by the server (CertificateOptions sets server
     # preference): AES-128-GCM first, ~1.4x the throughput of OpenSSL's default AES-256-GCM.
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES)
+    # Twisted draws a random session context per context: no ticket would resume in another
+    # process or after a reload. A session belongs to the certificate it was authenticated with:
+    # the same certificate (another worker, a reload of the same files) resumes it, a new one not.
+    context.set_session_id(session_context(chain_pem))
     return options
+
+
+def session_context(chain_pem: bytes) -> bytes:
+    """The TLS session ID context for a certificate chain: a session resumes only under the
+    chain its full handshake presented (OpenSSL compares it on every resumption)."""
+    digest = hashlib.sha256()
+    for block in pem_blocks(chain_pem, b"CERTIFICATE"):
+        digest.update(hashlib.sha256(block).digest())
+    return digest.hexdigest()[:32].encode("ascii")  # SSL_MAX_SID_CTX_LENGTH is 32
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ReloadableServerTLS:
     """A server connection creator whose certificate and key can be re-read (SIGHUP) in place.
 
-    Sessions already running keep their context; new handshakes use the new one.
+    Sessions already running keep their context; new handshakes use the new one. Tickets are
+    sealed with :attr:`ticket_keys` when an installer can set them (they then survive a reload
+    and open in every process sharing the keys), else with OpenSSL's own per-context key.
     """
 
-    def __init__(self, cert_path: str, key_path: Optional[str] = None) -> None:
+    def __init__(self, cert_path: str, key_path: Optional[str] = None,
+                 ticket_keys: Optional[TicketKeys] = None,
+                 ticket_installer: Optional[TicketInstaller] = None) -> None:
         self.cert_path = cert_path
         self.key_path = key_path
-        self.options = load_options(cert_path, key_path)
+        self.ticket_keys = ticket_keys if ticket_keys is not None else TicketKeys()
+        self.ticket_installer = ticket_installer
+        #: Whether the current context seals tickets with :attr:`ticket_keys`.
+        self.shared_tickets = False
+        self.connection_class: Callable[..., SSL.Connection] = SSL.Connection
+        self.options = self._load()
+
+    def _load(self) -> ssl.CertificateOptions:
+        options = load_options(self.cert_path, self.key_path)
+        self._install_tickets(options.getContext())
+        return options
+
+    def _install_tickets(self, context: SSL.Context) -> None:
+        self.shared_tickets = bool(self.ticket_installer and self.ticket_installer(context, self.ticket_keys))
+        # What a client is told about a ticket's life; the keys decide what is accepted.
+        context.set_timeout(self.ticket_keys.lifetime())
+
+    def use_ticket_keys(self, keys: TicketKeys, installer: Optional[TicketInstaller] = None,
+                        connection_class: Optional[Callable[..., SSL.Connection]] = None) -> None:
+        """Seal and open tickets with ``keys`` from now on (``installer``: see :data:`TicketInstaller`;
+        ``connection_class``: what :meth:`serverConnectionForTLS` makes, the installer's companion)."""
+        self.ticket_keys = keys
+        if installer is not None:
+            self.ticket_installer = installer
+        if connection_class is not None:
+            self.connection_class = connection_class
+        self._install_tickets(self.options.getContext())
 
     def reload(self) -> None:
-        self.options = load_options(self.cert_path, self.key_path)
+        self.options = self._load()
 
     def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
         # What CertificateOptions.serverConnectionForTLS does (Twisted >= 26; no ALPN here).
-        return SSL.Connection(self.options.getContext(), None)
+        return self.connection_class(self.options.getContext(), None)
 
     def getContext(self) -> SSL.Context:
         return self.options.getContext()
