@@ -271,14 +271,18 @@ class POP3ServerProtocol(SessionIO):
             return unlocked
         return None
 
-    def logout_then_close(self, text: str, ok: bool = False, code: Optional[str] = None) -> None:
+    def logout_then_close(self, text: str, ok: bool = False,
+                          code: Optional[str] = None) -> Optional[defer.Deferred]:
         """QUIT's last step: the maildrop is unlocked before the final reply goes out, so a
-        client that logs in again at once (on this server or another) finds it free."""
+        client that logs in again at once (on this server or another) finds it free. Returns
+        the unlock's Deferred when there is one: QUIT returns it, so a command pipelined after
+        QUIT waits (and is never answered, the connection closes)."""
         unlocked = self._do_logout()
         if unlocked is None:
             self.close(text, ok=ok, code=code)
-        else:
-            unlocked.addCallback(lambda _: None if self._closing else self.close(text, ok=ok, code=code))
+            return None
+        return unlocked.addCallback(
+            lambda _: None if self._closing else self.close(text, ok=ok, code=code))
 
     # -- command dispatch -------------------------------------------------------------------------
 

@@ -68,22 +68,21 @@ def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
     session.state = TRANSITIONS[(session.state, "quit")]
     doomed = sorted(session.deleted)
     if not doomed:
-        protocol.logout_then_close("Logging out.", ok=True)
-        return None
+        return protocol.logout_then_close("Logging out.", ok=True)
     d = defer.maybeDeferred(session.mailbox.commit, doomed)
 
-    def done(_: Any) -> None:
+    def done(_: Any) -> Optional[defer.Deferred]:
         stats = protocol.factory.stats
         if stats is not None:
             stats.deletions += len(doomed)
             if session.summary is not None:
                 session.summary.deleted = len(doomed)
-        protocol.logout_then_close("Logging out, messages deleted.", ok=True)
+        return protocol.logout_then_close("Logging out, messages deleted.", ok=True)
 
-    def failed(failure: Failure) -> None:
+    def failed(failure: Failure) -> Optional[defer.Deferred]:
         code, text, expected = classify(failure.value)
         log_failure(protocol.log, "UPDATE failed", failure)
-        protocol.logout_then_close("Some deleted messages were not removed: " + text, code=code)
+        return protocol.logout_then_close("Some deleted messages were not removed: " + text, code=code)
 
     d.addCallbacks(done, failed)
     return d

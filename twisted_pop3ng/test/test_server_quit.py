@@ -1,0 +1,59 @@
+"""QUIT with a backend whose unlock takes time (a database releasing an advisory lock)."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from twisted_pop3ng.mailbox.memory import MemoryMailbox, MemoryStore
+from twisted_pop3ng.testing import SessionDriver
+
+
+class SlowUnlockStore(MemoryStore):
+    """A memory store whose ``close`` returns a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unlocks: List[defer.Deferred] = []
+
+    def open_mailbox(self, user: str) -> MemoryMailbox:
+        mailbox = super().open_mailbox(user)
+        real_close = mailbox.close
+
+        def close() -> defer.Deferred:
+            unlocked: defer.Deferred = defer.Deferred()
+            unlocked.addCallback(lambda _: real_close())
+            self.unlocks.append(unlocked)
+            return unlocked
+
+        mailbox.close = close  # type: ignore[method-assign]
+        return mailbox
+
+
+class QuitTests(unittest.TestCase):
+    def session(self) -> Any:
+        self.store = SlowUnlockStore()
+        self.store.deliver("alice", b"Subject: x\n\nhello\n")
+        driver = SessionDriver(users={"alice": "secret"}, store=self.store)
+        driver.login("alice", "secret")
+        return driver
+
+    def test_the_reply_waits_for_the_unlock(self) -> None:
+        driver = self.session()
+        self.assertEqual(driver.send_raw(b"QUIT\r\nNOOP\r\n"), b"")  # not before the unlock
+        self.assertTrue(driver.connected)
+        self.store.unlocks[0].callback(None)
+        # QUIT's reply, and nothing for the command pipelined after it (RFC 1939: UPDATE ends it).
+        self.assertEqual(driver.send_raw(b""), b"+OK Logging out.\r\n")
+        self.assertFalse(driver.connected)
+
+    def test_with_deletions(self) -> None:
+        driver = self.session()
+        self.assertEqual(driver.send_raw(b"DELE 1\r\n"), b"+OK Marked to be deleted.\r\n")
+        self.assertEqual(driver.send_raw(b"QUIT\r\nNOOP\r\n"), b"")
+        self.assertEqual(self.store.maildrops["alice"], [])  # committed; the unlock is pending
+        self.store.unlocks[0].callback(None)
+        self.assertEqual(driver.send_raw(b""), b"+OK Logging out, messages deleted.\r\n")
+        self.assertFalse(driver.connected)
