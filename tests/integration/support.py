@@ -177,7 +177,10 @@ def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = 
     log = open(log_path, "wb")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
+    # stdin from /dev/null: a server left behind must not hold the test runner's pipes (trial -j
+    # waits for its workers' stdin to close).
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=root, env=env,
                                preexec_fn=_die_with_parent)
     log.close()
     server = ServerProcess(process, root, log_path, certs=certs)

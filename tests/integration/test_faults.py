@@ -21,7 +21,7 @@ from typing import Dict, List
 from twisted.trial import unittest
 
 from .e2e import stuffed, wire_lines
-from .support import Session, start_server
+from .support import Session, process_tree, start_server
 
 PASSWORD = "correct horse battery staple"
 COUNT = 8
@@ -54,6 +54,14 @@ def contents(maildir: str) -> Dict[bytes, str]:
     return found
 
 
+def _kill_all(pids: List[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class KillDuringUpdateTests(unittest.TestCase):
     """strace ``-e inject=unlinkat:signal=KILL:when=N``: the serving process dies at the Nth
     unlink, i.e. after N-1 of the client's deletions were done."""
@@ -70,6 +78,9 @@ class KillDuringUpdateTests(unittest.TestCase):
         server = start_server(root, {"alice": PASSWORD}, tls=False, extra_args=extra,
                               command_prefix=prefix)
         self.addCleanup(server.stop)
+        # strace detaches and exits on SIGTERM, leaving its tracee running: kill the tree.
+        traced = [pid for pid in process_tree(server.process.pid) if pid != server.process.pid]
+        self.addCleanup(_kill_all, traced)
         for i in range(1, COUNT + 1):
             server.deliver("alice", message(i))
         session = login(server)
@@ -91,6 +102,7 @@ class KillDuringUpdateTests(unittest.TestCase):
             self.assertTrue(quit_reply.startswith(b"+OK"), quit_reply)
             self.assertEqual(gone, len(DOOMED))
         server.stop()
+        _kill_all(traced)
         # A new server (a killed worker is replaced by its master instead: see below) gets the
         # lock at once, and the client's next QUIT finishes the job.
         again = start_server(root, {"alice": PASSWORD}, tls=False)
@@ -122,7 +134,6 @@ class KilledWorkerLockTests(unittest.TestCase):
                               extra_args=["--workers", "2", "--max-connections-per-address", "0"])
         self.addCleanup(server.stop)
         server.deliver("alice", message(1))
-        from .support import process_tree
         from .test_workers import serving_pid
 
         deadline = time.monotonic() + 20
