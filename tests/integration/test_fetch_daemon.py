@@ -18,6 +18,7 @@ from twisted.trial import unittest
 
 from .dovecot import start_dovecot
 from .support import ROOT, make_certificates, start_server, stop_process
+from .test_fetch import maildir_messages
 
 PASSWORD = "pass word with spaces"
 
@@ -26,17 +27,6 @@ def make_message(user: str, i: int, size: int = 300) -> bytes:
     body = (b"line %d of the body, some filler text\n" % i) * max(1, size // 40)
     return (b"From: sender@example.org\nTo: %s@example.org\nSubject: test %d\n\n"
             % (user.encode(), i)) + body
-
-
-def maildir_messages(path: str) -> List[bytes]:
-    out = []
-    for sub in ("new", "cur"):
-        d = os.path.join(path, sub)
-        if os.path.isdir(d):
-            for name in os.listdir(d):
-                with open(os.path.join(d, name), "rb") as f:
-                    out.append(f.read())
-    return out
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 240.0, what: str = "") -> None:

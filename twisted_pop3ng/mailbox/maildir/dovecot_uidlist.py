@@ -39,7 +39,8 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 from twisted.logger import Logger
 
 from twisted_pop3ng._fs import fsync_directory, write_atomically
-from twisted_pop3ng.mailbox.maildir.names import base_name, hashed_uid, uid_for as own_uid_for
+from twisted_pop3ng.mailbox.maildir.names import base_name, escape_name, hashed_uid, unescape_name
+from twisted_pop3ng.mailbox.maildir.names import uid_for as own_uid_for
 from twisted_pop3ng.wire.uid import is_valid_uid
 
 UIDLIST_NAME = "dovecot-uidlist"
@@ -54,7 +55,6 @@ DEFAULT_FORMAT = "%08x%08x"
 #: What a UIDL of the default format looks like: messages outside the map never get one.
 _DOVECOT_LIKE = re.compile(r"[0-9a-fA-F]{16}\Z")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
 #: Parsed maps kept per maildir (the last version of each), least recently used first.
 MAX_CACHED_MAPS = 256
 
@@ -157,20 +157,8 @@ class UIDLMap:
         return own
 
 
-def _escape(name: str) -> str:
-    for raw, quoted in _ESCAPES:
-        name = name.replace(raw, quoted)
-    return name
-
-
-def _unescape(name: str) -> str:
-    for raw, quoted in reversed(_ESCAPES):
-        name = name.replace(quoted, raw)
-    return name
-
-
 def format_map(uidls: Iterable[Tuple[str, str]]) -> bytes:
-    rows = "".join("%s %s\n" % (_escape(base), uidl) for base, uidl in uidls)
+    rows = "".join("%s %s\n" % (escape_name(base), uidl) for base, uidl in uidls)
     return ("%s\n%s" % (MAP_HEADER, rows)).encode("utf-8", "surrogateescape")
 
 
@@ -182,7 +170,7 @@ def parse_map(text: str, stamp: Optional[Stamp]) -> UIDLMap:
     for line in lines[1:]:
         if line:
             base, uidl = line.split(" ")
-            uidls[_unescape(base)] = uidl
+            uidls[unescape_name(base)] = uidl
     return UIDLMap(stamp, uidls, frozenset(uidls.values()))
 
 

@@ -55,7 +55,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, ca
 from twisted_pop3ng.interfaces import MessageInfo, MessageTable
 from twisted_pop3ng._fs import write_atomically
 from twisted_pop3ng.mailbox.maildir import dovecot_uidlist, incremental, listing as rows
-from twisted_pop3ng.mailbox.maildir.names import base_name
+from twisted_pop3ng.mailbox.maildir.names import ESCAPES, base_name, escape_name, unescape_name
 from twisted_pop3ng.mailbox.maildir.listing import UIDS as _UIDS, delivery_order, order_key  # noqa: F401 (re-exported)
 from twisted_pop3ng.mailbox.maildir.measure import FORK_MIN, TOO_LARGE, UNREADABLE, VANISHED, Measurement, measure  # noqa: F401
 from twisted_pop3ng.mailbox.maildir.snapshot import (REMOTE_SETTLE_NS, SUBDIRS, DirStamp, Snapshot, clock,
@@ -83,7 +83,6 @@ WRITE_DRIFT_MAX = 4096
 Signature = Tuple[int, int, int, int]
 
 _FILES = re.compile(r"(?:cur|new)/[^/\n\x00.][^/\n\x00]*(?:\n(?:cur|new)/[^/\n\x00.][^/\n\x00]*)*")
-_ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
 
 
 def signature(path: str) -> Signature:
@@ -109,18 +108,6 @@ def worth_writing(snapshot: Snapshot) -> bool:
 
 
 # -- the file ---------------------------------------------------------------------------------------
-
-def _escape(name: str) -> str:
-    for raw, quoted in _ESCAPES:
-        name = name.replace(raw, quoted)
-    return name
-
-
-def _unescape(name: str) -> str:
-    for raw, quoted in reversed(_ESCAPES):
-        name = name.replace(quoted, raw)
-    return name
-
 
 def _read_index(path: str) -> Optional[Tuple[bytes, os.stat_result]]:
     """The index file's contents and ``fstat``, or None when it is not a regular file of at most
@@ -200,7 +187,7 @@ def _parse(text: str) -> Optional[Snapshot]:
     if files and not _FILES.fullmatch(joined):
         return None
     if "%" in joined:
-        files = [_unescape(f) if "%" in f else f for f in files]
+        files = [unescape_name(f) if "%" in f else f for f in files]
     infos: Sequence[MessageInfo]
     if len(uids) >= FORK_MIN:
         infos = MessageTable(uids, sizes)  # columns, as a scan makes them
@@ -233,8 +220,8 @@ def save(path: str, snapshot: Snapshot) -> None:
         files = [f for f, k in zip(files, keep) if k]
         infos = [i for i, k in zip(infos, keep) if k]
     joined = "\n".join(files)
-    if any(raw in joined.replace("\n", "") for raw, _ in _ESCAPES[:3]) or "\r" in joined:
-        files = [_escape(f) for f in files]
+    if any(raw in joined.replace("\n", "") for raw, _ in ESCAPES[:3]) or "\r" in joined:
+        files = [escape_name(f) for f in files]
     uids, sizes = incremental.columns(infos)
     rows = "".join(["%d %s %s\n" % row for row in zip(sizes, uids, files)])
     data = ("%s\n%s\n%s" % (INDEX_HEADER, dirs, rows)).encode("utf-8", "surrogateescape")

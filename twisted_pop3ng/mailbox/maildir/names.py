@@ -26,3 +26,20 @@ def uid_for(base: str) -> str:
 def hashed_uid(base: str) -> str:
     """The digest form of a base name's UIDL: ``h`` and 40 hex digits, always a valid UIDL."""
     return "h" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+#: How the line-based files beside a maildir (``pop3ng-index``, ``pop3ng-uidl-map``) write a file
+#: name: the characters that would break a line or a field, percent-encoded.
+ESCAPES = (("%", "%25"), (" ", "%20"), ("\r", "%0D"), ("\n", "%0A"))
+
+
+def escape_name(name: str) -> str:
+    for raw, quoted in ESCAPES:
+        name = name.replace(raw, quoted)
+    return name
+
+
+def unescape_name(name: str) -> str:
+    for raw, quoted in reversed(ESCAPES):
+        name = name.replace(quoted, raw)
+    return name
