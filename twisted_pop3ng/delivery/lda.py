@@ -114,6 +114,12 @@ def _deliver(argv: List[str], stdin: IO[bytes]) -> int:
         result = outcome.classify(error)
         detail = "" if result.expected else " (%s: %s)" % (type(error).__name__, error)
         raise _Exit(result.exit_status, "%s: %s%s" % (user, result.description, detail))
+    finally:
+        # A store with connections or threads (PostgreSQL's pool) closes them now, not in a
+        # finalizer at interpreter exit (which may run on one of its own threads).
+        stop = getattr(store, "stop", None)
+        if callable(stop):
+            stop()
     return outcome.EX_OK
 
 
