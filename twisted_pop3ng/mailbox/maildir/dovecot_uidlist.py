@@ -198,11 +198,14 @@ def _read(path: str) -> Optional[Tuple[str, Stamp]]:
     return text, (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def stamp(maildir: str) -> Optional[Stamp]:
+def stamp(maildir: str, dir_fd: Optional[int] = None) -> Optional[Stamp]:
     """(inode, mtime, size) of the maildir's ``pop3ng-uidl-map``, None without one: what a
-    snapshot's UIDLs depend on besides the names."""
+    snapshot's UIDLs depend on besides the names. ``dir_fd``: the maildir, opened."""
     try:
-        st = os.stat(maildir + "/" + MAP_NAME, follow_symlinks=False)
+        if dir_fd is not None:
+            st = os.stat(MAP_NAME, dir_fd=dir_fd, follow_symlinks=False)
+        else:
+            st = os.stat(maildir + "/" + MAP_NAME, follow_symlinks=False)
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -91,9 +91,12 @@ def signature(path: str) -> Signature:
     return stamp(dirs["cur"]) + stamp(dirs["new"])
 
 
-def _file_signature(path: str) -> Optional[Tuple[int, int, int]]:
+def _file_signature(path: str, dir_fd: Optional[int] = None) -> Optional[Tuple[int, int, int]]:
     try:
-        st = os.stat(path + "/" + INDEX_NAME, follow_symlinks=False)
+        if dir_fd is not None:
+            st = os.stat(INDEX_NAME, dir_fd=dir_fd, follow_symlinks=False)
+        else:
+            st = os.stat(path + "/" + INDEX_NAME, follow_symlinks=False)
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -361,14 +364,16 @@ class _MapChanged(Exception):
     """The UIDL map changed while a snapshot was being updated: scan instead."""
 
 
-def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None) -> Snapshot:
+def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None,
+             dir_fd: Optional[int] = None) -> Snapshot:
     """The current snapshot of ``path`` (the caller holds the maildrop lock). ``key``: the
     maildir's name in the in-process cache when ``path`` is not it (``/proc/self/fd/N``, see
-    :meth:`.store.MaildirStore.open_root`)."""
+    :meth:`.store.MaildirStore.open_root`). ``dir_fd``: the maildir opened, for the checks of
+    an unchanged maildir (every login's path), which then cost no walk through /proc."""
     if key is None:
         key = path
-    stats = stat_dirs(path)
-    uidmap = dovecot_uidlist.stamp(path)
+    stats = stat_dirs(path, dir_fd)
+    uidmap = dovecot_uidlist.stamp(path, dir_fd)
     cached = _cache.get(key)
     stored: Optional[Snapshot] = None
     base = cached if cached is not None and cached.uidmap == uidmap else None
@@ -382,7 +387,7 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
         except _MapChanged:
             fresh = None
         if fresh is not None:
-            if not fresh.dirty and (worth_writing(fresh) or not _file_holds(path, fresh)):
+            if not fresh.dirty and (worth_writing(fresh) or not _file_holds(path, fresh, dir_fd)):
                 fresh.dirty = True
             _remember(key, fresh)
             return fresh
@@ -400,11 +405,11 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
     return fresh
 
 
-def _file_holds(path: str, snapshot: Snapshot) -> bool:
+def _file_holds(path: str, snapshot: Snapshot, dir_fd: Optional[int] = None) -> bool:
     """Whether the index file still holds ``snapshot`` or an older version of it; else it is
     written at logout. Another process's valid file (a worker of the same server) is left as it is:
     two processes rewriting each other's file at every login would each pay for a write."""
-    current = _file_signature(path)
+    current = _file_signature(path, dir_fd)
     if current is None:
         return False  # deleted by someone
     if current == snapshot.stored:

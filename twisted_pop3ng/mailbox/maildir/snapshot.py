@@ -113,9 +113,12 @@ def stamp(st: os.stat_result) -> DirStamp:
     return (st.st_ino, st.st_mtime_ns)
 
 
-def stat_dirs(path: str) -> Dict[str, os.stat_result]:
-    """``stat`` of new/ and cur/ (not following a symlink). ``path + "/new"``, not os.path.join:
-    this runs on every login."""
+def stat_dirs(path: str, dir_fd: Optional[int] = None) -> Dict[str, os.stat_result]:
+    """``stat`` of new/ and cur/ (not following a symlink); relative to ``dir_fd``, the maildir
+    ``path`` names, when given (a ``/proc/self/fd/N`` path costs the kernel a walk through /proc
+    on every call). ``path + "/new"``, not os.path.join: this runs on every login."""
+    if dir_fd is not None:
+        return {sub: os.stat(sub, dir_fd=dir_fd, follow_symlinks=False) for sub in SUBDIRS}
     return {sub: os.stat(path + "/" + sub, follow_symlinks=False) for sub in SUBDIRS}
 
 

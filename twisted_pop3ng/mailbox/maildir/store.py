@@ -60,18 +60,25 @@ _HOSTNAME = socket.gethostname()
 
 @implementer(IMaildropLock)
 class MaildirLock:
-    """An exclusive, non-blocking ``flock`` on ``<maildir>/pop3ng.lock``."""
+    """An exclusive, non-blocking ``flock`` on ``<maildir>/pop3ng.lock``; ``dir_fd``: the maildir
+    ``maildir`` names, opened (:meth:`MaildirStore.open_root`), which the lock file is then opened
+    relative to."""
 
-    def __init__(self, maildir: str) -> None:
+    def __init__(self, maildir: str, dir_fd: Optional[int] = None) -> None:
         self.path = maildir + "/" + LOCK_NAME  # (os.path.join: the priciest call of a login)
+        self._dir_fd = dir_fd
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
         # O_NOFOLLOW and no O_TRUNC: a pop3ng.lock symlink to /etc/passwd is not followed, and
         # nothing is written before _check_lock_file has seen that this is our own file.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        if self._dir_fd is not None:
+            fd = os.open(LOCK_NAME, flags, 0o600, dir_fd=self._dir_fd)
+        else:
+            fd = os.open(self.path, flags, 0o600)
         try:
-            _check_lock_file(fd, self.path)
+            _check_lock_file(fd, self.path, self._dir_fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except POP3Error:
             os.close(fd)
@@ -83,7 +90,7 @@ class MaildirLock:
             raise
         # The holder's pid, for admins. Rewritten only when it changed: a truncate + write on every
         # login was a tenth of a session's cost.
-        holder = ("%d@%s\n" % (os.getpid(), _HOSTNAME)).encode()
+        holder = _holder
         if os.pread(fd, 256, 0) != holder:
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder, 0)
@@ -95,7 +102,24 @@ class MaildirLock:
             os.close(fd)
 
 
-def _check_lock_file(fd: int, path: str) -> None:
+def _holder_line() -> bytes:
+    return ("%d@%s\n" % (os.getpid(), _HOSTNAME)).encode()
+
+
+#: ``pid@host``, as written into the lock file: made again in a forked child (``--workers``), not
+#: on every login (getpid is a system call).
+_holder = _holder_line()
+
+
+def _forked() -> None:
+    global _holder
+    _holder = _holder_line()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _check_lock_file(fd: int, path: str, dir_fd: Optional[int] = None) -> None:
     """Refuse a lock file that root would write through to someone else's file (audit F17): a
     hard link (``st_nlink`` above 1: a user with ``fs.protected_hardlinks=0`` linked a root-owned
     file here), anything but a regular file, or a file owned neither by this process's user nor by
@@ -107,7 +131,8 @@ def _check_lock_file(fd: int, path: str) -> None:
             return
         try:
             # (followed: the directory is /proc/self/fd/N, the maildir open_root reached)
-            if st.st_uid == os.stat(os.path.dirname(path)).st_uid:
+            owner = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(path))
+            if st.st_uid == owner.st_uid:
                 return
         except OSError:
             pass
@@ -259,7 +284,7 @@ class MaildirStore:
         path = self.path_for(user)
         fd = self.open_root(user)
         try:
-            lock = MaildirLock(_fd_path(fd) if _PROC_FD else path)
+            lock = MaildirLock(_fd_path(fd) if _PROC_FD else path, fd)
             lock.acquire()
         except BaseException:
             os.close(fd)
@@ -309,7 +334,7 @@ class MaildirMailbox:
         self.lock = lock
         #: Where the files are reached: the opened directory where /proc names it, else ``path``.
         self._root = _fd_path(root_fd) if root_fd is not None and _PROC_FD else path
-        self._snapshot = snapshot = maildir_index.snapshot(self._root, uid_for, key=path)
+        self._snapshot = snapshot = maildir_index.snapshot(self._root, uid_for, key=path, dir_fd=root_fd)
         self._root_fd = root_fd  # (only once nothing can fail: the caller closes it until then)
         #: This session's copy: ``_locate`` may update a file name after another agent's rename.
         self.files: List[str] = list(snapshot.files)
