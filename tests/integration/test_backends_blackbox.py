@@ -9,7 +9,6 @@ store's ``IMailboxDelivery`` in this process (``store_from_spec(spec)``), while 
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import io
 import os
@@ -20,17 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-from twisted.trial import unittest
 
 from twisted_pop3ng.interfaces import IMailboxDelivery
 from twisted_pop3ng.mailbox import store_from_spec
 
-from .e2e import STATUS_RE, StreamingBody, stuffed, top_lines, wire_lines, wire_message
+from .e2e import USERS, StreamingBody, TwistdTestCase, stuffed, top_lines, wire_lines, wire_message
 from .support import ROOT, ServerProcess, Session, start_server
-
-USERS: Dict[str, str] = {"box%02d" % i: "pass word %d" % i for i in range(24)}
 
 #: Stored forms a delivering MTA hands over: both line endings, dot lines, "From " lines, 8-bit
 #: octets, a bare CR, an empty body, no final newline.
@@ -45,25 +41,27 @@ MESSAGES: List[bytes] = [
 
 
 class BackendBlackBox:
-    """The tests; a subclass adds ``unittest.TestCase`` and :meth:`make_spec`."""
+    """The tests; a concrete class adds :class:`.e2e.TwistdTestCase` (one server per class, a pool
+    of users nobody else touched) and :meth:`make_spec`."""
 
     server: ServerProcess
     spec: str
-    _server: Optional[ServerProcess] = None
-    _root: str = ""
-    _next_user = 0
-    _remaining = 0
+    tls = False
     _store: Any = None
+    _store_root = ""
     #: Arguments for ``twistd pop3ng`` besides --mailbox (a backend's own options).
-    extra_args: List[str] = []
+    backend_args: List[str] = []
 
-    # (from trial's TestCase)
+    # (from TwistdTestCase)
     assertEqual: Any
     assertTrue: Any
     assertIn: Any
     assertNotIn: Any
     fail: Any
     addCleanup: Any
+    session: Any
+    ok: Any
+    multi: Any
 
     @classmethod
     def make_spec(cls, root: str) -> str:
@@ -79,42 +77,27 @@ class BackendBlackBox:
         self.assertTrue(IMailboxDelivery.providedBy(store), "%r takes no deliveries" % (store,))
         return str(store.deliver(user, io.BytesIO(data)))
 
-    # -- one server per class (trial has no setUpClass: the first setUp starts it) ----------------
+    # -- the class's server: TwistdTestCase's, on this backend's store ---------------------------
 
     def setUp(self) -> None:
         cls = type(self)
-        if cls.__dict__.get("_server") is None:
-            root = tempfile.mkdtemp(prefix="pop3ng-backend-")
-            cls._root = root
-            cls.spec = cls.make_spec(root)
-            cls._server = start_server(root, users=dict(USERS), tls=False,
-                                       extra_args=["--mailbox", cls.spec] + list(cls.extra_args))
-            cls._next_user = 0
-            cls._remaining = len([name for name in dir(cls) if name.startswith("test")])
-            atexit.register(cls._stop_server)
-        self.server = cls.__dict__["_server"]
-        self._log_mark = len(self.server.log())
-
-    def tearDown(self) -> None:
-        cls = type(self)
-        log = self.server.log()[self._log_mark:]
-        cls._remaining -= 1
-        if cls._remaining <= 0:
-            cls._stop_server()
-        if "Traceback" in log:
-            self.fail("traceback in the server log:\n" + log[-5000:])
+        if cls.__dict__.get("_server") is None:  # the class's first test here: its server starts
+            cls._store_root = tempfile.mkdtemp(prefix="pop3ng-backend-")
+            cls.spec = cls.make_spec(cls._store_root)
+            # (start_server's own --mailbox comes first: the later one counts)
+            cls.extra_args = ["--mailbox", cls.spec] + list(cls.backend_args)
+        super().setUp()  # type: ignore[misc]
 
     @classmethod
     def _stop_server(cls) -> None:
-        server = cls.__dict__.get("_server")
-        if server is not None:
-            cls._server = None
-            server.stop()
+        running = cls.__dict__.get("_server") is not None
+        super()._stop_server()  # type: ignore[misc]
+        if running:
             store, cls._store = cls._store, None
             if hasattr(store, "stop"):
                 store.stop()  # (a database store's pool and threads)
             cls.cleanup_store()
-            shutil.rmtree(cls._root, ignore_errors=True)
+            shutil.rmtree(cls._store_root, ignore_errors=True)
 
     @classmethod
     def cleanup_store(cls) -> None:
@@ -123,28 +106,13 @@ class BackendBlackBox:
     # -- a client ---------------------------------------------------------------------------------
 
     def fresh_user(self) -> str:
-        cls = type(self)
-        name = "box%02d" % cls._next_user
-        cls._next_user += 1
-        assert name in USERS, "user pool exhausted"
-        return name
+        return super().fresh_user()[0]  # type: ignore[misc]
 
-    def connect(self) -> Session:
-        session = Session(self.server.connect(timeout=20.0))
-        self.addCleanup(session.close)
-        return session
-
-    def login(self, user: str) -> Session:
-        session = self.connect()
-        reply = session.login(user.encode(), USERS[user].encode())
-        self.assertEqual(reply[:4], b"+OK ", reply)
-        return session
-
-    def login_when_free(self, user: str, timeout: float = 10.0) -> Session:
+    def login_when_free(self, user: str, timeout: float = 30.0) -> Session:
         """Log in once the server has noticed a dropped session (its close unlocks the maildrop)."""
         deadline = time.monotonic() + timeout
         while True:
-            session = self.connect()
+            session = self.session()
             reply = session.login(user.encode(), USERS[user].encode())
             if reply.startswith(b"+OK "):
                 return session
@@ -152,14 +120,6 @@ class BackendBlackBox:
             if not reply.startswith(b"-ERR [IN-USE]") or time.monotonic() > deadline:
                 self.fail("login after a dropped session: %r" % (reply,))
             time.sleep(0.05)
-
-    def ok(self, session: Session, command: bytes) -> bytes:
-        reply = session.command(command)
-        self.assertTrue(reply.startswith(b"+OK") and STATUS_RE.match(reply), (command, reply))
-        return reply
-
-    def multi(self, session: Session, command: bytes) -> Tuple[bytes, bytes]:
-        return self.ok(session, command), session.body()
 
     def listing(self, session: Session, verb: bytes) -> List[bytes]:
         """The second column of LIST or UIDL, message 1 first."""
@@ -240,7 +200,7 @@ class BackendBlackBox:
         user = self.fresh_user()
         self.deliver_all(user, MESSAGES[:1])
         first = self.login(user)
-        second = self.connect()
+        second = self.session()
         reply = second.login(user.encode(), USERS[user].encode())
         self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
         self.assertEqual(first.command(b"STAT")[:6], b"+OK 1 ")
@@ -340,20 +300,20 @@ class SharedStoreBlackBox(BackendBlackBox):
         self.assertEqual(self.multi(s, b"RETR 1")[1], stuffed(wire_lines(MESSAGES[0])))
         self.assertEqual(self.multi(s, b"RETR 2")[1], stuffed(wire_lines(MESSAGES[3])))
 
-class MaildirBlackBoxTests(SharedStoreBlackBox, unittest.TestCase):
+class MaildirBlackBoxTests(SharedStoreBlackBox, TwistdTestCase):
     @classmethod
     def make_spec(cls, root: str) -> str:
         return "maildir:" + os.path.join(root, "mail", "{user}", "Maildir")
 
 
-class MboxBlackBoxTests(SharedStoreBlackBox, unittest.TestCase):
+class MboxBlackBoxTests(SharedStoreBlackBox, TwistdTestCase):
     @classmethod
     def make_spec(cls, root: str) -> str:
         os.makedirs(os.path.join(root, "mail"))  # (/var/mail exists; the store makes no directories)
         return "mbox:" + os.path.join(root, "mail", "{user}")
 
 
-class PostgresBlackBoxTests(SharedStoreBlackBox, unittest.TestCase):
+class PostgresBlackBoxTests(SharedStoreBlackBox, TwistdTestCase):
     """A fresh database of this process's test cluster (initdb in a temporary directory)."""
 
     dsn = ""
@@ -372,12 +332,12 @@ class PostgresBlackBoxTests(SharedStoreBlackBox, unittest.TestCase):
         drop_database(cls.dsn)
 
 
-class MemoryBlackBoxTests(BackendBlackBox, unittest.TestCase):
+class MemoryBlackBoxTests(BackendBlackBox, TwistdTestCase):
     """``memory:`` lives in the server process: mail gets in by its LMTP listener (RFC 2033),
     spoken here over a socket without a client library that would rewrite line endings."""
 
     # (no trace headers: the stored message is then exactly what DATA carried)
-    extra_args = ["--lmtp-listen", "tcp:0:interface=127.0.0.1", "--lmtp-trace-headers", "no"]
+    backend_args = ["--lmtp-listen", "tcp:0:interface=127.0.0.1", "--lmtp-trace-headers", "no"]
 
     @classmethod
     def make_spec(cls, root: str) -> str:

@@ -21,7 +21,8 @@ from twisted.trial import unittest
 
 from twisted_pop3ng.mailbox.maildir import deliver
 
-from .support import _PORT_RE, ROOT, TWISTD_MAIN, make_certificates, stop_process
+from .lifecycle import start_demo
+from .support import _PORT_RE, ROOT, make_certificates, stop_process
 
 SCRIPT = os.path.join(ROOT, "docs", "examples", "pop3s-server.sh")
 PASSWORD = "tutorial password"
@@ -170,39 +171,19 @@ class QuickstartTests(unittest.TestCase):
         return " ".join(command)
 
     def test_fetch_from_the_demo(self) -> None:
-        from .dovecot import free_port
-
-        work = os.path.abspath(self.mktemp())
-        os.makedirs(work)
-        plain, secure = free_port(), free_port()
+        demo = start_demo(os.path.abspath(self.mktemp()))
+        self.addCleanup(demo.stop)
+        work = demo.work
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-        log_path = os.path.join(work, "demo.log")
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "pop3ng", "--demo",
-                 "--listen", "tcp:%d:interface=127.0.0.1" % plain,
-                 "--tls-listen", "tcp:%d:interface=127.0.0.1" % secure],
-                stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env)
-        self.addCleanup(stop_process, process)
-        deadline = time.monotonic() + 60
-        password = None
-        while time.monotonic() < deadline and password is None:
-            with open(log_path) as f:
-                found = re.search(r"^\s*password:\s+(\S+)$", f.read(), re.M)
-            password = found and found.group(1)
-            self.assertIsNone(process.poll(), self._read(log_path))
-            time.sleep(0.1)
-        self.assertIsNotNone(password, self._read(log_path))
+        found = re.search(r"^\s*password:\s+(\S+)$", demo.output(), re.M)
+        password = found and found.group(1)
+        self.assertIsNotNone(password, demo.output())
         command = self.quickstart_command()
         self.assertIn("pop3ng fetch", command)
         inbox = os.path.join(work, "inbox")
-        command = (command.replace("yrFq3s0D9xg1nT2k", password).replace(":9950", ":%d" % secure)
+        command = (command.replace("yrFq3s0D9xg1nT2k", password).replace(":9950", ":%d" % demo.secure)
                    .replace("/tmp/inbox", inbox))
         result = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
                                 timeout=120)
         self.assertEqual(result.returncode, 0, (command, result.stderr))
         self.assertEqual(len(os.listdir(os.path.join(inbox, "new"))), 2)  # the demo's two samples
-
-    def _read(self, path: str) -> str:
-        with open(path) as f:
-            return f.read()

@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 
-from .e2e import USERS, TwistdTestCase, maildir_files, stuffed, wire_lines, wire_message
+from .e2e import USERS, TwistdTestCase, maildir_files, stuffed, wait_for, wire_lines, wire_message
 from .support import Session
 
 
@@ -32,6 +32,21 @@ def new_swapped_for_symlink(maildir: str, elsewhere: str):
 
 def message(i: int) -> bytes:
     return b"Subject: message %d\r\n\r\nbody of message %d\r\n.dot\r\n" % (i, i)
+
+
+def relogin(case: TwistdTestCase, user: str, timeout: float = 10.0) -> Session:
+    """Log in once the server has noticed the previous session's disconnect (which unlocks)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = case.session()
+        s.line()
+        s.command(b"USER " + user.encode())
+        reply = s.command(b"PASS " + USERS[user].encode())
+        if reply.startswith(b"+OK") or time.monotonic() > deadline:
+            case.assertTrue(reply.startswith(b"+OK"), reply)
+            return s
+        s.close()
+        time.sleep(0.05)
 
 
 class SemanticsTests(TwistdTestCase):
@@ -138,50 +153,10 @@ class SemanticsTests(TwistdTestCase):
                 s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             s.close()
             # the lock is released on disconnect; nothing was deleted
-            s = self.relogin(user)
+            s = relogin(self, user)
             self.assertEqual(s.command(b"STAT")[:6], b"+OK 3 ")
             s.close()
         self.assertEqual(len(maildir_files(self.server, user)), 3)
-
-    def relogin(self, user, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.session()
-            s.line()
-            s.command(b"USER " + user.encode())
-            reply = s.command(b"PASS " + USERS[user].encode())
-            if reply.startswith(b"+OK") or time.monotonic() > deadline:
-                self.assertTrue(reply.startswith(b"+OK"), reply)
-                return s
-            s.close()
-            time.sleep(0.05)
-
-    def test_second_login_in_use(self):
-        user, password = self.fresh_user()
-        self.deliver(user, 1)
-        first = self.login(user)
-        for tls in (False, True):
-            second = self.session(tls=tls)
-            second.line()
-            self.ok(second, b"USER " + user.encode())
-            start = time.monotonic()
-            reply = second.command(b"PASS " + password.encode())
-            self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
-            self.assertLess(time.monotonic() - start, 0.9)  # no failure delay (1 s)
-            # the refused session stays in AUTHORIZATION and can try again
-            self.err(second, b"STAT")
-        # the first session is unaffected
-        self.assertEqual(first.command(b"STAT")[:6], b"+OK 1 ")
-        self.quit(first)
-        self.ok(second, b"USER " + user.encode())
-        self.ok(second, b"PASS " + password.encode())
-        # now the roles are swapped; a disconnect releases the lock too
-        third = self.session()
-        third.line()
-        third.command(b"USER " + user.encode())
-        self.assertTrue(third.command(b"PASS " + password.encode()).startswith(b"-ERR [IN-USE]"))
-        second.close()
-        self.relogin(user)
 
     def test_message_deleted_behind_the_servers_back(self):
         user, _ = self.fresh_user()
@@ -210,7 +185,10 @@ class SemanticsTests(TwistdTestCase):
         os.mkdir(path)
         for command in (b"RETR 1", b"TOP 1 1"):
             reply = s.command(command)
-            self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
+            self.assertTrue(reply.startswith(b"-ERR [SYS/PERM]") or reply.startswith(b"-ERR [SYS/TEMP]"), reply)
+            # the reply names the problem, not the server's internals
+            for internal in (b"Traceback", b"Errno", path.encode()):
+                self.assertNotIn(internal, reply)
             self.ok(s, b"NOOP")
         self.assertEqual(self.retr(s, 2), stuffed(wire_lines(message(1))))
         self.quit(s)
@@ -240,36 +218,49 @@ class SemanticsTests(TwistdTestCase):
         finally:
             os.rmdir(path)
 
-    def test_permission_denied_if_not_root(self):
-        if os.geteuid() == 0:
-            # root reads anything: use a subprocess as nobody to see whether chmod can deny at all
-            return self._permission_as_directory()
-        self.tracebacks_allowed = True  # an unexpected storage error is logged with its traceback
-        user, _ = self.fresh_user()
-        names = self.deliver(user, 2)
-        path = os.path.join(self.server.maildir(user), "new", names[0])
-        s = self.login(user)
-        os.chmod(path, 0)
-        reply = s.command(b"RETR 1")
-        self.assertTrue(reply.startswith(b"-ERR [SYS/"), reply)
-        self.ok(s, b"NOOP")
 
-    def _permission_as_directory(self):
-        self.tracebacks_allowed = True  # an unexpected storage error is logged with its traceback
-        user, _ = self.fresh_user()
-        names = self.deliver(user, 2)
-        s = self.login(user)
-        path = os.path.join(self.server.maildir(user), "new", names[0])
-        os.unlink(path)
-        os.mkdir(path)
-        reply = s.command(b"RETR 1")
-        self.assertTrue(reply.startswith(b"-ERR [SYS/PERM]") or reply.startswith(b"-ERR [SYS/TEMP]"),
-                        reply)
-        self.assertNotIn(b"Traceback", reply)
-        self.assertNotIn(b"Errno", reply)
-        self.assertNotIn(path.encode(), reply)
-        self.ok(s, b"NOOP")
-        os.rmdir(path)
+class InUseTests(TwistdTestCase):
+    """A held maildrop refuses a second login at once: -ERR [IN-USE] without the failure delay
+    (a wrong password's); the refused session stays in AUTHORIZATION."""
+
+    #: A failure delay far beyond the reply wait below: a delayed IN-USE cannot pass unnoticed.
+    extra_args = ["--auth-failure-delay", "120"]
+
+    def in_use(self, session: Session, password: str) -> bytes:
+        session.sock.settimeout(60)
+        try:
+            return session.command(b"PASS " + password.encode())
+        except (socket.timeout, TimeoutError):
+            self.fail("-ERR [IN-USE] was held back like a failed login")
+        finally:
+            session.sock.settimeout(20)
+
+    def test_second_login_in_use(self):
+        user, password = self.fresh_user()
+        self.server.deliver(user, message(0))
+        first = self.login(user)
+        for tls in (False, True):
+            second = self.session(tls=tls)
+            second.line()
+            self.ok(second, b"USER " + user.encode())
+            reply = self.in_use(second, password)
+            self.assertTrue(reply.startswith(b"-ERR [IN-USE]"), reply)
+            # the refused session stays in AUTHORIZATION and can try again
+            self.err(second, b"STAT")
+        # the first session is unaffected
+        self.assertEqual(first.command(b"STAT")[:6], b"+OK 1 ")
+        self.assertTrue(first.command(b"QUIT").startswith(b"+OK"))
+        self.assertTrue(first.closed())
+        self.ok(second, b"USER " + user.encode())
+        self.ok(second, b"PASS " + password.encode())
+        # now the roles are swapped; a disconnect releases the lock too
+        third = self.session()
+        third.line()
+        third.command(b"USER " + user.encode())
+        self.assertTrue(self.in_use(third, password).startswith(b"-ERR [IN-USE]"))
+        second.close()
+        third.close()
+        relogin(self, user)
 
 
 class SnapshotFreshnessTests(TwistdTestCase):
@@ -369,14 +360,11 @@ class EmptyAndLargeMailboxTests(TwistdTestCase):
             with open(os.path.join(md, "new" if i % 2 else "cur", "%d.M%dP1.big%s" % (
                     1_600_000_000 + i, i, "" if i % 2 else ":2,S")), "wb") as f:
                 f.write(message(i))
-        start = time.monotonic()
         s = self.login(user)
-        login = time.monotonic() - start
         self.assertEqual(s.command(b"STAT"), b"+OK 5000 %d\r\n" % sum(len(wire_message(message(i)))
                                                                      for i in range(5000)))
         listing = self.list_map(s)
         uids = self.uidl_map(s)
-        elapsed = time.monotonic() - start
         self.assertEqual(len(listing), 5000)
         self.assertEqual(len(set(uids.values())), 5000)
         self.assertEqual(self.retr(s, 4321), stuffed(wire_lines(message(4320))))
@@ -385,8 +373,6 @@ class EmptyAndLargeMailboxTests(TwistdTestCase):
         self.assertTrue(s.command(b"QUIT").startswith(b"+OK"))
         self.assertTrue(s.closed())
         self.assertEqual(len(maildir_files(self.server, user)), 5000 - len(range(1, 5001, 7)))
-        self.assertLess(login, 10)
-        self.assertLess(elapsed, 15)
 
 
 class CrossProcessLockTests(TwistdTestCase):
@@ -529,6 +515,10 @@ class SymlinkTests(TwistdTestCase):
             reply = s.command(command)
             self.assertTrue(reply.startswith(b"-ERR"), reply)
         self.assertEqual(self.retr(s, 1), stuffed(wire_lines(message(0))))
+        # nothing of the secret anywhere in the rest of the conversation, up to the close
+        s.send(b"QUIT\r\n")
+        self.assertTrue(s.closed())
+        self.assertTrue(s.buffer.startswith(b"+OK"), s.buffer)
         self.assertNotIn(b"SECRET", s.buffer)
 
     def test_new_swapped_for_a_symlink_during_the_session(self):
@@ -605,8 +595,30 @@ class SymlinkTests(TwistdTestCase):
         self.ok(s, b"QUIT")
         with open(target, "rb") as f:
             self.assertEqual(f.read(), b"precious\n")
-        deadline = time.monotonic() + 10
-        while os.path.islink(os.path.join(md, "pop3ng-index")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertFalse(os.path.islink(os.path.join(md, "pop3ng-index")))
-        self.assertTrue(os.path.isfile(os.path.join(md, "pop3ng-index")))
+        index = os.path.join(md, "pop3ng-index")
+        self.assertTrue(wait_for(lambda: os.path.isfile(index) and not os.path.islink(index), 30),
+                        "no index file replaced the planted link")
+
+    def test_planted_symlink_for_the_index_temporary_file(self):
+        # The index's temporary file once had a predictable name (pop3ng-index.tmp.PID) and was
+        # opened following links: root truncated whatever a link planted there pointed at. Alone
+        # here (no lock link to refuse the login first), so the index really gets written.
+        user, _ = self.fresh_user()
+        for i in range(3):
+            self.server.deliver(user, message(i))
+        md = self.server.maildir(user)
+        planted = "pop3ng-index.tmp.%d" % self.server.process.pid
+        target = self._plant(md, planted, 0)
+        s = self.login(user)
+        self.assertTrue(s.command(b"STAT").startswith(b"+OK 3 "))
+        self.ok(s, b"QUIT")
+        self.assertTrue(s.closed())
+        index = os.path.join(md, "pop3ng-index")
+        self.assertTrue(wait_for(lambda: os.path.isfile(index) and not os.path.islink(index), 30),
+                        "the index was not written as a file of its own")
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"precious\n")
+        self.assertEqual(os.readlink(os.path.join(md, planted)), target)
+        # the next session reads that index: same listing
+        s = self.login(user)
+        self.assertEqual(s.command(b"STAT"), b"+OK 3 %d\r\n" % sum(len(wire_message(message(i))) for i in range(3)))

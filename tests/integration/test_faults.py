@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Dict, List
+from typing import Dict, List, Set
 
 from twisted.trial import unittest
 
@@ -238,11 +238,11 @@ class SigtermTests(unittest.TestCase):
             self.addCleanup(session.close)
             self.assertTrue(session.command(b"DELE 1").startswith(b"+OK"))
             sessions.append(session)
-        started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        server.process.wait(30)
-        took = time.monotonic() - started
-        self.assertLess(took, 30)
+        try:
+            server.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.fail("the server did not exit on SIGTERM:\n" + server.log()[-3000:])
         for session in sessions:
             self.assertEqual(session.line(), b"")  # closed, no reply to anything
         for user in users:
@@ -274,11 +274,27 @@ class ReloadUnderLoadTests(unittest.TestCase):
                 pem.write_to_path(path + ".new")
                 os.replace(path + ".new", path)
 
-        install(leaves[0])
-        server.process.send_signal(signal.SIGHUP)
-        time.sleep(1)
         context = ssl.create_default_context()
         ca.configure_trust(context)
+
+        def presented() -> Set[str]:
+            """The certificates 20 new POP3S connections got (both processes answer some)."""
+            seen = set()
+            for _ in range(20):
+                tls = context.wrap_socket(socket_for(server, False), server_hostname="localhost")
+                seen.add(dict(x[0] for x in tls.getpeercert()["subject"])["commonName"])
+                tls.close()
+            return seen
+
+        def wait_until(condition, what: str) -> None:
+            deadline = time.monotonic() + 60
+            while not condition():
+                self.assertLess(time.monotonic(), deadline, what)
+                time.sleep(0.05)
+
+        install(leaves[0])
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: presented() == {"leaf0"}, "the first reload never took effect")
         failures: List[str] = []
         handshakes = [0]
         stop = threading.Event()
@@ -305,24 +321,16 @@ class ReloadUnderLoadTests(unittest.TestCase):
             for i in range(10):
                 install(leaves[(i + 1) % 2])
                 server.process.send_signal(signal.SIGHUP)
-                time.sleep(0.3)
+                # a few handshakes while this reload is under way, however slow the machine
+                before = handshakes[0]
+                wait_until(lambda: handshakes[0] >= before + 3 or failures != [], "no handshakes")
         finally:
             stop.set()
             for thread in threads:
                 thread.join(30)
         self.assertEqual(failures, [])
-        self.assertGreater(handshakes[0], 20)
         # The last reload (leaf0 after ten swaps) is what both processes now present.
-        deadline = time.monotonic() + 10
-        seen = set()
-        while time.monotonic() < deadline and seen != {"leaf0"}:
-            seen = set()
-            for _ in range(20):
-                tls = context.wrap_socket(socket_for(server, False), server_hostname="localhost")
-                subject = dict(x[0] for x in tls.getpeercert()["subject"])
-                seen.add(subject["commonName"])
-                tls.close()
-        self.assertEqual(seen, {"leaf0"})
+        wait_until(lambda: presented() == {"leaf0"}, "the last reload never took effect everywhere")
 
 
 def socket_for(server, stls: bool):

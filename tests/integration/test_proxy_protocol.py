@@ -6,6 +6,7 @@ client -- and a real HAProxy (Debian's ``haproxy``) in front proves it end to en
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -17,7 +18,7 @@ from typing import Any, Tuple
 from twisted.trial import unittest
 
 from .dovecot import free_port
-from .support import Session, start_server, stop_process
+from .support import ServerProcess, Session, start_server, stop_process
 
 PASSWORD = "correct horse battery staple"
 
@@ -34,15 +35,25 @@ def v2_ipv6(source: str, port: int = 40000) -> bytes:
     return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x21]) + struct.pack("!H", len(payload)) + payload
 
 
+def proxy_port(server: ServerProcess) -> int:
+    """The port of the server's PROXY-protocol listener (``tcp:0``), from its log."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = re.search(r"POP3ServerFactory \(PROXY\) starting on (\d+)", server.log())
+        if found:
+            return int(found.group(1))
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            raise AssertionError("no PROXY listener started:\n" + server.log())
+        time.sleep(0.05)
+
+
 class ProxyHeaderTests(unittest.TestCase):
     def setUp(self) -> None:
         root = os.path.abspath(self.mktemp())
-        port = free_port()
         self.server = start_server(root, {"alice": PASSWORD}, tls=True, plain_listeners=0,
-                                   extra_args=["--listen", "haproxy:tcp:%d:interface=127.0.0.1" % port,
-                                               "--log-logins"])
+                                   extra_args=["--listen", "haproxy:tcp:0:interface=127.0.0.1", "--log-logins"])
         self.addCleanup(self.server.stop)
-        self.port = port
+        self.port = proxy_port(self.server)
 
     def connect(self, header: bytes) -> Session:
         sock = socket.create_connection(("127.0.0.1", self.port), 10)
@@ -52,7 +63,7 @@ class ProxyHeaderTests(unittest.TestCase):
         return session
 
     def wait_log(self, text: str) -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while text not in self.server.log():
             self.assertLess(time.monotonic(), deadline, self.server.log())
             time.sleep(0.05)
@@ -113,31 +124,36 @@ class RealHAProxyTests(unittest.TestCase):
         haproxy = shutil.which("haproxy")
         self.assertIsNotNone(haproxy, "haproxy is needed (Debian package haproxy)")
         root = os.path.abspath(self.mktemp())
-        backend, frontend = free_port(), free_port()
         server = start_server(root, {"alice": PASSWORD}, tls=False, plain_listeners=0,
-                              extra_args=["--listen", "haproxy:tcp:%d:interface=127.0.0.1" % backend]
-                              + list(extra))
+                              extra_args=["--listen", "haproxy:tcp:0:interface=127.0.0.1"] + list(extra))
         self.addCleanup(server.stop)
+        backend = proxy_port(server)
         server.deliver("alice", b"Subject: via haproxy\n\nhello\n")
-        config = os.path.join(root, "haproxy.cfg")
-        with open(config, "w") as f:
-            f.write("global\n  maxconn 200\n"
-                    "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
-                    "  timeout server 60s\n"
-                    "frontend pop3\n  bind 127.0.0.1:%d\n  default_backend servers\n"
-                    "backend servers\n  server s1 127.0.0.1:%d send-proxy-v2\n" % (frontend, backend))
-        proxy = subprocess.Popen([haproxy, "-f", config, "-db"], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.STDOUT)
-        self.addCleanup(stop_process, proxy)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", frontend), 1).close()
-                break
-            except OSError:
-                self.assertLess(time.monotonic(), deadline, "haproxy did not start")
-                time.sleep(0.05)
-        return server, frontend
+        config, output = os.path.join(root, "haproxy.cfg"), os.path.join(root, "haproxy.log")
+        # HAProxy's port is in its configuration: one free a moment ago, another if it was taken.
+        for _ in range(5):
+            frontend = free_port()
+            with open(config, "w") as f:
+                f.write("global\n  maxconn 200\n"
+                        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
+                        "  timeout server 60s\n"
+                        "frontend pop3\n  bind 127.0.0.1:%d\n  default_backend servers\n"
+                        "backend servers\n  server s1 127.0.0.1:%d send-proxy-v2\n" % (frontend, backend))
+            with open(output, "wb") as log:
+                proxy = subprocess.Popen([haproxy, "-f", config, "-db"], stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+            self.addCleanup(stop_process, proxy)
+            deadline = time.monotonic() + 60
+            while proxy.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", frontend), 1).close()
+                    return server, frontend
+                except OSError:
+                    self.assertLess(time.monotonic(), deadline, "haproxy did not start")
+                    time.sleep(0.05)
+            with open(output) as f:
+                self.assertIn("in use", f.read(), "haproxy ended")
+        self.fail("no free port for haproxy in 5 attempts")
 
     def from_address(self, frontend: int, source: str) -> Session:
         sock = socket.create_connection(("127.0.0.1", frontend), 10, (source, 0))

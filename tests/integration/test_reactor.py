@@ -156,13 +156,17 @@ class LeanReactorBehaviourTests(unittest.TestCase):
                 reactor.callLater(0.05, at, "d", 0.35)  # added by a timer, from inside the loop
                 reactor.callLater(0.1, reactor.stop)
             reactor.callLater(0.3, later)
-            reactor.callLater(10, reactor.stop)
+
+            def overslept():  # a loop that slept past the near timers lands here instead
+                fired.append("overslept")
+                reactor.stop()
+            reactor.callLater(60, overslept)
             reactor.run()
-            print(fired, far.active(), round(time.monotonic() - start, 1))
+            print(fired, far.active())
         """)
         self.assertEqual(out.split("]")[0] + "]",
                          "[('a', True), ('b', True), ('c', True), ('d', True)]")
-        self.assertLess(float(out.split()[-1]), 5.0)
+        self.assertEqual(out.split("]")[1].split(), ["True"])  # the far timer is still pending
 
     def test_not_installed_over_another_reactor(self) -> None:
         out = run_program("""
@@ -248,13 +252,19 @@ class BusyPollTests(unittest.TestCase):
         from twisted_pop3ng.fastpath.reactor import SPIN_START
 
         self.assertEqual(self.reactor._spin, 0.0)  # nothing known yet: no spinning
-        self.assertEqual(self.sleep_until_sent_soon(), [(self.a.fileno(), select.EPOLLIN)])
+        self.b.send(b"x")  # ready before the poll: the sleep was far shorter than the window
+        self.assertEqual(self.reactor._spin_then_sleep(10.0, 10), [(self.a.fileno(), select.EPOLLIN)])
+        self.a.recv(10)
         self.assertEqual(self.reactor._spin, SPIN_START)  # a longer window would have caught it
-        for _ in range(12):
+        # Events 0.3 ms apart: the window doubles until the spin catches them. A round the
+        # scheduler delayed past the longest window halves it again, so go on until it is open
+        # (a window that never grows would still be tiny after all the rounds).
+        for _ in range(1000):
             self.sleep_until_sent_soon()
-        # Doubled until the spin caught the event 0.3 ms later, never past the longest window.
+            self.assertLessEqual(self.reactor._spin, 0.005)  # never past the longest window
+            if self.reactor._spin > 4 * SPIN_START:
+                break
         self.assertGreater(self.reactor._spin, 4 * SPIN_START)
-        self.assertLessEqual(self.reactor._spin, 0.005)
         # An event that comes within the window is caught by the spin: the window stays.
         self.reactor._spin = 0.005
         self.b.send(b"y")

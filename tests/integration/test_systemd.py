@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from twisted.trial import unittest
 
@@ -104,6 +104,24 @@ def wait_listening(process: subprocess.Popen, port: int, site: Site) -> None:
     raise AssertionError("port %d never listened:\n%s" % (port, site.log()))
 
 
+def activate_on_free_ports(site: Site, names: List[str], listen: List[str], tls_listen: List[str],
+                           host: str = "127.0.0.1", attempts: int = 5) -> Tuple[subprocess.Popen, Dict[str, int]]:
+    """:func:`activate` on ports free a moment ago, listening when it returns; new ports when
+    another process bound one first (the activator then ends: address in use)."""
+    for _ in range(attempts):
+        sockets = {name: free_port() for name in names}
+        process = activate(site, sockets, listen, tls_listen, host)
+        try:
+            for port in sockets.values():
+                wait_listening(process, port, site)
+            return process, sockets
+        except AssertionError:
+            stop_process(process)
+            if "in use" not in site.log():
+                raise
+    raise AssertionError("no free ports in %d attempts:\n%s" % (attempts, site.log()))
+
+
 def fetch(client: poplib.POP3) -> bytes:
     client.user("alice")
     client.pass_(PASSWORD)
@@ -117,17 +135,15 @@ class SocketActivationTests(unittest.TestCase):
         self.site = Site()
         self.addCleanup(self.site.remove)
 
-    def start(self, sockets: Dict[str, int], listen: List[str], tls_listen: List[str],
-              host: str = "127.0.0.1") -> subprocess.Popen:
-        process = activate(self.site, sockets, listen, tls_listen, host)
+    def start(self, names: List[str], listen: List[str],
+              tls_listen: List[str]) -> Tuple[subprocess.Popen, Dict[str, int]]:
+        process, sockets = activate_on_free_ports(self.site, names, listen, tls_listen)
         self.addCleanup(stop_process, process)
-        for port in sockets.values():
-            wait_listening(process, port, self.site)
-        return process
+        return process, sockets
 
     def test_plain_and_tls_through_named_sockets(self) -> None:
-        sockets = {"pop3": free_port(), "pop3s": free_port()}
-        process = self.start(sockets, ["systemd:domain=INET:name=pop3"], ["systemd:domain=INET:name=pop3s"])
+        process, sockets = self.start(["pop3", "pop3s"], ["systemd:domain=INET:name=pop3"],
+                                      ["systemd:domain=INET:name=pop3s"])
         # The first connection makes systemd-socket-activate exec twistd, which adopts both sockets.
         self.assertEqual(fetch(poplib.POP3("127.0.0.1", sockets["pop3"], timeout=60)), MESSAGE)
         context = ssl.create_default_context(cafile=self.site.certs["ca"])
@@ -137,17 +153,13 @@ class SocketActivationTests(unittest.TestCase):
         self.assertIsNone(process.poll())
 
     def test_one_socket_by_index(self) -> None:
-        port = free_port()
-        self.start({"pop3": port}, ["systemd:domain=INET:index=0"], [])
-        client = poplib.POP3("127.0.0.1", port, timeout=60)
+        _, sockets = self.start(["pop3"], ["systemd:domain=INET:index=0"], [])
+        client = poplib.POP3("127.0.0.1", sockets["pop3"], timeout=60)
         self.assertEqual(fetch(client), MESSAGE)
 
     def test_a_missing_socket_name_is_a_clear_error(self) -> None:
-        port = free_port()
-        process = activate(self.site, {"pop3": port}, ["systemd:domain=INET:name=nosuch"], [])
-        self.addCleanup(stop_process, process)
-        wait_listening(process, port, self.site)
-        with socket.create_connection(("127.0.0.1", port), timeout=30):
+        process, sockets = self.start(["pop3"], ["systemd:domain=INET:name=nosuch"], [])
+        with socket.create_connection(("127.0.0.1", sockets["pop3"]), timeout=30):
             self.assertNotEqual(process.wait(60), 0)
         log = self.site.log()
         self.assertIn("nosuch", log)
@@ -187,8 +199,8 @@ class ShippedUnitTests(unittest.TestCase):
             self.assertEqual(unit_values(unit, "Service"), ["pop3ng.service"])
             (port,) = unit_values(unit, "ListenStream")
             (name,) = unit_values(unit, "FileDescriptorName")
-            sockets[name] = (int(port), free_port())
-        self.assertEqual({name: ports[0] for name, ports in sockets.items()}, {"pop3": 110, "pop3s": 995})
+            sockets[name] = int(port)
+        self.assertEqual(sockets, {"pop3": 110, "pop3s": 995})
         self.assertEqual(unit_values("pop3ng.service", "Type"), ["notify"])
         (command,) = unit_values("pop3ng.service", "ExecStart")
         argv = shlex.split(command)
@@ -199,14 +211,11 @@ class ShippedUnitTests(unittest.TestCase):
         site = Site()
         self.addCleanup(site.remove)
         # Port 110 is taken by systemd in production; here the same names on free ports of ::1.
-        process = activate(site, {name: ports[1] for name, ports in sockets.items()}, listen, tls_listen,
-                           host="::1")
+        process, activated = activate_on_free_ports(site, list(sockets), listen, tls_listen, host="::1")
         self.addCleanup(stop_process, process)
-        for _, activated in sockets.values():
-            wait_listening(process, activated, site)
-        self.assertEqual(fetch(poplib.POP3("::1", sockets["pop3"][1], timeout=60)), MESSAGE)
+        self.assertEqual(fetch(poplib.POP3("::1", activated["pop3"], timeout=60)), MESSAGE)
         context = ssl.create_default_context(cafile=site.certs["ca"])
-        self.assertEqual(fetch(poplib.POP3_SSL("::1", sockets["pop3s"][1], context=context, timeout=60)),
+        self.assertEqual(fetch(poplib.POP3_SSL("::1", activated["pop3s"], context=context, timeout=60)),
                          MESSAGE)
 
 
@@ -239,7 +248,7 @@ class NotifyTests(unittest.TestCase):
         except socket.timeout:
             return None
 
-    def run_twistd(self, notify_socket: str, port: int) -> subprocess.Popen:
+    def run_twistd(self, notify_socket: str, port: int = 0) -> subprocess.Popen:
         env = dict(os.environ, NOTIFY_SOCKET=notify_socket, PYTHONPATH=ROOT)
         log = open(os.path.join(self.site.root, "twistd.log"), "wb")
         process = subprocess.Popen(self.site.pop3ng_args(["tcp:%d:interface=127.0.0.1" % port], []),
@@ -249,16 +258,18 @@ class NotifyTests(unittest.TestCase):
         return process
 
     def check_ready_then_stopping(self, notify_socket: str) -> None:
-        port = free_port()
-        process = self.run_twistd(notify_socket, port)
+        process = self.run_twistd(notify_socket)  # (tcp:0: the port is read from the log)
         message = self.receive()
         self.assertIsNotNone(message, self.site.log())
         assert message is not None
         fields = dict(line.split("=", 1) for line in message.splitlines())
         self.assertEqual(fields["READY"], "1")
         self.assertEqual(fields["MAINPID"], str(process.pid))
-        # Ready means ready: the port greets at once, no retry needed.
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        # Ready means ready: the port is in the log and greets at once, no retry needed.
+        found = re.search(r"POP3ServerFactory starting on (\d+)", self.site.log())
+        self.assertIsNotNone(found, self.site.log())
+        assert found is not None
+        with socket.create_connection(("127.0.0.1", int(found.group(1))), timeout=30) as sock:
             self.assertTrue(sock.recv(512).startswith(b"+OK"))
         process.send_signal(signal.SIGTERM)
         self.assertEqual(self.receive(), "STOPPING=1")

@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Set
 
 from twisted.trial import unittest
 
@@ -19,6 +19,23 @@ SAMPLES = [b"", b"a", b"a\n", b"a\r\nb", b"x\r", b"\r", b"\r\n\r\n", b"a\nb\r\nc
            b".dot\n" * 500, b"no final newline\nlast", b"From: x\n\nbody\n",
            b"long" * 40000 + b"\n", b"crlf\r\n" * 20000, b"x" * mm.SMALL_READ,
            b"y" * (mm.SMALL_READ - 1) + b"\r", b"z" * (mm.SMALL_READ - 1) + b"\n" + b"tail"]
+
+
+def _until(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (polled; also in the helper)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def _pending_signals(pid: int) -> Set[int]:
+    """The signals sent to process ``pid`` that wait, blocked, to be delivered (/proc)."""
+    with open("/proc/%d/status" % pid) as f:
+        mask = [int(line.split()[1], 16) for line in f if line.startswith("ShdPnd:")][0]
+    return {number for number in range(1, 65) if mask & (1 << (number - 1))}
 
 
 class MeasurementTests(unittest.TestCase):
@@ -53,6 +70,42 @@ class MeasurementTests(unittest.TestCase):
             time.sleep(pause)
             return list(m.finish())
 
+    def started(self, names: List[str]) -> mm.Measurement:
+        """A Measurement of ``names`` whose helper runs (closed when the test ends)."""
+        boundary = sum(1 for f in names if f.startswith("new/"))
+        m = mm.Measurement(self.path, [f[4:] for f in names], boundary)
+        self.addCleanup(m.close)
+        self.assertTrue(m.start())
+        return m
+
+    def until_claimed(self, m: mm.Measurement, condition: Callable[[memoryview, int], bool], what: str) -> None:
+        """Wait until ``condition(shared page, number of names)`` holds (the helper's claims)."""
+        view, n = m._view, len(m.names)
+        assert view is not None
+        self.assertTrue(_until(lambda: condition(view, n)), what)
+
+    def record_here(self, meet: bool = False) -> List[int]:
+        """The positions this process measures (the helper's are not recorded). With ``meet``,
+        each side waits before its first chunk until the other has claimed one, so that both
+        measure, whatever the scheduler does."""
+        here: List[int] = []
+        parent = os.getpid()
+        measure = mm.Measurement._measure
+
+        def recording(m: mm.Measurement, start: int, end: int, out) -> None:  # type: ignore
+            view, n = m._view, len(m.names)
+            if meet and view is not None:
+                if os.getpid() == parent:
+                    _until(lambda: view[n] > 0)  # the helper claimed its first chunk
+                else:
+                    _until(lambda: view[n + 1] < n)  # this process claimed its first chunk
+            if os.getpid() == parent:
+                here.extend(range(start, end))
+            measure(m, start, end, out)
+
+        self.patch(mm.Measurement, "_measure", recording)
+        return here
+
     def slow_reads(self, seconds: float = 0.002) -> None:
         """Make every read slow, in this process and (inherited) in the helper."""
         read = os.read
@@ -68,26 +121,22 @@ class MeasurementTests(unittest.TestCase):
         names = self.names(files)
         expected = [wire.wire_size([files[f]]) for f in names]
         self.assertEqual(self.measure(names), expected)
-        self.assertEqual(self.measure(names, pause=0.2), expected)  # the helper did it all
+        # The helper alone: this process waits until it claimed the whole list, measures nothing.
+        here = self.record_here()
+        m = self.started(names)
+        self.until_claimed(m, lambda view, n: view[n] >= view[n + 1], "the helper never claimed the list")
+        self.assertEqual(list(m.finish()), expected)
+        self.assertEqual(here, [])
         for data in SAMPLES:
             self.assertEqual(mm.wire_size_of(data), wire.wire_size([data]), data[:20])
 
     def test_both_sides_measure(self) -> None:
         files = self.fill(60)
         names = self.names(files)
-        here: List[int] = []
-        measure = mm.Measurement._measure
-
-        def recording(m: mm.Measurement, start: int, end: int, out) -> None:  # type: ignore
-            if os.getpid() == parent:
-                here.extend(range(start, end))
-            measure(m, start, end, out)
-
-        parent = os.getpid()
-        self.patch(mm.Measurement, "_measure", recording)
-        self.slow_reads()
+        here = self.record_here(meet=True)
         self.assertEqual(self.measure(names), [wire.wire_size([files[f]]) for f in names])
         self.assertTrue(0 < len(set(here)) < len(names), here)
+        self.assertIn(len(names) - 1, here)  # this process from the back
 
     def record_prefetch(self) -> str:
         """Log (one line per file, O_APPEND) every file the kernel is asked to read ahead, in
@@ -111,16 +160,8 @@ class MeasurementTests(unittest.TestCase):
         sizes stay exact."""
         files = self.fill(90)
         names = self.names(files)
-        measure = mm.Measurement._measure
         parent = os.getpid()
-        here: List[int] = []
-
-        def recording(m: mm.Measurement, start: int, end: int, out) -> None:  # type: ignore
-            if os.getpid() == parent:
-                here.extend(range(start, end))
-            measure(m, start, end, out)
-
-        self.patch(mm.Measurement, "_measure", recording)
+        here = self.record_here(meet=True)
         log = self.record_prefetch()
         self.patch(mm, "IO_BOUND_WAITS", 2)  # a chunk is 3 reads here
         self.patch(mm, "PREFETCH", 10)
@@ -132,10 +173,10 @@ class MeasurementTests(unittest.TestCase):
         inodes = {os.stat(os.path.join(self.path, f)).st_ino: f for f in names}
         asked_names = [inodes[int(ino)] for _, ino in asked]
         self.assertEqual(len(asked_names), len(set(asked_names)))  # each file asked for once
-        # All but the helper's first chunk and this process's one chunk were asked for ahead.
-        self.assertEqual(len(here), mm.CHUNK)
-        self.assertGreaterEqual(len(asked_names), len(names) - 2 * mm.CHUNK - mm.CHUNK)
-        self.assertEqual(asked_names, sorted(asked_names, key=names.index))  # front to back
+        # This process stopped after its one chunk (from the back); all but that and the helper's
+        # first chunk were asked for ahead, front to back.
+        self.assertEqual(here, list(range(len(names) - mm.CHUNK, len(names))))
+        self.assertEqual(asked_names, names[mm.CHUNK:len(names) - mm.CHUNK])
 
     def test_cached_reads_are_not_asked_for_ahead(self) -> None:
         """Files in the page cache: no read-ahead requests (one more syscall per file)."""
@@ -193,22 +234,40 @@ class MeasurementTests(unittest.TestCase):
             os._exit(1)
 
         self.patch(mm.Measurement, "_helper", dies_after_claiming)
-        self.assertEqual(self.measure(names, pause=0.1),
-                         [wire.wire_size([files[f]]) for f in names])
+        here = self.record_here()
+        m = self.started(names)
+        self.until_claimed(m, lambda view, n: view[n] == 2 * mm.CHUNK, "the helper claimed nothing")
+        self.assertEqual(list(m.finish()), [wire.wire_size([files[f]]) for f in names])
+        # what the helper claimed and never measured was measured here
+        self.assertEqual(sorted(set(here)), list(range(len(names))))
 
     def test_helper_ignores_signals_and_never_returns(self) -> None:
         files = self.fill(30)
         names = self.names(files)
-        self.slow_reads(0.01)
         parent = os.getpid()
         marks = os.path.abspath(self.mktemp())
+        release = os.path.abspath(self.mktemp())
+        measure = mm.Measurement._measure
+
+        def held(m: mm.Measurement, start: int, end: int, out) -> None:  # type: ignore
+            if os.getpid() != parent:
+                _until(lambda: os.path.exists(release))  # the helper works once released
+            measure(m, start, end, out)
+
+        self.patch(mm.Measurement, "_measure", held)
         boundary = sum(1 for f in names if f.startswith("new/"))
         with mm.Measurement(self.path, [f[4:] for f in names], boundary) as m:
             self.assertTrue(m.start())
             os.kill(m._pid, signal.SIGTERM)
             os.kill(m._pid, signal.SIGINT)
-            time.sleep(0.03)
+            # Both signals reached the helper and wait there, blocked: it neither died nor ran a
+            # handler, and goes on working.
+            pid = m._pid
+            self.assertTrue(_until(lambda: {signal.SIGTERM, signal.SIGINT} <= _pending_signals(pid), 30),
+                            "the signals are not pending in the helper")
             self.assertEqual(os.waitpid(m._pid, os.WNOHANG), (0, 0))  # still working
+            with open(release, "w"):
+                pass
             sizes = list(m.finish())
             with open(marks, "a") as f:  # a helper that returned would get here too
                 f.write("%d\n" % os.getpid())
