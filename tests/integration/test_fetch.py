@@ -8,30 +8,16 @@ import os
 import re
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
-import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List
 
-from twisted.trial import unittest
+from twisted_pop3ng import fetch
 
-from twisted_pop3ng import fetch, wire
-from twisted_pop3ng.mailbox.maildir import deliver
-
-from .dovecot import start_dovecot
-from .support import Session, make_certificates, start_server
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PASSWORD = "pass word with spaces"
-
-
-def make_message(i: int, size: int = 300) -> bytes:
-    """A message as a Unix mail store holds it (LF line endings), as Maildir delivery writes it."""
-    body = (b"line %d of the body, some filler text\n" % i) * max(1, size // 40)
-    return (b"From: sender@example.org\nTo: bob@example.org\nSubject: test %d\n"
-            b"Message-ID: <%d@test>\n\n.starts with a dot\nFrom the start\n" % (i, i)) + body
+from .fetch_support import (PASSWORD, FetchTestCase, ScriptedPOP3Server, ScriptedServerTestCase,
+                            delivered_form, make_message, maildir_messages, mbox_messages, with_uids)
+from .support import Session, start_server
 
 
 def _children(parent: int, name: str) -> List[int]:
@@ -51,66 +37,12 @@ def _children(parent: int, name: str) -> List[int]:
     return found
 
 
-def maildir_messages(path: str) -> List[bytes]:
-    out = []
-    for sub in ("new", "cur"):
-        d = os.path.join(path, sub)
-        if os.path.isdir(d):
-            for name in os.listdir(d):
-                with open(os.path.join(d, name), "rb") as f:
-                    out.append(f.read())
-    return out
-
-
-class FetchTestBase(unittest.TestCase):
-    def setUp(self):
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(self.root)
-        self.state_home = os.path.join(self.root, "state-home")
-        self.password_file = os.path.join(self.root, "password")
-        with open(self.password_file, "w") as f:
-            f.write(PASSWORD + "\n")
-        self.out = os.path.join(self.root, "Maildir")
-
-    def command(self, url: str, *args: str, kill_at: Optional[str] = None) -> List[str]:
-        """``pop3ng fetch URL ARGS``; with ``kill_at="STEP:N"``, through the test-only entry point
-        that SIGKILLs the fetcher the N-th time it reaches STEP (its crash hook)."""
-        if kill_at is not None:
-            return [sys.executable, "-m", "tests.integration.fetch_with_crash", kill_at, url, *args]
-        return [sys.executable, "-m", "twisted_pop3ng.cli", "fetch", url, *args]
-
-    def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=ROOT, XDG_STATE_HOME=self.state_home)
-        env.pop("POP3NG_PASSWORD", None)
-        env.update(extra or {})
-        return env
-
-    def fetch(self, url: str, *args: str, env: Optional[Dict[str, str]] = None,
-              kill_at: Optional[str] = None) -> Tuple[int, str]:
-        result = subprocess.run(self.command(url, *args, kill_at=kill_at), env=self.env(env),
-                                capture_output=True, timeout=300)
-        return result.returncode, result.stderr.decode("utf-8", "replace")
-
-
-class DovecotFetchTests(FetchTestBase):
+class DovecotFetchTests(FetchTestCase):
     def setUp(self):
         super().setUp()
-        self.certs = make_certificates(self.root)
-        self.dovecot = start_dovecot(os.path.join(self.root, "dovecot"), {"bob": PASSWORD},
-                                     certs=self.certs)
-        self.addCleanup(self.dovecot.stop)
+        self.start_dovecot(["bob"])
         self.url = "pop3://bob@localhost:%d" % self.dovecot.port
-        self.messages: List[bytes] = []
-
-    def put(self, count: int, size: int = 300) -> None:
-        start = len(self.messages)
-        for i in range(start, start + count):
-            message = make_message(i, size)
-            self.messages.append(message)
-            deliver(self.dovecot.maildir("bob"), message)
-
-    def on_server(self) -> int:
-        return len(maildir_messages(self.dovecot.maildir("bob")))
+        self.messages = self.mail["bob"]
 
     def args(self, *extra: str) -> List[str]:
         return ["--cafile", self.certs["ca"], "--password-file", self.password_file,
@@ -297,7 +229,7 @@ class DovecotFetchTests(FetchTestBase):
         self.assert_exactly_once()
 
 
-class OurServerFetchTests(FetchTestBase):
+class OurServerFetchTests(FetchTestCase):
     def setUp(self):
         super().setUp()
         self.server = start_server(os.path.join(self.root, "server"), {"alice": PASSWORD})
@@ -311,57 +243,45 @@ class OurServerFetchTests(FetchTestBase):
     def base(self, *extra: str) -> List[str]:
         return ["--cafile", self.server.certs["ca"], "--password-file", self.password_file, *extra]
 
+    def mbox_killed_at(self, step: str, cut: int = 0) -> str:
+        """Fetch into an mbox in batches of 5, SIGKILLed at ``step``; then ``cut`` octets taken off
+        its end, as if the kill had come in the middle of the write. Returns the mbox's path."""
+        path = os.path.join(self.root, "inbox.mbox")
+        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"), kill_at=step)
+        self.assertEqual(code, -signal.SIGKILL)
+        if cut:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) - cut)
+        return path
+
     def test_mbox(self):
         path = os.path.join(self.root, "inbox.mbox")
         code, err = self.fetch(self.url, *self.base("--mbox", path))
         self.assertEqual(code, 0, err)
-        with open(path, "rb") as f:
-            data = f.read()
-        entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", data)
-        self.assertEqual(entries[0], b"")
         # mboxrd: each entry ends with a blank line; ">From " quoting is undone by one ">".
-        got = sorted(re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries[1:])
-        want = sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages)
-        self.assertEqual(got, want)
-        self.assertIn(b"\n>From the start\n", data)
+        self.assertEqual(sorted(mbox_messages(path)), sorted(delivered_form(m) for m in self.messages))
+        with open(path, "rb") as f:
+            self.assertIn(b"\n>From the start\n", f.read())
         self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
 
     def test_mbox_killed_after_append_before_state_write(self):
-        path = os.path.join(self.root, "inbox.mbox")
-        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
-                             kill_at="delivered:2")
-        self.assertEqual(code, -signal.SIGKILL)
+        path = self.mbox_killed_at("delivered:2")
         code, err = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"))
         self.assertEqual(code, 0, err)
-        with open(path, "rb") as f:
-            self.assertEqual(len(re.findall(rb"(?m)^From MAILER-DAEMON ", f.read())),
-                             len(self.messages))
+        self.assertEqual(sorted(mbox_messages(path)), sorted(delivered_form(m) for m in self.messages))
         self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
 
     def test_mbox_partial_append_is_cut_off_and_redone(self):
-        path = os.path.join(self.root, "inbox.mbox")
-        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
-                             kill_at="delivered:1")
-        self.assertEqual(code, -signal.SIGKILL)
-        with open(path, "r+b") as f:  # as if the kill had come in the middle of the write
-            f.truncate(os.path.getsize(path) - 100)
+        path = self.mbox_killed_at("delivered:1", cut=100)
         code, err = self.fetch(self.url, *self.base("--mbox", path))
         self.assertEqual(code, 0, err)
-        with open(path, "rb") as f:
-            entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", f.read())[1:]
-        got = sorted(re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries)
-        self.assertEqual(got, sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages))
+        self.assertEqual(sorted(mbox_messages(path)), sorted(delivered_form(m) for m in self.messages))
 
     def test_mbox_recovery_keeps_mail_another_program_appended(self):
         """Finding F11: fetch is killed with an append partly written, procmail appends a message,
         fetch runs again. Before the fix the rerun cut the file at the recorded offset and the
         other message was gone; now the foreign bytes stay, the user is told, nothing is lost."""
-        path = os.path.join(self.root, "inbox.mbox")
-        code, _ = self.fetch(self.url, *self.base("--mbox", path, "--batch", "5"),
-                             kill_at="delivered:1")
-        self.assertEqual(code, -signal.SIGKILL)
-        with open(path, "r+b") as f:  # as if the kill had come in the middle of the write
-            f.truncate(os.path.getsize(path) - 100)
+        path = self.mbox_killed_at("delivered:1", cut=100)
         theirs = b"From procmail@example.org Mon Jan  1 00:00:00 2024\nSubject: theirs\n\nkeep me\n\n"
         with open(path, "ab") as f:
             f.write(theirs)
@@ -370,12 +290,10 @@ class OurServerFetchTests(FetchTestBase):
         self.assertIn("warning:", err)
         self.assertIn("left as it is", err)
         with open(path, "rb") as f:
-            data = f.read()
-        self.assertIn(theirs, data)
-        entries = re.split(rb"(?m)^From MAILER-DAEMON [^\n]*\n", data)[1:]
-        got = {re.sub(rb"(?m)^>(>*From )", rb"\1", e[:-1]) for e in entries}
+            self.assertIn(theirs, f.read())
+        got = set(mbox_messages(path))
         for message in self.messages:  # every message whole (the partial copy stays too)
-            self.assertIn(_unstuffed(message).replace(b"\r\n", b"\n"), got)
+            self.assertIn(delivered_form(message), got)
         self.assertEqual(len(maildir_messages(self.server.maildir("alice"))), 0)
 
     def test_50mb_message_streams_in_bounded_memory(self):
@@ -394,7 +312,7 @@ class OurServerFetchTests(FetchTestBase):
             self.assertEqual(result.returncode, 0, err)
             peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", err).group(1)))
         self.assertLess(peaks[0] - peaks[1], 16 * 1024, peaks)
-        self.assertIn(big.replace(b"\r\n", b"\n"), maildir_messages(self.out))
+        self.assertIn(delivered_form(big), maildir_messages(self.out))
 
     def test_mda(self):
         out = os.path.join(self.root, "mda-out")
@@ -403,7 +321,7 @@ class OurServerFetchTests(FetchTestBase):
         code, err = self.fetch(self.url, *self.base("--mda", script))
         self.assertEqual(code, 0, err)
         got = sorted(open(os.path.join(out, n), "rb").read() for n in os.listdir(out))
-        want = sorted(_unstuffed(m).replace(b"\r\n", b"\n") for m in self.messages)
+        want = sorted(delivered_form(m) for m in self.messages)
         self.assertEqual(got, want)
 
     def test_failing_mda_deletes_nothing(self):
@@ -429,7 +347,7 @@ class OurServerFetchTests(FetchTestBase):
         code, err = self.fetch("pop3s://carol@localhost:%d" % server.tls_port, "--cafile",
                                server.certs["ca"], "--token-file", token_file, "--maildir", self.out)
         self.assertEqual(code, 0, err)
-        self.assertEqual(maildir_messages(self.out), [_unstuffed(self.messages[0])])
+        self.assertEqual(maildir_messages(self.out), [delivered_form(self.messages[0])])
 
     def test_mailbox_in_use_means_try_later(self):
         session = Session(self.server.connect(tls=True))
@@ -442,16 +360,10 @@ class OurServerFetchTests(FetchTestBase):
         code, err = self.fetch(self.url, *self.base("--maildir", self.out))
         self.assertEqual(code, 0, err)
         self.assertEqual(sorted(maildir_messages(self.out)),
-                         sorted(_unstuffed(m) for m in self.messages))
+                         sorted(delivered_form(m) for m in self.messages))
 
 
-def _unstuffed(message: bytes) -> bytes:
-    """What a delivery holds for a served message: the client's octets with LF line endings."""
-    encoder = wire.MessageEncoder(stuff=False)
-    return (encoder.feed(message) + encoder.finish()).replace(b"\r\n", b"\n")
-
-
-class AccountLockTests(FetchTestBase):
+class AccountLockTests(FetchTestCase):
     def test_second_run_for_the_same_account_waits_its_turn(self):
         import fcntl
 
@@ -464,116 +376,48 @@ class AccountLockTests(FetchTestBase):
         self.assertIn("another pop3ng fetch is running", err)
 
 
-class _ScriptedPOP3(socketserver.StreamRequestHandler):
-    """A minimal POP3 server whose first session drops the connection halfway through a RETR."""
-
-    def handle(self) -> None:
-        try:
-            self._serve()
-        except ConnectionResetError:
-            pass  # the fetcher gave up on us (abortConnection): its side is what the test checks
-
-    def _serve(self) -> None:
-        server = self.server
-        server.sessions += 1
-        drop_at = server.drop_at if server.sessions == 1 else None
-        write = self.wfile.write
-        write(b"+OK scripted\r\n")
-        marked = set()
-        for raw in self.rfile:
-            words = raw.strip().split()
-            verb = words[0].upper() if words else b""
-            live = server.messages
-            if verb == b"CAPA":
-                write(b"+OK\r\nUSER\r\n%sPIPELINING\r\n.\r\n" % (b"" if server.no_uidl else b"UIDL\r\n"))
-            elif verb in (b"USER", b"PASS"):
-                server.logins += 1
-                write(b"+OK\r\n")
-            elif verb == b"UIDL" and not server.no_uidl:
-                write(b"+OK\r\n" + b"".join(b"%d %s\r\n" % (i + 1, u) for i, (u, _) in enumerate(live))
-                      + b".\r\n")
-            elif verb == b"LIST":
-                write(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, len(_unstuffed(m)))
-                                            for i, (_, m) in enumerate(live)) + b".\r\n")
-            elif verb == b"RETR":
-                number = int(words[1])
-                if live[number - 1][0] in server.refuse:
-                    write(b"-ERR [SYS/PERM] Message vanished\r\n")
-                    continue
-                data = b"+OK\r\n" + wire.encode_message(live[number - 1][1])
-                if number == drop_at:
-                    write(data[: len(data) // 2])
-                    self.request.shutdown(socket.SHUT_RDWR)
-                    return
-                write(data)
-            elif verb == b"DELE":
-                marked.add(int(words[1]))
-                write(b"+OK\r\n")
-            elif verb == b"QUIT":
-                server.deleted += [live[n - 1][0] for n in sorted(marked)]
-                server.messages = [m for i, m in enumerate(live) if i + 1 not in marked]
-                write(b"+OK bye\r\n")
-                return
-            else:
-                write(b"-ERR unknown\r\n")
-
-
-class ScriptedServerTests(FetchTestBase):
-    def scripted(self, messages, drop_at=None, refuse=(), no_uidl=False):
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ScriptedPOP3)
-        server.daemon_threads = True
-        server.messages = [(b"uid-%d" % i, m) for i, m in enumerate(messages)]
-        server.sessions, server.deleted, server.drop_at, server.refuse = 0, [], drop_at, set(refuse)
-        server.no_uidl, server.logins = no_uidl, 0
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
-        return server, "pop3://u@127.0.0.1:%d" % server.server_address[1]
-
+class ScriptedServerTests(ScriptedServerTestCase):
     def test_a_refused_message_does_not_hold_back_the_others(self):
         messages = [make_message(i) for i in range(5)]
-        server, url = self.scripted(messages, refuse={b"uid-2"})
-        args = ["--allow-plaintext", "--maildir", self.out]
+        server = self.serve(ScriptedPOP3Server(with_uids(messages), refuse={b"uid-2"}))
         for _ in range(2):
-            code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
+            code, err = self.fetch_from(server)
             self.assertEqual(code, fetch.EXIT_ERROR, err)
             self.assertIn("uid-2", err)
             self.assertIn("Message vanished", err)
         self.assertEqual(sorted(maildir_messages(self.out)),
-                         sorted(_unstuffed(m) for i, m in enumerate(messages) if i != 2))
+                         sorted(delivered_form(m) for i, m in enumerate(messages) if i != 2))
         self.assertEqual([uid for uid, _ in server.messages], [b"uid-2"])
 
     def test_drop_mid_retr_then_rerun(self):
         messages = [make_message(i, size=200000) for i in range(6)]
-        server, url = self.scripted(messages, drop_at=4)
-        args = ["--allow-plaintext", "--maildir", self.out, "--batch", "2"]
-        code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
+        server = self.serve(ScriptedPOP3Server(with_uids(messages), drop_at=4))
+        code, err = self.fetch_from(server, "--batch", "2")
         self.assertEqual(code, fetch.EXIT_CONNECTION, err)
         self.assertIn("connection", err)
         got = maildir_messages(self.out)
-        self.assertEqual(sorted(got), sorted(_unstuffed(m) for m in messages[:3]))
+        self.assertEqual(sorted(got), sorted(delivered_form(m) for m in messages[:3]))
         self.assertEqual(server.deleted, [])
         self.assertEqual(os.listdir(os.path.join(self.out, "tmp")), [])  # the partial one is gone
-        code, err = self.fetch(url, *args, env={"POP3NG_PASSWORD": "x"})
+        code, err = self.fetch_from(server, "--batch", "2")
         self.assertEqual(code, 0, err)
-        self.assertEqual(sorted(maildir_messages(self.out)), sorted(_unstuffed(m) for m in messages))
+        self.assertEqual(sorted(maildir_messages(self.out)), sorted(delivered_form(m) for m in messages))
         self.assertEqual(sorted(server.deleted), sorted(b"uid-%d" % i for i in range(6)))
         self.assertEqual(server.messages, [])
 
     def test_no_stls_when_tls_is_required(self):
         """pop3:// without --allow-plaintext: the server offers no STLS, so the fetcher stops
         before sending a password (exit code EXIT_TLS)."""
-        server, url = self.scripted([make_message(0)])
-        code, err = self.fetch(url, "--maildir", self.out, env={"POP3NG_PASSWORD": "x"})
+        server = self.serve(ScriptedPOP3Server(with_uids([make_message(0)])))
+        code, err = self.fetch(server.url, "--maildir", self.out, env={"POP3NG_PASSWORD": "x"})
         self.assertEqual(code, fetch.EXIT_TLS, err)
         self.assertIn("does not offer STLS", err)
         self.assertEqual(server.logins, 0)
         self.assertEqual(maildir_messages(self.out), [])
 
     def test_server_without_uidl(self):
-        server, url = self.scripted([make_message(0)], no_uidl=True)
-        code, err = self.fetch(url, "--allow-plaintext", "--maildir", self.out,
-                               env={"POP3NG_PASSWORD": "x"})
+        server = self.serve(ScriptedPOP3Server(with_uids([make_message(0)]), no_uidl=True))
+        code, err = self.fetch_from(server)
         self.assertEqual(code, fetch.EXIT_ERROR, err)
         self.assertIn("does not support UIDL", err)
         self.assertEqual(maildir_messages(self.out), [])

@@ -10,28 +10,26 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 from urllib.parse import parse_qs
 
 from twisted.internet import defer, threads
-from twisted.trial import unittest
+from twisted.internet.address import IPv4Address
 from twisted.web import resource, server
 
 from twisted_pop3ng import fetch
 from twisted_pop3ng.auth.oauth import issue_token
 
-from .support import ROOT, start_server
+from .fetch_support import PASSWORD, FetchTestCase, maildir_messages, server_ca
+from .support import start_server
 
-PASSWORD = "pass word with spaces"
 KEY = b"0123456789abcdef-test-hmac-key"
 CLIENT_ID, CLIENT_SECRET = "pop3ng-client", "s3cret/with:odd&chars"
 
 
 def maildir_count(path: str) -> int:
-    return sum(len(os.listdir(os.path.join(path, sub))) for sub in ("new", "cur")
-               if os.path.isdir(os.path.join(path, sub)))
+    return len(maildir_messages(path))
 
 
 class TokenEndpoint(resource.Resource):
@@ -49,6 +47,7 @@ class TokenEndpoint(resource.Resource):
         self.arrived: defer.Deferred = defer.Deferred()
 
     def render_POST(self, request: server.Request) -> object:
+        assert request.content is not None  # (a POST always has a body, maybe empty)
         form = parse_qs(request.content.read().decode("ascii"))
         self.requests.append(form)
         request.setHeader(b"content-type", b"application/json")
@@ -81,13 +80,11 @@ class TokenEndpoint(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class CredentialTests(unittest.TestCase):
+class CredentialTests(FetchTestCase):
     def setUp(self) -> None:
         from twisted.internet import reactor
 
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(self.root)
-        self.state_home = os.path.join(self.root, "state-home")
+        super().setUp()
         key_file = os.path.join(self.root, "hmac.key")
         with open(key_file, "wb") as f:
             f.write(KEY)
@@ -95,9 +92,12 @@ class CredentialTests(unittest.TestCase):
                                    extra_args=["--oauth-hmac-key", key_file])
         self.addCleanup(self.server.stop)
         self.endpoint = TokenEndpoint()
-        self.http = reactor.listenTCP(0, server.Site(self.endpoint), interface="127.0.0.1")
+        site = server.Site(self.endpoint)
+        self.http = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(self.http.stopListening)
-        self.out = os.path.join(self.root, "Maildir")
+        address = self.http.getHost()
+        assert isinstance(address, IPv4Address)
+        self.http_port = address.port
         self.config_path = os.path.join(self.root, "fetch.toml")
         self.refresh_file = os.path.join(self.root, "refresh-token")
         self.secret_file = os.path.join(self.root, "client-secret")
@@ -116,35 +116,22 @@ class CredentialTests(unittest.TestCase):
     def write_config(self, secret_lines: List[str]) -> None:
         lines = ["[accounts.alice]",
                  'url = "pop3s://alice@localhost:%d"' % self.server.tls_port,
-                 'cafile = "%s"' % self.server.certs["ca"],
+                 'cafile = "%s"' % server_ca(self.server),
                  'maildir = "%s"' % self.out] + secret_lines
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
     def oauth_config(self, *extra: str) -> None:
         self.write_config([
-            'oauth_token_endpoint = "http://127.0.0.1:%d/token"' % self.http.getHost().port,
+            'oauth_token_endpoint = "http://127.0.0.1:%d/token"' % self.http_port,
             'oauth_client_id = "%s"' % CLIENT_ID,
             'oauth_client_secret_file = "%s"' % self.secret_file,
             'oauth_refresh_token_file = "%s"' % self.refresh_file,
             'oauth_cache = "%s"' % self.cache, *extra])
 
-    def command(self) -> List[str]:
-        return [sys.executable, "-m", "twisted_pop3ng.cli", "fetch", "--config", self.config_path]
-
-    def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=ROOT, XDG_STATE_HOME=self.state_home)
-        env.pop("POP3NG_PASSWORD", None)
-        env.update(extra or {})
-        return env
-
     def run_fetch(self, env: Optional[Dict[str, str]] = None) -> defer.Deferred:
         """In a thread: the token endpoint is served by this test's reactor meanwhile."""
-        def run() -> Tuple[int, str]:
-            result = subprocess.run(self.command(), env=self.env(env), capture_output=True,
-                                    timeout=120)
-            return result.returncode, result.stderr.decode("utf-8", "replace")
-        return threads.deferToThread(run)
+        return threads.deferToThread(self.fetch, "--config", self.config_path, env=env)
 
     # -- OAuth ---------------------------------------------------------------------------------
 
@@ -213,7 +200,8 @@ class CredentialTests(unittest.TestCase):
         self.endpoint.rotate = True
         self.endpoint.hold = defer.Deferred()
         self.oauth_config()
-        process = subprocess.Popen(self.command(), env=self.env(), stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(self.command("--config", self.config_path), env=self.env(),
+                                   stderr=subprocess.DEVNULL)
         yield self.endpoint.arrived  # the request is in; the answer (and its rotation) held back
         process.send_signal(signal.SIGKILL)
         yield threads.deferToThread(process.wait)

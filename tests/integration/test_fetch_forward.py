@@ -13,27 +13,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from twisted.internet import defer, threads
 from twisted.mail import smtp
-from twisted.trial import unittest
 from zope.interface import implementer
 
 from twisted_pop3ng import fetch
 
-from .dovecot import free_port, start_dovecot
-from .support import ROOT, make_certificates
-
-PASSWORD = "pass word with spaces"
-
-
-def make_message(i: int, size: int = 300) -> bytes:
-    body = (b"line %d of the body, some filler text\n" % i) * max(1, size // 40)
-    return (b"From: sender@example.org\nTo: bob@example.org\nSubject: test %d\n"
-            b"Message-ID: <%d@test>\n\n.starts with a dot\n..two dots\nFrom the start\n" % (i, i)) + body
+from .dovecot import free_port
+from .fetch_support import FetchTestCase, make_message, maildir_messages
 
 
 _TRACE = re.compile(rb"\A(?:(?:Return-Path|Delivered-To|Received):[^\n]*\n(?:[ \t][^\n]*\n)*)*")
@@ -42,17 +32,6 @@ _TRACE = re.compile(rb"\A(?:(?:Return-Path|Delivered-To|Received):[^\n]*\n(?:[ \
 def without_trace(message: bytes) -> bytes:
     """The message as the sender wrote it: the MTA's Return-Path/Delivered-To/Received removed."""
     return _TRACE.sub(b"", message, count=1)
-
-
-def maildir_messages(path: str) -> List[bytes]:
-    out = []
-    for sub in ("new", "cur"):
-        d = os.path.join(path, sub)
-        if os.path.isdir(d):
-            for name in sorted(os.listdir(d)):
-                with open(os.path.join(d, name), "rb") as f:
-                    out.append(f.read())
-    return out
 
 
 LMTP_CONFIG = """
@@ -77,38 +56,19 @@ quota_full_tempfail = %(tempfail)s
 """
 
 
-class ForwardTestBase(unittest.TestCase):
+class ForwardTestBase(FetchTestCase):
     quota: Optional[Tuple[int, bool]] = None  # (KB, tempfail)
 
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(self.root)
-        self.state_home = os.path.join(self.root, "state-home")
-        self.password_file = os.path.join(self.root, "password")
-        with open(self.password_file, "w") as f:
-            f.write(PASSWORD + "\n")
-        self.certs = make_certificates(self.root)
+        super().setUp()
         self.lmtp_port = free_port()
         quota = ""
         if self.quota:
             quota = QUOTA % {"kb": self.quota[0], "tempfail": "yes" if self.quota[1] else "no"}
-        self.dovecot = start_dovecot(os.path.join(self.root, "dovecot"),
-                                     {"bob": PASSWORD, "carol": "x"}, certs=self.certs,
-                                     extra_config=LMTP_CONFIG % {"port": self.lmtp_port,
-                                                                 "quota": quota})
-        self.addCleanup(self.dovecot.stop)
-        self.messages: List[bytes] = []
+        self.start_dovecot(["bob", "carol"], passwords={"carol": "x"},
+                           extra_config=LMTP_CONFIG % {"port": self.lmtp_port, "quota": quota})
+        self.messages = self.mail["bob"]
         self.config_path = os.path.join(self.root, "fetch.toml")
-
-    def put(self, count: int, size: int = 300) -> None:
-        start = len(self.messages)
-        for i in range(start, start + count):
-            message = make_message(i, size)
-            self.messages.append(message)
-            self.dovecot.deliver("bob", message)
-
-    def on_server(self) -> int:
-        return len(maildir_messages(self.dovecot.maildir("bob")))
 
     def forwarded(self) -> List[bytes]:
         return [without_trace(m) for m in maildir_messages(self.dovecot.maildir("carol"))]
@@ -127,22 +87,9 @@ class ForwardTestBase(unittest.TestCase):
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
-    def env(self) -> Dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=ROOT, XDG_STATE_HOME=self.state_home)
-        env.pop("POP3NG_PASSWORD", None)
-        return env
-
-    def command(self, *args: str, kill_at: Optional[str] = None) -> List[str]:
-        if kill_at is not None:
-            return [sys.executable, "-m", "tests.integration.fetch_with_crash", kill_at,
-                    "--config", self.config_path, *args]
-        return [sys.executable, "-m", "twisted_pop3ng.cli", "fetch", "--config",
-                self.config_path, *args]
-
-    def fetch(self, *args: str, kill_at: Optional[str] = None) -> Tuple[int, str]:
-        result = subprocess.run(self.command(*args, kill_at=kill_at), env=self.env(),
-                                capture_output=True, timeout=300)
-        return result.returncode, result.stderr.decode("utf-8", "replace")
+    def fetch_configured(self, *args: str, kill_at: Optional[str] = None) -> Tuple[int, str]:
+        """``pop3ng fetch --config FILE ARGS`` (the file :meth:`write_config` wrote)."""
+        return self.fetch("--config", self.config_path, *args, kill_at=kill_at)
 
     def assert_exactly_once(self) -> None:
         self.assertEqual(sorted(self.forwarded()), sorted(self.messages))
@@ -152,7 +99,7 @@ class LMTPForwardTests(ForwardTestBase):
     def test_lmtp_over_tcp_with_starttls(self) -> None:
         self.put(60, size=3000)
         self.write_config("lmtp://localhost:%d" % self.lmtp_port, forward_starttls="require")
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         self.assert_exactly_once()
         self.assertEqual(self.on_server(), 0)
@@ -160,27 +107,26 @@ class LMTPForwardTests(ForwardTestBase):
         # Dovecot says how the mail came: over TLS (STARTTLS was used, the certificate verified).
         self.assertIn(b" with LMTPS\n",
                       maildir_messages(self.dovecot.maildir("carol"))[0])
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         self.assert_exactly_once()
 
     def test_lmtp_over_a_unix_socket(self) -> None:
         self.put(10)
         self.write_config("lmtp:%s" % os.path.join(self.dovecot.base_dir, "lmtp"))
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         self.assert_exactly_once()
         self.assertEqual(self.on_server(), 0)
 
     def test_forward_from_the_single_url_command_line(self) -> None:
         self.put(4)
-        command = [sys.executable, "-m", "twisted_pop3ng.cli", "fetch",
-                   "pop3://bob@localhost:%d" % self.dovecot.port, "--cafile", self.certs["ca"],
-                   "--password-file", self.password_file,
-                   "--forward", "lmtp://localhost:%d" % self.lmtp_port, "--forward-to", "carol",
-                   "--forward-cafile", self.certs["ca"], "--forward-starttls", "require"]
-        result = subprocess.run(command, env=self.env(), capture_output=True, timeout=120)
-        self.assertEqual(result.returncode, 0, result.stderr)
+        code, err = self.fetch(
+            "pop3://bob@localhost:%d" % self.dovecot.port, "--cafile", self.certs["ca"],
+            "--password-file", self.password_file,
+            "--forward", "lmtp://localhost:%d" % self.lmtp_port, "--forward-to", "carol",
+            "--forward-cafile", self.certs["ca"], "--forward-starttls", "require")
+        self.assertEqual(code, 0, err)
         self.assert_exactly_once()
         self.assertEqual(self.on_server(), 0)
 
@@ -188,7 +134,7 @@ class LMTPForwardTests(ForwardTestBase):
         self.messages.append(b"Return-Path: <list-bounces@example.org>\nSubject: s\n\nbody\n")
         self.dovecot.deliver("bob", self.messages[-1])
         self.write_config("lmtp://localhost:%d" % self.lmtp_port)
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         got = maildir_messages(self.dovecot.maildir("carol"))
         self.assertEqual(len(got), 1)
@@ -196,7 +142,7 @@ class LMTPForwardTests(ForwardTestBase):
         self.messages.append(b"Subject: s2\n\nbody\n")
         self.dovecot.deliver("bob", self.messages[-1])
         self.write_config("lmtp://localhost:%d" % self.lmtp_port, forward_from="me@example.net")
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         self.assertIn(b"Return-Path: <me@example.net>\n",
                       [m.split(b"\n", 1)[0] + b"\n" for m in
@@ -212,7 +158,7 @@ class LMTPForwardTests(ForwardTestBase):
         text = re.sub(r'forward_cafile = "[^"]*"', 'forward_cafile = "%s"' % other, text)
         with open(self.config_path, "w") as f:
             f.write(text)
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, fetch.EXIT_DELIVERY, err)
         self.assertIn("certificate verify failed", err)
         self.assertEqual(self.on_server(), 5)
@@ -225,14 +171,14 @@ class LMTPForwardTests(ForwardTestBase):
                                                       'forward_to = "nosuchuser"')
         with open(self.config_path, "w") as f:
             f.write(text)
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, fetch.EXIT_ERROR, err)
         self.assertEqual(err.count("left on the server: "), 3, err)
         self.assertIn("550", err)
         self.assertEqual(self.on_server(), 3)
         with open(self.config_path, "a") as f:
             f.write('on_reject = "delete"\n')
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         self.assertEqual(err.count('deleted on the server (on_reject = "delete")'), 3, err)
         self.assertEqual(self.on_server(), 0)
@@ -248,9 +194,9 @@ class LMTPForwardTests(ForwardTestBase):
                                  ("before-dele:1", False),
                                  ("before-quit:1", False), ("after-quit:1", False)):
             self.put(8)
-            code, _ = self.fetch(kill_at=step)
+            code, _ = self.fetch_configured(kill_at=step)
             self.assertEqual(code, -signal.SIGKILL, step)
-            code, err = self.fetch()
+            code, err = self.fetch_configured()
             self.assertEqual(code, 0, err)
             self.assertEqual(self.on_server(), 0, step)
             got = self.forwarded()
@@ -265,7 +211,8 @@ class LMTPForwardTests(ForwardTestBase):
         carol_new = os.path.join(self.dovecot.maildir("carol"), "new")
         kills = 0
         for threshold in (20, 90, 150):
-            process = subprocess.Popen(self.command(), env=self.env(), stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(self.command("--config", self.config_path), env=self.env(),
+                                       stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 120
             while process.poll() is None and time.monotonic() < deadline:
                 if len(os.listdir(carol_new)) >= threshold:
@@ -275,7 +222,7 @@ class LMTPForwardTests(ForwardTestBase):
                 time.sleep(0.002)
             process.wait()
         self.assertGreaterEqual(kills, 1)
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         got = self.forwarded()
         self.assertEqual(sorted(set(got)), sorted(self.messages))
@@ -291,7 +238,7 @@ class LMTPQuotaTempfailTests(ForwardTestBase):
     def test_4xx_leaves_the_rest_on_the_server_for_the_next_run(self) -> None:
         self.put(12, size=3000)  # ~3.2 KB each: five or six fit
         self.write_config("lmtp://localhost:%d" % self.lmtp_port)
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, fetch.EXIT_TRY_LATER, err)
         self.assertIn("try again later", err)
         self.assertRegex(err, r"answered 4\d\d")
@@ -308,7 +255,7 @@ class LMTPQuotaTempfailTests(ForwardTestBase):
         for name in os.listdir(self.dovecot.maildir("carol")):
             if name.startswith("maildirsize"):
                 os.unlink(os.path.join(self.dovecot.maildir("carol"), name))
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, 0, err)
         rest = self.forwarded()
         self.assertEqual(sorted(got + rest), sorted(self.messages))
@@ -325,7 +272,7 @@ class LMTPQuotaRejectTests(ForwardTestBase):
         self.put(1, size=30000)
         self.put(2, size=500)
         self.write_config("lmtp://localhost:%d" % self.lmtp_port)
-        code, err = self.fetch()
+        code, err = self.fetch_configured()
         self.assertEqual(code, fetch.EXIT_ERROR, err)
         self.assertEqual(err.count("left on the server: "), 1, err)
         self.assertRegex(err, r"answered 5\d\d")
@@ -358,7 +305,8 @@ class _Mailbox:
 @implementer(smtp.IMessage)
 class _Message:
     def __init__(self, box: _Mailbox, sender: str, recipient: str) -> None:
-        self.box, self.sender, self.recipient, self.lines = box, sender, recipient, []
+        self.box, self.sender, self.recipient = box, sender, recipient
+        self.lines: List[bytes] = []
 
     def lineReceived(self, line: bytes) -> None:
         self.lines.append(line)
@@ -397,7 +345,7 @@ class SMTPForwardTests(ForwardTestBase):
             def buildProtocol(self, addr: object) -> smtp.ESMTP:
                 protocol = smtp.ESMTP(contextFactory=context)
                 protocol.host = b"localhost"
-                protocol.delivery = box
+                protocol.delivery = box  # type: ignore[assignment]  # (typed None in twisted.mail)
                 protocol.factory = self
                 return protocol
 
@@ -406,7 +354,7 @@ class SMTPForwardTests(ForwardTestBase):
 
     def run_fetch(self) -> defer.Deferred:
         """The fetch in a thread: this reactor serves the SMTP side meanwhile."""
-        return threads.deferToThread(self.fetch)
+        return threads.deferToThread(self.fetch_configured)
 
     @defer.inlineCallbacks
     def test_smtp_with_starttls_byte_for_byte(self):

@@ -10,28 +10,21 @@ import pty
 import re
 import select
 import subprocess
-import sys
-from typing import Dict, List, Tuple
-
-from twisted.trial import unittest
+from typing import Dict, Tuple
 
 from twisted_pop3ng import fetch
 
-from .support import ROOT, start_server
+from .fetch_support import PASSWORD, FetchTestCase, server_ca
+from .support import start_server
 
-PASSWORD = "pass word with spaces"
 
 
-class ReportingTests(unittest.TestCase):
+class ReportingTests(FetchTestCase):
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(self.root)
+        super().setUp()
         self.server = start_server(os.path.join(self.root, "server"),
                                    {"alice": PASSWORD, "bob": PASSWORD})
         self.addCleanup(self.server.stop)
-        self.password_file = os.path.join(self.root, "password")
-        with open(self.password_file, "w") as f:
-            f.write(PASSWORD + "\n")
         self.wrong_file = os.path.join(self.root, "wrong")
         with open(self.wrong_file, "w") as f:
             f.write("wrong\n")
@@ -39,7 +32,7 @@ class ReportingTests(unittest.TestCase):
 
     def write_config(self, accounts: Dict[str, str]) -> None:
         """``accounts``: name -> password file; each account fetches the user of that name."""
-        lines = ["[defaults]", 'cafile = "%s"' % self.server.certs["ca"]]
+        lines = ["[defaults]", 'cafile = "%s"' % server_ca(self.server)]
         for name, password_file in accounts.items():
             lines += ["[accounts.%s]" % name,
                       'url = "pop3s://%s@localhost:%d"' % (name, self.server.tls_port),
@@ -52,18 +45,10 @@ class ReportingTests(unittest.TestCase):
         for i in range(count):
             self.server.deliver(user, b"Subject: %d\r\n\r\n" % i + b"x" * size + b"\r\n")
 
-    def env(self) -> Dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=ROOT, XDG_STATE_HOME=os.path.join(self.root, "state"))
-        env.pop("POP3NG_PASSWORD", None)
-        return env
-
-    def command(self, *args: str) -> List[str]:
-        return [sys.executable, "-m", "twisted_pop3ng.cli", "fetch", "--config", self.config_path,
-                *args]
-
     def run_fetch(self, *args: str) -> Tuple[int, str, str]:
-        result = subprocess.run(self.command(*args), env=self.env(), capture_output=True,
-                                timeout=120)
+        """``pop3ng fetch --config FILE ARGS``: (exit status, stdout, stderr)."""
+        result = subprocess.run(self.command("--config", self.config_path, *args), env=self.env(),
+                                capture_output=True, timeout=120)
         return result.returncode, result.stdout.decode(), result.stderr.decode()
 
     def test_summary_lines_and_json_with_per_account_exit_codes(self) -> None:
@@ -99,10 +84,9 @@ class ReportingTests(unittest.TestCase):
     def test_json_for_a_single_url(self) -> None:
         """--json works on the single-account command line too, in the same shape."""
         self.deliver("alice", 3)
-        command = [sys.executable, "-m", "twisted_pop3ng.cli", "fetch", "--json",
-                   "pop3s://alice@localhost:%d" % self.server.tls_port,
-                   "--cafile", self.server.certs["ca"], "--password-file", self.password_file,
-                   "--maildir", os.path.join(self.root, "Mail", "single")]
+        command = self.command("--json", "pop3s://alice@localhost:%d" % self.server.tls_port,
+                               "--cafile", server_ca(self.server), "--password-file", self.password_file,
+                               "--maildir", os.path.join(self.root, "Mail", "single"))
         result = subprocess.run(command, env=self.env(), capture_output=True, timeout=120)
         self.assertEqual(result.returncode, 0, result.stderr)
         summary = json.loads(result.stdout)
@@ -125,7 +109,7 @@ class ReportingTests(unittest.TestCase):
         self.deliver("bob", 100, size=3000)
         self.write_config({"alice": self.password_file, "bob": self.password_file})
         master, slave = pty.openpty()
-        process = subprocess.Popen(self.command(), env=self.env(), stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(self.command("--config", self.config_path), env=self.env(), stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=slave)
         os.close(slave)
         screen = b""

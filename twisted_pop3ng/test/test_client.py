@@ -18,10 +18,12 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from twisted_pop3ng.auth import sasl_client
-from twisted_pop3ng import client as pop3, server, wire
+from twisted_pop3ng import client as pop3, server
 from twisted_pop3ng.errors import MailboxInUse
 from twisted_pop3ng.mailbox.memory import MemoryStore
+from twisted_pop3ng.server.policy import SecurityConfig
 from twisted_pop3ng.server.realm import MailboxRealm
+from twisted_pop3ng.testing import rfc1939
 
 
 class TLSStringTransport(StringTransport):
@@ -45,13 +47,6 @@ def make_client(greeting: bytes = b"+OK ready <1896.697170952@dbc.mtview.ca.us>\
     if caps is not None:
         client.capabilities = caps
     return client, transport, clock
-
-
-def result_of(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    return results[0]
 
 
 class GreetingAndErrorsTests(unittest.TestCase):
@@ -391,6 +386,12 @@ class LoginTests(unittest.TestCase):
         return m.make_server(lambda username: info)
 
     def run_scram(self, server_password, tamper=None):
+        """The client's SCRAM exchange against scramp's server holding ``server_password``: returns
+        the client, its login Deferred, the transport (cleared after the client-final message) and,
+        when the server refused the client's proof, scramp's error."""
+        import scramp
+        from scramp.core import ServerError
+
         client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256"]})
         d = client.login("user", "pencil")
         line = transport.value().strip()
@@ -403,30 +404,52 @@ class LoginTests(unittest.TestCase):
         transport.clear()
         try:
             server.set_client_final(client_final)
-        except Exception:
+        except scramp.ScramException as refused:
+            # Only a well-formed client-final message with a proof that does not match is a wrong
+            # password; a parse error (a client bug) must fail the test, not pass as one.
+            self.assertEqual(refused.server_error, ServerError.INVALID_PROOF, str(refused))
             client.dataReceived(b"-ERR [AUTH] bad proof\r\n")
-            return d, transport
+            return client, d, transport, refused
         final = server.get_server_final()
         if tamper:
             final = tamper(final)
         client.dataReceived(b"+ " + base64.b64encode(final.encode()) + b"\r\n")
-        return d, transport
+        return client, d, transport, None
 
     def test_scram_sha_256(self):
-        d, transport = self.run_scram("pencil")
+        client, d, transport, refused = self.run_scram("pencil")
+        self.assertIsNone(refused)
         self.assertEqual(transport.value(), b"\r\n")  # empty response to the server-final message
         transport.clear()
-        client = d  # the login goes on: +OK, then CAPA
-        self.assertNoResult(client)
+        self.assertNoResult(d)  # the login goes on: +OK, then CAPA
+        client.dataReceived(b"+OK welcome\r\n")
+        self.assertEqual(transport.value(), b"CAPA\r\n")
+        client.dataReceived(b"+OK\r\nUIDL\r\n.\r\n")
+        self.assertEqual(self.successResultOf(d), {"UIDL": []})
+        self.assertTrue(client.logged_in)
 
     def test_scram_wrong_password(self):
-        d, _ = self.run_scram("other")
-        self.failureResultOf(d, pop3.AuthError)
+        _, d, _, refused = self.run_scram("other")
+        self.assertIn("The client keys don't match", str(refused))
+        failure = self.failureResultOf(d, pop3.AuthError)
+        self.assertEqual(failure.value.text, "bad proof")
 
     def test_scram_server_that_cannot_prove_itself(self):
-        d, transport = self.run_scram("pencil", tamper=lambda f: "v=" + base64.b64encode(b"x" * 32).decode())
-        self.assertEqual(transport.value(), b"*\r\n")  # the client cancels
-        transport.clear()
+        """A server that does not know the password cannot sign the exchange: the client cancels
+        with ``*`` and the login fails, even if the server then claims success with +OK."""
+        forged = "v=" + base64.b64encode(b"x" * 32).decode()
+        for reply, reason in ((b"-ERR [AUTH] cancelled\r\n", "The server signature doesn't match"),
+                              (b"+OK you are in\r\n", "server accepted SCRAM-SHA-256 without proving itself")):
+            client, d, transport, refused = self.run_scram("pencil", tamper=lambda final: forged)
+            self.assertIsNone(refused)
+            self.assertEqual(transport.value(), b"*\r\n")  # the client cancels
+            self.assertNoResult(d)
+            transport.clear()
+            client.dataReceived(reply)
+            failure = self.failureResultOf(d, sasl_client.SASLError)
+            self.assertIn(reason, str(failure.value))
+            self.assertEqual(transport.value(), b"")  # no CAPA: the session is not logged in
+            self.assertFalse(client.logged_in)
 
     def test_scram_ok_without_server_final_is_refused(self):
         client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256"]})
@@ -455,21 +478,6 @@ class LoginTests(unittest.TestCase):
                          b"n,a=user@example.com,\x01auth=Bearer vF9dft4qmT\x01\x01")
 
 
-def unstuffed(message: bytes) -> bytes:
-    """What a client stores for a stored message: CRLF line endings, final CRLF, no stuffing."""
-    encoder = wire.MessageEncoder(stuff=False)
-    return encoder.feed(message) + encoder.finish()
-
-
-def _server_config():
-    try:
-        from twisted_pop3ng.server.policy import SecurityConfig
-
-        return server.ServerConfig(security=SecurityConfig(allow_plaintext_auth=True))
-    except (ImportError, TypeError):
-        return server.ServerConfig()
-
-
 class IOSimTests(unittest.TestCase):
     """Our client against our server protocol, in memory."""
 
@@ -484,7 +492,8 @@ class IOSimTests(unittest.TestCase):
         checker = InMemoryUsernamePasswordDatabaseDontUse()
         checker.addUser(b"alice", b"secret pass")
         portal = Portal(MailboxRealm(self.store), [checker])
-        self.factory = server.POP3ServerFactory(portal, _server_config(), clock=self.clock)
+        config = server.ServerConfig(security=SecurityConfig(allow_plaintext_auth=True))
+        self.factory = server.POP3ServerFactory(portal, config, clock=self.clock)
         self.client, self.server, self.pump = iosim.connectedServerAndClient(
             lambda: self.factory.buildProtocol(None), lambda: pop3.POP3Client(clock=self.clock),
             clock=self.clock)
@@ -508,7 +517,7 @@ class IOSimTests(unittest.TestCase):
         bodies = [self.client.retrieve(n) for n in sorted(uids)]
         self.pump.flush()
         got = [self.wait(d) for d in bodies]
-        self.assertEqual(got, [unstuffed(m) for m in self.MESSAGES])
+        self.assertEqual(got, [rfc1939.wire_message(m) for m in self.MESSAGES])
         self.assertEqual([len(b) for b in got], [sizes[n] for n in sorted(sizes)])
         self.assertEqual(self.wait(self.client.top(1, 0)), b"Subject: one\r\n\r\n")
         self.wait(self.client.delete(2))
