@@ -6,9 +6,13 @@ lives in a short private directory under ``/tmp`` because socket paths are limit
 the unprivileged login user must be able to reach them.
 
 Dovecot refuses mail access as root ("Mail access not allowed for root"), so mail is accessed as
-``nobody``: the maildirs are created owned by it, and ``root`` and its parents get the
-search (``o+x``) bit. Messages delivered later by root (``support.deliver``) are world-readable files
-in directories Dovecot owns, so it can read, rename and delete them.
+``nobody`` and the passwd-file is read by the ``dovecot`` user. They cannot be expected to reach
+``root`` (a ``mkdtemp`` is 0700, a home directory may be too), and the modes of directories the test
+does not own are never changed: while Dovecot runs, ``root/mail`` and ``root/users`` are symlinks
+into a private directory under ``/tmp`` that the helper creates searchable (0711), and ``stop()``
+moves them back into ``root`` (mail that Dovecot left is still there for the test to check).
+Messages delivered later by root (``support.deliver``) are world-readable files in directories
+Dovecot owns, so it can read, rename and delete them.
 
 Usage::
 
@@ -25,7 +29,6 @@ import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -72,17 +75,37 @@ def give_to_mail_user(path: str) -> None:
             os.chown(os.path.join(parent, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
 
-def _make_searchable(path: str) -> None:
-    """Add o+x to ``path`` and its parents where missing (mkdtemp makes 0700 directories)."""
-    path = os.path.abspath(path)
-    while True:
-        mode = os.stat(path).st_mode
-        if not mode & stat.S_IXOTH:
-            os.chmod(path, stat.S_IMODE(mode) | stat.S_IXOTH)
-        parent = os.path.dirname(path)
-        if parent == path:
-            return
-        path = parent
+#: What Dovecot's unprivileged processes open under ``root``: kept in the reachable home meanwhile.
+REACHABLE = ("mail", "users")
+
+
+def _move_into_reach(root: str) -> str:
+    """A fresh 0711 directory under /tmp (searchable by Dovecot's users, like /tmp itself) that
+    takes ``root``'s mail and passwd-file; ``root/mail`` and ``root/users`` link to it."""
+    home = tempfile.mkdtemp(prefix="dovecot-home-", dir="/tmp")
+    os.chmod(home, 0o711)
+    for name in REACHABLE:
+        link = os.path.join(root, name)
+        current = os.readlink(link) if os.path.islink(link) else link  # an earlier Dovecot's home
+        if os.path.lexists(current):
+            shutil.move(current, os.path.join(home, name))
+        if os.path.islink(link):
+            os.unlink(link)
+    os.makedirs(os.path.join(home, "mail"), exist_ok=True)
+    for name in REACHABLE:
+        os.symlink(os.path.join(home, name), os.path.join(root, name))
+    return home
+
+
+def _move_home(home: str, root: str) -> None:
+    """Undo :func:`_move_into_reach`: the mail and passwd-file back in ``root``, ``home`` gone."""
+    for name in REACHABLE:
+        link, moved = os.path.join(root, name), os.path.join(home, name)
+        if os.path.islink(link) and os.readlink(link) == moved:
+            os.unlink(link)
+            if os.path.lexists(moved):
+                shutil.move(moved, link)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @dataclass
@@ -96,6 +119,8 @@ class DovecotProcess:
     log_path: str
     port: int
     tls_port: Optional[int]
+    #: The reachable directory under /tmp holding the mail and passwd-file while Dovecot runs.
+    home: str = ""
 
     def maildir(self, user: str) -> str:
         return os.path.join(self.root, "mail", user, "Maildir")
@@ -118,12 +143,18 @@ class DovecotProcess:
         return self.process.pid
 
     def stop(self) -> None:
-        """SIGTERM the master (it stops its children), wait, and remove the socket directory."""
+        """SIGTERM the master (it stops its children), wait, remove the socket directory, and
+        move the mail and passwd-file back into ``root``. Calling it again does nothing more."""
+        self._kill()
+        if self.home:
+            _move_home(self.home, self.root)
+
+    def _kill(self) -> None:
         stop_process(self.process, timeout=15)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-def _config(root: str, base_dir: str, port: int, tls_port: Optional[int],
+def _config(root: str, home: str, base_dir: str, port: int, tls_port: Optional[int],
             certs: Optional[Dict[str, str]], allow_plaintext: bool, extra: str) -> str:
     user = MAIL_USER
     group = grp.getgrgid(pwd.getpwnam(MAIL_USER).pw_gid).gr_name
@@ -141,16 +172,16 @@ def _config(root: str, base_dir: str, port: int, tls_port: Optional[int],
         "mail_gid = %s" % group,
         "first_valid_uid = 1",
         "first_valid_gid = 1",
-        "mail_location = maildir:%s/mail/%%u/Maildir" % root,
+        "mail_location = maildir:%s/mail/%%u/Maildir" % home,
         "auth_mechanisms = %s" % AUTH_MECHANISMS,
         "disable_plaintext_auth = %s" % ("no" if allow_plaintext else "yes"),
         "passdb {",
         "  driver = passwd-file",
-        "  args = scheme=PLAIN username_format=%%u %s" % os.path.join(root, "users"),
+        "  args = scheme=PLAIN username_format=%%u %s" % os.path.join(home, "users"),
         "}",
         "userdb {",
         "  driver = static",
-        "  args = home=%s/mail/%%u" % root,
+        "  args = home=%s/mail/%%u" % home,
         "}",
         "service pop3-login {",
         "  inet_listener pop3 {",
@@ -202,16 +233,15 @@ def start_dovecot(root: str, users: Dict[str, str], certs: Optional[Dict[str, st
     for name in (LOGIN_USER, INTERNAL_USER):
         _ensure_system_user(name)
     root = os.path.abspath(root)
-    for sub in ("state", "mail"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    with open(os.path.join(root, "users"), "w", encoding="utf-8") as f:
+    os.makedirs(os.path.join(root, "state"), exist_ok=True)
+    home = _move_into_reach(root)
+    with open(os.path.join(home, "users"), "w", encoding="utf-8") as f:
         for user, password in users.items():
             f.write("%s:{PLAIN}%s\n" % (user, password))
     for user in users:
         for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(root, "mail", user, "Maildir", sub), exist_ok=True)
-    give_to_mail_user(os.path.join(root, "mail"))
-    _make_searchable(root)
+            os.makedirs(os.path.join(home, "mail", user, "Maildir", sub), exist_ok=True)
+    give_to_mail_user(os.path.join(home, "mail"))
     last_log = ""
     for _ in range(attempts):
         base_dir = tempfile.mkdtemp(prefix="dvc-", dir="/tmp")
@@ -220,17 +250,18 @@ def start_dovecot(root: str, users: Dict[str, str], certs: Optional[Dict[str, st
         tls_port = free_port() if certs else None
         config_path = os.path.join(root, "dovecot.conf")
         with open(config_path, "w", encoding="utf-8") as f:
-            f.write(_config(root, base_dir, port, tls_port, certs, allow_plaintext, extra_config))
+            f.write(_config(root, home, base_dir, port, tls_port, certs, allow_plaintext, extra_config))
         log_path = os.path.join(root, "dovecot.log")
         stderr_path = os.path.join(root, "dovecot.stderr")
         with open(stderr_path, "ab") as err:
             process = subprocess.Popen(["dovecot", "-F", "-c", config_path],
                                        stdout=err, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL)
-        dovecot = DovecotProcess(process, root, base_dir, config_path, log_path, port, tls_port)
+        dovecot = DovecotProcess(process, root, base_dir, config_path, log_path, port, tls_port, home)
         if _wait_ready(process, port, time.monotonic() + 20):
             return dovecot
-        dovecot.stop()
+        dovecot._kill()
         with open(stderr_path, "rb") as f:
             last_log = f.read().decode("utf-8", "replace") + dovecot.log()
+    _move_home(home, root)
     raise RuntimeError("dovecot did not start:\n" + last_log[-4000:])

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted_pop3ng.mailbox.maildir import deliver
 
@@ -57,6 +59,16 @@ def make_certificates(directory: str) -> Dict[str, str]:
         extra.write_to_path(paths["cert"], append=True)
     cert.private_key_pem.write_to_path(paths["key"])
     return paths
+
+
+def reachable_directory(test: Any, prefix: str) -> str:
+    """A new directory for a server that drops privileges (``twistd --uid``): under /tmp, whose
+    parents any user can search (one under ``_trial_temp`` may sit below a 0700 home), mode 0755,
+    and removed with everything in it when ``test`` (a TestCase) ends."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    test.addCleanup(shutil.rmtree, path, True)
+    os.chmod(path, 0o755)
+    return path
 
 
 def write_users(path: str, users: Dict[str, str], scheme: str = "PLAIN") -> str:
@@ -109,6 +121,7 @@ class ServerProcess:
     def connect(self, tls: bool = False, timeout: float = 10.0) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.tls_port if tls else self.port), timeout)
         if tls:
+            assert self.certs is not None, "the server was started without TLS"
             context = ssl.create_default_context(cafile=self.certs["ca"])
             sock = context.wrap_socket(sock, server_hostname="localhost")
         return sock

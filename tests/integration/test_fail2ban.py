@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import List
 
@@ -154,7 +153,7 @@ class SampleLogTests(unittest.TestCase):
         # fail2ban's own configuration reader, on the system's configuration plus our two files
         # (the distribution's jails left out: their logs do not exist here), with logpath
         # pointed at the sample in jail.local as an admin would.
-        conf = os.path.join(tempfile.mkdtemp(prefix="pop3ng-f2b-conf-"), "fail2ban")
+        conf = os.path.join(os.path.abspath(self.mktemp()), "fail2ban")
         shutil.copytree(_system_config(), conf, ignore=shutil.ignore_patterns("jail.d", "*.local"))
         os.makedirs(os.path.join(conf, "jail.d"))
         shutil.copy(FILTER, os.path.join(conf, "filter.d", "pop3ng.conf"))
@@ -176,7 +175,7 @@ class ServerLogTests(unittest.TestCase):
     """The filter on what the real ``twistd pop3ng`` logs for real logins."""
 
     def start(self) -> ServerProcess:
-        root = tempfile.mkdtemp(prefix="pop3ng-f2b-")
+        root = os.path.abspath(self.mktemp())
         # No failure delay: the test is about the log, not the penalty. Plaintext allowed so that
         # USER/PASS works from the "remote" loopback addresses without STLS.
         # LOGIN-DELAY: a second login of alice is refused after a right password.

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -190,7 +191,9 @@ class IdentityProvider:
         return make_jwt({"alg": "RS256", "typ": "JWT", "kid": kid}, claims(**changes), self.keys[kid])
 
     def stop(self) -> None:
+        """Stop the provider and remove its directory (its signing keys' JWKS, its request log)."""
         stop_process(self.process)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # -- the tests ----------------------------------------------------------------------------------
@@ -213,6 +216,7 @@ class _ProviderTests(unittest.TestCase):
             cls.idp = IdentityProvider()
             atexit.register(cls.idp.stop)
             cls.root = tempfile.mkdtemp(prefix="pop3ng-oauth-")
+            atexit.register(shutil.rmtree, cls.root, True)  # atexit is LIFO: after the server stops
             cls.server = start_server(cls.root, {USER: "unused password"}, extra_args=[
                 "--auth-failure-delay", "0.05", "--max-auth-failure-delay", "0.1"]
                 + self.server_args(cls.idp, cls.root))

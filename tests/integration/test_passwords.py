@@ -6,7 +6,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -100,7 +99,9 @@ class CheckerTests(unittest.TestCase):
     """The passwd-file checker verifies in a thread, re-reads the file, and hides unknown users."""
 
     def setUp(self) -> None:
-        self.path = os.path.join(tempfile.mkdtemp(), "users")
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        self.path = os.path.join(root, "users")
         with open(self.path, "w") as f:
             f.write("# comment\nalice:%s:1000:1000::/home/alice::\n" % dovecot_hash("ARGON2ID"))
 
@@ -130,7 +131,7 @@ class LoginWithEverySchemeTests(unittest.TestCase):
     """A Dovecot-format passwd-file with one user per scheme (hashes made by doveadm), USER/PASS each."""
 
     def test_each_scheme_logs_in(self) -> None:
-        root = tempfile.mkdtemp(prefix="pop3ng-schemes-")
+        root = os.path.abspath(self.mktemp())
         server = start_server(root, {}, tls=False)
         self.addCleanup(server.stop)
         users = {"u-" + scheme.lower(): dovecot_hash(scheme) for scheme in SCHEMES}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
 import time
 from typing import Dict, Tuple
 
@@ -49,7 +48,8 @@ def scram_entry(password: bytes, iterations: int) -> str:
 
 class ScramEnumerationTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = tempfile.mkdtemp(prefix="pop3ng-scram-enum-")
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
         # (start_server writes root/users with {PLAIN} users; tests that want SCRAM users
         # rewrite it afterwards -- the checker re-reads a changed file)
         self.scram_users = None

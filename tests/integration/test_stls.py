@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import ssl
-import tempfile
 import time
 
 from twisted.trial import unittest
@@ -19,7 +18,7 @@ PASSWORD = "secret pass"
 
 class STLSTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = tempfile.mkdtemp(prefix="pop3ng-stls-")
+        self.root = os.path.abspath(self.mktemp())
         self.server = start_server(self.root, {"alice": PASSWORD})
         self.addCleanup(self.server.stop)
         os.makedirs(self.server.maildir("alice"), exist_ok=True)
@@ -89,7 +88,9 @@ class STLSTests(unittest.TestCase):
     def test_sighup_reloads_certificate_without_dropping_sessions(self) -> None:
         old = self.session(tls=True)
         self.assertTrue(old.command(b"USER alice").startswith(b"+OK"))
-        fresh = make_certificates(tempfile.mkdtemp(prefix="pop3ng-newcert-"))
+        fresh_dir = os.path.join(self.root, "new-certificate")
+        os.mkdir(fresh_dir)
+        fresh = make_certificates(fresh_dir)
         os.replace(fresh["cert"], self.server.certs["cert"])
         os.replace(fresh["key"], self.server.certs["key"])
         self.server.process.send_signal(signal.SIGHUP)
@@ -122,7 +123,7 @@ class STLSTests(unittest.TestCase):
 
 class NoCertificateTests(unittest.TestCase):
     def test_no_stls_without_certificate(self) -> None:
-        server = start_server(tempfile.mkdtemp(prefix="pop3ng-nocert-"), {"alice": PASSWORD}, tls=False)
+        server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD}, tls=False)
         self.addCleanup(server.stop)
         s = Session(server.connect())
         self.addCleanup(s.close)
@@ -138,7 +139,8 @@ class InteropTests(unittest.TestCase):
     def setUp(self) -> None:
         import trustme
 
-        self.root = tempfile.mkdtemp(prefix="pop3ng-interop-")
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
         ca = trustme.CA()
         # fetchmail insists on a subject CN as well as the subjectAltName.
         leaf = ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
