@@ -55,6 +55,8 @@ _WRITE_NAMES = frozenset((  # FileDescriptor.write/writeSequence/doWrite: the ou
 _TLS_WRITE_NAMES = frozenset((  # TLSMemoryBIOProtocol._write, rewritten by BatchedTLSProtocol
     "Error", "Failure", "WantReadError", "_bufferedWrite", "_flushSendBIO", "_lostTLSConnection",
     "_tlsConnection", "_tlsShutdownFinished", "len", "send"))
+_TLS_FLUSH_NAMES = frozenset((  # TLSMemoryBIOProtocol._flushSendBIO, rewritten likewise
+    "WantReadError", "_tlsConnection", "bio_read", "transport", "write"))
 #: ReactorBase's timed-call bookkeeping that the lean main loop reads.
 TIMED_CALL_STATE = ("_pendingTimedCalls", "_newTimedCalls", "threadCallQueue", "_justStopped",
                     "_cancellations")
@@ -109,7 +111,7 @@ class Probes:
     #: tcp.Server's output queues (``dataBuffer``, ``_tempDataLen``, ``TLS``, ``producer``):
     #: replies go straight to the socket when the transport holds nothing (DirectSender).
     direct_send: bool
-    #: TLSMemoryBIOProtocol's ``_write`` and helpers: BatchedTLSProtocol.
+    #: TLSMemoryBIOProtocol's ``_write``, ``_flushSendBIO`` and helpers: BatchedTLSProtocol.
     batched_tls: bool
 
     def as_dict(self) -> Dict[str, bool]:
@@ -155,7 +157,9 @@ def probe(environ: Mapping[str, str] = os.environ) -> Probes:
         batched_tls=(_has(_twisted_tls.TLSMemoryBIOProtocol, "_write", "_bufferedWrite",
                           "_tlsShutdownFinished", "_lostTLSConnection")
                      and _uses_only((_twisted_tls.TLSMemoryBIOProtocol._write,),
-                                    _TLS_WRITE_NAMES)),
+                                    _TLS_WRITE_NAMES)
+                     and _uses_only((_twisted_tls.TLSMemoryBIOProtocol._flushSendBIO,),
+                                    _TLS_FLUSH_NAMES)),
     )
 
 
