@@ -270,12 +270,13 @@ service pop3 {
 """
 
 
-def start_dovecot(root: str, users: Dict[str, str]) -> Running:
+def start_dovecot(root: str, users: Dict[str, str], extra_config: str = "") -> Running:
+    """Dovecot with :data:`DOVECOT_LIMITS`, then ``extra_config`` (later settings win)."""
     from tests.integration.dovecot import start_dovecot as start
     from tests.integration.support import make_certificates
 
     certs = make_certificates(root)
-    dovecot = start(root, users, certs=certs, extra_config=DOVECOT_LIMITS)
+    dovecot = start(root, users, certs=certs, extra_config=DOVECOT_LIMITS + extra_config)
     target = Target("dovecot", dovecot.port, dovecot.tls_port, certs["ca"])
     return Running("dovecot", target, dovecot.pid, dovecot.stop)
 

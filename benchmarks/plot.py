@@ -1,6 +1,7 @@
 """Charts of a benchmark run: ``python3 -m benchmarks.plot RESULTS.json DIR`` (or ``benchmarks.run
 --plot DIR``) draws each group of measurements as a bar chart, ours beside twisted.mail and Dovecot,
-into DIR as PNG and SVG. Every chart carries the date, commit and machine of the run it shows.
+into DIR as PNG and SVG. Every chart carries the date, commit and machine of the run it shows. A bar
+is the median over the run's rounds; when the rounds differ, a whisker spans the lowest to the highest.
 
 The SVG files are reproducible (no timestamp, fixed element ids), so committing a redrawn chart
 shows a diff only when the numbers changed.
@@ -69,6 +70,7 @@ def draw(record: Dict[str, Any], name: str, title: str, keys: Sequence[str], axi
     import matplotlib.pyplot as plt
 
     results: Dict[str, Dict[str, float]] = record["results"]
+    spreads: Dict[str, Dict[str, List[float]]] = record.get("spread", {})  # [min, max] over the rounds
     labels = {row["key"]: _short_label(row["label"]) for row in record["rows"]}
     keys = [k for k in keys if any(k in results.get(peer, {}) for peer, _ in PEERS)]
     peers = [(peer, colour) for peer, colour in PEERS if peer in results]
@@ -81,10 +83,19 @@ def draw(record: Dict[str, Any], name: str, title: str, keys: Sequence[str], axi
     for n, (peer, colour) in enumerate(peers):
         values = [results[peer].get(k) for k in keys]
         xs = [i + (n - (len(peers) - 1) / 2) * width for i in range(len(keys))]
-        present = [(x, v) for x, v in zip(xs, values) if v is not None and (v > 0 or not log)]
-        bars = ax.bar([x for x, _ in present], [v for _, v in present], width * 0.95, label=peer,
-                      color=colour)
-        ax.bar_label(bars, labels=[_number(v) for _, v in present], fontsize=8, padding=2)
+        present = [(x, k, v) for x, k, v in zip(xs, keys, values) if v is not None and (v > 0 or not log)]
+        ax.bar([x for x, _, _ in present], [v for _, _, v in present], width * 0.95, label=peer, color=colour)
+        ranges = [spreads.get(peer, {}).get(k) for _, k, _ in present]
+        if any(r and r[0] != r[1] for r in ranges):
+            # The spread over the rounds: a whisker from the lowest round to the highest.
+            low = [v - (r[0] if r else v) for (_, _, v), r in zip(present, ranges)]
+            high = [(r[1] if r else v) - v for (_, _, v), r in zip(present, ranges)]
+            ax.errorbar([x for x, _, _ in present], [v for _, _, v in present], yerr=[low, high], fmt="none",
+                        ecolor="#212529", elinewidth=0.8, capsize=2)
+        for (x, _, v), r in zip(present, ranges):
+            # The median's figure, above the bar or above its whisker.
+            ax.annotate(_number(v), (x, max(v, r[1]) if r else v), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=8)
     if len(keys) == 1:
         ax.set_xlim(-1, 1)  # one group: keep the bars as narrow as in the wider charts
     ax.set_xticks(range(len(keys)))

@@ -3,11 +3,15 @@
     python3 -m benchmarks.run            # full sizes (about 5 minutes on 2 cores)
     python3 -m benchmarks.run --quick    # smaller maildir and fewer idle connections (~1.5 min)
     python3 -m benchmarks.run --json results.json --plot charts/   # also keep the results, draw them
+    python3 -m benchmarks.run --runs 5 --only sessions,bulk          # five rounds: median and spread
 
 Run as root from the repository root (Dovecot needs root to drop privileges). Each peer is started
 on 127.0.0.1 over its own hard-linked copy of the same generated maildirs, measured, and stopped.
-The result is a table of the measurements, the ratios against the peers and the performance goals
-(docs/performance.rst).
+With ``--runs N`` this is done N times (rounds), each round starting with the next peer (round 1:
+ours, twisted.mail, dovecot; round 2: twisted.mail, dovecot, ours; ...); every round is kept.
+The result is a table of the measurements and of the ratios against the peers (ratios taken within
+each round), each as median (min-max) over the rounds, and the performance goals of
+docs/performance.rst, judged on every round where the goal says so and on the median otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:
@@ -243,40 +247,93 @@ ROWS = [
     ("deliver_new_second", "h. the same, a second login right after", "s", False),
 ]
 
-#: key -> (description, check(results by peer) -> bool or None when a peer is missing)
-GOALS: Dict[str, Tuple[str, Callable[[Dict[str, Result]], Optional[bool]]]] = {}
+
+class Goal(NamedTuple):
+    """A performance goal of docs/performance.rst. ``peer``: ours must be ``factor`` times better
+    than it (ratios taken within each round); without ``peer``, ours must stay within ``limit``.
+    ``every_round``: judged on every round (one bad round fails it), else on the median."""
+
+    text: str
+    every_round: bool = False
+    peer: Optional[str] = None
+    factor: float = 0.0
+    limit: float = 0.0
+
+    @property
+    def judged_on(self) -> str:
+        return "every round" if self.every_round else "median"
 
 
-def _ratio_goal(key: str, peer: str, factor: float) -> Callable[[Dict[str, Result]], Optional[bool]]:
-    def check(results: Dict[str, Result]) -> Optional[bool]:
-        if key not in results.get("ours", {}) or key not in results.get(peer, {}):
-            return None
-        return results["ours"][key] >= factor * results[peer][key]
-    return check
+#: key -> goal (its text first: ``GOALS[key][0]``)
+GOALS: Dict[str, Goal] = {
+    "bulk": Goal(">=2x dovecot", every_round=True, peer="dovecot", factor=2.0),
+    "tls_bulk": Goal(">=1.5x dovecot", peer="dovecot", factor=1.5),
+    "sessions": Goal(">=2x twisted.mail", every_round=True, peer="twisted.mail", factor=2.0),
+    "big": Goal(">=2x dovecot", peer="dovecot", factor=2.0),
+    "big_rss_mb": Goal("<=40 MB", limit=40),
+    "many_cold": Goal("<=0.5 s", limit=0.5),
+    "many_warm": Goal("<=0.1 s", limit=0.1),
+    "many_uidl": Goal("<=0.1 s", limit=0.1),
+    "idle_kb": Goal("<=2 KB", limit=2.0),
+    "deliver_cur": Goal("<=0.1 s", limit=0.1),
+    "deliver_cur_second": Goal("<=0.05 s", limit=0.05),
+    "deliver_new": Goal("<=0.1 s", limit=0.1),
+    "deliver_new_second": Goal("<=0.05 s", limit=0.05),
+}
+
+#: Keys where lower is better; every other measurement is better higher.
+LOWER_IS_BETTER = {key for key, _, _, higher in ROWS if not higher}
+#: Keys added up over the rounds rather than summarised by their median.
+SUMMED = {"session_failures"}
+
+Rounds = List[Dict[str, Result]]
 
 
-def _limit_goal(key: str, limit: float) -> Callable[[Dict[str, Result]], Optional[bool]]:
-    def check(results: Dict[str, Result]) -> Optional[bool]:
-        value = results.get("ours", {}).get(key)
-        return None if value is None else value <= limit
-    return check
+def times_better(key: str, ours: Optional[float], other: Optional[float]) -> Optional[float]:
+    """How many times better ours is than ``other`` (>1: ours better, whatever the unit's direction)."""
+    if not ours or not other:
+        return None
+    return other / ours if key in LOWER_IS_BETTER else ours / other
 
 
-GOALS.update({
-    "bulk": (">=2x dovecot", _ratio_goal("bulk", "dovecot", 2.0)),
-    "tls_bulk": (">=1.5x dovecot", _ratio_goal("tls_bulk", "dovecot", 1.5)),
-    "sessions": (">=2x twisted.mail", _ratio_goal("sessions", "twisted.mail", 2.0)),
-    "big": (">=2x dovecot", _ratio_goal("big", "dovecot", 2.0)),
-    "big_rss_mb": ("<=40 MB", _limit_goal("big_rss_mb", 40)),
-    "many_cold": ("<=0.5 s", _limit_goal("many_cold", 0.5)),
-    "many_warm": ("<=0.1 s", _limit_goal("many_warm", 0.1)),
-    "many_uidl": ("<=0.1 s", _limit_goal("many_uidl", 0.1)),
-    "idle_kb": ("<=2 KB", _limit_goal("idle_kb", 2.0)),
-    "deliver_cur": ("<=0.1 s", _limit_goal("deliver_cur", 0.1)),
-    "deliver_cur_second": ("<=0.05 s", _limit_goal("deliver_cur_second", 0.05)),
-    "deliver_new": ("<=0.1 s", _limit_goal("deliver_new", 0.1)),
-    "deliver_new_second": ("<=0.05 s", _limit_goal("deliver_new_second", 0.05)),
-})
+def round_ratios(rounds: Rounds, key: str, peer: str) -> List[float]:
+    """Ours against ``peer`` for ``key``, one ratio per round that has both (taken within the round)."""
+    ratios = [times_better(key, r.get("ours", {}).get(key), r.get(peer, {}).get(key)) for r in rounds]
+    return [x for x in ratios if x is not None]
+
+
+def spread(values: List[float]) -> Optional[Tuple[float, float, float]]:
+    """(median, min, max), or None for no values."""
+    return (_median(values), min(values), max(values)) if values else None
+
+
+def summarise(rounds: Rounds) -> Dict[str, Result]:
+    """Per peer and measurement, the median over the rounds (session failures: their sum)."""
+    summary: Dict[str, Result] = {}
+    for peer in dict.fromkeys(p for r in rounds for p in r):
+        keys = dict.fromkeys(k for r in rounds for k in r.get(peer, {}))
+        values = {k: [r[peer][k] for r in rounds if k in r.get(peer, {})] for k in keys}
+        summary[peer] = {k: sum(v) if k in SUMMED else _median(v) for k, v in values.items()}
+    return summary
+
+
+def judge(key: str, rounds: Rounds) -> Optional[bool]:
+    """Whether the goal of ``key`` was met over ``rounds`` (None: no goal, or nothing to judge)."""
+    goal = GOALS.get(key)
+    if goal is None:
+        return None
+    if goal.peer:
+        values = round_ratios(rounds, key, goal.peer)
+        passed = [x >= goal.factor for x in values]
+    else:
+        values = [r["ours"][key] for r in rounds if key in r.get("ours", {})]
+        passed = [x <= goal.limit for x in values]
+    if not values:
+        return None
+    if goal.every_round:
+        return all(passed)
+    middle = _median(values)
+    return middle >= goal.factor if goal.peer else middle <= goal.limit
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -289,37 +346,60 @@ def _fmt(value: Optional[float]) -> str:
     return "%.3g" % value
 
 
-def _ratio(ours: Optional[float], other: Optional[float], higher: bool) -> str:
-    """How many times better ours is (>1 is better, whatever the unit's direction)."""
-    if not ours or not other:
+def _fmt_ratio(value: float) -> str:
+    return "%.2fx" % value
+
+
+def _fmt_spread(values: Optional[Tuple[float, float, float]], fmt: Callable[[float], str] = _fmt) -> str:
+    """``median (min-max)``; a single round's value alone."""
+    if values is None:
         return "-"
-    return "%.2fx" % (ours / other if higher else other / ours)
+    middle, low, high = values
+    if low == high:
+        return fmt(middle)
+    return "%s (%s-%s)" % (fmt(middle), fmt(low), fmt(high))
 
 
-def table(results: Dict[str, Result], spec: DataSpec, args: Any) -> str:
-    names = {"bulk_count": spec.bulk_count, "bulk_kb": spec.bulk_size // 1024,
-             "session_users": spec.session_users, "big_mb": spec.big_mb,
-             "many_k": spec.many_count // 1000, "idle": args.idle}
+def _names(spec: DataSpec, args: Any) -> Dict[str, int]:
+    return {"bulk_count": spec.bulk_count, "bulk_kb": spec.bulk_size // 1024,
+            "session_users": spec.session_users, "big_mb": spec.big_mb,
+            "many_k": spec.many_count // 1000, "idle": args.idle}
+
+
+def table(rounds: Rounds, spec: DataSpec, args: Any) -> str:
+    """Each cell and each ratio as median (min-max) over the rounds, then the goals."""
+    names = _names(spec, args)
     header = ["measurement", "unit", "ours", "twisted.mail", "dovecot", "vs dovecot",
-              "vs twisted", "goal", "met"]
+              "vs twisted", "goal", "judged on", "met"]
     rows = [header]
     for key, label, unit, higher in ROWS:
-        values = [results.get(p, {}).get(key) for p in ("ours", "twisted.mail", "dovecot")]
-        if all(v is None for v in values):
+        cells = [spread([r[p][key] for r in rounds if key in r.get(p, {})])
+                 for p in ("ours", "twisted.mail", "dovecot")]
+        if all(c is None for c in cells):
             continue
-        goal, check = GOALS.get(key, ("", lambda r: None))
-        met = check(results)
-        rows.append([label % names, unit] + [_fmt(v) for v in values] +
-                    [_ratio(values[0], values[2], higher), _ratio(values[0], values[1], higher),
-                     goal, {True: "yes", False: "NO", None: "-"}[met]])
+        goal = GOALS.get(key)
+        met = judge(key, rounds)
+        ratios = [spread(round_ratios(rounds, key, p)) for p in ("dovecot", "twisted.mail")]
+        rows.append([label % names, unit] + [_fmt_spread(c) for c in cells] +
+                    [_fmt_spread(r, _fmt_ratio) for r in ratios] +
+                    [goal.text if goal else "", goal.judged_on if goal else "",
+                     {True: "yes", False: "NO", None: "-"}[met]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
+        lines.append("  ".join(cell.ljust(widths[i]) if i < 2 or i > 6 else cell.rjust(widths[i])
                                for i, cell in enumerate(row)).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append("ratios: how many times better ours is (>1 = ours better)")
+    lines.append("%d round(s); cells and ratios: median (min-max) over the rounds; ratios: how many times "
+                 "better ours is (>1 = ours better), taken within each round" % len(rounds))
+    for key, goal in GOALS.items():
+        by_round = [times_better(key, r.get("ours", {}).get(key), r.get(goal.peer or "", {}).get(key))
+                    for r in rounds]
+        if goal.peer and any(x is not None for x in by_round):
+            lines.append("%s vs %s by round: %s (goal %s, %s)" % (
+                key, goal.peer, " ".join("-" if x is None else "%.2fx" % x for x in by_round), goal.text,
+                goal.judged_on))
     return "\n".join(lines)
 
 
@@ -352,26 +432,41 @@ def _commit() -> Optional[str]:
     return head + ("+" if dirty else "")
 
 
-def _met(key: str, results: Dict[str, Result]) -> Optional[bool]:
-    """Whether the goal of ``key`` was met (None: no goal, or a peer it compares with is missing)."""
-    return GOALS[key][1](results) if key in GOALS else None
-
-
-def results_record(results: Dict[str, Result], spec: DataSpec, args: Any, command: str) -> Dict[str, Any]:
-    """What ``--json`` writes and :mod:`benchmarks.plot` draws: the results by peer, plus where,
-    when and how they were measured, and the table's rows with their labels filled in."""
-    names = {"bulk_count": spec.bulk_count, "bulk_kb": spec.bulk_size // 1024,
-             "session_users": spec.session_users, "big_mb": spec.big_mb,
-             "many_k": spec.many_count // 1000, "idle": args.idle}
+def results_record(rounds: Rounds, orders: List[List[str]], spec: DataSpec, args: Any,
+                   command: str) -> Dict[str, Any]:
+    """What ``--json`` writes and :mod:`benchmarks.plot` draws: ``results``, the median by peer of
+    every measurement; ``rounds``, every round's figures (``orders``: the order the peers ran in);
+    ``spread``, [min, max] by peer; ``ratios``, ours against each peer within each round; plus
+    where, when and how they were measured, and the table's rows with their labels filled in."""
+    names = _names(spec, args)
+    results = summarise(rounds)
+    spreads = {peer: {key: [min(v), max(v)] for key in values
+                      for v in [[r[peer][key] for r in rounds if key in r.get(peer, {})]]}
+               for peer, values in results.items()}
+    ratios: Dict[str, Dict[str, Any]] = {}
+    for key, _, _, _ in ROWS:
+        for peer in ("dovecot", "twisted.mail"):
+            found = spread(round_ratios(rounds, key, peer))
+            if found:
+                ratios.setdefault(key, {})[peer] = {
+                    "median": found[0], "min": found[1], "max": found[2],
+                    "rounds": [times_better(key, r.get("ours", {}).get(key), r.get(peer, {}).get(key))
+                               for r in rounds]}
     return {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": _commit(),
         "command": command,
         "rows": [{"key": key, "label": label % names, "unit": unit, "higher_is_better": higher,
-                  "goal": GOALS.get(key, ("",))[0], "met": _met(key, results)}
+                  "goal": GOALS[key].text if key in GOALS else "",
+                  "judged_on": GOALS[key].judged_on if key in GOALS else None,
+                  "met": judge(key, rounds)}
                  for key, label, unit, higher in ROWS],
         "results": results,
+        "spread": spreads,
+        "ratios": ratios,
+        "rounds": rounds,
+        "orders": orders,
     }
 
 
@@ -396,9 +491,12 @@ def parse_args(argv: Optional[List[str]] = None) -> Any:
     parser.add_argument("--session-clients", type=int, default=4)
     parser.add_argument("--session-seconds", type=float, default=None)
     parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each throughput and session-rate test (the best counts)")
+                        help="runs of each throughput and session-rate test within a round (the best "
+                             "counts as the round's figure)")
     parser.add_argument("--runs", type=int, default=1,
-                        help="rounds over all peers; each cell keeps its best round (noisy machines)")
+                        help="rounds over all peers, each starting with the next peer; every round is "
+                             "kept, cells and ratios are reported as median (min-max), goals judged on "
+                             "every round or on the median as docs/performance.rst says")
     parser.add_argument("--drop-caches", action="store_true",
                         help="drop the page cache before cold (default: every peer's cold login "
                              "finds the files in the page cache)")
@@ -414,25 +512,6 @@ def parse_args(argv: Optional[List[str]] = None) -> Any:
     if args.session_seconds is None:
         args.session_seconds = 2.0 if args.quick else 4.0
     return args
-
-
-#: Keys where lower is better; every other measurement is better higher.
-LOWER_IS_BETTER = {key for key, _, _, higher in ROWS if not higher}
-
-
-def merge_best(old: Result, new: Result) -> Result:
-    """Per measurement, the better of two rounds: load on a shared machine only ever slows."""
-    merged = dict(old)
-    for key, value in new.items():
-        if key not in merged:
-            merged[key] = value
-        elif key in LOWER_IS_BETTER:
-            merged[key] = min(merged[key], value)
-        elif key != "session_failures":
-            merged[key] = max(merged[key], value)
-        else:
-            merged[key] += value
-    return merged
 
 
 def run_peer(name: str, spec: DataSpec, template: str, args: Any) -> Result:
@@ -480,15 +559,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.makedirs(directory, exist_ok=True)
     template = peers.prepare_template(os.path.join(args.root, "template"), spec, log)
     log("client ceiling (raw loopback blast): %.0f MB/s" % client.raw_blast())
-    results: Dict[str, Result] = {}
+    names = args.peers.split(",")
+    rounds: Rounds = []
+    orders: List[List[str]] = []
     for round_ in range(args.runs):
-        for name in args.peers.split(","):
-            results[name] = merge_best(results.get(name, {}), run_peer(name, spec, template, args))
+        # Each round starts with another peer, so none is always measured first (or last).
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        log("round %d of %d: %s" % (round_ + 1, args.runs, ", ".join(order)))
+        rounds.append({name: run_peer(name, spec, template, args) for name in order})
+        orders.append(order)
     print("machine: " + machine())
     command = "python3 -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     print("command: " + command)
-    print(table(results, spec, args))
-    record = results_record(results, spec, args, command)
+    print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f" % os.getloadavg())
+    print(table(rounds, spec, args))
+    record = results_record(rounds, orders, spec, args, command)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=2)
