@@ -593,10 +593,43 @@ class HostileIndexTests(unittest.TestCase):
     def test_oversized_index_is_not_read(self) -> None:
         size = os.path.getsize(self.index)
         self.patch(mi, "MAX_INDEX_BYTES", size - 1)  # (a sparse terabyte, in small)
+        self.patch(mi, "INDEX_PER_DIRECTORY_BYTE", 0)
         self.assertIsNone(mi.load(self.path))
         calls = self.scans()
         self.assertEqual(self.session(), self.first)
         self.assertEqual(len(calls), 1)
+
+    def test_index_no_login_would_read_is_not_written(self) -> None:
+        # (A million messages on a filesystem whose directories report small sizes: a rewrite at
+        # every logout that no login reads would be all cost.)
+        self.patch(mi, "MAX_INDEX_BYTES", 1)
+        self.patch(mi, "INDEX_PER_DIRECTORY_BYTE", 0)
+        os.unlink(self.index)
+        mi.forget()
+        calls = self.scans()
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(len(calls), 1)
+        self.assertFalse(os.path.exists(self.index))
+
+    def test_index_may_grow_with_the_directories_not_beyond(self) -> None:
+        # Above MAX_INDEX_BYTES an index is read when the directories it lists are large enough
+        # to hold that many names (a million-message maildir), and not read when they are not
+        # (a sparse file planted in a small maildir).
+        dirs = mi.stat_dirs(self.path)
+        listed = dirs["cur"].st_size + dirs["new"].st_size
+        self.patch(mi, "MAX_INDEX_BYTES", 1)
+        size = os.path.getsize(self.index)
+        self.assertLessEqual(size, mi.INDEX_PER_DIRECTORY_BYTE * listed)
+        self.assertIsNotNone(mi.load(self.path, mi.index_limit(dirs)))
+        calls = self.scans()
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(calls, [])  # the index was used
+        mi.forget()
+        with open(self.index, "r+b") as f:
+            f.truncate(mi.INDEX_PER_DIRECTORY_BYTE * listed + 1)
+        self.assertIsNone(mi.load(self.path, mi.index_limit(dirs)))
+        self.assertEqual(self.session(), self.first)
+        self.assertEqual(len(calls), 1)  # scanned, not read
 
     def test_index_read_in_short_pieces(self) -> None:
         read = os.read

@@ -68,10 +68,17 @@ SETTLE_NS = REMOTE_SETTLE_NS
 #: Messages kept in the in-process cache over all maildrops (~350 bytes each, ~430 with the
 #: directory listings an update compares with, see :attr:`.Snapshot.listings`).
 MAX_CACHED_MESSAGES = 300_000
-#: A larger index file is ignored (and replaced at logout by one of the scanned snapshot): about
-#: 600,000 messages at a usual 100 octets a row, 190,000 at the longest rows. Reading and parsing
-#: one costs a few times its size in memory, so a forged one must not be read whatever its size.
+#: An index file is read when it is at most this large (about 600,000 messages at a usual 100
+#: octets a row), or larger but no more than :data:`INDEX_PER_DIRECTORY_BYTE` times the sizes of
+#: new/ and cur/ together (:func:`index_limit`): reading and parsing one costs a few times its size
+#: in memory, so a forged one must not be read whatever its size, but a real one grows with the
+#: directories it lists. A larger one is ignored and not written again.
 MAX_INDEX_BYTES = 64 << 20
+#: Index octets allowed per octet of directory size above :data:`MAX_INDEX_BYTES`. A directory
+#: entry takes at least its name and 8 octets on ext4 (names and a header on XFS, twice the name
+#: on btrfs); a row is the name, its UIDL (mostly the name again) and a size: at most about 3
+#: times an entry.
+INDEX_PER_DIRECTORY_BYTE = 4
 #: The index is read as the message files are (see :func:`_read_index`).
 _INDEX_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: After updates, the file is rewritten once the rows changed since it was written reach this
@@ -112,9 +119,19 @@ def worth_writing(snapshot: Snapshot) -> bool:
 
 # -- the file ---------------------------------------------------------------------------------------
 
-def _read_index(path: str) -> Optional[Tuple[bytes, os.stat_result]]:
+def index_limit(dirs: Optional[Dict[str, os.stat_result]]) -> int:
+    """The largest index file read for a maildir whose new/ and cur/ are ``dirs`` (their
+    ``stat``; None: not known, :data:`MAX_INDEX_BYTES`). ``limit`` arguments below: None is
+    :data:`MAX_INDEX_BYTES`."""
+    if dirs is None:
+        return MAX_INDEX_BYTES
+    listed = sum(dirs[sub].st_size for sub in SUBDIRS if sub in dirs)
+    return max(MAX_INDEX_BYTES, INDEX_PER_DIRECTORY_BYTE * listed)
+
+
+def _read_index(path: str, limit: Optional[int] = None) -> Optional[Tuple[bytes, os.stat_result]]:
     """The index file's contents and ``fstat``, or None when it is not a regular file of at most
-    :data:`MAX_INDEX_BYTES` or changed while it was read; raises OSError as ``open`` does.
+    ``limit`` octets or changed while it was read; raises OSError as ``open`` does.
 
     A user who can write to the maildir must not hang or exhaust the server through it (audit F8):
     no symlink is followed (``/dev/zero``), ``O_NONBLOCK`` and ``S_ISREG`` keep a FIFO from
@@ -124,7 +141,7 @@ def _read_index(path: str) -> Optional[Tuple[bytes, os.stat_result]]:
     try:
         st = os.fstat(fd)
         size = st.st_size
-        if not stat.S_ISREG(st.st_mode) or size > MAX_INDEX_BYTES:
+        if not stat.S_ISREG(st.st_mode) or size > (MAX_INDEX_BYTES if limit is None else limit):
             return None
         parts: List[bytes] = []
         total = 0
@@ -141,12 +158,12 @@ def _read_index(path: str) -> Optional[Tuple[bytes, os.stat_result]]:
     return b"".join(parts) if len(parts) != 1 else parts[0], st
 
 
-def load(path: str) -> Optional[Snapshot]:
+def load(path: str, limit: Optional[int] = None) -> Optional[Snapshot]:
     """The snapshot stored in ``path``'s index, or None when missing, old, corrupt, not a regular
-    file or larger than :data:`MAX_INDEX_BYTES` (then the maildir is scanned and the index
-    rewritten)."""
+    file or larger than ``limit`` (:func:`index_limit`; then the maildir is scanned and the index
+    rewritten if it fits)."""
     try:
-        read = _read_index(path)
+        read = _read_index(path, limit)
         if read is None:
             return None
         raw, st = read
@@ -229,6 +246,8 @@ def save(path: str, snapshot: Snapshot) -> None:
     rows = "".join(["%d %s %s\n" % row for row in zip(sizes, uids, files)])
     data = ("%s\n%s\n%s" % (INDEX_HEADER, dirs, rows)).encode("utf-8", "surrogateescape")
     try:
+        if len(data) > MAX_INDEX_BYTES and len(data) > index_limit(stat_dirs(path)):
+            return  # no login would read it: writing it at every logout would be all cost
         write_atomically(os.path.join(path, INDEX_NAME), data)
     except OSError:
         return
@@ -378,7 +397,7 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
     stored: Optional[Snapshot] = None
     base = cached if cached is not None and cached.uidmap == uidmap else None
     if base is None:
-        stored = load(path)
+        stored = load(path, index_limit(stats))
         if stored is not None and stored.uidmap == uidmap:
             base = stored
     if base is not None:
@@ -387,7 +406,8 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
         except _MapChanged:
             fresh = None
         if fresh is not None:
-            if not fresh.dirty and (worth_writing(fresh) or not _file_holds(path, fresh, dir_fd)):
+            if not fresh.dirty and (worth_writing(fresh) or not _file_holds(path, fresh, dir_fd,
+                                                                                 index_limit(stats))):
                 fresh.dirty = True
             _remember(key, fresh)
             return fresh
@@ -405,7 +425,8 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
     return fresh
 
 
-def _file_holds(path: str, snapshot: Snapshot, dir_fd: Optional[int] = None) -> bool:
+def _file_holds(path: str, snapshot: Snapshot, dir_fd: Optional[int] = None,
+                limit: Optional[int] = None) -> bool:
     """Whether the index file still holds ``snapshot`` or an older version of it; else it is
     written at logout. Another process's valid file (a worker of the same server) is left as it is:
     two processes rewriting each other's file at every login would each pay for a write."""
@@ -414,7 +435,7 @@ def _file_holds(path: str, snapshot: Snapshot, dir_fd: Optional[int] = None) -> 
         return False  # deleted by someone
     if current == snapshot.stored:
         return True
-    other = load(path)  # (damaged, or written by another process)
+    other = load(path, limit)  # (damaged, or written by another process)
     if other is None:
         return False
     snapshot.stored = other.stored
