@@ -57,6 +57,10 @@ _TLS_WRITE_NAMES = frozenset((  # TLSMemoryBIOProtocol._write, rewritten by Batc
     "_tlsConnection", "_tlsShutdownFinished", "len", "send"))
 _TLS_FLUSH_NAMES = frozenset((  # TLSMemoryBIOProtocol._flushSendBIO, rewritten likewise
     "WantReadError", "_tlsConnection", "bio_read", "transport", "write"))
+_TLS_CONNECT_NAMES = frozenset((  # TLSMemoryBIOProtocol.makeConnection, rewritten likewise
+    "Protocol", "ProtocolWrapper", "_appSendBuffer", "_checkHandshakeStatus", "_connectWrapped",
+    "_creatorCallable", "_tlsConnection", "directlyProvides", "factory", "makeConnection",
+    "providedBy", "registerProtocol"))
 #: ReactorBase's timed-call bookkeeping that the lean main loop reads.
 TIMED_CALL_STATE = ("_pendingTimedCalls", "_newTimedCalls", "threadCallQueue", "_justStopped",
                     "_cancellations")
@@ -111,7 +115,8 @@ class Probes:
     #: tcp.Server's output queues (``dataBuffer``, ``_tempDataLen``, ``TLS``, ``producer``):
     #: replies go straight to the socket when the transport holds nothing (DirectSender).
     direct_send: bool
-    #: TLSMemoryBIOProtocol's ``_write``, ``_flushSendBIO`` and helpers: BatchedTLSProtocol.
+    #: TLSMemoryBIOProtocol's ``_write``, ``_flushSendBIO``, ``makeConnection`` and helpers:
+    #: BatchedTLSProtocol.
     batched_tls: bool
 
     def as_dict(self) -> Dict[str, bool]:
@@ -159,7 +164,9 @@ def probe(environ: Mapping[str, str] = os.environ) -> Probes:
                      and _uses_only((_twisted_tls.TLSMemoryBIOProtocol._write,),
                                     _TLS_WRITE_NAMES)
                      and _uses_only((_twisted_tls.TLSMemoryBIOProtocol._flushSendBIO,),
-                                    _TLS_FLUSH_NAMES)),
+                                    _TLS_FLUSH_NAMES)
+                     and _uses_only((_twisted_tls.TLSMemoryBIOProtocol.makeConnection,),
+                                    _TLS_CONNECT_NAMES)),
     )
 
 

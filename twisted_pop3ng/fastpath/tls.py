@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any, List
 
 from OpenSSL import SSL
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
@@ -41,6 +43,20 @@ class BatchedTLSProtocol(TLSMemoryBIOProtocol):
 
     Handshake, reading, shutdown and the renegotiation case are Twisted's own.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        """Twisted's, without its loop of ``directlyProvides`` (one call per interface the TCP
+        transport provides, each replacing the last): ``ProtocolWrapper.makeConnection``, which
+        follows, declares them all at once, and nothing in between looks at them."""
+        if not self._connectWrapped:
+            super().makeConnection(transport)
+            return
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
 
     def _flushSendBIO(self) -> None:
         # Twisted's, writing through _to_transport: the handshake's flights, alerts, close_notify.

@@ -69,13 +69,20 @@ class DirectTLSSendTests(unittest.TestCase):
         server = yield self.connected
         greeting = yield threads.deferToThread(client.recv, 100)
         self.assertEqual(greeting, b"+OK ready\r\n")
+        # What the application sees of its transport: TLS, and all the TCP connection offers.
+        from twisted.internet.interfaces import ISSLTransport, ITCPTransport
+        from zope.interface import providedBy
+
+        self.assertTrue(ISSLTransport.providedBy(server.transport))
+        self.assertTrue(ITCPTransport.providedBy(server.transport))
+        self.assertLessEqual(set(providedBy(server.transport.transport)), set(providedBy(server.transport)))
         sent: List[bool] = []
         for n in range(3):
             server.transport.write(b"+OK reply %d\r\n" % n)
             # Loopback TCP queues the bytes at the receiver within the send: readable now, in
             # this reactor turn. Twisted's own transport would send only at the next turn.
             sent.append(bool(select.select([client], [], [], 0)[0]))
-            line = client.recv(100)
+            line = yield threads.deferToThread(client.recv, 100)  # (the stock path sends meanwhile)
             self.assertEqual(line, b"+OK reply %d\r\n" % n)
         # Where the probes say no (POP3NG_STOCK_TWISTED=1), Twisted's transport queues them.
         fast = _compat.BATCHED_TLS and _compat.DIRECT_SEND
