@@ -432,6 +432,13 @@ def _commit() -> Optional[str]:
     return head + ("+" if dirty else "")
 
 
+def round_order(names: List[str], round_: int) -> List[str]:
+    """The peers in the order round ``round_`` (from 0) runs them: each round starts with the
+    next peer, so none is always first (a cold page cache) or last (a warmed-up machine)."""
+    shift = round_ % len(names)
+    return names[shift:] + names[:shift]
+
+
 def results_record(rounds: Rounds, orders: List[List[str]], spec: DataSpec, args: Any,
                    command: str) -> Dict[str, Any]:
     """What ``--json`` writes and :mod:`benchmarks.plot` draws: ``results``, the median by peer of
@@ -564,7 +571,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     orders: List[List[str]] = []
     for round_ in range(args.runs):
         # Each round starts with another peer, so none is always measured first (or last).
-        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        order = round_order(names, round_)
         log("round %d of %d: %s" % (round_ + 1, args.runs, ", ".join(order)))
         rounds.append({name: run_peer(name, spec, template, args) for name in order})
         orders.append(order)

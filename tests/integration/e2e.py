@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Type
 
 from twisted.trial import unittest
 
@@ -96,14 +96,18 @@ class TwistdTestCase(unittest.TestCase):
     tracebacks_allowed = False
     server: ServerProcess
     _server: Optional[ServerProcess] = None
+    #: Per class, set when its server starts: the server's directory, the next unused user of the
+    #: pool, and how many of the class's tests are still to run (the last one stops the server).
+    _root: str = ""
     _next_user = 0
+    _remaining: int = 0
 
     # trial calls neither setUpClass nor tearDownClass: the class's server is started by the first
     # setUp in a process and stopped after the last of the class's tests in it (or at exit, when
     # ``trial -j`` spread the class over several workers).
 
     #: The class whose server runs in this process (tests arrive class by class, also with -j).
-    _active: Optional[type] = None
+    _active: Optional[Type["TwistdTestCase"]] = None
 
     def setUp(self) -> None:
         cls = type(self)
@@ -111,17 +115,18 @@ class TwistdTestCase(unittest.TestCase):
         if previous is not None and previous is not cls:
             previous._stop_server()
         TwistdTestCase._active = cls
-        if cls.__dict__.get("_server") is None:
+        server: Optional[ServerProcess] = cls.__dict__.get("_server")
+        if server is None:
             root = tempfile.mkdtemp(prefix="pop3ng-e2e-")
-            cls._server = start_server(root, users=dict(USERS), tls=cls.tls, extra_args=list(cls.extra_args),
-                                       twistd_args=list(cls.twistd_args))
+            server = cls._server = start_server(root, users=dict(USERS), tls=cls.tls,
+                                                extra_args=list(cls.extra_args), twistd_args=list(cls.twistd_args))
             # Each test checks its own part of the log (tearDown), with its own allowance.
-            cls._server.tracebacks_allowed = True
+            server.tracebacks_allowed = True
             cls._root = root
             cls._next_user = 0
             cls._remaining = len([n for n in dir(cls) if n.startswith("test")])
             atexit.register(cls._stop_server)
-        self.server = cls._server
+        self.server = server
         self._log_mark = len(self.server.log())
 
     def tearDown(self) -> None:

@@ -71,7 +71,7 @@ def mbox_messages(path: str) -> List[bytes]:
 
 def server_ca(server: ServerProcess) -> str:
     """The CA certificate file a client must trust for ``server`` (started with TLS)."""
-    assert server.certs is not None, "the server was started without TLS"
+    assert server.certs, "the server was started without TLS"
     return server.certs["ca"]
 
 

@@ -14,11 +14,15 @@ _REQUEST_DUMP = 0x1 | 0x300  # NLM_F_REQUEST | NLM_F_DUMP
 TCP_ESTABLISHED, TCP_LISTEN = 1, 10
 
 
-def inet_diag(states: int, extensions: int = 0) -> Iterator[Tuple[bytes, int, int]]:
+def inet_diag(states: int, extensions: int = 0, sport: int = 0,
+              dport: int = 0) -> Iterator[Tuple[bytes, int, int]]:
     """Every IPv4 TCP socket in ``states`` (a mask of ``1 << TCP_*``): ``(data, start, end)``, its
-    ``inet_diag_msg`` (and the ``extensions`` asked for) being ``data[start:end]``."""
-    # inet_diag_req_v2; in a dump its sockid (zeros here) filters nothing
-    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, extensions, 0, states) + bytes(48)
+    ``inet_diag_msg`` (and the ``extensions`` asked for, a mask of ``1 << (INET_DIAG_* - 1)``) being
+    ``data[start:end]``. A non-zero ``sport``/``dport`` asks the kernel for only the sockets with that
+    local/remote port (callers still check: that filter is the kernel's to honour)."""
+    # inet_diag_req_v2; in a dump its sockid filters by the ports given (zero: any), nothing else
+    sockid = struct.pack("!HH", sport, dport) + bytes(44)
+    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, extensions, 0, states) + sockid
     header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _REQUEST_DUMP, 1, 0)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
         nl.send(header + request)

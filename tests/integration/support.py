@@ -13,14 +13,17 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted_pop3ng.mailbox.maildir import deliver
+
+from .sockdiag import TCP_ESTABLISHED, inet_diag
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The repository root (what twistd needs on its path to find the twisted/plugins drop-in).
@@ -87,7 +90,10 @@ class ServerProcess:
     log_path: str
     ports: List[int] = field(default_factory=list)
     tls_ports: List[int] = field(default_factory=list)
-    certs: Optional[Dict[str, str]] = None
+    #: The test CA's and server certificate's file paths (``make_certificates``: "ca", "cert",
+    #: "key"); empty when the server was started without TLS. Not Optional, so tests index it
+    #: directly (``server.certs["ca"]``) without a None check for the type checker.
+    certs: Dict[str, str] = field(default_factory=dict)
     #: A test that provokes a failure of the server's own (a broken backend, say) sets this;
     #: otherwise any traceback in the log fails the test when the server stops.
     tracebacks_allowed: bool = False
@@ -121,7 +127,9 @@ class ServerProcess:
     def connect(self, tls: bool = False, timeout: float = 10.0) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.tls_port if tls else self.port), timeout)
         if tls:
-            assert self.certs is not None, "the server was started without TLS"
+            if not self.certs:
+                sock.close()
+                raise AssertionError("the server was started without TLS")
             context = ssl.create_default_context(cafile=self.certs["ca"])
             sock = context.wrap_socket(sock, server_hostname="localhost")
         return sock
@@ -180,7 +188,7 @@ def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = 
             "--mailbox", "maildir:" + os.path.join(root, "mail", "{user}", "Maildir")]
     for _ in range(plain_listeners):
         args += ["--listen", "tcp:0:interface=127.0.0.1"]
-    certs = None
+    certs: Dict[str, str] = {}
     if tls:
         certs = make_certificates(root)
         args += ["--tls-listen", "tcp:0:interface=127.0.0.1",
@@ -258,8 +266,9 @@ class Session:
         body, self.buffer = self.buffer[:end], self.buffer[end:]
         return body
 
-    def closed(self, timeout: float = 5.0) -> bool:
-        """True if the server closes the connection (EOF) within ``timeout``."""
+    def closed(self, timeout: float = 30.0) -> bool:
+        """True if the server closes the connection (EOF) within ``timeout``; returns as soon as it
+        does, so the generous default costs nothing unless the server fails to close."""
         self.sock.settimeout(timeout)
         try:
             while self._fill():
@@ -301,3 +310,54 @@ def process_tree(pid: int) -> List[int]:
         result.append(current)
         todo.extend(children.get(current, []))
     return result
+
+
+# A socket's memory as the kernel reports it with sock_diag (``ss -m``): linux/inet_diag.h,
+# linux/sock_diag.h.
+_INET_DIAG_MSG = 72  # sizeof(struct inet_diag_msg); attributes follow it
+_INET_DIAG_SKMEMINFO = 7
+_SK_MEMINFO_SNDBUF, _SK_MEMINFO_WMEM_QUEUED = 3, 5
+
+
+def send_buffer(local_port: int, peer_port: int) -> Optional[Tuple[int, int]]:
+    """(octets queued, send buffer size) of the IPv4 TCP socket local_port -> peer_port on this host
+    (the kernel's sk_wmem_queued and sk_sndbuf, as ``ss -m`` shows them), or None if none."""
+    found = None
+    for data, start, end in inet_diag(1 << TCP_ESTABLISHED, 1 << (_INET_DIAG_SKMEMINFO - 1),
+                                      local_port, peer_port):
+        if struct.unpack_from("!HH", data, start + 4) != (local_port, peer_port):
+            continue
+        attr = start + _INET_DIAG_MSG
+        while attr + 4 <= end:
+            attr_len, attr_type = struct.unpack_from("=HH", data, attr)
+            if attr_len < 4:
+                break  # a malformed attribute: stop rather than loop forever
+            if attr_type == _INET_DIAG_SKMEMINFO:
+                meminfo = struct.unpack_from("=9I", data, attr + 4)
+                found = meminfo[_SK_MEMINFO_WMEM_QUEUED], meminfo[_SK_MEMINFO_SNDBUF]
+            attr += (attr_len + 3) & ~3
+    return found
+
+
+def wait_for_full_server_socket(test: Any, session: Session, tls: bool, timeout: float = 60.0) -> None:
+    """Wait (the client reading nothing meanwhile) until the server's socket of this connection
+    is full, read from the kernel; fails on timeout. The test's client then owes more replies than
+    the kernel's buffers hold, so the server holds the rest and waits for this client:
+
+    * plain TCP: the direct sender writes without asking whether the socket is writable, so "full"
+      is queued octets >= send buffer, the state in which Linux cuts ``send``/``sendmsg`` short;
+    * TLS: records may instead wait in the transport for epoll to report the socket writable,
+      which Linux does only while free space >= half the queued octets: "full" is that condition
+      failing (it holds too once the socket is full as above)."""
+    sock = session.sock
+    server_port, client_port = sock.getpeername()[1], sock.getsockname()[1]
+    deadline = time.monotonic() + timeout
+    found = None
+    while time.monotonic() < deadline:
+        found = send_buffer(server_port, client_port)
+        if found is not None:
+            queued, size = found
+            if (size - queued < queued // 2) if tls else queued >= size:
+                return
+        time.sleep(0.01)
+    test.fail("the server's socket never filled: (queued, send buffer) = %r" % (found,))

@@ -6,85 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import struct
 import sys
 import threading
 import time
-from typing import Any, Optional, Tuple
 
 from .e2e import USERS, TwistdTestCase, StreamingBody, stuffed, wire_lines, wire_message
-from .support import Session
+from .support import Session, wait_for_full_server_socket
 
 MB = 1024 * 1024
-
-# The server's socket buffer, read from the kernel over sock_diag netlink (what ``ss -m`` does; ss
-# itself is not in the CI's package list): linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h.
-_NETLINK_SOCK_DIAG = 4  # (not in the socket module)
-_SOCK_DIAG_BY_FAMILY = 20
-_NLMSG_DONE, _NLMSG_ERROR = 3, 2
-_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_NLMSG_HEADER, _INET_DIAG_MSG = 16, 72  # struct sizes: nlmsghdr, inet_diag_msg
-_TCP_ESTABLISHED = 1
-_INET_DIAG_SKMEMINFO = 7
-_SK_MEMINFO_SNDBUF, _SK_MEMINFO_WMEM_QUEUED = 3, 5
-
-
-def send_buffer(local_port: int, peer_port: int) -> Optional[Tuple[int, int]]:
-    """(octets queued, send buffer size) of the IPv4 TCP socket local_port -> peer_port on this host
-    (the kernel's sk_wmem_queued and sk_sndbuf, as ``ss -m`` shows them), or None if none."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
-        sockid = struct.pack("!HH16s16sI8s", local_port, peer_port, b"", b"", 0, b"\xff" * 8)
-        request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP,
-                              1 << (_INET_DIAG_SKMEMINFO - 1), 0, 1 << _TCP_ESTABLISHED) + sockid
-        header = struct.pack("=IHHII", _NLMSG_HEADER + len(request), _SOCK_DIAG_BY_FAMILY,
-                             _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-        nl.sendto(header + request, (0, 0))
-        found = None
-        while True:  # the kernel dumps every established socket; keep this connection's
-            data = nl.recv(1 << 16)
-            offset = 0
-            while offset < len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if kind == _NLMSG_DONE:
-                    return found
-                if kind == _NLMSG_ERROR:
-                    raise OSError("sock_diag refused the request")
-                body = offset + _NLMSG_HEADER
-                sport, dport = struct.unpack_from("!HH", data, body + 4)
-                if (sport, dport) == (local_port, peer_port):
-                    attr = body + _INET_DIAG_MSG
-                    while attr + 4 <= offset + length:
-                        attr_len, attr_type = struct.unpack_from("=HH", data, attr)
-                        if attr_type == _INET_DIAG_SKMEMINFO:
-                            meminfo = struct.unpack_from("=9I", data, attr + 4)
-                            found = meminfo[_SK_MEMINFO_WMEM_QUEUED], meminfo[_SK_MEMINFO_SNDBUF]
-                        attr += (attr_len + 3) & ~3
-                offset += (length + 3) & ~3
-
-
-def wait_for_full_server_socket(test: Any, session: Session, tls: bool, timeout: float = 60.0) -> None:
-    """Wait (the client reading nothing meanwhile) until the server's socket of this connection
-    is full, read from the kernel; fails on timeout. The test's client then owes more replies than
-    the kernel's buffers hold, so the server holds the rest and waits for this client:
-
-    * plain TCP: the direct sender writes without asking whether the socket is writable, so "full"
-      is queued octets >= send buffer, the state in which Linux cuts ``send``/``sendmsg`` short;
-    * TLS: records may instead wait in the transport for epoll to report the socket writable,
-      which Linux does only while free space >= half the queued octets: "full" is that condition
-      failing (it holds too once the socket is full as above)."""
-    sock = session.sock
-    server_port, client_port = sock.getpeername()[1], sock.getsockname()[1]
-    deadline = time.monotonic() + timeout
-    found = None
-    while time.monotonic() < deadline:
-        found = send_buffer(server_port, client_port)
-        if found is not None:
-            queued, size = found
-            if (size - queued < queued // 2) if tls else queued >= size:
-                return
-        time.sleep(0.01)
-    test.fail("the server's socket never filled: (queued, send buffer) = %r" % (found,))
-
 
 def pattern_block() -> bytes:
     """~64 KiB of lines (LF and CRLF, dot lines, blank lines); its length is not a power of two so

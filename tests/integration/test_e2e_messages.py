@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 
 from .e2e import TwistdTestCase, stuffed, top_lines, wire_lines, wire_message
-from .test_e2e_load import wait_for_full_server_socket
+from .support import wait_for_full_server_socket
 
 #: The server reads a stored message in chunks of this size (server.CHUNK_SIZE); the maildir size
 #: measurement reads 1 MiB; 64 KiB is a common socket/buffer size. Dot lines must survive all three.

@@ -568,9 +568,11 @@ class TLSPortTests(TwistdTestCase):
 
         sock = socket_module.create_connection(("127.0.0.1", self.server.tls_port), 10)
         context = ssl.create_default_context()  # does not know the test CA
-        with self.assertRaises(ssl.SSLError):
+        with self.assertRaises(ssl.SSLCertVerificationError) as caught:
             context.wrap_socket(sock, server_hostname="localhost")
         sock.close()
+        # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: the client refused the issuer, as it should
+        self.assertEqual(caught.exception.verify_code, 20, caught.exception)
         # the server goes on
         s = self.session(tls=True)
         self.assertTrue(s.line().startswith(b"+OK"))

@@ -6,7 +6,9 @@ import os
 import signal
 import socket
 import ssl
+import threading
 import time
+from typing import Dict, List, Optional
 
 from twisted.trial import unittest
 
@@ -14,6 +16,35 @@ from tests.integration.support import Session, make_certificates, start_server
 from tests.integration.sasl_clients import starttls
 
 PASSWORD = "secret pass"
+
+
+def old_tls_handshake(client: ssl.SSLContext, certs: Dict[str, str], version: ssl.TLSVersion) -> Optional[str]:
+    """The TLS version ``client`` negotiates with a loopback server (Python's ssl, in a thread)
+    that offers ``version`` only, with the test certificate."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certs["cert"], certs["key"])
+    server.set_ciphers("ALL:@SECLEVEL=0")
+    server.minimum_version = server.maximum_version = version
+    errors: List[BaseException] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            try:
+                conn, _ = listener.accept()
+                with server.wrap_socket(conn, server_side=True):
+                    pass
+            except (OSError, ssl.SSLError) as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            sock = socket.create_connection(listener.getsockname(), 10)
+            with client.wrap_socket(sock, server_hostname="localhost") as tls:
+                return tls.version()
+        except ssl.SSLError as error:
+            raise AssertionError("the client cannot speak %s: %r (server: %r)" % (version.name, error, errors))
+        finally:
+            thread.join(30)
 
 
 class STLSTests(unittest.TestCase):
@@ -37,6 +68,7 @@ class STLSTests(unittest.TestCase):
         s = self.session()
         self.assertIn(b"\r\nSTLS\r\n", self.capa(s))
         starttls(s, self.server)
+        assert isinstance(s.sock, ssl.SSLSocket)
         self.assertIn(s.sock.version(), ("TLSv1.2", "TLSv1.3"))
         caps = self.capa(s)
         self.assertNotIn(b"STLS", caps)
@@ -68,22 +100,33 @@ class STLSTests(unittest.TestCase):
         self.assertNotIn(b"STLS", self.capa(t))
         self.assertTrue(t.command(b"STLS").startswith(b"-ERR"))
 
+    def old_tls_client(self, version: ssl.TLSVersion) -> ssl.SSLContext:
+        """A client that offers only ``version`` (with every cipher, however weak, allowed)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(self.server.certs["ca"])
+        context.set_ciphers("ALL:@SECLEVEL=0")
+        context.minimum_version = context.maximum_version = version
+        return context
+
     def test_old_tls_versions_refused(self) -> None:
-        for tls_port in (False, True):
-            sock = socket.create_connection(("127.0.0.1", self.server.port if not tls_port
-                                             else self.server.tls_port), 10)
-            self.addCleanup(sock.close)
-            if not tls_port:
-                s = Session(sock)
-                s.line()
-                self.assertTrue(s.command(b"STLS").startswith(b"+OK"))
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.load_verify_locations(self.server.certs["ca"])
-            context.set_ciphers("ALL:@SECLEVEL=0")
-            context.minimum_version = ssl.TLSVersion.TLSv1
-            context.maximum_version = ssl.TLSVersion.TLSv1_1
-            with self.assertRaises((ssl.SSLError, ConnectionError)):
-                context.wrap_socket(sock, server_hostname="localhost")
+        for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+            # Positive control: this client does speak the old version (to a server that allows it),
+            # so the refusal below is our server's, not a client unable to try.
+            self.assertEqual(old_tls_handshake(self.old_tls_client(version), self.server.certs, version),
+                             version.name.replace("_", "."))
+            for tls_port in (False, True):
+                sock = socket.create_connection(("127.0.0.1", self.server.port if not tls_port
+                                                 else self.server.tls_port), 10)
+                self.addCleanup(sock.close)
+                if not tls_port:
+                    s = Session(sock)
+                    s.line()
+                    self.assertTrue(s.command(b"STLS").startswith(b"+OK"))
+                with self.assertRaises(ssl.SSLError) as caught:
+                    self.old_tls_client(version).wrap_socket(sock, server_hostname="localhost")
+                # the server answered the hello with a protocol_version alert (RFC 8446 6.2 / 5246 7.2.2)
+                self.assertEqual(caught.exception.reason, "TLSV1_ALERT_PROTOCOL_VERSION",
+                                 (version, tls_port, caught.exception))
 
     def test_sighup_reloads_certificate_without_dropping_sessions(self) -> None:
         old = self.session(tls=True)

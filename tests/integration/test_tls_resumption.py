@@ -192,7 +192,7 @@ class ClientReuseTests(unittest.TestCase):
         os.makedirs(self.server.maildir("alice"), exist_ok=True)
 
     async def login(self, url: str, sessions: Optional[TLSSessionCache]) -> bool:
-        assert self.server.certs is not None
+        assert self.server.certs, "the server was started without TLS"
         client = await connect(reactor, url, password=PASSWORD, cafile=self.server.certs["ca"],
                                tls_sessions=sessions)
         try:

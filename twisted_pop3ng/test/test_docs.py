@@ -211,6 +211,36 @@ class BenchmarkChartTests(unittest.TestCase):
         # lower is better: ours 1 KB against 1,100 KB is 1,100 times better
         self.assertEqual(rows[1][5:], ["1100.0x", "2.0x"])
 
+    def test_ratios_within_rounds_and_spread(self) -> None:
+        # three rounds: ours 100, 200, 300 MB/s against Dovecot's 100, 50, 300. Within each round ours
+        # was 1x, 4x, 1x better (median 1x); the two medians (200 against 100) would claim 2x
+        record = json.loads(json.dumps(RECORD))
+        record["results"]["ours"]["bulk"] = 200.0
+        record["results"]["dovecot"]["bulk"] = 100.0
+        record["spread"] = {"ours": {"bulk": [100.0, 300.0], "idle_kb": [1.0, 1.0]},
+                            "dovecot": {"bulk": [50.0, 300.0]}}
+        record["ratios"] = {"bulk": {"dovecot": {"median": 1.0, "min": 1.0, "max": 4.0, "rounds": [1.0, 4.0, 1.0]}}}
+        record["rounds"] = [{}, {}, {}]
+        rows = bench_results.table_rows(record)
+        self.assertEqual(rows[0][2:], ["200 (100–300)", "100", "100 (50.0–300)", "1.0x (1.0x–4.0x)",
+                                       "2.0x"])  # no per-round twisted.mail ratio: from the medians
+        # the same value in every round: no spread shown; idle_kb has no within-round ratios
+        self.assertEqual(rows[1][2:], ["1", "2", "1,100", "1100.0x", "2.0x"])
+        out = self.mktemp()
+        os.makedirs(os.path.join(out, "_static"))
+        with open(os.path.join(out, "_static", "r.json"), "w") as f:
+            json.dump(record, f)
+        with open(os.path.join(out, "index.rst"), "w") as f:
+            f.write("Results\n=======\n\n.. bench-results:: _static/r.json\n")
+        with open(os.path.join(out, "conf.py"), "w") as f:
+            f.write("import sys\nsys.path.insert(0, %r)\nextensions = ['bench_results']\n" % str(DOCS / "_ext"))
+        result = subprocess.run([sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", out,
+                                 os.path.join(out, "html")], capture_output=True, text=True, timeout=300)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        page = Path(out, "html", "index.html").read_text()
+        self.assertIn("1.0x (1.0x–4.0x)", page)
+        self.assertIn("median (min–max) over 3 rounds", page)
+
     def test_goals_sentence(self) -> None:
         self.assertEqual(bench_results.goals_sentence(RECORD), "This results file does not say which goals were met.")
         record = json.loads(json.dumps(RECORD))
