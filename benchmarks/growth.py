@@ -89,10 +89,7 @@ def _linked_maildir(target: str, count: int, sources: Sequence[str]) -> None:
     """``target``: ``count`` messages in ``cur/``, hard links to ``sources`` in turn (made once)."""
     if os.path.isdir(os.path.join(target, "cur")):
         return
-    partial = target + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(partial, sub))
+    partial = peers.empty_partial_maildir(target)
     cur = os.path.join(partial, "cur")
     base = 1700000000
     for i in range(count):

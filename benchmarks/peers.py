@@ -124,15 +124,22 @@ def prepare_template(directory: str, spec: DataSpec, log: Callable[[str], None])
     return mail
 
 
+def empty_partial_maildir(target: str) -> str:
+    """An empty maildir at ``target + ".partial"`` (any earlier one removed), to be filled and
+    then renamed to ``target``: an interrupted generation is never taken for a finished one."""
+    partial = target + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(partial, sub))
+    return partial
+
+
 def all_in_new(source: str, target: str) -> None:
     """``target``: the messages of ``source`` (in cur/) hard-linked into new/ under their base
     names, as on a POP3-only site where no client ever moves a message to cur/."""
     if os.path.isdir(os.path.join(target, "new")):
         return
-    partial = target + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(partial, sub))
+    partial = empty_partial_maildir(target)
     cur = os.path.join(source, "cur")
     for name in os.listdir(cur):
         os.link(os.path.join(cur, name), os.path.join(partial, "new", name.partition(":")[0]))
