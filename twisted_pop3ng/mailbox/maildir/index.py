@@ -358,25 +358,35 @@ def _failures(positions: List[int], ordered: List[int], todo: Sequence[int], bas
 # -- the in-process cache ---------------------------------------------------------------------------
 
 _cache: "OrderedDict[str, Snapshot]" = OrderedDict()
+#: The messages of all cached snapshots (kept, not summed at every login: with thousands of
+#: maildrops cached, the sum was the login's largest cost).
+_cached_messages = 0
 
 
 def _remember(path: str, snapshot: Snapshot) -> None:
-    _cache.pop(path, None)
+    global _cached_messages
+    previous = _cache.pop(path, None)
+    if previous is not None:
+        _cached_messages -= len(previous.infos)
     if len(snapshot.infos) > MAX_CACHED_MESSAGES:
         return
     _cache[path] = snapshot
-    total = sum(len(s.infos) for s in _cache.values())
-    while total > MAX_CACHED_MESSAGES:
+    _cached_messages += len(snapshot.infos)
+    while _cached_messages > MAX_CACHED_MESSAGES:
         _, evicted = _cache.popitem(last=False)
-        total -= len(evicted.infos)
+        _cached_messages -= len(evicted.infos)
 
 
 def forget(path: Optional[str] = None) -> None:
     """Drop cached snapshots (all, or one maildir's); tests use it to simulate a new process."""
+    global _cached_messages
     if path is None:
         _cache.clear()
+        _cached_messages = 0
     else:
-        _cache.pop(path, None)
+        previous = _cache.pop(path, None)
+        if previous is not None:
+            _cached_messages -= len(previous.infos)
 
 
 class _MapChanged(Exception):
