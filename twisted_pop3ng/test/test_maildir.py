@@ -78,6 +78,22 @@ class MaildirTests(unittest.TestCase):
         for uid in uids:
             self.assertTrue(wire.is_valid_uid(uid), uid)
 
+    def test_uids_are_the_names_exactly_when_they_are_valid_uids(self) -> None:
+        # RFC 1939 section 7: 0x21-0x7E. "!" and "~" (the ends of the range) keep the name; a space
+        # or DEL (just outside it) would break a client's UIDL parsing and gets a digest instead --
+        # also when it is the only odd name of a maildir (whose names are checked all at once).
+        for user, names in (("ends", ["1700000001.!a~.host", "1700000002.b.host"]),
+                            ("space", ["1700000001.a b.host", "1700000002.b.host"]),
+                            ("del", ["1700000001.a\x7fb.host", "1700000002.b.host"])):
+            for name in names:
+                md.deliver(self.store.path_for(user), b"x\n", name)
+            box = self.store.open_mailbox(user)
+            self.addCleanup(box.close)
+            uids = [m.uid for m in box.list_messages()]
+            self.assertEqual(uids[1], names[1])
+            self.assertTrue(wire.is_valid_uid(uids[0]), (user, uids[0]))
+            self.assertEqual(uids[0] == names[0], user == "ends", (user, uids[0]))
+
     def test_snapshot_ignores_later_delivery(self) -> None:
         self.deliver(b"one\n", "1700000001.a.host")
         box = self.open()
