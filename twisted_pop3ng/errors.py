@@ -73,7 +73,9 @@ class BadCommand(POP3Error):
 #: running out, a failing or read-only disk, permissions): the admin needs one line saying what
 #: and where, not a traceback.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO,
-                       errno.EROFS, errno.EACCES, errno.EPERM}
+                       errno.EROFS, errno.EACCES, errno.EPERM,
+                       # a maildrop's directory replaced by a symlink, a file or a FIFO meanwhile
+                       errno.ELOOP, errno.ENOTDIR, errno.EISDIR}
 
 #: errno values that will not go away by retrying.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}

@@ -146,6 +146,16 @@ class CrashConsistencyTests(CommitTestCase):
         self.assertEqual(fsynced.get(os.path.join(self.path, "new")), after)
         self.assertEqual(fsynced.get(os.path.join(self.path, "cur")), after)
 
+    def test_only_directories_a_name_left_are_fsynced(self) -> None:
+        box = self.store.open_mailbox("alice")
+        self.addCleanup(box.close)
+        calls = self.record_fsyncs(self.on_disk)
+        box.commit([0])
+        self.assertEqual([name for name, _ in calls], [os.path.join(self.path, "new")])
+        calls[:] = []
+        box.commit([])  # nothing deleted (a QUIT after RSET): nothing to make durable
+        self.assertEqual(calls, [])
+
     def test_index_is_fsynced_before_it_replaces_the_old_one_then_the_directory(self) -> None:
         index = os.path.join(self.path, md.INDEX_NAME)
         box = self.store.open_mailbox("alice")
@@ -267,8 +277,8 @@ class HostileDirectoryTests(CommitTestCase):
         os.symlink(victim, new)
         self.assertTrue(driver.send("QUIT").startswith(b"-ERR [SYS/PERM] Some deleted messages were not removed"))
         self.assertEqual(os.listdir(victim), ["1700000001.a.host"])
-        # (The server logs the ELOOP with its traceback: see the report of issue 19 item 7.)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        # The ELOOP is the user's doing, not a bug: a warning line, no logged traceback.
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_new_swapped_for_a_fifo_is_refused_not_waited_for(self) -> None:
         driver = self.session()
@@ -283,7 +293,7 @@ class HostileDirectoryTests(CommitTestCase):
         self.addCleanup(unblock.cancel)
         self.assertTrue(driver.send("QUIT").startswith(b"-ERR [SYS/PERM] Some deleted messages were not removed"))
         self.assertTrue(unblock.is_alive(), "the server waited on the FIFO")
-        self.assertEqual(len(self.flushLoggedErrors(NotADirectoryError)), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])  # (ENOTDIR: a warning line, no traceback)
 
     def test_flags_set_in_new_while_cur_is_gone(self) -> None:
         # An agent that renames in place (flags in new/) and a cur/ removed meanwhile: the message
@@ -293,9 +303,10 @@ class HostileDirectoryTests(CommitTestCase):
         os.rmdir(os.path.join(self.path, "cur"))
         new = os.path.join(self.path, "new")
         os.rename(os.path.join(new, "1700000001.a.host"), os.path.join(new, "1700000001.a.host:2,S"))
-        driver.send("QUIT")  # (-ERR: cur/ cannot be fsynced; the deletion in new/ is done)
+        # Nothing was removed from cur/, so only new/ is fsynced: the commit succeeded.
+        self.assertTrue(driver.send("QUIT").startswith(b"+OK"))
         self.assertEqual(sorted(os.listdir(new)), ["1700000002.b.host", "1700000003.c.host"])
-        self.flushLoggedErrors(FileNotFoundError)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_no_descriptor_is_left_open_after_the_session(self) -> None:
         def open_targets() -> List[str]:

@@ -458,13 +458,21 @@ class MaildirMailbox:
         return data
 
     def commit(self, deleted: Sequence[int]) -> None:
+        # The directories a name was removed from, fsynced after: only those (a cur/ that another
+        # program removed meanwhile, with nothing deleted in it, does not fail the commit).
+        touched: Dict[int, None] = {}
+
+        def unlink(name: str, dir_fd: int) -> None:
+            os.unlink(name, dir_fd=dir_fd)
+            touched[dir_fd] = None
+
         for index in deleted:
             try:
-                self._on_file(index, lambda name, dir_fd: os.unlink(name, dir_fd=dir_fd))
+                self._on_file(index, unlink)
             except FileNotFoundError:
                 pass  # already gone: the deletion is done
-        for sub in ("new", "cur"):
-            os.fsync(self._dir_fd(sub))
+        for dir_fd in touched:
+            os.fsync(dir_fd)
 
     def close(self) -> None:
         fds, self._dir_fds = self._dir_fds, {}
