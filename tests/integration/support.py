@@ -346,9 +346,13 @@ def wait_for_full_server_socket(test: Any, session: Session, tls: bool, timeout:
 
     * plain TCP: the direct sender writes without asking whether the socket is writable, so "full"
       is queued octets >= send buffer, the state in which Linux cuts ``send``/``sendmsg`` short;
-    * TLS: records may instead wait in the transport for epoll to report the socket writable,
-      which Linux does only while free space >= half the queued octets: "full" is that condition
-      failing (it holds too once the socket is full as above)."""
+    * TLS, and plain TCP on the stock path (``POP3NG_STOCK_TWISTED=1``: no direct sender):
+      records may instead wait in the transport for epoll to report the socket writable, which
+      Linux does only while free space >= half the queued octets: "full" is that condition failing
+      (it holds too once the socket is full as above)."""
+    from twisted_pop3ng.fastpath import _compat  # (the server runs with this environment)
+
+    queued_until_full = not tls and _compat.PROBES.direct_send
     sock = session.sock
     server_port, client_port = sock.getpeername()[1], sock.getsockname()[1]
     deadline = time.monotonic() + timeout
@@ -357,7 +361,7 @@ def wait_for_full_server_socket(test: Any, session: Session, tls: bool, timeout:
         found = send_buffer(server_port, client_port)
         if found is not None:
             queued, size = found
-            if (size - queued < queued // 2) if tls else queued >= size:
+            if queued >= size if queued_until_full else size - queued < queued // 2:
                 return
         time.sleep(0.01)
     test.fail("the server's socket never filled: (queued, send buffer) = %r" % (found,))
