@@ -362,23 +362,17 @@ def _write_copy(path: str, blob: bytes) -> None:
         os.close(fd)
 
 
-class MDADestination:
-    """Pipe each message into ``sh -c COMMAND``; exit status 0 means the MDA took it.
+class HandOffDestination:
+    """A destination that hands each message to another program (an MDA, an MTA): spooled here,
+    handed over at :meth:`commit`; nothing of it stays here to look in or to recover."""
 
-    ``POP3NG_UIDL`` in the command's environment is the server's UIDL: checked by the client
-    (1-70 characters in 0x21-0x7E, so no NUL, space or control character), but still the server's
-    choice -- it may hold ``/`` or ``..``, so a command must not use it as a file name as it is.
-    """
-
-    #: Record each message as soon as its MDA succeeded: a later failure must not hide it;
-    #: journaled at once, the state file rewritten every batch (:mod:`.state`).
+    #: Record each message as soon as the other program took it: a later failure must not hide
+    #: it (at most one duplicate after a kill); journaled at once, the state file rewritten every
+    #: batch (:mod:`.state`).
     batch_limit = 1
     journaled = True
-    #: :meth:`commit` waits for the command: the fetcher runs it in a thread, one at a time.
+    #: :meth:`commit` waits for the other program: the fetcher runs it in a thread, one at a time.
     blocking = True
-
-    def __init__(self, command: str, account: str) -> None:
-        self.command = command
 
     def has(self, uid: str) -> bool:
         return False
@@ -388,6 +382,18 @@ class MDADestination:
 
     def recover(self, state: Any) -> None:
         pass
+
+
+class MDADestination(HandOffDestination):
+    """Pipe each message into ``sh -c COMMAND``; exit status 0 means the MDA took it.
+
+    ``POP3NG_UIDL`` in the command's environment is the server's UIDL: checked by the client
+    (1-70 characters in 0x21-0x7E, so no NUL, space or control character), but still the server's
+    choice -- it may hold ``/`` or ``..``, so a command must not use it as a file name as it is.
+    """
+
+    def __init__(self, command: str, account: str) -> None:
+        self.command = command
 
     def commit(self, sinks: Sequence[_Spool]) -> None:
         for sink in sinks:

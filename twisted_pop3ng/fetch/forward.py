@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 from urllib.parse import urlsplit
 
-from twisted_pop3ng.fetch.delivery import DeliveryError, _Spool
+from twisted_pop3ng.fetch.delivery import DeliveryError, HandOffDestination, _Spool
 from twisted_pop3ng.wire.message import MessageEncoder
 
 __all__ = ["ForwardSettings", "ForwardDestination", "ForwardDeferred", "parse_forward_url",
@@ -100,15 +100,8 @@ class ForwardSettings:
     timeout: float = 120.0
 
 
-class ForwardDestination:
+class ForwardDestination(HandOffDestination):
     """Forward each message to an SMTP or LMTP server (see the module doc)."""
-
-    #: Record each message as soon as the MTA accepted it: at most one duplicate after a kill.
-    batch_limit = 1
-    #: ... journaled at once, the state file rewritten every batch (:mod:`.state`).
-    journaled = True
-    #: :meth:`commit` waits on the network: the fetcher runs it in a thread, one at a time.
-    blocking = True
 
     def __init__(self, settings: ForwardSettings, account: str) -> None:
         self.settings = settings
@@ -119,15 +112,6 @@ class ForwardDestination:
         #: :attr:`FetchOptions.crash_hook`, told ``forward-sent`` when a message's data went out
         #: and its reply is not yet read (the crash tests' way in).
         self.crash_hook: Any = None
-
-    def has(self, uid: str) -> bool:
-        return False
-
-    def begin(self, uid: str) -> _Spool:
-        return _Spool(uid)
-
-    def recover(self, state: Any) -> None:
-        pass
 
     def commit(self, sinks: Sequence[_Spool]) -> Dict[str, str]:
         """Forward each message; returns the rejected ones (5xx) as ``{uid: reply}``."""
