@@ -110,15 +110,20 @@ class Bench:
             f.write('#!/bin/sh\nf=$(mktemp -p "%s/tmp") && cat > "$f" && mv "$f" "%s/new/"\n'
                     % (dest, dest))
         os.chmod(mda, 0o755)
-        rc = os.path.join(self.work, "fetchmailrc")
+        return self.fetchmail_command("fetchmailrc", "", 'mda "%s"' % mda)
+
+    def fetchmail_command(self, rc_name: str, local_user: str, delivery: str) -> List[str]:
+        """fetchmail fetching everything from the Dovecot account over STLS into ``delivery``
+        (its rc's ``mda``/``lmtp`` clause); ``local_user``: the rc's ``is … here`` clause."""
+        rc = os.path.join(self.work, rc_name)
         with open(rc, "w") as f:
             f.write('set no syslog\nset no bouncemail\n'
                     'poll localhost protocol pop3 port %d\n'
-                    '  user "%s" password "%s"\n'
+                    '  user "%s" password "%s"%s\n'
                     '  sslproto tls1.2+ sslcertck sslcertfile "%s"\n'
                     '  fetchall nokeep\n'
-                    '  mda "%s"\n' % (self.dovecot.port, USER, PASSWORD, self.certs["ca"],
-                                      mda))
+                    '  %s\n' % (self.dovecot.port, USER, PASSWORD, local_user, self.certs["ca"],
+                                 delivery))
         os.chmod(rc, 0o600)
         return ["fetchmail", "-f", rc, "--nodetach", "-s", "--pidfile",
                 os.path.join(self.work, "fetchmail.pid")]

@@ -75,18 +75,8 @@ class ConfigBench(Bench):
         return self.config(dest, 'forward = "lmtp:%s"\nforward_to = "%s"' % (self.socket, TARGET))
 
     def fetchmail_lmtp(self, dest: str) -> List[str]:
-        rc = os.path.join(self.work, "fetchmailrc-lmtp")
-        with open(rc, "w") as f:
-            f.write('set no syslog\nset no bouncemail\n'
-                    'poll localhost protocol pop3 port %d\n'
-                    '  user "%s" password "%s" is "%s" here\n'
-                    '  sslproto tls1.2+ sslcertck sslcertfile "%s"\n'
-                    '  fetchall nokeep\n'
-                    '  lmtp smtphost "%s"\n' % (self.dovecot.port, USER, PASSWORD, TARGET,
-                                                self.certs["ca"], self.socket))
-        os.chmod(rc, 0o600)
-        return ["fetchmail", "-f", rc, "--nodetach", "-s", "--pidfile",
-                os.path.join(self.work, "fetchmail.pid")]
+        return self.fetchmail_command("fetchmailrc-lmtp", ' is "%s" here' % TARGET,
+                                      'lmtp smtphost "%s"' % self.socket)
 
     def run_into(self, name: str, build: Callable[[str], List[str]], round_no: int,
                  forwarded: bool) -> float:
