@@ -17,6 +17,7 @@ from twisted_pop3ng.mailbox.maildir import dovecot_uidlist as du
 from twisted_pop3ng.mailbox.maildir import index as mi
 from twisted_pop3ng.mailbox.maildir import store as md
 from twisted_pop3ng.mailbox.maildir.names import hashed_uid
+from twisted_pop3ng.test.maildir_fixture import alice_maildir
 
 #: As Dovecot 2.3 wrote it for a maildir served with pop3_save_uidl (UIDVALIDITY 1796424113 is
 #: 0x6b1341b1): a saved custom UIDL, an empty P (= the base name), and a default-format message.
@@ -72,11 +73,7 @@ class MaildirTests(unittest.TestCase):
     """Through the maildir store, as a login sees it."""
 
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
-        for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(self.path, sub))
+        self.root, self.store, self.path = alice_maildir(self, subdirs=True)
         for i, name in enumerate(NAMES):
             md.deliver(self.path, b"Subject: %d\r\n\r\nbody\r\n" % i, name)
         self.new_process()

@@ -17,15 +17,14 @@ from twisted_pop3ng.errors import MailboxInUse, MessageVanished, POP3Error, Temp
 from twisted_pop3ng.mailbox.maildir import store as md
 from twisted_pop3ng.mailbox import MailboxSpecError, store_from_spec
 from twisted_pop3ng.testing import SessionDriver
+from twisted_pop3ng.test.maildir_fixture import alice_maildir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class MaildirTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
+        self.root, self.store, self.path = alice_maildir(self)
 
     def deliver(self, data: bytes, name: str) -> str:
         return md.deliver(self.path, data, name)
@@ -206,9 +205,7 @@ class HostileFileTests(unittest.TestCase):
     timeout = 30  # (before the fixes, opening a FIFO blocked for ever)
 
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
+        self.root, self.store, self.path = alice_maildir(self)
 
     def open(self, user: str = "alice") -> md.MaildirMailbox:
         box = self.store.open_mailbox(user)

@@ -17,6 +17,7 @@ from twisted_pop3ng.mailbox.maildir import index as mi
 from twisted_pop3ng.mailbox.maildir import store as md
 from twisted_pop3ng.testing import SessionDriver
 from twisted_pop3ng.testing.rfc1939 import wire_message
+from twisted_pop3ng.test.maildir_fixture import alice_maildir
 
 MESSAGES = [(b"Subject: one\n\nfirst\n", "1700000001.a.host"),
             (b"Subject: two\r\n\r\nsecond\r\n.dot\r\n", "1700000002.b.host"),
@@ -29,11 +30,7 @@ def fd_target(fd: int) -> str:
 
 class CommitTestCase(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
-        mi.forget()
-        self.addCleanup(mi.forget)
+        self.root, self.store, self.path = alice_maildir(self, fresh_cache=True)
         for data, name in MESSAGES:
             md.deliver(self.path, data, name)
 

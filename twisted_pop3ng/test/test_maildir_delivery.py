@@ -13,13 +13,12 @@ from twisted.trial import unittest
 from twisted_pop3ng import _maildir
 from twisted_pop3ng.fetch.delivery import MaildirDestination
 from twisted_pop3ng.mailbox.maildir import store as md
+from twisted_pop3ng.test.maildir_fixture import alice_maildir
 
 
 class SharedNamingTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
+        self.root, self.store, self.path = alice_maildir(self)
 
     def listed(self) -> list:
         box = self.store.open_mailbox("alice")

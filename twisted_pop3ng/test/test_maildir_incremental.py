@@ -19,6 +19,7 @@ from twisted_pop3ng.mailbox.maildir import incremental, snapshot as ms, store as
 from twisted_pop3ng.mailbox.maildir import index as mi
 from twisted_pop3ng.mailbox.maildir import listing as rows
 from twisted_pop3ng.testing import SessionDriver
+from twisted_pop3ng.test.maildir_fixture import alice_maildir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: A fake clock's start: an mtime with nanoseconds, as on ext4 (granularity 1 ns by its digits).
@@ -31,13 +32,7 @@ class MaildirCase(unittest.TestCase):
     """A maildir, sessions on it, and the oracle: a full scan with nothing known."""
 
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
-        for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(self.path, sub))
-        mi.forget()
-        self.addCleanup(mi.forget)
+        self.root, self.store, self.path = alice_maildir(self, subdirs=True, fresh_cache=True)
         self.listed: List[str] = []
         self.measured: List[str] = []
         listing = rows.listing

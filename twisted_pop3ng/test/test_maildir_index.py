@@ -15,17 +15,14 @@ from twisted_pop3ng.mailbox.maildir import store as md
 from twisted_pop3ng.mailbox.maildir import index as mi
 from twisted_pop3ng.mailbox.maildir import listing as rows
 from twisted_pop3ng.mailbox.maildir import measure as mm
+from twisted_pop3ng.test.maildir_fixture import alice_maildir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class IndexTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
-        mi.forget()
-        self.addCleanup(mi.forget)
+        self.root, self.store, self.path = alice_maildir(self, fresh_cache=True)
 
     def deliver(self, data: bytes, name: str, sub: str = "new") -> str:
         md.deliver(self.path, data, name)
@@ -527,12 +524,8 @@ class HostileIndexTests(unittest.TestCase):
     timeout = 30  # (before the fixes, opening a FIFO blocked for ever)
 
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        self.store = md.MaildirStore(os.path.join(self.root, "{user}", "Maildir"))
-        self.path = self.store.path_for("alice")
+        self.root, self.store, self.path = alice_maildir(self, fresh_cache=True)
         self.index = os.path.join(self.path, mi.INDEX_NAME)
-        mi.forget()
-        self.addCleanup(mi.forget)
         md.deliver(self.path, b"one\n", "1700000001.a.host")
         past = time.time() - 60
         for sub in ("new", "cur"):
