@@ -23,17 +23,15 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from typing import Callable, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from benchmarks.bench_fetch import PASSWORD, USER, Bench, RunFailed, count_maildir, make_messages  # noqa: E402
+from benchmarks.bench_fetch import PASSWORD, USER, Bench, RunFailed, make_messages  # noqa: E402
 from tests.integration.dovecot import start_dovecot  # noqa: E402
 from tests.integration.support import make_certificates  # noqa: E402
 
@@ -80,23 +78,11 @@ class ConfigBench(Bench):
 
     def run_into(self, name: str, build: Callable[[str], List[str]], round_no: int,
                  forwarded: bool) -> float:
-        self.refill()
         target = self.dovecot.maildir(TARGET)
         for sub in ("new", "cur"):
             for entry in os.listdir(os.path.join(target, sub)):
                 os.unlink(os.path.join(target, sub, entry))
-        dest = os.path.join(self.work, "%s-%d" % (name, round_no))
-        command = build(dest)
-        env = dict(os.environ, PYTHONPATH=ROOT, FETCHMAILHOME=self.work)
-        start = time.monotonic()
-        result = subprocess.run(command, env=env, capture_output=True)
-        elapsed = time.monotonic() - start
-        delivered = count_maildir(target if forwarded else dest)
-        left = count_maildir(self.dovecot.maildir(USER))
-        if result.returncode != 0 or delivered != len(self.messages) or left != 0:
-            raise RunFailed("exit %d, delivered %d, left on server %d: %s" % (
-                result.returncode, delivered, left, result.stderr.decode().strip()[-300:]))
-        return len(self.messages) / elapsed
+        return self.run(name, build, round_no, target if forwarded else None)
 
 
 TOOLS: Dict[str, tuple] = {
