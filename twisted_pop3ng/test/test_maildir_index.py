@@ -613,14 +613,14 @@ class HostileIndexTests(unittest.TestCase):
         self.patch(mi, "MAX_INDEX_BYTES", 1)
         size = os.path.getsize(self.index)
         self.assertLessEqual(size, mi.INDEX_PER_DIRECTORY_BYTE * listed)
-        self.assertIsNotNone(mi.load(self.path, mi.index_limit(dirs)))
+        self.assertIsNotNone(mi.load(self.path, dirs))
         calls = self.scans()
         self.assertEqual(self.session(), self.first)
         self.assertEqual(calls, [])  # the index was used
         mi.forget()
         with open(self.index, "r+b") as f:
             f.truncate(mi.INDEX_PER_DIRECTORY_BYTE * listed + 1)
-        self.assertIsNone(mi.load(self.path, mi.index_limit(dirs)))
+        self.assertIsNone(mi.load(self.path, dirs))
         self.assertEqual(self.session(), self.first)
         self.assertEqual(len(calls), 1)  # scanned, not read
 

@@ -121,17 +121,19 @@ def worth_writing(snapshot: Snapshot) -> bool:
 
 def index_limit(dirs: Optional[Dict[str, os.stat_result]]) -> int:
     """The largest index file read for a maildir whose new/ and cur/ are ``dirs`` (their
-    ``stat``; None: not known, :data:`MAX_INDEX_BYTES`). ``limit`` arguments below: None is
-    :data:`MAX_INDEX_BYTES`."""
+    ``stat``; None: not known, :data:`MAX_INDEX_BYTES`). Asked only of a file larger than that,
+    so that a login's checks cost nothing for it."""
     if dirs is None:
         return MAX_INDEX_BYTES
     listed = sum(dirs[sub].st_size for sub in SUBDIRS if sub in dirs)
     return max(MAX_INDEX_BYTES, INDEX_PER_DIRECTORY_BYTE * listed)
 
 
-def _read_index(path: str, limit: Optional[int] = None) -> Optional[Tuple[bytes, os.stat_result]]:
+def _read_index(path: str, dirs: Optional[Dict[str, os.stat_result]] = None
+                ) -> Optional[Tuple[bytes, os.stat_result]]:
     """The index file's contents and ``fstat``, or None when it is not a regular file of at most
-    ``limit`` octets or changed while it was read; raises OSError as ``open`` does.
+    :func:`index_limit` octets for ``dirs`` (the ``stat`` of new/ and cur/) or changed while it
+    was read; raises OSError as ``open`` does.
 
     A user who can write to the maildir must not hang or exhaust the server through it (audit F8):
     no symlink is followed (``/dev/zero``), ``O_NONBLOCK`` and ``S_ISREG`` keep a FIFO from
@@ -141,7 +143,7 @@ def _read_index(path: str, limit: Optional[int] = None) -> Optional[Tuple[bytes,
     try:
         st = os.fstat(fd)
         size = st.st_size
-        if not stat.S_ISREG(st.st_mode) or size > (MAX_INDEX_BYTES if limit is None else limit):
+        if not stat.S_ISREG(st.st_mode) or (size > MAX_INDEX_BYTES and size > index_limit(dirs)):
             return None
         parts: List[bytes] = []
         total = 0
@@ -158,12 +160,12 @@ def _read_index(path: str, limit: Optional[int] = None) -> Optional[Tuple[bytes,
     return b"".join(parts) if len(parts) != 1 else parts[0], st
 
 
-def load(path: str, limit: Optional[int] = None) -> Optional[Snapshot]:
+def load(path: str, dirs: Optional[Dict[str, os.stat_result]] = None) -> Optional[Snapshot]:
     """The snapshot stored in ``path``'s index, or None when missing, old, corrupt, not a regular
-    file or larger than ``limit`` (:func:`index_limit`; then the maildir is scanned and the index
+    file or larger than :func:`index_limit` for ``dirs`` (then the maildir is scanned and the index
     rewritten if it fits)."""
     try:
-        read = _read_index(path, limit)
+        read = _read_index(path, dirs)
         if read is None:
             return None
         raw, st = read
@@ -407,7 +409,7 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
     stored: Optional[Snapshot] = None
     base = cached if cached is not None and cached.uidmap == uidmap else None
     if base is None:
-        stored = load(path, index_limit(stats))
+        stored = load(path, stats)
         if stored is not None and stored.uidmap == uidmap:
             base = stored
     if base is not None:
@@ -416,8 +418,7 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
         except _MapChanged:
             fresh = None
         if fresh is not None:
-            if not fresh.dirty and (worth_writing(fresh) or not _file_holds(path, fresh, dir_fd,
-                                                                                 index_limit(stats))):
+            if not fresh.dirty and (worth_writing(fresh) or not _file_holds(path, fresh, dir_fd, stats)):
                 fresh.dirty = True
             _remember(key, fresh)
             return fresh
@@ -436,7 +437,7 @@ def snapshot(path: str, uid_for: Callable[[str], str], key: Optional[str] = None
 
 
 def _file_holds(path: str, snapshot: Snapshot, dir_fd: Optional[int] = None,
-                limit: Optional[int] = None) -> bool:
+                dirs: Optional[Dict[str, os.stat_result]] = None) -> bool:
     """Whether the index file still holds ``snapshot`` or an older version of it; else it is
     written at logout. Another process's valid file (a worker of the same server) is left as it is:
     two processes rewriting each other's file at every login would each pay for a write."""
@@ -445,7 +446,7 @@ def _file_holds(path: str, snapshot: Snapshot, dir_fd: Optional[int] = None,
         return False  # deleted by someone
     if current == snapshot.stored:
         return True
-    other = load(path, limit)  # (damaged, or written by another process)
+    other = load(path, dirs)  # (damaged, or written by another process)
     if other is None:
         return False
     snapshot.stored = other.stored
