@@ -130,7 +130,7 @@ def _check_lock_file(fd: int, path: str, dir_fd: Optional[int] = None) -> None:
         if st.st_uid == os.geteuid():
             return
         try:
-            # (followed: the directory is /proc/self/fd/N, the maildir open_root reached)
+            # (the maildir open_root reached: its descriptor, or /proc/self/fd/N followed)
             owner = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(path))
             if st.st_uid == owner.st_uid:
                 return
