@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from twisted_pop3ng.fastpath import _compat
 from twisted_pop3ng.fastpath import tls as fast_tls
+from twisted_pop3ng.test.test_fastpath import _Context
 
 
 class _Greeter(protocol.Protocol):
@@ -40,16 +41,7 @@ class DirectTLSSendTests(unittest.TestCase):
 
         context = SSL.Context(SSL.TLS_METHOD)
         leaf.configure_cert(context)
-
-        class Options:
-            def getContext(self) -> Any:
-                return context
-
-        from zope.interface import directlyProvides
-        from twisted.internet.interfaces import IOpenSSLContextFactory
-
-        options = Options()
-        directlyProvides(options, IOpenSSLContextFactory)
+        options = _Context(context)
         self.connected: Deferred = Deferred()
         wrapped = protocol.Factory.forProtocol(lambda: _Greeter(self.connected))
         self.port = reactor.listenTCP(0, fast_tls.tls_factory(options, wrapped), interface="127.0.0.1")
