@@ -125,13 +125,14 @@ class LeanServer(tcp.Server):
             self.stopReading()
             self.stopWriting()
         skt = self.socket
-        try:
-            if not issubclass(reason.type, ConnectionAborted):
-                skt.shutdown(2)
-            else:  # abortConnection: SO_LINGER (1, 0), so close resets the connection
+        # No shutdown(2) before the close, which tcp.Connection does for a socket shared with a
+        # forked process: these are close-on-exec and never shared, so close alone sends the same
+        # FIN (or the same RST, with unread input).
+        if issubclass(reason.type, ConnectionAborted):
+            try:  # abortConnection: SO_LINGER (1, 0), so close resets the connection
                 skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        except OSError:
-            pass
+            except OSError:
+                pass
         try:
             skt.close()
         except OSError:
@@ -141,6 +142,11 @@ class LeanServer(tcp.Server):
         del self.socket
         del self.fileno
         protocol.connectionLost(reason)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        # Already on when accepted from a listening socket that has it (see LeanPort).
+        if not (enabled and getattr(self.server, "_lean_no_delay", False)):
+            tcp.Server.setTcpNoDelay(self, enabled)
 
     def doRead(self) -> Any:
         try:
@@ -168,10 +174,26 @@ class LeanPort(tcp.Port):
     transport: Any = LeanServer
     #: The listening socket's family and type, read once.
     _lean_kinds: Any = None
+    #: Whether accepted connections come with TCP_NODELAY on: Linux hands it down from the
+    #: listening socket, which has it (see startListening). None until the first connection
+    #: has shown it; then the protocol's setTcpNoDelay(True) costs no system call.
+    _lean_no_delay: Optional[bool] = False
 
     def startListening(self) -> None:
         super().startListening()
         self._lean_kinds = (self.socket.family, self.socket.type)
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        else:
+            self._lean_no_delay = None
+
+    def _lean_probe_no_delay(self, skt: Any) -> None:
+        try:
+            self._lean_no_delay = bool(skt.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        except OSError:
+            self._lean_no_delay = False
 
     def doRead(self) -> None:
         listening = self.socket
@@ -190,6 +212,8 @@ class LeanPort(tcp.Port):
                     return
                 skt = _socket(family, kind, 0, fd)
                 accepted += 1
+                if self._lean_no_delay is None:
+                    self._lean_probe_no_delay(skt)
                 if len(addr) == 4:  # IPv6: with the scope id, as tcp.Port does
                     host = socket.getnameinfo(
                         addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)

@@ -19,7 +19,7 @@ from twisted_pop3ng.mailbox import MailboxSpecError, store_from_spec
 from twisted_pop3ng.testing import SessionDriver
 from twisted_pop3ng.test.maildir_fixture import alice_maildir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class MaildirTests(unittest.TestCase):

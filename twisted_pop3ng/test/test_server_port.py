@@ -116,6 +116,35 @@ class LeanPortTests(unittest.TestCase):
         self.assertEqual(len(factory.made), 1)
 
     @defer.inlineCallbacks
+    def test_nagle_is_off_on_every_connection(self) -> None:
+        """The protocol's setTcpNoDelay(True) holds: a one-line reply must not wait for the ACK of
+        the last one. Linux hands TCP_NODELAY down from the listening socket, which has it, so
+        the lean port sees that on the first connection and then spares the call; where it
+        does not (or until then), the call is made."""
+        class NoDelay(Greeter):
+            def connectionMade(self) -> None:
+                self.transport.setTcpNoDelay(True)
+                self.factory.seen.append(self.transport.getTcpNoDelay())  # (getsockopt)
+                self.transport.setTcpNoDelay(False)  # and it can still be turned off
+                self.factory.seen.append(self.transport.getTcpNoDelay())
+                Greeter.connectionMade(self)
+
+        for handed_down in (None, False):
+            factory = greeter_factory()
+            factory.protocol = NoDelay
+            factory.seen = []
+            port = self.listen(factory)
+            self.assertIs(port._lean_no_delay, None)  # (not known before a connection)
+            if handed_down is False:  # as where the kernel does not hand it down:
+                port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+                port._lean_no_delay = False
+            for _ in range(2):
+                data = yield deferToThreadGreeting(port.getHost().port)
+                self.assertEqual(data, b"+OK hello\r\n")
+            self.assertEqual(factory.seen, [True, False, True, False])
+            self.assertIs(port._lean_no_delay, handed_down is None)
+
+    @defer.inlineCallbacks
     def test_an_adopted_listening_socket_gets_the_lean_port(self) -> None:
         """What a --workers process does with the socket it inherits."""
         listening = socket.socket()

@@ -42,6 +42,7 @@ from twisted_pop3ng.interfaces import (IMailbox, IMailboxDelivery, IMailboxStore
                                        IUIDLListing, IWholeMessageReader, MessageInfo, MessageTable)
 from twisted_pop3ng.wire import uidl_body, wire_size
 from twisted_pop3ng._fs import fsync_directory, write_atomically  # noqa: F401  (re-exported)
+from twisted_pop3ng._fs import open_dir_no_symlinks
 from twisted_pop3ng import _maildir
 from twisted_pop3ng.mailbox.maildir import index as maildir_index
 from twisted_pop3ng.mailbox.maildir.names import base_name, uid_for
@@ -196,6 +197,9 @@ class MaildirStore:
         cut = template.rfind("/", 0, template.index("{user}")) + 1
         #: The administrator's part of the path, and the part that may belong to the user.
         self._trusted, self._below = template[:cut] or ".", template[cut:]
+        self._trusted_prefix = template[:cut]
+        #: Whether the administrator's part of the path held a symlink (see _open_directly).
+        self._links_above = False
 
     def path_for(self, user: str) -> str:
         return self.template.replace("{user}", safe_username(user))
@@ -203,7 +207,53 @@ class MaildirStore:
     def open_root(self, user: str) -> int:
         """A descriptor of ``user``'s maildir (created with cur/ new/ tmp/ when missing and
         allowed), reached without following a symlink the user could have made."""
-        parts = [part for part in self._below.replace("{user}", safe_username(user)).split("/")
+        name = safe_username(user)
+        fd = self._open_directly(name)
+        if fd is None:
+            fd = self._open_walking(name)
+        try:
+            try:
+                os.stat("tmp", dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not self.create:
+                    raise POP3Error("Mailbox does not exist", "SYS/PERM")
+                for sub in _maildir.SUBDIRS:
+                    try:
+                        os.mkdir(sub, 0o700, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open_directly(self, name: str) -> Optional[int]:
+        """The maildir opened in one system call when no symlink at all is on its way (the common
+        case, and the walk's result then); None when that is not so, or not possible here: the
+        walk then finds out why, creates, follows the links it may follow, or names the error.
+        After a symlink in the administrator's part of the path (followed, as by the walk), the
+        user's part alone is opened so, relative to it."""
+        below = self._below.replace("{user}", name)
+        try:
+            if not self._links_above:
+                try:
+                    return open_dir_no_symlinks(self._trusted_prefix + below)
+                except OSError as error:
+                    if error.errno != errno.ELOOP:
+                        return None
+            above = os.open(self._trusted, _DIR_FLAGS)
+            try:
+                fd = open_dir_no_symlinks(below, above)
+            finally:
+                os.close(above)
+        except OSError:
+            return None
+        self._links_above = True  # (ELOOP came from above: the user's part just opened without)
+        return fd
+
+    def _open_walking(self, name: str) -> int:
+        """The maildir reached one component at a time (see the class), created where missing."""
+        parts = [part for part in self._below.replace("{user}", name).split("/")
                  if part and part != "."]
         try:
             fd = os.open(self._trusted, _DIR_FLAGS)
@@ -217,16 +267,6 @@ class MaildirStore:
                 child = self._open_part(fd, part)
                 os.close(fd)
                 fd = child
-            try:
-                os.stat("tmp", dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                if not self.create:
-                    raise POP3Error("Mailbox does not exist", "SYS/PERM")
-                for sub in _maildir.SUBDIRS:
-                    try:
-                        os.mkdir(sub, 0o700, dir_fd=fd)
-                    except FileExistsError:
-                        pass
             return fd
         except BaseException:
             os.close(fd)
