@@ -125,14 +125,15 @@ class LeanServer(tcp.Server):
             self.stopReading()
             self.stopWriting()
         skt = self.socket
-        # No shutdown(2) before the close, which tcp.Connection does for a socket shared with a
-        # forked process: these are close-on-exec and never shared, so close alone sends the same
-        # FIN (or the same RST, with unread input).
-        if issubclass(reason.type, ConnectionAborted):
-            try:  # abortConnection: SO_LINGER (1, 0), so close resets the connection
+        try:
+            # (shutdown first, as tcp.Connection does: a reply corked with MSG_MORE leaves with
+            # the FIN even when unread input makes the close a reset)
+            if not issubclass(reason.type, ConnectionAborted):
+                skt.shutdown(2)
+            else:  # abortConnection: SO_LINGER (1, 0), so close resets the connection
                 skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:
-                pass
+        except OSError:
+            pass
         try:
             skt.close()
         except OSError:

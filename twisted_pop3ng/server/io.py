@@ -488,8 +488,8 @@ class SessionIO(Protocol):
                 if self._batch is not batch:  # clearLineBuffer took the rest of the batch
                     start, buffer = 0, b""
                     break
-                if self.transport is None or self.transport.disconnecting:
-                    break
+                if self._closing or self.transport is None or self.transport.disconnecting:
+                    break  # (closed at once by the line: the transport is not "disconnecting")
             if start < len(buffer):
                 self._input = buffer[start:] + self._input if start else buffer + self._input
         finally:

@@ -595,6 +595,8 @@ class BatchedTLSTests(unittest.TestCase):
 class Lines(SessionIO):
     """SessionIO with a recording line handler; "STLS" clears the input as the server's does."""
 
+    _closing = False  # (what the protocol class provides; see server.io)
+
     def __init__(self) -> None:
         self.lines: List[bytes] = []
         self.cleared: List[bytes] = []

@@ -53,6 +53,19 @@ ROOMY = 1 << 20
 Cut = Callable[[List[int]], Optional[int]]
 
 
+def _read_until_reset(client: socket.socket) -> Tuple[bytes, bool]:
+    """What ``client`` receives until the server's FIN or reset; and whether it was a reset."""
+    data = b""
+    while True:
+        try:
+            chunk = client.recv(65536)
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, False
+        data += chunk
+
+
 def retr_reply(raw: bytes) -> bytes:
     """RETR's whole reply for a stored message, from the RFC 1939 oracle."""
     return (b"+OK %d octets\r\n" % len(rfc1939.wire_message(raw))
@@ -181,12 +194,15 @@ class DirectSenderTests(unittest.TestCase):
         return factory
 
     def serve(self, factory: server.POP3ServerFactory, lean: bool = False,
-              interface: str = "127.0.0.1", sndbuf: Optional[int] = None) -> int:
+              interface: str = "127.0.0.1", sndbuf: Optional[int] = None,
+              rcvbuf: Optional[int] = None) -> int:
         listener: Any = fast_port.LeanTCPReactor(reactor) if lean else reactor
         listening = listener.listenTCP(0, factory, 50, interface)
         self.addCleanup(listening.stopListening)
         if sndbuf is not None:  # accepted sockets inherit it
             listening.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        if rcvbuf is not None:
+            listening.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         return int(listening.getHost().port)
 
     def connect(self, port: int, source: str = "127.0.0.1", rcvbuf: Optional[int] = None
@@ -369,6 +385,28 @@ class DirectSenderTests(unittest.TestCase):
         injected = yield self.quit_pipelined([lambda lengths: None, lambda lengths: 0])
         self.assertEqual([(c[3], c[4]) for c in injected.short()], [(0, socket.MSG_MORE)])
         self.assertEqual(self.events, ["dataReceived returned", "connectionLost"])
+
+    @defer.inlineCallbacks
+    def test_quit_reply_arrives_even_when_unread_input_makes_the_close_a_reset(self) -> None:
+        """A client that sends more after QUIT than the server reads: the close then resets the
+        connection (the kernel drops unread input so), and the QUIT reply, corked with MSG_MORE,
+        must leave before that: with the FIN that shutdown sends first."""
+        for lean in (False, True):
+            self.sockets.clear()
+            self.events.clear()
+            port = self.serve(self.factory(()), lean, sndbuf=ROOMY, rcvbuf=ROOMY)
+            client = self.connect(port)
+            greeting = yield self.receive(client, len(GREETING))
+            self.assertEqual(greeting, GREETING)
+            # All of it queued at the server before its reactor runs again (no yield): its one
+            # read of 64 KiB then holds the commands and QUIT, and 64 KiB stay unread.
+            self.assertGreater(self.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                               1 << 18)
+            client.sendall(LOGIN + b"QUIT\r\n" + b"x" * (1 << 17))
+            received = yield threads.deferToThread(_read_until_reset, client)
+            self.assertEqual(received[0], LOGGED_IN + b"+OK Logging out.\r\n")
+            yield self.wait_until(lambda: "connectionLost" in self.events, "the server closed")
+            self.events.clear()
 
     # -- real short writes, no injection ----------------------------------------------------------
 
