@@ -19,6 +19,7 @@ import hmac
 import os
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -304,7 +305,7 @@ class PasswdEntry:
         """Dovecot's extra fields (the eighth field on): ``key=value`` or bare ``key`` words."""
         return ":".join(self.fields[5:]).split()
 
-    @property
+    @cached_property  # (an entry never changes: a reload of the file makes new ones)
     def disabled(self) -> bool:
         """No login of any kind: Dovecot's ``nologin`` extra field, or a password field locked
         with a leading ``!`` (``usermod -L``; OpenSSH refuses key logins of such accounts too).

@@ -387,13 +387,33 @@ def verify(stored: str, password: bytes, default: str = DEFAULT_SCHEME, user: Op
     ``user``: the login name, which ``{DIGEST-MD5}`` needs (without it such a secret never
     matches) and the weak-scheme warning names. A malformed secret is a mismatch, not an error.
     """
-    scheme, secret = split_scheme(stored, default)
-    found, explicit = _lookup(scheme)
-    raw = _decode(secret, found, explicit)
+    scheme, found, raw, weak = prepared(stored, default)
     ok = raw is not None and found.check(raw, password, user)
-    if ok and is_weak(stored, default):
+    if ok and weak:
         _warn_weak(scheme, stored, user)
     return ok
+
+
+#: What :func:`verify` makes of a stored secret before any password is checked against it (its
+#: scheme's name and :class:`Scheme`, the decoded secret, :func:`is_weak`), kept per secret: the
+#: same entries are checked at every login. Emptied when full.
+_PREPARED: Dict[Tuple[str, str], Tuple[str, "Scheme", Optional[bytes], bool]] = {}
+MAX_PREPARED = 4096
+
+
+def prepared(stored: str, default: str = DEFAULT_SCHEME) -> Tuple[str, "Scheme", Optional[bytes], bool]:
+    """(scheme name, :class:`Scheme`, raw secret or None if undecodable, weak) of ``stored``;
+    raises :class:`UnknownScheme` (not kept)."""
+    key = (stored, default)
+    found = _PREPARED.get(key)
+    if found is None:
+        scheme, secret = split_scheme(stored, default)
+        kind, explicit = _lookup(scheme)
+        found = (scheme, kind, _decode(secret, kind, explicit), is_weak(stored, default))
+        if len(_PREPARED) >= MAX_PREPARED:
+            _PREPARED.clear()
+        _PREPARED[key] = found
+    return found
 
 
 # -- generation -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -121,6 +122,25 @@ class EverySchemeTests(unittest.TestCase):
                     self.fail("%r matched" % stored)
         for unknown in ("{NOPE}x", "{SHA.ROT13}x"):
             self.assertRaises(passwords.UnknownScheme, passwords.verify, unknown, b"x")
+
+
+class PreparedSecretTests(unittest.TestCase):
+    """verify() keeps what it makes of each stored secret (the same entries are checked at every
+    login); the store is bounded, and a secret checked after it was emptied is made again."""
+
+    def test_bounded_and_right_across_emptying(self) -> None:
+        self.patch(passwords, "MAX_PREPARED", 8)
+        self.patch(passwords, "_PREPARED", {})
+        secrets = ["{PLAIN}pw%d" % i for i in range(20)] + ["{SHA256.HEX}" + hashlib.sha256(
+            b"pw%d" % i).hexdigest() for i in range(20)]
+        for _ in range(2):
+            for i, stored in enumerate(secrets):
+                self.assertTrue(passwords.verify(stored, b"pw%d" % (i % 20)), stored)
+                self.assertFalse(passwords.verify(stored, b"pw%d" % (i % 20 + 1)), stored)
+                self.assertLessEqual(len(passwords._PREPARED), 8)
+        # An unknown scheme is an error every time, never a remembered mismatch.
+        for _ in range(2):
+            self.assertRaises(passwords.UnknownScheme, passwords.verify, "{NOPE}x", b"x")
 
 
 class PasswdCommandTests(unittest.TestCase):
