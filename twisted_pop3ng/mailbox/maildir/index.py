@@ -168,11 +168,10 @@ def load(path: str, dirs: Optional[Dict[str, os.stat_result]] = None) -> Optiona
         read = _read_index(path, dirs)
         if read is None:
             return None
-        raw, st = read
-        text = raw.decode("utf-8", "surrogateescape")
-        del raw
-        with rows.gc_paused(len(text) > 64 * FORK_MIN):  # about FORK_MIN rows or more
-            snapshot = _parse(text)
+        source, st = _Text(read[0]), read[1]
+        del read
+        with rows.gc_paused(len(source.raw) > 64 * FORK_MIN):  # about FORK_MIN rows or more
+            snapshot = _parse(source)
     except (OSError, ValueError, UnicodeError, OverflowError):  # (a size beyond 64 bits)
         return None
     if snapshot is not None:
@@ -180,15 +179,38 @@ def load(path: str, dirs: Optional[Dict[str, os.stat_result]] = None) -> Optiona
     return snapshot
 
 
-def _parse(text: str) -> Optional[Snapshot]:
-    header, dirs, body = text.split("\n", 2)
+class _Text:
+    """The index file's octets, handed to :func:`_parse` so that it holds the only reference:
+    each copy of a million rows is ~75 MB, and the parse drops them as soon as it can."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def take(self) -> str:
+        raw, self.raw = self.raw, b""
+        return raw.decode("utf-8", "surrogateescape")
+
+
+def _parse(source: _Text) -> Optional[Snapshot]:
+    text = source.take()
+    header_end = text.find("\n")
+    dirs_end = text.find("\n", header_end + 1)
+    if header_end < 0 or dirs_end < 0:
+        return None
+    header, dirs = text[:header_end], text[header_end + 1:dirs_end]
     if header != INDEX_HEADER or not dirs.startswith("dirs "):
         return None
+    start = dirs_end + 1
     uidmap: Optional[dovecot_uidlist.Stamp] = None
-    if body.startswith("uidmap "):
-        line, body = body.split("\n", 1)
-        ino, mtime, size = map(int, line[7:].split(":"))
+    if text.startswith("uidmap ", start):
+        line_end = text.find("\n", start)
+        if line_end < 0:
+            return None
+        ino, mtime, size = map(int, text[start + 7:line_end].split(":"))
         uidmap = (ino, mtime, size)
+        start = line_end + 1
     stamps: Dict[str, Optional[DirStamp]] = {"cur": None, "new": None}
     if dirs != "dirs -":
         cur, new = dirs[5:].split(" ")
@@ -196,13 +218,21 @@ def _parse(text: str) -> Optional[Snapshot]:
             if field != "-":
                 ino, mtime = map(int, field.split(":"))
                 stamps[sub] = (ino, mtime)
-    parts = body.replace("\n", " ").split(" ")
-    if parts[-1] == "":
+    # The rows as one split: every LF made a space (one copy of the text, while the text itself is
+    # let go), then the header's words skipped.
+    skip = text.count(" ", 0, start) + text.count("\n", 0, start)
+    spaced = text.replace("\n", " ")
+    del text
+    parts = spaced.split(" ")
+    del spaced
+    del parts[:skip]
+    if parts and parts[-1] == "":
         parts.pop()
     if len(parts) % 3:
         return None
     uids, files = parts[1::3], parts[2::3]
     sizes = array("q", map(int, parts[0::3]))
+    del parts  # (the size strings)
     if sizes and (min(sizes) < 0 or not _UIDS.fullmatch("\n".join(uids))):
         return None
     joined = "\n".join(files)
