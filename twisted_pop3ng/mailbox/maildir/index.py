@@ -340,8 +340,9 @@ def scan(path: str, previous: Optional[Snapshot], uid_for: Callable[[str], str])
                 infos = MessageTable(uids, ordered)
             elif len(uids) >= FORK_MIN:
                 # Columns, not 100,000 objects: the sizes stay in listing order (STAT sums
-                # them as they are), message k's is measured[positions[k]].
-                infos = MessageTable(uids, measured, positions)
+                # them as they are), message k's is measured[positions[k]]; the positions
+                # as an array (8 bytes each, not an int object and a list slot: 36).
+                infos = MessageTable(uids, measured, array("q", positions))
             else:  # a list: each RETR reads a row, and a list row costs no Python call
                 infos = list(map(MessageInfo, uids, rows.permuted(measured, positions)))
     fresh = Snapshot({}, files, infos, frozenset(provisional))
