@@ -357,6 +357,7 @@ class PasswdFileChecker:
         with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
             self._users = parse_passwd_file(f.read())
         self._stamp = stamp
+        passwords.forget_prepared()
         # Unknown users are verified against a real entry's hash (result discarded), so that
         # they cost what a wrong password costs: no user enumeration by timing.
         self._dummy = next(iter(self._users.values())).password if self._users else "{PLAIN}\0dummy"

@@ -401,6 +401,12 @@ _PREPARED: Dict[Tuple[str, str], Tuple[str, "Scheme", Optional[bytes], bool]] = 
 MAX_PREPARED = 4096
 
 
+def forget_prepared() -> None:
+    """Drop every prepared secret (a passwd-file was re-read: the old entries' secrets, a changed
+    password's among them, need not stay in memory)."""
+    _PREPARED.clear()
+
+
 def prepared(stored: str, default: str = DEFAULT_SCHEME) -> Tuple[str, "Scheme", Optional[bytes], bool]:
     """(scheme name, :class:`Scheme`, raw secret or None if undecodable, weak) of ``stored``;
     raises :class:`UnknownScheme` (not kept)."""

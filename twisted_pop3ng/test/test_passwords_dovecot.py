@@ -138,6 +138,23 @@ class PreparedSecretTests(unittest.TestCase):
                 self.assertTrue(passwords.verify(stored, b"pw%d" % (i % 20)), stored)
                 self.assertFalse(passwords.verify(stored, b"pw%d" % (i % 20 + 1)), stored)
                 self.assertLessEqual(len(passwords._PREPARED), 8)
+        # A re-read passwd-file lets go of every secret prepared before (a changed password's old
+        # one need not stay in memory); the new one logs in, the old one no longer does.
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "users")
+        with open(path, "w") as f:
+            f.write("alice:{PLAIN}old secret::::::\n")
+        checker = PasswdFileChecker(path)
+        self.assertEqual(checker.avatar_id_now(UsernamePassword(b"alice", b"old secret")), "alice")
+        self.assertIn(("{PLAIN}old secret", checker.default_scheme), passwords._PREPARED)
+        with open(path, "w") as f:
+            f.write("alice:{PLAIN}new secret::::::\n")
+        os.utime(path, ns=(1, 1))  # (another mtime, whatever the clock's granularity)
+        self.assertEqual(checker.avatar_id_now(UsernamePassword(b"alice", b"new secret")), "alice")
+        self.assertNotIn(("{PLAIN}old secret", checker.default_scheme), passwords._PREPARED)
+        self.assertRaises(UnauthorizedLogin, checker.avatar_id_now,
+                          UsernamePassword(b"alice", b"old secret"))
         # An unknown scheme is an error every time, never a remembered mismatch.
         for _ in range(2):
             self.assertRaises(passwords.UnknownScheme, passwords.verify, "{NOPE}x", b"x")
