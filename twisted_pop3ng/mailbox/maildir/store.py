@@ -212,9 +212,8 @@ class MaildirStore:
         if fd is None:
             fd = self._open_walking(name)
         try:
-            try:
-                os.stat("tmp", dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
+            # (access, not stat: every login asks, and only whether the name is there)
+            if not os.access("tmp", os.F_OK, dir_fd=fd, follow_symlinks=False):
                 if not self.create:
                     raise POP3Error("Mailbox does not exist", "SYS/PERM")
                 for sub in _maildir.SUBDIRS:
