@@ -207,10 +207,10 @@ class MaildirStore:
     def open_root(self, user: str) -> int:
         """A descriptor of ``user``'s maildir (created with cur/ new/ tmp/ when missing and
         allowed), reached without following a symlink the user could have made."""
-        name = safe_username(user)
-        fd = self._open_directly(name)
+        below = self._below.replace("{user}", safe_username(user))  # (the user's part)
+        fd = self._open_directly(below)
         if fd is None:
-            fd = self._open_walking(name)
+            fd = self._open_walking(below)
         try:
             # (access, not stat: every login asks, and only whether the name is there)
             if not os.access("tmp", os.F_OK, dir_fd=fd, follow_symlinks=False):
@@ -226,13 +226,12 @@ class MaildirStore:
             os.close(fd)
             raise
 
-    def _open_directly(self, name: str) -> Optional[int]:
+    def _open_directly(self, below: str) -> Optional[int]:
         """The maildir opened in one system call when no symlink at all is on its way (the common
         case, and the walk's result then); None when that is not so, or not possible here: the
         walk then finds out why, creates, follows the links it may follow, or names the error.
         After a symlink in the administrator's part of the path (followed, as by the walk), the
         user's part alone is opened so, relative to it."""
-        below = self._below.replace("{user}", name)
         try:
             if not self._links_above:
                 try:
@@ -250,10 +249,9 @@ class MaildirStore:
         self._links_above = True  # (ELOOP came from above: the user's part just opened without)
         return fd
 
-    def _open_walking(self, name: str) -> int:
+    def _open_walking(self, below: str) -> int:
         """The maildir reached one component at a time (see the class), created where missing."""
-        parts = [part for part in self._below.replace("{user}", name).split("/")
-                 if part and part != "."]
+        parts = [part for part in below.split("/") if part and part != "."]
         try:
             fd = os.open(self._trusted, _DIR_FLAGS)
         except FileNotFoundError:
