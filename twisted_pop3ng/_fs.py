@@ -80,7 +80,8 @@ _OPENAT2_MACHINES = frozenset({"x86_64", "aarch64", "i686", "i386", "armv7l", "a
                                "ppc64le", "s390x", "loongarch64"})
 _RESOLVE_NO_SYMLINKS = 0x04
 _AT_FDCWD = -100
-#: ``(syscall, how, size)`` once probed and usable; False when unusable; None before the probe.
+#: ``(syscall, how, address of how, size of how, get_errno)`` once probed and usable (``how`` kept
+#: alive with its address); False when unusable; None before the probe.
 _openat2: "tuple | bool | None" = None
 
 
