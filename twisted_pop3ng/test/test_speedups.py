@@ -3,7 +3,6 @@ pure-Python path, used where the module was not compiled, still passes the wire 
 
 from __future__ import annotations
 
-import os
 import random
 
 from twisted.trial import unittest
@@ -30,8 +29,8 @@ def random_messages(seed: int, count: int):  # type: ignore[no-untyped-def]
 class SpeedupsTests(unittest.TestCase):
     def setUp(self) -> None:
         if not wire.SPEEDUPS:
-            if os.environ.get("POP3NG_PURE_PYTHON") == "1":
-                raise unittest.SkipTest("POP3NG_PURE_PYTHON=1: the C module is not expected")
+            if message.PURE_PYTHON_ASKED:
+                raise unittest.SkipTest("POP3NG_PURE_PYTHON=1: the C module is kept out")
             self.fail("twisted_pop3ng.wire._speedups did not import: the install did not compile it "
                       "(set POP3NG_PURE_PYTHON=1 where that is intended)")
 

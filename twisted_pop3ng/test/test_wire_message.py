@@ -6,6 +6,10 @@ and the ``SPEEDUPS`` flag. Each test was written to kill a mutant that survived 
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
 from typing import List, Optional, Sequence, Tuple
 
 from twisted.trial import unittest
@@ -134,4 +138,19 @@ class SpeedupsFlagTests(unittest.TestCase):
         except ImportError:
             self.assertFalse(in_use)
         else:
-            self.assertTrue(in_use)
+            self.assertIs(in_use, not message.PURE_PYTHON_ASKED)
+
+    def test_the_environment_keeps_the_c_module_out(self) -> None:
+        # The switch the mutation recipe and CI's fallback leg use: with POP3NG_PURE_PYTHON=1 the
+        # pure-Python functions serve even where the .so is built; "0" means "use it where built".
+        probe = ("from twisted_pop3ng.wire import message as m; "
+                 "print(m.SPEEDUPS, m.stuff_dots is m.py_stuff_dots, m.encode_body is m.py_encode_body,"
+                 " m.wire_size_of is m.py_wire_size_of)")
+        for value, expected in (("1", "False True True True"), ("0", None)):
+            env = dict(os.environ, POP3NG_PURE_PYTHON=value)
+            out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                                 text=True, check=True).stdout.split()
+            if expected is None:  # as the build is: C where it imports
+                built = importlib.util.find_spec("twisted_pop3ng.wire._speedups") is not None
+                expected = "%s %s %s %s" % ((built,) + (not built,) * 3)
+            self.assertEqual(out, expected.split(), value)

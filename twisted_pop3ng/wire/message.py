@@ -10,10 +10,13 @@ Rules of this module:
   the optional C module ``_speedups`` (built by ``setup.py`` where a compiler is present), whose
   functions replace :func:`stuff_dots`, :func:`encode_body` and :func:`wire_size_of` when it
   imports; the pure-Python versions stay available as ``py_*`` (the tests compare both).
+  ``POP3NG_PURE_PYTHON=1`` in the environment keeps the C module out even where it is built, so
+  the pure-Python versions can be run, measured and mutation-tested in place.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, List, Optional, Tuple
 
 from twisted_pop3ng.wire.limits import CRLF, TERMINATOR
@@ -279,12 +282,19 @@ class MultiLineDecoder:
 
 # -- the C versions, where built --------------------------------------------------------------------
 
+#: The environment variable that keeps the C module out ("1"; "0" or unset: use it where built).
+PURE_PYTHON_ENV = "POP3NG_PURE_PYTHON"
+#: Whether the environment asked for the pure-Python versions (read once, at import).
+PURE_PYTHON_ASKED = os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0")
+
 py_stuff_dots, py_encode_body, py_wire_size_of = stuff_dots, encode_body, wire_size_of
-try:
-    # (The C functions take their argument by position only: hence the ignore.)
-    from twisted_pop3ng.wire._speedups import (  # type: ignore[assignment]  # noqa: F811
-        encode_body, stuff_dots, wire_size_of)
-except ImportError:  # not compiled here: the pure-Python versions above
-    SPEEDUPS = False
-else:
-    SPEEDUPS = True
+SPEEDUPS = False
+if not PURE_PYTHON_ASKED:
+    try:
+        # (The C functions take their argument by position only: hence the ignore.)
+        from twisted_pop3ng.wire._speedups import (  # type: ignore[assignment]  # noqa: F811
+            encode_body, stuff_dots, wire_size_of)
+    except ImportError:  # not compiled here: the pure-Python versions above
+        pass
+    else:
+        SPEEDUPS = True
