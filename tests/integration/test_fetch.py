@@ -214,8 +214,13 @@ class DovecotFetchTests(FetchTestCase):
         code, err = self.fetch(self.url, "--cafile", self.certs["ca"], "--maildir", self.out)
         self.assertEqual(code, fetch.EXIT_USAGE, err)
         self.assertIn("POP3NG_PASSWORD", err)
-        code, err = self.fetch(self.url, "--password", PASSWORD, "--maildir", self.out)
-        self.assertEqual(code, 2)  # there is no way to put the password on the command line
+        # There is no way to put the password on the command line, and the refusal does not
+        # repeat it (argparse once read --password as --password-file and printed the "path").
+        for form in (["--password", PASSWORD], ["--password=" + PASSWORD]):
+            code, err = self.fetch(self.url, *form, "--maildir", self.out)
+            self.assertEqual(code, fetch.EXIT_USAGE, err)
+            self.assertIn("--password-file", err)
+            self.assertNotIn(PASSWORD, err)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -94,6 +94,14 @@ class PasswdCommandTests(unittest.TestCase):
         self.assertIn(b"unknown scheme", result.stderr)
         self.assertNotIn(b"Traceback", result.stderr)
 
+    def test_a_password_in_argv_is_refused_without_repeating_it(self) -> None:
+        # doveadm pw's -p habit: refused, pointing to the prompt and --stdin, the value not echoed.
+        for form in (["-p", "typed-secret"], ["--password", "typed-secret"], ["--password=typed-secret"]):
+            result = self.run_passwd(*form)
+            self.assertEqual(result.returncode, 2, form)
+            self.assertIn(b"--stdin", result.stderr)
+            self.assertNotIn(b"typed-secret", result.stderr + result.stdout)
+
 
 class CheckerTests(unittest.TestCase):
     """The passwd-file checker verifies in a thread, re-reads the file, and hides unknown users."""

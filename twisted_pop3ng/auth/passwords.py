@@ -536,7 +536,15 @@ def main(argv: List[str]) -> int:
                         help="verify the password against HASH instead; exit 0 if it matches")
     parser.add_argument("-u", "--user", help="the login name, which -t needs for {DIGEST-MD5} (as doveadm pw -u)")
     parser.add_argument("-l", "--list", action="store_true", help="list the supported schemes")
+    # doveadm pw takes -p PASSWORD; refused here with a message that does not repeat the value
+    # (argparse's "unrecognized arguments" would print it).
+    parser.add_argument("-p", "--password", metavar="SECRET", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.password is not None:
+        print("pop3ng passwd: -p/--password is refused: on the command line a password is seen by "
+              "every user (ps, /proc) and kept in shell history; type it at the prompt, or pipe "
+              "it in with --stdin", file=sys.stderr)
+        return 2
     if args.list:
         print(" ".join(GENERATORS))
         return 0

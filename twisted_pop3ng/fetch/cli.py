@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cafile", metavar="PEM", help="CA certificates to trust instead of the system's")
     p.add_argument("--password-file", metavar="FILE",
                    help="file holding the password (else the POP3NG_PASSWORD environment variable)")
+    # Refused in main() with a message that does not repeat the value. Without this option,
+    # argparse took "--password SECRET" as an abbreviation of --password-file and printed
+    # "No such file or directory: 'SECRET'".
+    p.add_argument("--password", metavar="SECRET", help=argparse.SUPPRESS)
     p.add_argument("--token-file", metavar="FILE",
                    help="OAuth 2 bearer token for OAUTHBEARER/XOAUTH2 instead of a password "
                         "(else the POP3NG_TOKEN environment variable)")
@@ -102,6 +106,11 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
     :attr:`FetchOptions.crash_hook` (the crash tests' way in; the console script passes none)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.password is not None:
+        print("pop3ng fetch: --password is refused: on the command line a password is seen by every "
+              "user (ps, /proc) and kept in shell history; use --password-file FILE or the "
+              "POP3NG_PASSWORD environment variable", file=sys.stderr)
+        return EXIT_USAGE
     if args.print_example_config:
         from twisted_pop3ng.fetch.example import EXAMPLE_CONFIG
 
