@@ -6,6 +6,7 @@ Rules of this module: options are parsed and validated here (``postOptions``), n
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any, Dict, Iterable, List
@@ -20,6 +21,9 @@ from twisted_pop3ng.service import security_options as tap_security
 DEFAULT_LISTEN = "tcp:1100:interface=127.0.0.1"
 #: --busy-poll at most (10 ms: past that it is a spinning loop, not a wait).
 MAX_BUSY_POLL_US = 10_000
+#: --workers at most: each is a process with its own descriptors and memory; far more than the
+#: cores only adds context switches.
+MAX_WORKERS = 256
 DEMO_TLS_LISTEN = "tcp:9950:interface=127.0.0.1"
 DEMO_DIR = "pop3ng-demo"
 
@@ -98,6 +102,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["tls-listen"].append(description)
 
     def postOptions(self) -> None:
+        _check_numbers(self, self.optParameters)
         if self["demo"]:
             self._demo_defaults()
         if not self["listen"] and not self["tls-listen"]:
@@ -145,8 +150,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             sys.stderr.write("warning: --idle-timeout below 600 s violates RFC 1939 section 3\n")
         for checker in self["credCheckers"]:
             _bytes_memory_checker(checker)
-        if self["workers"] < 1:
-            raise usage.UsageError("--workers must be at least 1")
+        if not 1 <= self["workers"] <= MAX_WORKERS:
+            raise usage.UsageError("--workers must be between 1 and %d" % MAX_WORKERS)
         if not 0 <= self["busy-poll"] <= MAX_BUSY_POLL_US:
             raise usage.UsageError("--busy-poll must be between 0 and %d microseconds" % MAX_BUSY_POLL_US)
         tap_security.post_options(self)
@@ -168,6 +173,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["mailbox"] = "maildir:" + info.maildir_template
         if not self.get("credCheckers"):
             self.opt_auth("passwd-file:" + info.passwd_file)
+
+
+def _check_numbers(options: Any, parameters: Iterable[List[Any]]) -> None:
+    """Every numeric option is a finite number, 0 or more: none of them means anything negative,
+    and float("nan") or "inf" parse as floats but would reach timers and comparisons (a NaN
+    timeout, say, fails every "value > 0" test and every "value <= 0" one alike)."""
+    for entry in parameters:
+        name = entry[0]
+        value = options.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise usage.UsageError("--%s must be a finite number, not %s" % (name, value))
+        if value < 0:
+            raise usage.UsageError("--%s must not be negative, not %s" % (name, value))
 
 
 def help_mailbox(factories: Dict[str, Any], legacy: Iterable[str] = ()) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Dict, Generator, List
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.python import usage
 from twisted.trial import unittest
 
 from twisted_pop3ng.service import build, workers
@@ -45,6 +46,44 @@ class OptionsArgumentsTests(unittest.TestCase):
         self.assertEqual(len(pools), 1)
         self.assertEqual(pools[0].count, 2)
         self.assertEqual(pools[0].args, options.arguments[:-2])
+
+
+class NumericOptionTests(unittest.TestCase):
+    """A number no option can mean is a usage error naming the option, before anything starts: a
+    NaN timeout once started the server and answered every login with -ERR [SYS/TEMP] and a
+    traceback; a negative --login-timeout dropped every client at its first command."""
+
+    def refused(self, *argv: str) -> str:
+        with self.assertRaises(usage.UsageError) as caught:
+            parsed(self, "--listen", "tcp:0:interface=127.0.0.1", *argv)
+        return str(caught.exception)
+
+    def test_not_finite(self) -> None:
+        for option in ("--idle-timeout", "--login-timeout", "--auth-failure-delay",
+                       "--max-auth-failure-delay", "--lmtp-timeout", "--tls-ticket-rotation",
+                       "--tls-ticket-grace", "--busy-poll"):
+            for value in ("nan", "inf", "-inf"):
+                message = self.refused(option, value)
+                self.assertIn(option, message)
+                self.assertIn("finite", message)
+
+    def test_negative(self) -> None:
+        for option in ("--login-timeout", "--idle-timeout", "--auth-failure-delay",
+                       "--max-bad-commands", "--max-connections-per-address",
+                       "--max-connections-per-user", "--login-delay", "--lmtp-max-size"):
+            message = self.refused(option, "-1")
+            self.assertIn(option, message)
+            self.assertIn("negative", message)
+
+    def test_workers_are_bounded(self) -> None:
+        self.assertIn("--workers", self.refused("--workers", "100000"))
+        self.assertIn("--workers", self.refused("--workers", "0"))
+
+    def test_zero_and_positive_values_still_parse(self) -> None:
+        options = parsed(self, "--listen", "tcp:0:interface=127.0.0.1", "--login-timeout", "0",
+                         "--auth-failure-delay", "0.5", "--max-bad-commands", "0")
+        self.assertEqual((options["login-timeout"], options["auth-failure-delay"],
+                          options["max-bad-commands"]), (0.0, 0.5, 0))
 
 
 def listening_service(description: str) -> build.ListeningService:
