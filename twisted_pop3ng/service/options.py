@@ -175,7 +175,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self.opt_auth("passwd-file:" + info.passwd_file)
 
 
-def _check_numbers(options: Any, parameters: Iterable[List[Any]]) -> None:
+def _check_numbers(options: Any, parameters: Iterable[Any]) -> None:
     """Every numeric option is a finite number, 0 or more: none of them means anything negative,
     and float("nan") or "inf" parse as floats but would reach timers and comparisons (a NaN
     timeout, say, fails every "value > 0" test and every "value <= 0" one alike)."""
