@@ -17,6 +17,7 @@ from twisted.internet import defer
 
 from twisted_pop3ng.client.connect import parse_url
 from twisted_pop3ng.client.errors import printable
+from twisted_pop3ng.fetch import config as fetch_config
 from twisted_pop3ng.fetch.exits import (EXIT_AUTH, EXIT_CONNECTION, EXIT_DELIVERY, EXIT_ERROR,
                                         EXIT_OK, EXIT_TLS, EXIT_TRY_LATER, EXIT_USAGE,
                                         classify_exit)
@@ -24,6 +25,23 @@ from twisted_pop3ng.fetch.run import BATCH, WINDOW, FetchOptions, FetchResult, f
 
 __all__ = ["main", "classify_exit", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_AUTH", "EXIT_TLS",
            "EXIT_CONNECTION", "EXIT_DELIVERY", "EXIT_TRY_LATER"]
+
+def _number(parse: Callable[[str], Any], rule: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` applying the config file's rule for the same key (fetch.config), so
+    that ``--timeout nan`` or ``--keep-days -3`` is refused as ``timeout = nan`` is."""
+    def convert(text: str) -> Any:
+        try:
+            return rule(parse(text))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError("%s, not %r" % (error, text))
+
+    return convert
+
+
+_SECONDS = _number(float, fetch_config.positive_number)
+_DAYS = _number(float, fetch_config.non_negative_number)
+_COUNT = _number(int, fetch_config.whole_count)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -52,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="fetch the accounts of a TOML config file")
     p.add_argument("--account", metavar="NAME", action="append", default=[],
                    help="with --config: only this account (repeatable)")
-    p.add_argument("--daemon", type=float, metavar="SECONDS",
+    p.add_argument("--daemon", type=_SECONDS, metavar="SECONDS",
                    help="with --config: keep polling, each account every SECONDS "
                         "(or its poll_interval)")
     p.add_argument("--json", action="store_true",
@@ -62,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mechanism", metavar="NAME",
                    help="use this SASL mechanism (e.g. SCRAM-SHA-256) instead of the strongest offered")
     p.add_argument("--keep", action="store_true", help="leave messages on the server")
-    p.add_argument("--keep-days", type=float, metavar="N", help="with --keep: delete after N days")
+    p.add_argument("--keep-days", type=_DAYS, metavar="N", help="with --keep: delete after N days")
     p.add_argument("--state", metavar="FILE", help="UIDL state file (default under ~/.local/state)")
     p.add_argument("--cafile", metavar="PEM", help="CA certificates to trust instead of the system's")
     p.add_argument("--password-file", metavar="FILE",
@@ -80,13 +98,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="when SCRAM is refused, send the password with PLAIN over TLS (for servers "
                         "that offer SCRAM but store only a crypt hash); off by default, since any "
                         "server with a valid certificate would then get the password")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=_SECONDS, default=120.0, metavar="S",
                    help="give up when the server makes no progress for S seconds")
-    p.add_argument("--batch", type=int, default=BATCH, metavar="N",
+    p.add_argument("--batch", type=_COUNT, default=BATCH, metavar="N",
                    help="messages made durable together (one directory fsync, one state write)")
-    p.add_argument("--pipeline", type=int, default=WINDOW, metavar="N",
+    p.add_argument("--pipeline", type=_COUNT, default=WINDOW, metavar="N",
                    help="RETR commands in flight when the server offers PIPELINING")
-    p.add_argument("--max-message-size", type=int, metavar="BYTES",
+    p.add_argument("--max-message-size", type=_COUNT, metavar="BYTES",
                    help="leave larger messages on the server and report them (default: twice "
                         "the size the server lists for the message, plus 1 MiB)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -131,9 +149,6 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
         parser.error("one of the arguments --maildir --mbox --mda --forward is required")
     if args.keep_days is not None and not args.keep:
         print("pop3ng fetch: --keep-days needs --keep", file=sys.stderr)
-        return EXIT_USAGE
-    if args.max_message_size is not None and args.max_message_size < 1:
-        print("pop3ng fetch: --max-message-size must be positive", file=sys.stderr)
         return EXIT_USAGE
     try:
         token = None

@@ -10,6 +10,7 @@ so a typo never silently means "the default".
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -66,22 +67,29 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _positive(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+# The number rules, shared with the command line (fetch.cli). "nan" and "inf" are floats that
+# pass "value <= 0" tests both ways: keep_days = nan once deleted every message.
+
+def positive_number(value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value <= 0):
         raise ValueError("expected a positive number")
     return float(value)
 
 
-def _non_negative(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+def non_negative_number(value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0):
         raise ValueError("expected a number, 0 or more")
     return float(value)
 
 
-def _count(value: Any) -> int:
+def whole_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError("expected a whole number, 1 or more")
     return value
+
+
 
 
 def _url(value: Any) -> str:
@@ -139,15 +147,15 @@ ACCOUNT_KEYS: Dict[str, Callable[[Any], Any]] = {
     "oauth_token_endpoint": _string, "oauth_client_id": _string, "oauth_client_secret_file": _path,
     "oauth_refresh_token_file": _path, "oauth_cache": _path, "oauth_scope": _string,
     "oauth_cafile": _path,
-    "keep": _boolean, "keep_days": _non_negative, "state": _path, "cafile": _path,
-    "mechanism": _mechanism, "timeout": _positive,
+    "keep": _boolean, "keep_days": non_negative_number, "state": _path, "cafile": _path,
+    "mechanism": _mechanism, "timeout": positive_number,
     "allow_plaintext": _boolean, "allow_plain_fallback": _boolean,
-    "max_message_size": _count, "batch": _count, "pipeline": _count,
-    "poll_interval": _positive,
+    "max_message_size": whole_count, "batch": whole_count, "pipeline": whole_count,
+    "poll_interval": positive_number,
 }
 #: Keys of the optional ``[daemon]`` table.
 DAEMON_KEYS: Dict[str, Callable[[Any], Any]] = {
-    "parallel": _count, "max_backoff": _positive, "poll_interval": _positive,
+    "parallel": whole_count, "max_backoff": positive_number, "poll_interval": positive_number,
 }
 
 

@@ -19,6 +19,7 @@ file names are digests (:mod:`.delivery`).
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import sys
 import time
@@ -100,6 +101,19 @@ class FetchOptions:
     #: Told the work to do and each message as it is recorded (:mod:`.progress`); when None and
     #: :attr:`progress` is true, a bar of its own on stderr.
     progress_sink: Optional[Any] = None
+
+    def __post_init__(self) -> None:
+        # The library's own guard (the command line and the config file check first, in their
+        # words): a NaN keep_days compares false with every age, so every message was deleted.
+        if self.keep_days is not None and not (math.isfinite(self.keep_days) and self.keep_days >= 0):
+            raise ValueError("keep_days must be a finite number of days, 0 or more, not %r"
+                             % (self.keep_days,))
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError("timeout must be a finite number of seconds above 0, not %r"
+                             % (self.timeout,))
+        if self.batch < 1 or self.window < 1:
+            raise ValueError("batch and window must be 1 or more, not %r and %r"
+                             % (self.batch, self.window))
 
 
 @dataclass

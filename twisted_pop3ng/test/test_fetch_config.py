@@ -92,6 +92,16 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual((e.line, e.key), (8, "accounts.b.timeout"))
         self.assertIn("expected a positive number, got -3", str(e))
 
+    def test_nan_and_infinity_are_not_numbers_here(self) -> None:
+        # TOML has nan and inf; "keep_days = nan" compared false with every age and a keep run
+        # deleted every message.
+        for key, value in (("keep_days", "nan"), ("keep_days", "inf"), ("keep_days", "-1.0"),
+                           ("timeout", "nan"), ("timeout", "inf"), ("poll_interval", "nan")):
+            extra = "keep = true\n" if key == "keep_days" else ""
+            e = self.error('[accounts.a]\nurl = "pop3://a@h"\nmaildir = "/m"\n%s%s = %s\n'
+                           % (extra, key, value))
+            self.assertEqual(e.key, "accounts.a." + key, (key, value))
+
     def test_unknown_key_with_a_hint(self) -> None:
         e = self.error("""\
             [accounts.a]
@@ -253,6 +263,30 @@ class CommandLineTests(unittest.TestCase):
         result = self.run_cli("pop3://a@h")
         self.assertEqual(result.returncode, 2)
         self.assertIn(b"--maildir --mbox --mda --forward is required", result.stderr)
+
+
+    def test_numbers_on_the_command_line_follow_the_config_rules(self) -> None:
+        # Refused before anything connects (port 1 would refuse the connection: exit 5, not 2).
+        for option, value in (("--timeout", "nan"), ("--timeout", "0"), ("--timeout", "-1"),
+                              ("--keep-days", "-3"), ("--keep-days", "nan"), ("--batch", "-1"),
+                              ("--pipeline", "0"), ("--max-message-size", "-5")):
+            result = self.run_cli("pop3://a@127.0.0.1:1", "--maildir", self.mktemp(), "--keep",
+                                  option, value)
+            self.assertEqual(result.returncode, 2, (option, value, result.stderr))
+            self.assertIn(b"argument %s: expected" % option.encode(), result.stderr)
+        result = self.run_cli("--config", "x.toml", "--daemon", "nan")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(b"argument --daemon: expected a positive number", result.stderr)
+
+    def test_the_library_refuses_them_too(self) -> None:
+        from twisted_pop3ng.fetch.run import FetchOptions
+
+        for bad in ({"keep_days": float("nan")}, {"keep_days": -1.0}, {"timeout": float("nan")},
+                    {"timeout": 0.0}, {"batch": 0}, {"window": -1}):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                FetchOptions("pop3://a@h", "maildir", "/m", "pw", keep=True, **bad)  # type: ignore[arg-type]
+        self.assertEqual(FetchOptions("pop3://a@h", "maildir", "/m", "pw", keep=True,
+                                      keep_days=0.0).keep_days, 0.0)
 
 
 class ContribUnitTests(unittest.TestCase):
