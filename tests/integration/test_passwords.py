@@ -94,6 +94,18 @@ class PasswdCommandTests(unittest.TestCase):
         self.assertIn(b"unknown scheme", result.stderr)
         self.assertNotIn(b"Traceback", result.stderr)
 
+    def test_an_empty_password_gets_no_hash(self) -> None:
+        # Nothing piped in (or an empty line) once printed a hash of "" that anyone could log in with.
+        for stdin in (b"", b"\n", b"\r\n"):
+            result = self.run_passwd("--stdin", stdin=stdin)
+            self.assertEqual(result.returncode, 1, stdin)
+            self.assertEqual(result.stdout, b"")
+            self.assertIn(b"empty password", result.stderr)
+
+    def test_a_crlf_line_is_the_password_without_its_cr(self) -> None:
+        stored = self.run_passwd("-s", "SHA512-CRYPT", stdin=PASSWORD.encode() + b"\r\n").stdout.strip()
+        self.assertEqual(doveadm("-t", stored.decode(), "-p", PASSWORD).returncode, 0)
+
     def test_a_password_in_argv_is_refused_without_repeating_it(self) -> None:
         # doveadm pw's -p habit: refused, pointing to the prompt and --stdin, the value not echoed.
         for form in (["-p", "typed-secret"], ["--password", "typed-secret"], ["--password=typed-secret"]):

@@ -515,12 +515,18 @@ def generate(scheme: str, password: bytes) -> str:
 
 def _read_password(args: argparse.Namespace) -> bytes:
     if args.stdin or not sys.stdin.isatty():
-        line = sys.stdin.buffer.readline()
-        return line[:-1] if line.endswith(b"\n") else line
-    first = getpass.getpass("Enter new password: ")
-    if getpass.getpass("Retype new password: ") != first:
-        raise ValueError("passwords do not match")
-    return first.encode("utf-8")
+        # (CRLF too, as pop3ng fetch reads its password file: a Windows-made file's CR is not
+        # part of the password)
+        password = sys.stdin.buffer.readline().rstrip(b"\r\n")
+    else:
+        first = getpass.getpass("Enter new password: ")
+        if getpass.getpass("Retype new password: ") != first:
+            raise ValueError("passwords do not match")
+        password = first.encode("utf-8")
+    if not password and not args.test:
+        # (nothing piped in, or Enter pressed twice: a hash of "" would let anyone log in)
+        raise ValueError("empty password: no hash made")
+    return password
 
 
 def main(argv: List[str]) -> int:

@@ -43,10 +43,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", action="append", default=[], metavar="CHECKER",
                    help="users that exist, as twistd pop3ng's --auth (repeatable); USER unknown to "
                         "all of them is refused (67). USER@DOMAIN is tried whole, then its local part")
-    p.add_argument("-f", "--from", dest="sender", metavar="SENDER",
-                   help="envelope sender: adds Return-Path: <SENDER>")
+    p.add_argument("-f", "--from", dest="sender", metavar="SENDER", type=_sender,
+                   help="envelope sender: adds Return-Path: <SENDER> (\"\" or <> for none)")
     p.add_argument("user", metavar="USER")
     return p
+
+
+def _sender(text: str) -> str:
+    """The envelope sender as it goes into ``Return-Path: <...>``: a line break in it would start
+    a header of the caller's choosing in the stored message, so control characters and angle
+    brackets are refused (one pair around the whole address is taken off, as MTAs pass ``<>``)."""
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "<>" for c in text):
+        raise argparse.ArgumentTypeError("the sender %r has a control character or an angle bracket"
+                                         % (text,))
+    return text
 
 
 class MessageSource:
@@ -129,6 +141,10 @@ def _open_store(spec: str) -> Any:
 
     from twisted_pop3ng.errors import TemporaryFailure
 
+    if spec.split(":", 1)[0].strip().lower() == "memory":
+        # (it would exit 0, "delivered", and the message would go with the process)
+        raise _Exit(outcome.EX_USAGE, "--mailbox %s: a memory store lives in one process; a "
+                                      "delivery into it would be lost at exit" % (redact(spec),))
     try:
         store = store_from_spec(spec)
     except TemporaryFailure as error:  # (a database that is down: the MTA must retry, not bounce)

@@ -50,6 +50,27 @@ class LDATests(unittest.TestCase):
         self.run_lda(["--mailbox", self.mailbox, "-f", "s@x.org", "alice"], b"Return-Path: <o@y>\n\nb\n")
         self.assertEqual(self.stored("alice"), [b"Return-Path: <o@y>\n\nb\n"])
 
+    def test_a_sender_cannot_add_headers(self) -> None:
+        # -f with a line break wrote "Return-Path: <a" and a header of the caller's choosing.
+        for sender in ("a\nX-Injected: yes", "a\rX-Injected: yes", "a>\nX: y", "a\x00b", "a<b"):
+            status, err = self.run_lda(["--mailbox", self.mailbox, "-f", sender, "alice"],
+                                       b"Subject: a\n\nb\n")
+            self.assertEqual(status, 64, sender)
+            self.assertIn("sender", err)
+        self.assertEqual(self.stored("alice"), [])
+
+    def test_the_null_sender(self) -> None:
+        for sender in ("", "<>"):
+            self.assertEqual(self.run_lda(["--mailbox", self.mailbox, "-f", sender, "alice"],
+                                          b"Subject: a\n\nb\n"), (0, ""))
+        self.assertEqual(self.stored("alice"), [b"Return-Path: <>\nSubject: a\n\nb\n"] * 2)
+
+    def test_a_memory_store_is_refused(self) -> None:
+        # It would exit 0 -- "delivered" to the MTA -- and the message would end with the process.
+        status, err = self.run_lda(["--mailbox", "memory:", "alice"], b"Subject: a\n\nb\n")
+        self.assertEqual(status, 64)
+        self.assertIn("lost", err)
+
     def test_known_users_only_with_auth(self) -> None:
         auth = ["--auth", "memory:alice:pw:bob@example.org:pw"]
         self.assertEqual(self.run_lda(["--mailbox", self.mailbox] + auth + ["alice@example.org"], b"a\n")[0], 0)
