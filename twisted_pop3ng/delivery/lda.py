@@ -14,10 +14,10 @@ import argparse
 import sys
 from typing import IO, Any, List, Optional
 
+from twisted_pop3ng._redact import redact
 from twisted_pop3ng.delivery import outcome
 from twisted_pop3ng.delivery.recipients import RecipientResolver
 from twisted_pop3ng.delivery.trace import return_path
-from twisted_pop3ng.mailbox import redact_spec as redact
 
 PROG = "pop3ng deliver"
 READ_SIZE = 1 << 16
@@ -162,12 +162,14 @@ def _resolve(descriptions: List[str], address: str) -> str:
 
     checkers = []
     for description in descriptions:
+        # (memory:USER:PASSWORD:... carries passwords: shown by its type alone)
+        shown = "memory:***" if description.lower().startswith("memory:") else redact(description)
         try:
             checkers.append(strcred.makeChecker(description))
         except strcred.InvalidAuthType as error:
-            raise _Exit(outcome.EX_USAGE, "--auth %s: unknown checker type %s" % (description, error))
+            raise _Exit(outcome.EX_USAGE, "--auth %s: unknown checker type %s" % (shown, error))
         except Exception as error:  # strcred raises whatever the checker factory raises
-            raise _Exit(outcome.EX_USAGE, "--auth %s: %s" % (description, error))
+            raise _Exit(outcome.EX_USAGE, "--auth %s: %s" % (shown, error))
     try:
         user = RecipientResolver.from_checkers(checkers).resolve_now(address)
     except ValueError as error:

@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from twisted_pop3ng._redact import redact
 from twisted_pop3ng.client.connect import parse_url
 
 __all__ = ["ConfigError", "Account", "DaemonSettings", "Config", "load", "parse", "key_line",
@@ -310,6 +311,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
+        value = redact(value)  # (a URL with user:password@ is refused: not by showing it)
         return '"%s"' % value if len(value) < 60 else '"%s…"' % value[:57]
     if isinstance(value, (dict, list)):
         return "a table" if isinstance(value, dict) else "a list"

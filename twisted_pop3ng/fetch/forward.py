@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 from urllib.parse import urlsplit
 
+from twisted_pop3ng._redact import redact
 from twisted_pop3ng.fetch.delivery import DeliveryError, HandOffDestination, _Spool
 from twisted_pop3ng.wire.message import MessageEncoder
 
@@ -72,18 +73,18 @@ def parse_forward_url(url: str) -> ForwardURL:
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise ValueError("a forward URL is smtp://HOST[:PORT], smtps://HOST[:PORT], "
-                         "lmtp://HOST[:PORT] or lmtp:/PATH/TO/SOCKET, not %r" % url)
+                         "lmtp://HOST[:PORT] or lmtp:/PATH/TO/SOCKET, not %r" % redact(url))
     if scheme == "lmtp" and not parts.netloc:
         if not parts.path.startswith("/"):
             raise ValueError("lmtp:PATH needs an absolute socket path: lmtp:/run/dovecot/lmtp")
         return ForwardURL("lmtp", None, None, parts.path)
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
-        raise ValueError("a forward URL is %s://HOST[:PORT] with nothing after it, not %r"
-                         % (scheme, url))
+        raise ValueError("a forward URL is %s://HOST[:PORT] with nothing after it (no user or "
+                         "password: the MTA is trusted by address), not %r" % (scheme, redact(url)))
     try:
         port = parts.port
     except ValueError:
-        raise ValueError("bad port in forward URL %r" % url)
+        raise ValueError("bad port in forward URL %r" % redact(url))
     return ForwardURL(scheme, parts.hostname, port or DEFAULT_PORTS[scheme], None)
 
 

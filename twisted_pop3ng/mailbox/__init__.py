@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted_pop3ng._redact import redact
 from twisted_pop3ng.errors import POP3Error
 
 #: Deprecated (kept for one release): ``--mailbox`` schemes as ``"scheme": "module:callable"``, the
@@ -60,19 +61,10 @@ def _from_deprecated_schemes(scheme: str, rest: str) -> Any:
     return target(rest)
 
 
-_PASSWORD_IN_SPEC = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)([^@/\s]*)(@)",
-                               re.IGNORECASE)
-
-
 def redact_spec(spec: str) -> str:
     """``spec`` for messages and logs: a ``password=`` value or a URI's ``user:password@`` hidden
     (a ``postgresql:`` DSN may carry one)."""
-    def hide(match: "re.Match[str]") -> str:
-        if match.group(1) is not None:
-            return match.group(1) + "***"
-        return match.group(3) + "***" + match.group(5)
-
-    return _PASSWORD_IN_SPEC.sub(hide, spec)
+    return redact(spec)
 
 
 _UNSAFE_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")

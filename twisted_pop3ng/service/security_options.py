@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_pop3ng._redact import redact
 from twisted_pop3ng.server import policy
 from twisted_pop3ng.service import abuse_options  # its options join Options (options.py)
 
@@ -198,7 +199,7 @@ def _token_validator(options: Any) -> None:
                 options.get("oauth-jwks-url"), options.get("oauth-jwks-file"), options["oauth-issuer"],
                 options["oauth-audience"], claim, algorithms)
     except (OSError, ValueError) as error:
-        raise usage.UsageError("--%s %s: %s" % (source, options[source], error))
+        raise usage.UsageError("--%s %s: %s" % (source, redact(options[source]), error))
 
 
 def _check_url(url: str, option: str) -> None:
@@ -218,7 +219,7 @@ def _check_url(url: str, option: str) -> None:
         except ValueError:
             pass
     raise usage.UsageError("--%s %s: give an https:// URL (http:// only to a loopback address)"
-                           % (option, url))
+                           % (option, redact(url)))
 
 
 def security_config(options: Any) -> policy.SecurityConfig:
