@@ -159,6 +159,8 @@ PASSWORD_PREFERENCE: Sequence[str] = (
     "CRAM-MD5", "PLAIN", "LOGIN",
 )
 TOKEN_PREFERENCE: Sequence[str] = ("OAUTHBEARER", "XOAUTH2")
+#: What a caller may force (``pop3ng fetch --mechanism``): every method above, and USER/PASS.
+FORCEABLE = frozenset(PASSWORD_PREFERENCE) | frozenset(TOKEN_PREFERENCE) | {"USER"}
 #: The shared plaintext mechanisms, plus USER/PASS (named ``USER`` here), which sends the password
 #: as it is too.
 PLAINTEXT = mechanisms.PLAINTEXT | {"USER"}

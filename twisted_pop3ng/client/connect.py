@@ -64,9 +64,13 @@ def parse_url(url: str) -> POP3URL:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError("unexpected path or query in URL: %r" % url)
     try:
-        port = parts.port or (995 if scheme == "pop3s" else 110)
+        port = parts.port
     except ValueError:
         raise ValueError("bad port in URL: %r" % url)
+    if port == 0:  # (once taken as "no port": the default port was dialled instead)
+        raise ValueError("bad port in URL: %r" % url)
+    if port is None:
+        port = 995 if scheme == "pop3s" else 110
     username = unquote(parts.username) if parts.username else None
     return POP3URL(scheme, parts.hostname, port, username)
 

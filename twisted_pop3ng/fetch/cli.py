@@ -38,6 +38,17 @@ def _number(parse: Callable[[str], Any], rule: Callable[[Any], Any]) -> Callable
     return convert
 
 
+def _checked(rule: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse ``type`` from a config-file rule for strings (fetch.config)."""
+    def convert(text: str) -> str:
+        try:
+            return rule(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error))
+
+    return convert
+
+
 _SECONDS = _number(float, fetch_config.positive_number)
 _DAYS = _number(float, fetch_config.non_negative_number)
 _COUNT = _number(int, fetch_config.whole_count)
@@ -77,12 +88,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="print a machine-readable summary on stdout")
     p.add_argument("--print-example-config", action="store_true",
                    help="print a commented example config file and exit")
-    p.add_argument("--mechanism", metavar="NAME",
+    p.add_argument("--mechanism", metavar="NAME", type=_checked(fetch_config.mechanism),
                    help="use this SASL mechanism (e.g. SCRAM-SHA-256) instead of the strongest offered")
     p.add_argument("--keep", action="store_true", help="leave messages on the server")
     p.add_argument("--keep-days", type=_DAYS, metavar="N", help="with --keep: delete after N days")
     p.add_argument("--state", metavar="FILE", help="UIDL state file (default under ~/.local/state)")
-    p.add_argument("--cafile", metavar="PEM", help="CA certificates to trust instead of the system's")
+    p.add_argument("--cafile", metavar="PEM", type=_checked(fetch_config.cafile),
+                   help="CA certificates to trust instead of the system's")
     p.add_argument("--password-file", metavar="FILE",
                    help="file holding the password (else the POP3NG_PASSWORD environment variable)")
     # Refused in main() with a message that does not repeat the value. Without this option,
@@ -155,7 +167,9 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
         if args.token_file or not (args.password_file or "POP3NG_PASSWORD" in os.environ):
             token = _secret(args.token_file, "POP3NG_TOKEN")
         password = None if token is not None else _secret(args.password_file, "POP3NG_PASSWORD")
-        parse_url(args.url)
+        if not parse_url(args.url).username:
+            raise ValueError("the URL needs a user name: %s://USER@HOST"
+                             % args.url.split(":", 1)[0].lower())
         forward = _forward_settings(args)
     except (OSError, ValueError) as e:
         print("pop3ng fetch: %s" % e, file=sys.stderr)

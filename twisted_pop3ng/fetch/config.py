@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted_pop3ng._redact import redact
+from twisted_pop3ng.auth import sasl_client
 from twisted_pop3ng.client.connect import parse_url
+from twisted_pop3ng.tls.client import trust_root
 
 __all__ = ["ConfigError", "Account", "DaemonSettings", "Config", "load", "parse", "key_line",
            "DESTINATIONS", "ACCOUNT_KEYS", "AccountError", "account_error"]
@@ -128,11 +130,25 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
     return check
 
 
-def _mechanism(value: Any) -> str:
+def mechanism(value: Any) -> str:
+    """A method ``pop3ng fetch`` can force (also its ``--mechanism``)."""
     text = _string(value).upper()
-    if not re.fullmatch(r"[A-Z0-9_-]{1,20}", text):
-        raise ValueError("expected a SASL mechanism name such as SCRAM-SHA-256")
+    if text not in sasl_client.FORCEABLE:
+        raise ValueError("expected one of %s" % ", ".join(sorted(sasl_client.FORCEABLE)))
     return text
+
+
+def cafile(value: Any) -> str:
+    """A readable PEM file with at least one certificate (also ``--cafile``): checked before any
+    connection, so that a typo is a usage error, not a TLS failure after the connect."""
+    path = _path(value)
+    try:
+        trust_root(path)
+    except OSError as error:
+        raise ValueError("cannot read %s: %s" % (path, error.strerror or error))
+    except Exception as error:  # no PEM block, or one OpenSSL cannot parse
+        raise ValueError(str(error) if path in str(error) else "%s: %s" % (path, error))
+    return path
 
 
 #: Every key an account (or ``[defaults]``) may have, with its check. The checks return the value
@@ -148,8 +164,8 @@ ACCOUNT_KEYS: Dict[str, Callable[[Any], Any]] = {
     "oauth_token_endpoint": _string, "oauth_client_id": _string, "oauth_client_secret_file": _path,
     "oauth_refresh_token_file": _path, "oauth_cache": _path, "oauth_scope": _string,
     "oauth_cafile": _path,
-    "keep": _boolean, "keep_days": non_negative_number, "state": _path, "cafile": _path,
-    "mechanism": _mechanism, "timeout": positive_number,
+    "keep": _boolean, "keep_days": non_negative_number, "state": _path, "cafile": cafile,
+    "mechanism": mechanism, "timeout": positive_number,
     "allow_plaintext": _boolean, "allow_plain_fallback": _boolean,
     "max_message_size": whole_count, "batch": whole_count, "pipeline": whole_count,
     "poll_interval": positive_number,

@@ -13,9 +13,24 @@ from twisted.trial import unittest
 from twisted_pop3ng.fetch import config
 from twisted_pop3ng.fetch.example import EXAMPLE_CONFIG
 
+def _a_ca_file() -> str:
+    """A real CA file (the config checks that cafile holds a certificate)."""
+    import atexit
+    import tempfile
+
+    import trustme
+
+    fd, path = tempfile.mkstemp(prefix="pop3ng-ca-", suffix=".pem")
+    os.close(fd)
+    atexit.register(os.unlink, path)
+    trustme.CA().cert_pem.write_to_path(path)
+    return path
+
+
+CA_FILE = _a_ca_file()
 GOOD = """\
 [defaults]
-cafile = "/etc/ca.pem"
+cafile = "CA_PLACEHOLDER"
 keep = true
 maildir = "/srv/mail/default"
 
@@ -29,7 +44,7 @@ password_command = "pass show home"
 forward = "lmtp:/run/dovecot/lmtp"
 forward_to = "bob"
 keep = false
-"""
+""".replace("CA_PLACEHOLDER", CA_FILE)
 
 
 class ConfigTests(unittest.TestCase):
@@ -44,7 +59,7 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual((work.name, home.name), ("work", "home"))
         self.assertEqual(work.destination, ("maildir", "/srv/mail/default"))
         self.assertEqual(work.get("password_file"), os.path.expanduser("~/work.pw"))
-        self.assertEqual(work.get("cafile"), "/etc/ca.pem")
+        self.assertEqual(work.get("cafile"), CA_FILE)
         self.assertIs(work.get("keep"), True)
         # home's own destination replaces the default maildir rather than clashing with it
         self.assertEqual(home.destination, ("forward", "lmtp:/run/dovecot/lmtp"))
@@ -101,6 +116,19 @@ class ConfigTests(unittest.TestCase):
             e = self.error('[accounts.a]\nurl = "pop3://a@h"\nmaildir = "/m"\n%s%s = %s\n'
                            % (extra, key, value))
             self.assertEqual(e.key, "accounts.a." + key, (key, value))
+
+    def test_cafile_and_mechanism_are_checked_when_read(self) -> None:
+        # A typo is a usage error naming the key, not a TLS or SASL failure after connecting.
+        garbage = self.mktemp()
+        with open(garbage, "w") as f:
+            f.write("not a certificate\n")
+        for key, value, words in (("cafile", "/nonexistent/ca.pem", "cannot read"),
+                                  ("cafile", garbage, "no PEM certificate"),
+                                  ("mechanism", "BOGUS", "SCRAM-SHA-256")):
+            e = self.error('[accounts.a]\nurl = "pop3s://a@h"\nmaildir = "/m"\n%s = "%s"\n'
+                           % (key, value))
+            self.assertEqual(e.key, "accounts.a." + key)
+            self.assertIn(words, str(e))
 
     def test_unknown_key_with_a_hint(self) -> None:
         e = self.error("""\
@@ -277,6 +305,25 @@ class CommandLineTests(unittest.TestCase):
         result = self.run_cli("--config", "x.toml", "--daemon", "nan")
         self.assertEqual(result.returncode, 2)
         self.assertIn(b"argument --daemon: expected a positive number", result.stderr)
+
+    def test_url_cafile_and_mechanism_are_usage_errors_before_connecting(self) -> None:
+        garbage = self.mktemp()
+        with open(garbage, "w") as f:
+            f.write("not a certificate\n")
+        env_cases = (
+            (["pop3s://h"], b"needs a user name"),
+            (["pop3s://u@127.0.0.1:0"], b"bad port"),
+            (["pop3s://u@127.0.0.1:1", "--cafile", garbage], b"argument --cafile"),
+            (["pop3s://u@127.0.0.1:1", "--cafile", "/nonexistent/ca.pem"], b"argument --cafile"),
+            (["pop3s://u@127.0.0.1:1", "--mechanism", "BOGUS"], b"argument --mechanism"),
+        )
+        for argv, words in env_cases:
+            result = subprocess.run([sys.executable, "-m", "twisted_pop3ng.cli", "fetch", *argv,
+                                     "--maildir", self.mktemp()], capture_output=True, timeout=60,
+                                    env=dict(os.environ, POP3NG_PASSWORD="x"))
+            self.assertEqual(result.returncode, 2, (argv, result.stderr))
+            self.assertIn(words, result.stderr)
+            self.assertNotIn(b"Traceback", result.stderr)
 
     def test_the_library_refuses_them_too(self) -> None:
         from twisted_pop3ng.fetch.run import FetchOptions
