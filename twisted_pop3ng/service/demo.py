@@ -34,13 +34,21 @@ class DemoInfo:
     key: str
 
 
+class DemoError(Exception):
+    """The demo tree cannot be made or reused; the message says what to remove."""
+
+
 def prepare(root: str) -> DemoInfo:
-    """Create (or reuse) the demo tree; the password is kept so reruns print the same one."""
-    os.makedirs(root, mode=0o700, exist_ok=True)
+    """Create (or reuse) the demo tree; the password is kept so reruns print the same one.
+    :class:`DemoError` when ``root`` is taken by something else or its user file is not the demo's."""
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise DemoError("cannot make the demo directory %s (%s); remove or rename what is there"
+                        % (root, error.strerror or error))
     passwd_file = os.path.join(root, "users")
     if os.path.exists(passwd_file):
-        with open(passwd_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\r\n").split(":")[1].replace("{PLAIN}", "", 1)
+        password = _demo_password(passwd_file)
     else:
         password = secrets.token_urlsafe(12)
         fd = os.open(passwd_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -57,6 +65,19 @@ def prepare(root: str) -> DemoInfo:
 
         make_self_signed(cert, key)
     return DemoInfo(root, DEMO_USER, password, passwd_file, template, cert, key)
+
+
+def _demo_password(passwd_file: str) -> str:
+    """The password of the demo user line a first run wrote (``demo:{PLAIN}...``)."""
+    try:
+        with open(passwd_file, encoding="utf-8") as f:
+            user, _, secret = f.readline().rstrip("\r\n").partition(":")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DemoError("cannot read %s (%s); remove it and run --demo again" % (passwd_file, error))
+    if user != DEMO_USER or not secret.startswith("{PLAIN}") or len(secret) <= len("{PLAIN}"):
+        raise DemoError("%s is not the demo's user file (demo:{PLAIN}PASSWORD); remove it and run "
+                        "--demo again" % passwd_file)
+    return secret[len("{PLAIN}"):].split(":", 1)[0]
 
 
 def _port(description: str) -> str:

@@ -161,7 +161,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def _demo_defaults(self) -> None:
         from twisted_pop3ng.service import demo
 
-        info = demo.prepare(os.path.abspath(DEMO_DIR))
+        try:
+            info = demo.prepare(os.path.abspath(DEMO_DIR))
+        except demo.DemoError as error:
+            raise usage.UsageError("--demo: %s" % (error,))
         self["demo-info"] = info
         if not self["listen"]:
             self["listen"].append(DEFAULT_LISTEN)
