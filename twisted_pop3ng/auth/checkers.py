@@ -315,19 +315,37 @@ class PasswdEntry:
 
 
 def parse_passwd_file(text: str) -> Dict[str, PasswdEntry]:
+    """The users of a Dovecot-format passwd-file (see :func:`read_passwd_file`)."""
+    return read_passwd_file(text)[0]
+
+
+def read_passwd_file(text: str) -> Tuple[Dict[str, PasswdEntry], List[str]]:
+    """(users, problems): the entries, and a sentence per line that was skipped.
+
+    As Dovecot's passwd-file: the first entry of a user wins and a later one is reported (an
+    entry appended to change a password does not take effect silently, in either server).
+    """
     users: Dict[str, PasswdEntry] = {}
-    for raw in text.splitlines():
+    first_line: Dict[str, int] = {}
+    problems: List[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.rstrip("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         user, sep, rest = line.partition(":")
         if not sep or not user:
+            problems.append("line %d: not USER:PASSWORD[:...]; skipped" % number)
+            continue
+        if user in users:
+            problems.append("line %d: user %s exists more than once; the entry on line %d is used"
+                            % (number, user, first_line[user]))
             continue
         # The password field ends at the next colon, except for {PLAIN} secrets, which Dovecot
         # cannot contain colons either; extra fields follow.
         fields = rest.split(":")
         users[user] = PasswdEntry(user, fields[0], tuple(fields[1:]))
-    return users
+        first_line[user] = number
+    return users, problems
 
 
 @implementer(ICredentialsChecker, ISecretStore, IInlineChecker, IUserDatabase)
@@ -355,8 +373,10 @@ class PasswdFileChecker:
         if stamp == self._stamp:
             return
         with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
-            self._users = parse_passwd_file(f.read())
+            self._users, problems = read_passwd_file(f.read())
         self._stamp = stamp
+        for problem in problems:  # (once per version of the file)
+            self.log.warn("passwd-file {path}: {problem}", path=self.path, problem=problem)
         passwords.forget_prepared()
         # Unknown users are verified against a real entry's hash (result discarded), so that
         # they cost what a wrong password costs: no user enumeration by timing.

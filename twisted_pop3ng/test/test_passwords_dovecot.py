@@ -225,3 +225,31 @@ class PasswdFileTests(unittest.TestCase):
             self.assertEqual(avatar, user)
             yield self.assertFailure(checker.requestAvatarId(UsernamePassword(user.encode(), b"wrong")),
                                      UnauthorizedLogin)
+
+
+class DuplicateAndMalformedEntryTests(unittest.TestCase):
+    """As Dovecot: a user's first entry wins, and every skipped line is logged (once per version of
+    the file) -- an entry appended to change a password does not take effect silently."""
+
+    @defer.inlineCallbacks
+    def test_first_entry_wins_and_the_rest_is_reported(self) -> Any:
+        events: List[Dict[str, Any]] = []
+        observer: Any = events.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "users")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("# users\nalice:{PLAIN}first\njust-a-name\nbob:{PLAIN}b\nalice:{PLAIN}second\n")
+        checker = PasswdFileChecker(path)
+        avatar = yield checker.requestAvatarId(UsernamePassword(b"alice", b"first"))
+        self.assertEqual(avatar, "alice")
+        yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"alice", b"second")),
+                                 UnauthorizedLogin)
+        problems = [e["problem"] for e in events if "problem" in e and e.get("path") == path]
+        self.assertEqual(problems, [
+            "line 3: not USER:PASSWORD[:...]; skipped",
+            "line 5: user alice exists more than once; the entry on line 2 is used"])
+        checker.lookup("bob")  # unchanged file: read once, reported once
+        self.assertEqual(len([e for e in events if e.get("path") == path and "problem" in e]), 2)
