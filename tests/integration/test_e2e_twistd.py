@@ -87,6 +87,16 @@ class CommandLineErrorTests(unittest.TestCase):
                           "--listen", "tcp:0:interface=127.0.0.1", base=False)
         self.assertIn("{user}", out)
 
+    def test_mailbox_template_with_another_placeholder(self):
+        # A misspelt or unsupported {...} once became a literal directory for every user.
+        for spec, other in (("maildir:%s/{user}/{bogus}/Maildir", "{bogus}"),
+                            ("mbox:%s/{domain}/{user}", "{domain}")):
+            out = self.twistd("--auth", "passwd-file:" + self.users, "--mailbox", spec % self.root,
+                              "--listen", "tcp:0:interface=127.0.0.1", base=False)
+            self.assertIn(other, out)
+            self.assertIn("the only placeholder is {user}", out)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "alice")))
+
     def test_tls_listen_without_certificate(self):
         out = self.twistd("--tls-listen", "tcp:0:interface=127.0.0.1")
         self.assertIn("--tls-cert", out)

@@ -67,6 +67,20 @@ def redact_spec(spec: str) -> str:
     return redact(spec)
 
 
+_PLACEHOLDER = re.compile(r"\{[^{}/]*\}")
+
+
+def check_user_template(template: str, kind: str, example: str) -> None:
+    """A path template with ``{user}``, and no other ``{...}``: a misspelt ``{usr}`` or an
+    unsupported ``{domain}`` would otherwise become a literal directory name for every user."""
+    if "{user}" not in template:
+        raise ValueError("the %s template needs a {user} placeholder, e.g. %s" % (kind, example))
+    others = sorted(set(_PLACEHOLDER.findall(template)) - {"{user}"})
+    if others:
+        raise ValueError("the %s template has %s; the only placeholder is {user}"
+                         % (kind, ", ".join(others)))
+
+
 _UNSAFE_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 

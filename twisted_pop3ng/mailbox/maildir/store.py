@@ -46,7 +46,7 @@ from twisted_pop3ng._fs import open_dir_no_symlinks
 from twisted_pop3ng import _maildir
 from twisted_pop3ng.mailbox.maildir import index as maildir_index
 from twisted_pop3ng.mailbox.maildir.names import base_name, uid_for
-from twisted_pop3ng.mailbox import safe_username
+from twisted_pop3ng.mailbox import check_user_template, safe_username
 from twisted_pop3ng.mailbox.maildir.index import INDEX_HEADER, INDEX_NAME  # noqa: F401  (re-exported)
 
 LOCK_NAME = "pop3ng.lock"
@@ -190,8 +190,7 @@ class MaildirStore:
     then uses the directory it opened (:data:`_PROC_FD`)."""
 
     def __init__(self, template: str, create: bool = True) -> None:
-        if "{user}" not in template:
-            raise ValueError("the maildir template needs a {user} placeholder, e.g. /var/mail/{user}/Maildir")
+        check_user_template(template, "maildir", "/var/mail/{user}/Maildir")
         self.template = template
         self.create = create
         cut = template.rfind("/", 0, template.index("{user}")) + 1

@@ -29,7 +29,7 @@ from zope.interface import implementer
 from twisted_pop3ng.errors import MessageVanished, PermanentFailure, POP3Error, TemporaryFailure
 from twisted_pop3ng.interfaces import (IMailbox, IMailboxDelivery, IMailboxStore, IUIDLListing,
                                        IWholeMessageReader, MessageInfo)
-from twisted_pop3ng.mailbox import safe_username
+from twisted_pop3ng.mailbox import check_user_template, safe_username
 from twisted_pop3ng.mailbox.mbox import format as mbox_format
 from twisted_pop3ng.mailbox.mbox.locking import DEFAULT_TIMEOUT, SessionLock, WriteLock, hidden_name
 from twisted_pop3ng.mailbox.mbox.rewrite import recover, rewrite, unchanged
@@ -72,8 +72,7 @@ class MboxStore:
     """mbox files at ``template.format(user=…)``; see the module docstring."""
 
     def __init__(self, template: str, fmt: str = "mboxrd", lock_timeout: float = DEFAULT_TIMEOUT) -> None:
-        if "{user}" not in template:
-            raise ValueError("the mbox template needs a {user} placeholder, e.g. mbox:/var/mail/{user}")
+        check_user_template(template, "mbox", "mbox:/var/mail/{user}")
         if template.endswith("/"):
             raise ValueError("the mbox template names a file, not a directory: %r" % (template,))
         if fmt not in mbox_format.FORMATS:
