@@ -181,7 +181,7 @@ class MetricsOptionTests(unittest.TestCase):
     def test_a_bad_endpoint_is_a_usage_error(self) -> None:
         result = self.run_twistd("--metrics", "nonsense:9110")
         self.assertEqual(result.returncode, 1)
-        self.assertIn(b"bad --metrics endpoint 'nonsense:9110'", result.stdout)
+        self.assertIn(b"--metrics: bad endpoint 'nonsense:9110'", result.stdout)
 
     def test_a_port_in_use_ends_twistd_with_a_message(self) -> None:
         holder = socket.socket()

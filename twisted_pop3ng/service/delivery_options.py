@@ -39,15 +39,12 @@ def post_options(options: Any) -> None:
         return
     from twisted.internet import reactor
 
-    from twisted.internet import endpoints
     from twisted_pop3ng.delivery.recipients import RecipientResolver
+    from twisted_pop3ng.service.endpoint_check import check_endpoint
     from twisted_pop3ng.interfaces import IMailboxDelivery
 
     for description in options["lmtp-listen"]:
-        try:
-            endpoints.serverFromString(reactor, description)
-        except Exception as error:
-            raise usage.UsageError("--lmtp-listen: bad endpoint %r: %s" % (description, error))
+        check_endpoint(reactor, description, "--lmtp-listen")
     if not IMailboxDelivery.providedBy(options["store"]):
         raise usage.UsageError("--lmtp-listen: the --mailbox store %s cannot take deliveries"
                                % (options["mailbox"],))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from twisted.python import usage
 
 OPT_FLAGS: List[List[Any]] = [
     ["log-sessions", None, "Log an event per connection and a summary per session (user, "
@@ -31,12 +30,11 @@ def post_options(options: Any) -> None:
     """Check and convert this module's options (raise ``usage.UsageError``)."""
     description = options.get("metrics")
     if description:
-        from twisted.internet import endpoints, reactor
+        from twisted.internet import reactor
 
-        try:
-            options["metrics-endpoint"] = endpoints.serverFromString(reactor, description)
-        except Exception as error:
-            raise usage.UsageError("bad --metrics endpoint %r: %s" % (description, error))
+        from twisted_pop3ng.service.endpoint_check import check_endpoint
+
+        options["metrics-endpoint"] = check_endpoint(reactor, description, "--metrics")
 
 
 def configure_factory(options: Any, factory: Any) -> None:

@@ -11,10 +11,10 @@ import os
 import sys
 from typing import Any, Dict, Iterable, List
 
-from twisted.application import strports
 from twisted.cred import strcred
 from twisted.python import usage
 
+from twisted_pop3ng._redact import redact
 from twisted_pop3ng.service import delivery_options, ops_options
 from twisted_pop3ng.service import security_options as tap_security
 
@@ -84,6 +84,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self.mailbox_output.write(help_mailbox(mailbox_store_factories(), SCHEMES))
         raise SystemExit(0)
 
+    def opt_auth(self, description: str) -> None:
+        """Specify an authentication method for the server (--help-auth lists them), e.g.
+        passwd-file:/etc/pop3ng/users (repeatable)."""
+        try:
+            super().opt_auth(description)
+        except usage.UsageError as error:
+            # strcred's words ("Unexpected error: ...") named neither the option nor its value;
+            # a memory: checker's value holds passwords, so it is shown by its type alone.
+            message = str(error)
+            if message.startswith("Unexpected error: "):
+                message = message[len("Unexpected error: "):]
+            shown = "memory:***" if description.lower().startswith("memory:") else redact(description)
+            raise usage.UsageError("--auth %s: %s" % (shown, message))
+
     def opt_listen(self, description: str) -> None:
         """Plain POP3 endpoint (repeatable), e.g. tcp:110 or tcp:1100:interface=127.0.0.1."""
         self["listen"].append(description)
@@ -109,17 +123,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["listen"].append(DEFAULT_LISTEN)
         from twisted.internet import reactor
 
-        for desc in self["listen"] + self["tls-listen"]:
-            if desc.split(":", 1)[0].lower() == "ssl":
-                raise usage.UsageError("%r: give a tcp: endpoint; TLS comes from --tls-listen with "
-                                       "--tls-cert/--tls-key" % desc)
-            try:
-                strports.endpoints.serverFromString(reactor, desc)
-            except Exception as error:
-                from twisted_pop3ng.service.systemd import explain_endpoint_error
+        from twisted_pop3ng.service.endpoint_check import check_endpoint
 
-                raise usage.UsageError("bad endpoint %r: %s"
-                                       % (desc, explain_endpoint_error(desc, error) or error))
+        for option, descriptions in (("--listen", self["listen"]), ("--tls-listen", self["tls-listen"])):
+            for desc in descriptions:
+                if desc.split(":", 1)[0].lower() == "ssl":
+                    raise usage.UsageError("%r: give a tcp: endpoint; TLS comes from --tls-listen with "
+                                           "--tls-cert/--tls-key" % desc)
+                check_endpoint(reactor, desc, option)
         if self["tls-listen"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-listen needs --tls-cert (and --tls-key)")
         if self["tls-key"] and not self["tls-cert"]:

@@ -66,6 +66,7 @@ class LMTPOptionsTests(unittest.TestCase):
             (["--lmtp-listen", "tcp:24", "--lmtp-max-size", "0"], "--lmtp-max-size must be at least 1"),
             (["--lmtp-listen", "tcp:24", "--lmtp-threads", "0"], "--lmtp-threads must be at least 1"),
             (["--lmtp-listen", "tcp:24", "--lmtp-timeout", "0"], "--lmtp-timeout must be positive"),
+            (["--lmtp-listen", "tcp:99999"], "--lmtp-listen 'tcp:99999': the port must be a number"),
         ]:
             error = self.assertRaises(usage.UsageError, self.parse, *extra)
             self.assertIn(text, str(error))
