@@ -105,7 +105,14 @@ class CommandLineErrorTests(unittest.TestCase):
         missing = os.path.join(self.root, "no-such-users")
         out = self.twistd("--auth", "passwd-file:" + missing, "--mailbox", "maildir:/tmp/{user}",
                           "--listen", "tcp:0:interface=127.0.0.1", base=False)
-        self.assertIn(missing, out)
+        self.assertIn("--auth passwd-file:%s: cannot read" % missing, out)
+        self.assertNotIn("Unexpected error", out)
+
+    def test_memory_checker_errors_do_not_show_its_passwords(self):
+        out = self.twistd("--auth", "memory:alice:s3cr3t:bob", "--mailbox", "maildir:/tmp/{user}",
+                          "--listen", "tcp:0:interface=127.0.0.1", base=False)
+        self.assertIn("--auth memory:***", out)
+        self.assertNotIn("s3cr3t", out)
 
     def taken_port(self) -> int:
         """A port this test listens on (for as long as it runs)."""
