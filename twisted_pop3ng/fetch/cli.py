@@ -73,9 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="envelope recipient for --forward (default: your user name)")
     p.add_argument("--forward-from", metavar="ADDRESS",
                    help="envelope sender for --forward (default: the message's Return-Path)")
-    p.add_argument("--forward-cafile", metavar="PEM", help="CA certificates for the MTA's STARTTLS")
-    p.add_argument("--forward-starttls", choices=("auto", "require", "never"), default="auto")
-    p.add_argument("--on-reject", choices=("keep", "delete"), default="keep",
+    p.add_argument("--forward-cafile", metavar="PEM", type=_checked(fetch_config.cafile),
+                   help="CA certificates for the MTA's STARTTLS")
+    p.add_argument("--forward-starttls", choices=("auto", "require", "never"),
+                   help="auto (the default), require or never")
+    p.add_argument("--on-reject", choices=("keep", "delete"),
                    help="a message the MTA refuses for good (5xx): keep it on the server "
                         "(default) or delete it there")
     p.add_argument("--config", metavar="FILE", help="fetch the accounts of a TOML config file")
@@ -123,11 +125,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _secret(path: Optional[str], variable: str) -> Optional[str]:
-    """The first line of ``path`` (without its line ending), else the environment variable."""
+def _secret(path: Optional[str], variable: str, option: str) -> Optional[str]:
+    """The first line of ``path`` (without its line ending), else the environment variable; a
+    ValueError naming ``option`` and the file when it cannot be read as text."""
     if path:
-        with open(path, "r", encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as error:
+            raise ValueError("%s %s: %s" % (option, path, error.strerror or error))
+        except UnicodeDecodeError:
+            raise ValueError("%s %s: not UTF-8 text" % (option, path))
     return os.environ.get(variable)
 
 
@@ -154,6 +162,9 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
         parser.error("--account and --daemon go with --config FILE")
     if args.url is None:
         parser.error("a URL (or --config FILE) is needed")
+    for name in ("maildir", "mbox", "mda", "forward", "state", "password_file", "token_file"):
+        if getattr(args, name) == "":  # (--state '' fell back to the default file, silently)
+            parser.error("--%s is empty" % name.replace("_", "-"))
     destination = next((k, v) for k, v in (("maildir", args.maildir), ("mbox", args.mbox),
                                       ("mda", args.mda), ("forward", args.forward),
                                       ("", "")) if v or not k)
@@ -165,8 +176,9 @@ def main(argv: List[str], crash_hook: Optional[Callable[[str], None]] = None) ->
     try:
         token = None
         if args.token_file or not (args.password_file or "POP3NG_PASSWORD" in os.environ):
-            token = _secret(args.token_file, "POP3NG_TOKEN")
-        password = None if token is not None else _secret(args.password_file, "POP3NG_PASSWORD")
+            token = _secret(args.token_file, "POP3NG_TOKEN", "--token-file")
+        password = (None if token is not None
+                    else _secret(args.password_file, "POP3NG_PASSWORD", "--password-file"))
         if not parse_url(args.url).username:
             raise ValueError("the URL needs a user name: %s://USER@HOST"
                              % args.url.split(":", 1)[0].lower())
@@ -226,7 +238,7 @@ def _warn(text: str) -> None:
 
 def _forward_settings(args: argparse.Namespace) -> Any:
     if args.forward is None:
-        for name in ("forward_to", "forward_from", "forward_cafile"):
+        for name in ("forward_to", "forward_from", "forward_cafile", "forward_starttls", "on_reject"):
             if getattr(args, name) is not None:
                 raise ValueError("--%s goes with --forward" % name.replace("_", "-"))
         return None
@@ -242,7 +254,7 @@ def _forward_settings(args: argparse.Namespace) -> Any:
             except ValueError as error:
                 raise ValueError("--%s: %s" % (name.replace("_", "-"), error))
     return ForwardSettings(args.forward, args.forward_to, args.forward_from, args.forward_cafile,
-                           args.forward_starttls, args.on_reject, args.timeout)
+                           args.forward_starttls or "auto", args.on_reject or "keep", args.timeout)
 
 
 def _print_json(url: str, value: Any, started: float) -> None:

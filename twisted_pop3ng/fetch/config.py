@@ -157,7 +157,7 @@ ACCOUNT_KEYS: Dict[str, Callable[[Any], Any]] = {
     "url": _url,
     "maildir": _path, "mbox": _path, "mda": _string, "forward": _forward,
     "forward_to": lambda v: address(_string(v)), "forward_from": address,
-    "forward_cafile": _path, "forward_starttls": _one_of("auto", "require", "never"),
+    "forward_cafile": cafile, "forward_starttls": _one_of("auto", "require", "never"),
     "on_reject": _one_of("keep", "delete"),
     "password_file": _path, "password_env": _string, "password_command": _string,
     "token_file": _path,

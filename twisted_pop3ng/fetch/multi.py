@@ -24,7 +24,8 @@ __all__ = ["main_config"]
 #: Command-line options that only make sense for a single URL: with --config they go in the file.
 SINGLE_ACCOUNT_OPTIONS = ("maildir", "mbox", "mda", "forward", "forward_to", "forward_from",
                           "forward_cafile", "state", "cafile", "password_file", "token_file",
-                          "keep_days", "max_message_size", "mechanism")
+                          "keep_days", "max_message_size", "mechanism", "forward_starttls",
+                          "on_reject")
 
 
 def main_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: List[str],

@@ -325,6 +325,28 @@ class CommandLineTests(unittest.TestCase):
             self.assertIn(words, result.stderr)
             self.assertNotIn(b"Traceback", result.stderr)
 
+    def test_files_and_forward_options_named_in_errors(self) -> None:
+        not_utf8 = self.mktemp()
+        with open(not_utf8, "wb") as f:
+            f.write(b"\xff\xfe\n")
+        for argv, words in (
+                (["--maildir", "m", "--password-file", not_utf8], b"--password-file %s: not UTF-8"
+                 % not_utf8.encode()),
+                (["--maildir", "m", "--password-file", "/nonexistent/pw"],
+                 b"--password-file /nonexistent/pw: No such file"),
+                (["--maildir", "m", "--forward-starttls", "never"], b"--forward-starttls goes with --forward"),
+                (["--maildir", "m", "--on-reject", "delete"], b"--on-reject goes with --forward"),
+                (["--maildir", "m", "--state", ""], b"--state is empty"),
+                (["--maildir", ""], b"--maildir is empty"),
+                (["--forward", "smtp://127.0.0.1:1", "--forward-cafile", "/nonexistent/ca.pem"],
+                 b"argument --forward-cafile: cannot read /nonexistent/ca.pem")):
+            result = self.run_cli("pop3://u@127.0.0.1:1", *argv)
+            self.assertEqual(result.returncode, 2, (argv, result.stderr))
+            self.assertIn(words, result.stderr)
+        result = self.run_cli("--config", "x.toml", "--on-reject", "delete")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(b"--on-reject goes in the config file", result.stderr)
+
     def test_the_library_refuses_them_too(self) -> None:
         from twisted_pop3ng.fetch.run import FetchOptions
 
