@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from twisted.trial import unittest
 
-from tests.integration.sasl_clients import connect_from
+from tests.integration.sasl_clients import connect_from, starttls
 from tests.integration.server_clock import cpu_seconds, thread_cpu_seconds
 from tests.integration.support import ServerProcess, Session, start_server
 
@@ -157,6 +157,35 @@ class FailureFloodTests(AbuseMixin, unittest.TestCase):
             "auth failed: user=mallory\\x0d\\x0aauth\\x20ok:\\x20user=root\\x20rip=10.9.9.9 "
             "mechanism=PLAIN rip=127.0.0.3 lip=127.0.0.1 tls=no reason=password",
             "auth ok: user=alice mechanism=USER rip=127.0.0.3 lip=127.0.0.1 tls=no"])
+
+
+class LateFailureAnswerTests(unittest.TestCase):
+    def test_leaving_before_the_third_failure_is_answered_over_tls(self) -> None:
+        """The third failed login is answered after the failure delay, then the connection is
+        closed. A client gone by then (POP3S, or after STLS) once made that close run on the lost
+        TLS connection: a logged AttributeError, 5 s later, that any client could repeat."""
+        root = os.path.abspath(self.mktemp())
+        server = start_server(root, {"alice": PASSWORD}, tls=True,
+                              extra_args=["--auth-failure-delay", "0.5", "--max-auth-failure-delay", "0.5"])
+        self.addCleanup(server.stop)
+        for n, (tls, stls) in enumerate(((True, False), (False, True))):
+            s = connect_from(server, "127.0.0.%d" % (41 + n), tls=tls)
+            self.assertTrue(s.line().startswith(b"+OK"))
+            if stls:
+                starttls(s, server)
+            for _ in range(2):
+                self.assertEqual(s.command(b"USER alice"), b"+OK Send your password.\r\n")
+                self.assertEqual(s.command(b"PASS wrong"), FAILED)
+            self.assertEqual(s.command(b"USER alice"), b"+OK Send your password.\r\n")
+            s.send(b"PASS wrong\r\n")
+            s.close()  # before the answer, 0.5 s away
+        time.sleep(7)  # the answer's time, and the 5 s close grace after it
+        fresh = connect_from(server, "127.0.0.43", tls=True)
+        self.addCleanup(fresh.close)
+        self.assertTrue(fresh.line().startswith(b"+OK"))
+        log = server.log()
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("Unhandled", log)
 
 
 class ConnectionLimitTests(AbuseMixin, unittest.TestCase):

@@ -122,6 +122,10 @@ class POP3ServerProtocol(SessionIO):
     _blocks: AbstractSet[str] = frozenset()
     _stream: Optional[MessageStream] = None
     _closing = False
+    #: Set by connectionLost: nothing may be written or scheduled for this connection any more
+    #: (a late callback -- a failed login's delayed answer -- once closed a lost TLS connection
+    #: again and its abort timer broke on the dead transport).
+    _lost = False
     _reading_paused = False
     _abort_call: Any = None
 
@@ -198,6 +202,8 @@ class POP3ServerProtocol(SessionIO):
         self.write(wire.response(True, status) + body + wire.TERMINATOR)
 
     def close(self, text: Optional[str] = None, ok: bool = False, code: Optional[str] = None) -> None:
+        if self._lost:
+            return
         session = self.session
         if session.ended is None:  # (QUIT, a timeout or a refusal said how before)
             session.ended = "closed"
@@ -221,7 +227,7 @@ class POP3ServerProtocol(SessionIO):
 
     def _abort(self) -> None:
         self._abort_call = None
-        if self.transport is not None:
+        if self.transport is not None and not self._lost:
             self.transport.abortConnection()
 
     def timeoutConnection(self) -> None:
@@ -235,6 +241,7 @@ class POP3ServerProtocol(SessionIO):
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.setTimeout(None)
         self._closing = True
+        self._lost = True
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -589,6 +596,8 @@ class POP3ServerProtocol(SessionIO):
         self.clock.callLater(policy.failure_delay(self), d.callback, None)
 
         def answer(_: Any) -> None:
+            if self._closing:  # gone, or closed meanwhile (the login deadline): nothing to say
+                return
             if close:  # Dovecot's rule: a few failures on one connection, then it is closed
                 self.close("Authentication failed.", code="AUTH")
             else:

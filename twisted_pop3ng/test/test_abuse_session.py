@@ -119,6 +119,29 @@ class FailureTests(AbuseTestCase):
             self.talk(proto, transport, b"USER alice\r\nPASS x\r\n", 1)
         self.assertFalse(transport.disconnecting)
 
+    def test_a_client_gone_before_its_delayed_failure_is_answered(self) -> None:
+        """The third failure's answer comes after the failure delay; a client that left (or was
+        closed by the login deadline) meanwhile gets nothing, and no close or abort is scheduled
+        for the lost connection (on TLS that abort broke on the dead transport: a logged
+        AttributeError, any client could repeat)."""
+        for leaves in ("client", "deadline"):
+            factory = self.factory(login_deadline=15)
+            factory.config.security.max_failure_delay = 5.0
+            factory.config.auth_failure_delay = 5.0
+            proto, transport = self.connect(factory)
+            for _ in range(2):
+                self.talk(proto, transport, b"USER alice\r\nPASS x\r\n", 6)
+            transport.clear()
+            proto.dataReceived(b"USER alice\r\nPASS x\r\n")  # the third: answered in 5 s
+            if leaves == "deadline":
+                self.clock.advance(3)  # 15 s since connect: the deadline closes it first
+                self.assertIn(b"Login time exceeded", transport.value())
+            proto.connectionLost(None)
+            transport.clear()
+            self.clock.advance(30)
+            self.assertEqual(transport.value(), b"", leaves)
+            self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [], leaves)
+
     def test_successful_logins_are_logged_only_when_asked(self) -> None:
         factory = self.factory()
         factory.config.security.log_successful_logins = False
