@@ -115,6 +115,8 @@ def _deliver(argv: List[str], stdin: IO[bytes]) -> int:
     except UsageError as error:
         raise _Exit(outcome.EX_USAGE, "%s\nusage: %s --mailbox SPEC [--auth CHECKER] [-f SENDER] USER "
                                       "< message" % (error, PROG))
+    if not args.user.strip():
+        raise _Exit(outcome.EX_USAGE, "USER is empty")
     store = _open_store(args.mailbox)
     user = _resolve(args.auth, args.user) if args.auth else args.user
     source = MessageSource(stdin, args.sender)

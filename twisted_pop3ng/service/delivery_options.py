@@ -7,6 +7,7 @@ into the ``--mailbox`` store, for the users the ``--auth`` checkers know (docs/d
 
 from __future__ import annotations
 
+import os
 from typing import Any, List
 
 from twisted.python import usage
@@ -36,6 +37,11 @@ def opt_lmtp_listen(options: Any, description: str) -> None:
 def post_options(options: Any) -> None:
     """Check and convert this module's options (raise ``usage.UsageError``)."""
     if not options["lmtp-listen"]:
+        given = sorted({a.split("=", 1)[0] for a in getattr(options, "arguments", [])
+                        if a.startswith("--lmtp-")})
+        if given:  # (they were ignored: an admin who forgot --lmtp-listen got no listener)
+            raise usage.UsageError("%s: only with --lmtp-listen ENDPOINT (no LMTP listener was asked "
+                                   "for)" % ", ".join(given))
         return
     from twisted.internet import reactor
 
@@ -60,6 +66,11 @@ def post_options(options: Any) -> None:
             raise usage.UsageError("--%s must be at least %d" % (name, least))
     if options["lmtp-timeout"] <= 0:
         raise usage.UsageError("--lmtp-timeout must be positive")
+    spool = options["lmtp-spool-dir"]
+    if spool is not None and not (os.path.isdir(spool) and os.access(spool, os.W_OK | os.X_OK)):
+        # (checked now: else every message over 1 MiB got a 451 from the first delivery on)
+        raise usage.UsageError("--lmtp-spool-dir %s: not a directory this server can write in"
+                               % (spool,))
     options["lmtp-config"] = lmtp.LMTPConfig(
         max_size=options["lmtp-max-size"], max_recipients=options["lmtp-max-recipients"],
         timeout=options["lmtp-timeout"], trace_headers=trace == "yes",

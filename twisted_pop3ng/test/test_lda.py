@@ -65,6 +65,10 @@ class LDATests(unittest.TestCase):
                                           b"Subject: a\n\nb\n"), (0, ""))
         self.assertEqual(self.stored("alice"), [b"Return-Path: <>\nSubject: a\n\nb\n"] * 2)
 
+    def test_an_empty_user_is_a_usage_error(self) -> None:
+        status, err = self.run_lda(["--mailbox", self.mailbox, ""], b"Subject: a\n\nb\n")
+        self.assertEqual((status, err), (64, "pop3ng deliver: USER is empty\n"))
+
     def test_a_memory_store_is_refused(self) -> None:
         # It would exit 0 -- "delivered" to the MTA -- and the message would end with the process.
         status, err = self.run_lda(["--mailbox", "memory:", "alice"], b"Subject: a\n\nb\n")

@@ -67,6 +67,11 @@ class LMTPOptionsTests(unittest.TestCase):
             (["--lmtp-listen", "tcp:24", "--lmtp-threads", "0"], "--lmtp-threads must be at least 1"),
             (["--lmtp-listen", "tcp:24", "--lmtp-timeout", "0"], "--lmtp-timeout must be positive"),
             (["--lmtp-listen", "tcp:99999"], "--lmtp-listen 'tcp:99999': the port must be a number"),
+            (["--lmtp-listen", "tcp:24", "--lmtp-spool-dir", "/nonexistent/spool"],
+             "--lmtp-spool-dir /nonexistent/spool: not a directory this server can write in"),
+            (["--lmtp-max-size", "1000"], "--lmtp-max-size: only with --lmtp-listen ENDPOINT"),
+            (["--lmtp-threads=4", "--lmtp-timeout", "9"],
+             "--lmtp-threads, --lmtp-timeout: only with --lmtp-listen ENDPOINT"),
         ]:
             error = self.assertRaises(usage.UsageError, self.parse, *extra)
             self.assertIn(text, str(error))
