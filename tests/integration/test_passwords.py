@@ -108,10 +108,12 @@ class PasswdCommandTests(unittest.TestCase):
 
     def test_a_password_in_argv_is_refused_without_repeating_it(self) -> None:
         # doveadm pw's -p habit: refused, pointing to the prompt and --stdin, the value not echoed.
-        for form in (["-p", "typed-secret"], ["--password", "typed-secret"], ["--password=typed-secret"]):
+        for form in (["-p", "typed-secret"], ["--password", "typed-secret"], ["--password=typed-secret"],
+                     ["typed-secret"], ["--bogus", "typed-secret"]):
             result = self.run_passwd(*form)
             self.assertEqual(result.returncode, 2, form)
-            self.assertIn(b"--stdin", result.stderr)
+            self.assertIn(b"--stdin" if form[0].startswith(("-p", "--password")) else b"--help",
+                          result.stderr)
             self.assertNotIn(b"typed-secret", result.stderr + result.stdout)
 
 

@@ -545,7 +545,11 @@ def main(argv: List[str]) -> int:
     # doveadm pw takes -p PASSWORD; refused here with a message that does not repeat the value
     # (argparse's "unrecognized arguments" would print it).
     parser.add_argument("-p", "--password", metavar="SECRET", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # (not argparse's "unrecognized arguments: ...": the extra word may be a password)
+        print("pop3ng passwd: %d argument(s) not understood (not repeated here, in case one is a "
+              "password); see pop3ng passwd --help" % len(extra), file=sys.stderr)
+        return 2
     if args.password is not None:
         print("pop3ng passwd: -p/--password is refused: on the command line a password is seen by "
               "every user (ps, /proc) and kept in shell history; type it at the prompt, or pipe "
