@@ -394,6 +394,34 @@ class ScriptedServerTests(ScriptedServerTestCase):
                          sorted(delivered_form(m) for i, m in enumerate(messages) if i != 2))
         self.assertEqual([uid for uid, _ in server.messages], [b"uid-2"])
 
+    def test_a_new_message_reusing_a_uidl_is_fetched(self):
+        """Servers that number messages afresh once the mailbox is empty give a new message the
+        UIDL of one fetched and deleted before. The Maildir file of the earlier one (its name made
+        from the UIDL) was once taken for the new one's: deleted on the server, never delivered."""
+        first = make_message(0)
+        second = make_message(1) + b"longer\r\n"
+        third = second.replace(b"longer", b"LONGER")  # the same size as the second
+        server = self.serve(ScriptedPOP3Server([(b"1", first)]))
+        for message in (first, second, third):
+            server.messages = [(b"1", message)]
+            code, err = self.fetch_from(server)
+            self.assertEqual(code, 0, err)
+            self.assertEqual(server.messages, [])
+        self.assertEqual(sorted(maildir_messages(self.out)),
+                         sorted(delivered_form(m) for m in (first, second, third)))
+
+    def test_with_keep_a_uidl_reused_after_the_server_dropped_the_message(self):
+        first, second = make_message(0), make_message(1)
+        server = self.serve(ScriptedPOP3Server([(b"1", first)]))
+        self.assertEqual(self.fetch_from(server, "--keep")[0], 0)
+        server.messages = []  # another client deleted it; the state forgets the UIDL
+        self.assertEqual(self.fetch_from(server, "--keep")[0], 0)
+        server.messages = [(b"1", second)]
+        code, err = self.fetch_from(server, "--keep")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(maildir_messages(self.out)),
+                         sorted(delivered_form(m) for m in (first, second)))
+
     def test_drop_mid_retr_then_rerun(self):
         messages = [make_message(i, size=200000) for i in range(6)]
         server = self.serve(ScriptedPOP3Server(with_uids(messages), drop_at=4))

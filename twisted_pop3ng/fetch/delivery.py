@@ -9,10 +9,13 @@ record the messages as delivered and, later, send their ``DELE``.
   a CR split from its LF across chunks included); at commit each file is fsynced, renamed into
   new/, and new/ is fsynced once per batch (the Maildir delivery the server's store uses too,
   :mod:`twisted_pop3ng._maildir`). NAME is derived from the account and the UIDL
-  (``pop3ng-<digest>``, :func:`~twisted_pop3ng._maildir.keyed_name`), so
+  (``pop3ng-<digest>``, :func:`~twisted_pop3ng._maildir.keyed_name`) and a nonce of the run, so
   :meth:`MaildirDestination.has` can tell after a crash that a message got as far as new/ (or was
   since moved to cur/ by a mail reader) before the state file recorded it: that is what makes
-  delivery exactly-once rather than at-least-once.
+  delivery exactly-once rather than at-least-once. The run writes its nonce and the UIDLs it is
+  about to fetch to the state file first (:meth:`MaildirDestination.intend`), and only those
+  names count after a crash: a later message that reuses a UIDL (servers that number messages
+  afresh once the mailbox is empty) is never taken for the file of an earlier one.
 * **mbox**: the batch is appended under an exclusive ``lockf`` lock (what mutt and procmail use) in
   mboxrd form (``From `` separator, ``>From`` quoting, LF line endings), then fsynced. The append's
   offset, length, SHA-256 and the file's identity are recorded in the state file first, and a copy
@@ -31,10 +34,11 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted_pop3ng._maildir import (KEYED_PREFIX, TmpFile, base_name, keyed_name, make_maildir,
                                      publish)
@@ -76,7 +80,8 @@ class _Spool:
 
 
 class MaildirDestination:
-    """Deliver into a Maildir with names derived from the account and UIDL (see module doc)."""
+    """Deliver into a Maildir with names derived from the account, the UIDL and the run's nonce
+    (see the module doc)."""
 
     def __init__(self, path: str, account: str) -> None:
         self.path = os.path.abspath(path)
@@ -84,18 +89,43 @@ class MaildirDestination:
         make_maildir(self.path)
         #: tmp/ names of the sinks begun and not yet published or aborted.
         self._writing: Set[str] = set()
-        self._existing = set()
-        for sub in ("new", "cur"):
-            for name in os.listdir(os.path.join(self.path, sub)):
-                if name.startswith(KEYED_PREFIX):
-                    self._existing.add(base_name(name))
+        #: The nonce in this run's names (:meth:`intend` sets it before the first message).
+        self.nonce = secrets.token_hex(8)
+        #: UIDL -> LIST size of the messages an interrupted run's intent names and whose file is
+        #: in new/ or cur/ (:meth:`recover`).
+        self._recovered: Dict[str, Optional[int]] = {}
+
+    def _name(self, uid: str, nonce: str) -> str:
+        return keyed_name("%s\0%s\0%s" % (self.account, uid, nonce))
 
     def name_for(self, uid: str) -> str:
-        return keyed_name("%s\0%s" % (self.account, uid))
+        return self._name(uid, self.nonce)
 
-    def has(self, uid: str) -> bool:
-        """True if this message already reached new/ (or cur/) in an earlier, interrupted run."""
-        return self.name_for(uid) in self._existing
+    def recover(self, state: Any) -> None:
+        """Find the files of the messages the last run meant to fetch (its intent in the state
+        file) that reached new/ or cur/ before it could record them."""
+        intent = state.intent
+        if not intent:
+            return
+        wanted = {self._name(uid, intent["nonce"]): (uid, size) for uid, size in intent["uids"].items()}
+        for sub in ("new", "cur"):
+            for name in os.listdir(os.path.join(self.path, sub)):
+                found = wanted.get(base_name(name)) if name.startswith(KEYED_PREFIX) else None
+                if found is not None:
+                    self._recovered[found[0]] = found[1]
+
+    def has(self, uid: str, size: Optional[int] = None) -> bool:
+        """True if this message (this UIDL, and the size the server lists now, when both runs
+        knew it) reached new/ or cur/ in an interrupted run that meant to fetch it."""
+        if uid not in self._recovered:
+            return False
+        known = self._recovered[uid]
+        return known is None or size is None or known == size
+
+    def intend(self, state: Any, todo: Sequence[Tuple[str, Optional[int]]]) -> None:
+        """Record, before the first RETR, this run's nonce and the messages it will fetch: what
+        :meth:`recover` looks for should the run be killed."""
+        state.set_intent({"nonce": self.nonce, "uids": dict(todo)} if todo else None)
 
     def begin(self, uid: str) -> "_MaildirSink":
         """A sink for one message. Two at once under one name would write the same tmp/ file
@@ -116,11 +146,7 @@ class MaildirDestination:
             publish(self.path, [sink.name for sink in sinks])
         except OSError as error:
             raise DeliveryError("cannot deliver into %s: %s" % (self.path, error))
-        self._existing.update(sink.name for sink in sinks)
         self._writing.difference_update(sink.name for sink in sinks)
-
-    def recover(self, state: Any) -> None:
-        pass
 
     def close(self) -> None:
         pass
@@ -245,8 +271,11 @@ class MboxDestination:
         #: What recovery left alone for the user to look at (printed by the command line).
         self.warnings: List[str] = []
 
-    def has(self, uid: str) -> bool:
+    def has(self, uid: str, size: Optional[int] = None) -> bool:
         return False
+
+    def intend(self, state: Any, todo: Sequence[Tuple[str, Optional[int]]]) -> None:
+        """(Nothing: an append in flight is recorded as ``pending`` instead.)"""
 
     def begin(self, uid: str) -> _Spool:
         return _Spool(uid)
@@ -374,8 +403,11 @@ class HandOffDestination:
     #: :meth:`commit` waits for the other program: the fetcher runs it in a thread, one at a time.
     blocking = True
 
-    def has(self, uid: str) -> bool:
+    def has(self, uid: str, size: Optional[int] = None) -> bool:
         return False
+
+    def intend(self, state: Any, todo: Sequence[Tuple[str, Optional[int]]]) -> None:
+        """(Nothing: each message is journaled as soon as the other program took it.)"""
 
     def begin(self, uid: str) -> _Spool:
         return _Spool(uid)

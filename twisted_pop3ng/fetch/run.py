@@ -426,6 +426,7 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
         result.listed = len(uids)
         ambiguous = _ambiguous(uids, result)
         todo: List[Tuple[int, str, int]] = []
+        intent: List[Tuple[str, Optional[int]]] = []
         recovered: Dict[str, Optional[int]] = {}
         for number in sorted(uids):
             uid, size = uids[number], sizes.get(number)
@@ -433,14 +434,16 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
                 continue
             if state.is_delivered(uid, size):
                 result.skipped += 1
-            elif destination.has(uid):
+            elif destination.has(uid, size):
                 recovered[uid] = size
                 result.skipped += 1
             else:
                 todo.append((number, uid, size or 0))
+                intent.append((uid, size))
         if recovered:
             state.mark_delivered(recovered)
-            state.save()
+        destination.intend(state, intent)  # (saves what was recovered too, in the same write)
+        state.save()
         progress = options.progress_sink
         if progress is None and options.progress and todo:
             from twisted_pop3ng.fetch.progress import ProgressBar
@@ -473,6 +476,9 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
     result.deleted = len(doomed)
     state.forget(uids[n] for n in doomed)
     state.forget_except(uids.values())
+    # The run's messages are recorded or were not delivered: its intent must not outlive it (a
+    # later message reusing a UIDL would be taken for this run's file).
+    state.clear_intent()
     state.save()
     return result
 

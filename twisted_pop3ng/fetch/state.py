@@ -6,7 +6,8 @@ durable delivery batch, so a crash leaves the previous or the next version, neve
     {"version": 1, "account": "pop3://alice@mail.example:110",
      "delivered": {"UIDL": [first_delivered_epoch, size], ...},
      "pending": null | {"offset": N, "end": M, "sha256": H, "file": [dev, ino],
-                        "uids": {...}}}                                # mbox appends in flight
+                        "uids": {...}},                                # mbox appends in flight
+     "intent": null | {"nonce": HEX, "uids": {"UIDL": size, ...}}}   # a Maildir run's messages
 
 An mbox append in flight also leaves a copy of its bytes beside this file (``STATE.mbox-append``):
 crash recovery compares with it (:class:`~twisted_pop3ng.fetch.delivery.MboxDestination`).
@@ -55,6 +56,10 @@ class FetchState:
         self.account = account
         self.delivered: Dict[str, list] = {}
         self.pending: Optional[Dict[str, Any]] = None
+        #: What a Maildir run is about to fetch, under which nonce (written before its first
+        #: RETR, cleared when it ends): crash recovery trusts only those file names
+        #: (:class:`~twisted_pop3ng.fetch.delivery.MaildirDestination`).
+        self.intent: Optional[Dict[str, Any]] = None
         self._dirty = False
         self._journal_fd: Optional[int] = None
 
@@ -79,6 +84,11 @@ class FetchState:
             raise StateError("state file %s belongs to %s, not %s" % (path, data.get("account"), account))
         state.delivered = {str(k): list(v) for k, v in (data.get("delivered") or {}).items()}
         state.pending = data.get("pending")
+        intent = data.get("intent")
+        if intent is not None and not (isinstance(intent, dict) and isinstance(intent.get("nonce"), str)
+                                       and isinstance(intent.get("uids"), dict)):
+            raise StateError("state file %s has an unknown format" % path)
+        state.intent = intent
         state._merge_journal()
         return state
 
@@ -134,6 +144,20 @@ class FetchState:
         self._dirty = True
         self.save()
 
+    def set_intent(self, intent: Optional[Dict[str, Any]]) -> None:
+        """Record (durably, at once) what the run is about to fetch; None: nothing in flight."""
+        if intent != self.intent:
+            self.intent = intent
+            self._dirty = True
+        self.save()
+
+    def clear_intent(self) -> None:
+        """The run's messages are recorded or were not delivered: forget its intent (at the
+        next :meth:`save`)."""
+        if self.intent is not None:
+            self.intent = None
+            self._dirty = True
+
     def forget_except(self, live: Iterable[str]) -> None:
         """Drop entries whose UIDL the server no longer lists."""
         keep = set(live)
@@ -154,7 +178,7 @@ class FetchState:
         directory = os.path.dirname(self.path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         data = {"version": VERSION, "account": self.account, "delivered": self.delivered,
-                "pending": self.pending}
+                "pending": self.pending, "intent": self.intent}
         write_atomically(self.path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
         self._dirty = False
         # Only now that the state file holds them: the journal's lines are no longer needed.
