@@ -146,7 +146,8 @@ class ScriptedPOP3Server(socketserver.ThreadingTCPServer):
     ``messages`` is a list of (UIDL, message); DELE marks, QUIT removes the marked ones, as a real
     server does. ``replies`` overrides the reply to a verb with raw bytes, ``sizes`` the LIST size
     of a message number; RETR of a UIDL in ``refuse`` is answered ``-ERR``; the first session drops
-    the connection halfway through RETR ``drop_at``; ``no_uidl`` leaves UIDL out of CAPA. Replies
+    the connection halfway through RETR ``drop_at``; ``no_uidl`` leaves UIDL out of CAPA;
+    ``quit_unanswered`` makes QUIT close the connection without a reply or a deletion. Replies
     are built with the RFC 1939 oracle, so a bug in the client's codec cannot cancel out.
     """
 
@@ -154,7 +155,8 @@ class ScriptedPOP3Server(socketserver.ThreadingTCPServer):
 
     def __init__(self, messages: List[Tuple[bytes, bytes]], replies: Optional[Dict[bytes, bytes]] = None,
                  sizes: Optional[Dict[int, int]] = None, refuse: Iterable[bytes] = (),
-                 drop_at: Optional[int] = None, no_uidl: bool = False) -> None:
+                 drop_at: Optional[int] = None, no_uidl: bool = False,
+                 quit_unanswered: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _ScriptedSession)
         self.messages = list(messages)
         self.replies = dict(replies or {})
@@ -162,6 +164,7 @@ class ScriptedPOP3Server(socketserver.ThreadingTCPServer):
         self.refuse: Set[bytes] = set(refuse)
         self.drop_at = drop_at
         self.no_uidl = no_uidl
+        self.quit_unanswered = quit_unanswered
         # What the fetcher did: sessions opened, USER/PASS seen, RETRs by number, UIDLs deleted.
         self.sessions = 0
         self.logins = 0
@@ -244,6 +247,9 @@ class _ScriptedSession(socketserver.StreamRequestHandler):
             elif verb == b"DELE":
                 marked.add(int(words[1]))
                 write(b"+OK\r\n")
+            elif verb == b"QUIT" and server.quit_unanswered:
+                self.request.shutdown(socket.SHUT_RDWR)
+                return
             elif verb == b"QUIT":
                 server.deleted += [live[n - 1][0] for n in sorted(marked)]
                 server.messages = [m for i, m in enumerate(live) if i + 1 not in marked]

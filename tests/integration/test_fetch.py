@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List
+from typing import List, Tuple
 
 from twisted_pop3ng import fetch
 
@@ -421,6 +421,30 @@ class ScriptedServerTests(ScriptedServerTestCase):
         self.assertEqual(code, 0, err)
         self.assertEqual(sorted(maildir_messages(self.out)),
                          sorted(delivered_form(m) for m in (first, second)))
+
+    def test_quit_closed_without_an_answer_is_not_a_clean_end(self):
+        """A server that closes instead of answering QUIT may not have deleted anything: the run
+        fails (exit 5) and keeps what it recorded, so the next run deletes without fetching
+        again. It once exited 0 and forgot the messages: each run delivered them all again."""
+        messages = [make_message(i) for i in range(3)]
+        server = self.serve(ScriptedPOP3Server(with_uids(messages), quit_unanswered=True))
+        mbox = self.out + ".mbox"
+
+        def run() -> Tuple[int, str]:
+            return self.fetch(server.url, "--allow-plaintext", "--mbox", mbox,
+                              env={"POP3NG_PASSWORD": "x"})
+
+        code, err = run()
+        self.assertEqual(code, fetch.EXIT_CONNECTION, err)
+        self.assertIn("without answering QUIT", err)
+        self.assertEqual(len(server.messages), 3)  # nothing was deleted
+        server.quit_unanswered = False
+        code, err = run()
+        self.assertEqual(code, 0, err)
+        self.assertEqual(server.messages, [])
+        self.assertEqual(sorted(mbox_messages(mbox)),
+                         sorted(delivered_form(m) for m in messages))  # once each
+        self.assertEqual(len(server.retrieved), 3)
 
     def test_drop_mid_retr_then_rerun(self):
         messages = [make_message(i, size=200000) for i in range(6)]

@@ -208,14 +208,18 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         tls_error = _tls_error(reason, self.transport) if reason is not None else None
         if tls_error is not None:
             failure = Failure(tls_error)
+        elif self._inflight and self._inflight[0].verb == "QUIT":
+            # Closed instead of answering QUIT: whether the server entered UPDATE and deleted the
+            # marked messages cannot be known, so it is not a clean end (a fetcher that took it
+            # for one forgot what it had delivered, and fetched it all again next time).
+            failure = Failure(ierror.ConnectionLost(
+                "the server closed the connection without answering QUIT: it may not have "
+                "deleted the messages marked for deletion"))
         elif reason is not None and reason.check(ierror.ConnectionDone) and self._inflight:
             failure = Failure(ierror.ConnectionLost("server closed the connection during %s"
                                                     % self._inflight[0].verb))
         if self._closed is None:
             self._closed = failure or Failure(ierror.ConnectionDone())
-        if self._quitting and self._inflight and self._inflight[0].verb == "QUIT":
-            # A server may close right after (or instead of) answering QUIT; that is a clean end.
-            self._inflight.popleft().deferred.callback(None)
         self._fail_all(self._closed)
         lost, self._lost = self._lost, None
         if lost is not None:
@@ -542,7 +546,9 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         return self.send(b"NOOP")
 
     def quit(self) -> defer.Deferred:
-        """``QUIT``: the server commits deletions (UPDATE state); fires once it answered ``+OK``."""
+        """``QUIT``: the server commits deletions (UPDATE state); fires once it answered ``+OK``,
+        fails with ``ConnectionLost`` when it closed the connection without an answer (the
+        deletions may not have been made)."""
         self._quitting = True
         d = self.send(b"QUIT", barrier=True)
 

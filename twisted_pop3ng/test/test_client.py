@@ -133,6 +133,21 @@ class PipeliningTests(unittest.TestCase):
         client.dataReceived(b"+OK bye\r\n")
         self.successResultOf(quit)
 
+    def test_quit_answered_then_closed_is_a_clean_end(self):
+        client, _, _ = make_client()
+        quit = client.quit()
+        client.dataReceived(b"+OK bye\r\n")
+        client.connectionLost(Failure(ierror.ConnectionDone()))
+        self.successResultOf(quit)
+
+    def test_quit_closed_without_an_answer_fails(self):
+        # Whether the server deleted anything cannot be known: not a clean end.
+        client, _, _ = make_client()
+        quit = client.quit()
+        client.connectionLost(Failure(ierror.ConnectionDone()))
+        failure = self.failureResultOf(quit, ierror.ConnectionLost)
+        self.assertIn("without answering QUIT", str(failure.value))
+
     def test_listings(self):
         client, _, _ = make_client(caps={"PIPELINING": []})
         stat, listing, uidl, one = client.stat(), client.list(), client.uidl(), client.uidl(2)
