@@ -32,7 +32,8 @@ class DataDecoder:
 
     def __init__(self) -> None:
         self._lines = MultiLineDecoder()
-        #: Trailing CRs held back: whether they end a line is known only with the next octet.
+        #: Trailing CRs held back (at most two): whether the last ends a line is known only with
+        #: the next octet, and whether that CRLF is converted depends on the octet before it.
         self._crs = b""
         self.done = False
         #: Octets of the message so far as RFC 1870 counts them (CRLF lines, not dot-stuffed):
@@ -52,8 +53,10 @@ class DataDecoder:
         if self._crs:
             data, self._crs = self._crs + data, b""
         if not final and data.endswith(b"\r"):
-            kept = data.rstrip(b"\r")
-            data, self._crs = kept, data[len(kept):]
+            # (Two at most: holding back a whole run of CRs copied it again with every read,
+            # quadratic in the run's length.)
+            held = 2 if data.endswith(b"\r\r") else 1
+            data, self._crs = data[:-held], data[-held:]
         if b"\r\r\n" in data:
             return _PLAIN_CRLF.sub(b"\n", data)
         return data.replace(b"\r\n", b"\n")

@@ -54,6 +54,33 @@ class DataDecoderTests(unittest.TestCase):
         self.assertEqual(leftover, b"QUIT\r\n")
         self.assertEqual(served(stored), b"".join(line + b"\r\n" for line in lines))
 
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b".\r\n", b"\r\n.\r\n",
+                                     b"\n.\r\n", b"\r\r"]), max_size=30).map(b"".join),
+           st.lists(st.integers(0, 120), max_size=8))
+    def test_any_chunking_gives_the_same_result(self, data: bytes, cuts: List[int]) -> None:
+        # Bare LFs and CRs included, which the byte-exact test above leaves out: where the message
+        # ends, and what is stored, must not depend on how TCP split the bytes.
+        self.assertEqual(decode(data + b"\r\n.\r\nQUIT\r\n", cuts),
+                         decode(data + b"\r\n.\r\nQUIT\r\n", []))
+
+    def test_a_bare_lf_then_a_dot_line_is_not_the_end(self) -> None:
+        """SMTP smuggling: with the bare LF last in one read and ".CRLF" first in the next, the
+        message ended there and what followed ran as commands of a second transaction."""
+        head = b"Subject: t\r\n\r\n" + b"A" * 65521 + b"\n"
+        tail = b".\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<bob>\r\n.\r\nNOOP\r\n"
+        whole = decode(head + tail, [])
+        self.assertEqual(decode(head + tail, [len(head)]), whole)
+        self.assertEqual(whole[1], b"NOOP\r\n")
+        self.assertIn(b"MAIL FROM:<evil@x>", whole[0])
+
+    def test_runs_of_crs_across_reads(self) -> None:
+        data = b"a" + b"\r" * 5000 + b"\nb\r\r\r\n.\r\n"
+        whole = decode(data, [])
+        self.assertEqual(whole, (b"a" + b"\r" * 5000 + b"\nb\r\r\r\n", b""))
+        for cuts in ([1, 2, 3], list(range(100, 5000, 700)), [5000, 5001, 5002], [5005, 5006]):
+            self.assertEqual(decode(data, cuts), whole, cuts)
+
     def test_stored_with_lf_line_endings(self) -> None:
         stored, leftover = decode(b"Subject: a\r\n\r\n..x\r\n.\r\n", [])
         self.assertEqual((stored, leftover), (b"Subject: a\n\n.x\n", b""))

@@ -232,6 +232,9 @@ class MultiLineDecoder:
     def __init__(self) -> None:
         self._carry = b""
         self._bol = True
+        #: Whether what came before ended with CRLF (or nothing came yet): only then can a ``.``
+        #: line be the terminator. A bare LF starts a line for dot-unstuffing, not for the end.
+        self._after_crlf = True
         self.done = False
 
     def feed(self, data: bytes) -> Tuple[bytes, Optional[bytes]]:
@@ -250,11 +253,15 @@ class MultiLineDecoder:
             return self._unstuff(body), leftover
         out = self._unstuff(block)
         self._bol = True
+        self._after_crlf = block.endswith(CRLF)
         return out + self._partial(rest), None
 
     def _find_terminator(self, block: bytes) -> Optional[int]:
-        """Offset of the ``.CRLF`` line in a block of whole lines, or None."""
-        if self._bol and block.startswith(TERMINATOR):
+        """Offset of the ``.CRLF`` line after a CRLF in a block of whole lines, or None. (Only
+        CRLF.CRLF ends the body, wherever the reads split it: a block that starts with ``.CRLF``
+        after one that ended in a bare LF once ended an LMTP message there, while the same bytes
+        in one read did not -- a way to smuggle a second message past an MTA.)"""
+        if self._bol and self._after_crlf and block.startswith(TERMINATOR):
             return 0
         index = block.find(b"\r\n.\r\n")
         return None if index == -1 else index + 2
@@ -277,6 +284,7 @@ class MultiLineDecoder:
         head, self._carry = data[:-1], data[-1:]
         out = self._unstuff(head)
         self._bol = False
+        self._after_crlf = False
         return out
 
 
