@@ -47,13 +47,17 @@ class SharedNamingTests(unittest.TestCase):
         self.assertEqual(sorted(self.listed()), sorted(expected))
         self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
 
-    def test_keyed_name_is_stable_and_per_account(self) -> None:
+    def test_keyed_name_is_per_account_uidl_and_run(self) -> None:
         one = MaildirDestination(self.path, "pop3://bob@example.org:110")
         again = MaildirDestination(self.path, "pop3://bob@example.org:110")
         other = MaildirDestination(self.path, "pop3://carol@example.org:110")
-        self.assertEqual(one.name_for("uid-1"), again.name_for("uid-1"))
+        self.assertEqual(one.name_for("uid-1"), one.name_for("uid-1"))
         self.assertNotEqual(one.name_for("uid-1"), other.name_for("uid-1"))
         self.assertNotEqual(one.name_for("uid-1"), one.name_for("uid-2"))
+        # Another run, another nonce: a later message under the same UIDL gets another file.
+        self.assertNotEqual(one.name_for("uid-1"), again.name_for("uid-1"))
+        again.nonce = one.nonce
+        self.assertEqual(one.name_for("uid-1"), again.name_for("uid-1"))
 
     def test_host_name_cannot_break_the_name(self) -> None:
         """A ':' would start the flags (and change the base name, so the UIDL); a '/' a path."""
