@@ -16,6 +16,7 @@ import smtplib
 import socket
 import subprocess
 import tempfile
+import time
 from typing import Dict, List, Optional, Tuple
 
 from twisted.trial import unittest
@@ -295,6 +296,46 @@ class LimitTests(LMTPServerTestCase):
         connection.session.send(b"A" * 5000 + b"\r\n")
         self.assertEqual(connection.replies(1), [b"500 5.5.2 Line too long (at most 1000 octets)\r\n"])
         self.assertTrue(connection.session.closed())
+
+
+class UnreadRepliesTests(LMTPServerTestCase):
+    extra_args: List[str] = ["--lmtp-trace-headers", "no", "--lmtp-timeout", "1"]
+
+    def test_a_client_that_never_reads_cannot_grow_the_server(self) -> None:
+        """Pipelined commands whose replies are never read: the server stops reading once its
+        replies back up (it took 2 GB for 136 MB of VRFY), and the idle timeout's close is an
+        abort when they still cannot be sent (the connection stayed open for good)."""
+        before = self.server.rss_kb()
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        burst, sent, stalled_since = b"VRFY somebody\r\n" * 4096, 0, None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                sent += sock.send(burst)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 2:
+                    break  # the server stopped reading
+                time.sleep(0.01)
+        self.assertLess(sent, 64 << 20, "the server kept reading unread commands")
+        self.assertLess(self.server.rss_kb() - before, 64 << 10)
+        # The idle timeout (1 s) closes it, and CLOSE_GRACE later aborts: the socket ends.
+        sock.setblocking(True)
+        sock.settimeout(30)
+        ended = time.monotonic()
+        try:
+            while sock.recv(1 << 16):
+                pass
+        except ConnectionResetError:
+            pass
+        self.assertLess(time.monotonic() - ended, 25)
+        connection = self.lmtp()  # and the server serves the next client
+        _, after = connection.send_message("s@x.test", ["alice"], b"hello\r\n.\r\n")
+        self.assertTrue(after[0].startswith(b"250 "), after)
 
 
 class FullDiskTests(unittest.TestCase):

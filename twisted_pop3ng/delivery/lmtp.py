@@ -4,8 +4,10 @@
 Rules of this module: one method per verb (``lmtp_VERB``), and :data:`NEEDS` -- the step of the
 transaction each verb requires -- is the only sequencing rule; limits are named constants or
 :class:`LMTPConfig` fields. Replies carry RFC 3463 enhanced status codes. Reading stops
-(``pauseProducing``) while a recipient is looked up or the message is being stored, so pipelined
-commands are answered in order.
+while a recipient is looked up or the message is being stored, so pipelined commands are answered
+in order, and while the replies are not read (the connection is the transport's streaming
+producer: a client that pipelines and never reads cannot make the server buffer without end).
+A connection being closed is aborted if its last replies cannot be sent in :data:`CLOSE_GRACE`.
 
 After the final dot, every accepted recipient gets its own reply (RFC 2033 §4.2), and ``250`` only
 once the store's ``deliver`` returned, so the message is durable. The body is spooled first
@@ -82,6 +84,11 @@ def deliver_copies(store: Any, spool: IO[bytes], copies: Sequence[Copy]) -> List
     return results
 
 
+#: Seconds a closing connection has to take its last replies before it is aborted (a client that
+#: never reads would otherwise hold it, and its buffered replies, for good).
+CLOSE_GRACE = 10.0
+
+
 class LMTPServer(LineReceiver, TimeoutMixin):
     """One LMTP connection. ``factory`` holds the store, the resolver, the pool and the config."""
 
@@ -100,27 +107,70 @@ class LMTPServer(LineReceiver, TimeoutMixin):
         self._spool: Optional[IO[bytes]] = None
         self._spool_error: Optional[OSError] = None
         self._gone = False
+        #: Why lines are not read now ("busy": a lookup or a delivery; "output": replies unread).
+        self._blocks: set = set()
+        self._abort_call: Any = None
 
     # -- connection -------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.config = self.factory.config
         self.setTimeout(self.config.timeout)
+        self.transport.registerProducer(self, True)
         self._reply("220 %s LMTP pop3ng ready" % self.config.hostname)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._gone = True
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         if self._decoder is not None:  # cut off inside DATA: nothing is delivered
             self._close_spool()
 
     def timeoutConnection(self) -> None:
-        self._reply("421 4.4.2 %s Timeout, closing connection" % self.config.hostname)
-        self.transport.loseConnection()
+        self._close("421 4.4.2 %s Timeout, closing connection" % self.config.hostname)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._reply("500 5.5.2 Line too long (at most %d octets)" % MAX_COMMAND_LINE)
+        self._close("500 5.5.2 Line too long (at most %d octets)" % MAX_COMMAND_LINE)
+
+    def _close(self, last: Optional[str] = None) -> None:
+        """Say ``last``, close once the replies are sent, abort if they cannot be."""
+        if self._gone:
+            return
+        if last is not None:
+            self._reply(last)
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._abort_call is None:
+            self._abort_call = self.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self._gone:
+            self.transport.abortConnection()
+
+    # -- reading: paused while busy, or while the replies are not read ------------------------------
+
+    def _block(self, why: str) -> None:
+        if not self._blocks:
+            LineReceiver.pauseProducing(self)
+        self._blocks.add(why)
+
+    def _unblock(self, why: str) -> None:
+        if why not in self._blocks:
+            return
+        self._blocks.discard(why)
+        if not self._blocks and not self._gone:
+            LineReceiver.resumeProducing(self)
+
+    def pauseProducing(self) -> None:  # IPushProducer: the transport's buffer is full
+        self._block("output")
+
+    def resumeProducing(self) -> None:  # IPushProducer: it drained
+        self._unblock("output")
+
+    def stopProducing(self) -> None:
+        self._blocks.clear()
 
     def _reply(self, line: str) -> None:
         if not self._gone:
@@ -131,8 +181,7 @@ class LMTPServer(LineReceiver, TimeoutMixin):
         self._reply(line)
         self._bad_commands += 1
         if self._bad_commands >= self.config.max_bad_commands:
-            self._reply("421 4.7.0 %s Too many errors, closing connection" % self.config.hostname)
-            self.transport.loseConnection()
+            self._close("421 4.7.0 %s Too many errors, closing connection" % self.config.hostname)
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -251,8 +300,7 @@ class LMTPServer(LineReceiver, TimeoutMixin):
         self._reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
 
     def lmtp_QUIT(self, argument: str) -> None:
-        self._reply("221 2.0.0 %s Bye" % self.config.hostname)
-        self.transport.loseConnection()
+        self._close("221 2.0.0 %s Bye" % self.config.hostname)
 
     def _reset(self) -> None:
         self._sender = None
@@ -265,8 +313,8 @@ class LMTPServer(LineReceiver, TimeoutMixin):
         fired: List[Any] = []
         result.addCallbacks(callback, errback).addBoth(fired.append)
         if not fired:
-            self.pauseProducing()
-            result.addBoth(lambda _: self.resumeProducing())
+            self._block("busy")
+            result.addBoth(lambda _: self._unblock("busy"))
 
     # -- the message ------------------------------------------------------------------------------
 
@@ -278,7 +326,7 @@ class LMTPServer(LineReceiver, TimeoutMixin):
         if stored and not too_big:
             self._spool_stored(stored)
         if leftover is not None:
-            self.pauseProducing()  # until every recipient has its reply
+            self._block("busy")  # until every recipient has its reply
             self.setLineMode(leftover)  # (kept in the buffer while paused)
             self._deliver(too_big)
 
@@ -340,7 +388,7 @@ class LMTPServer(LineReceiver, TimeoutMixin):
                                       for (address, _), result in zip(recipients, results)))
         self._reset()
         self.setTimeout(self.config.timeout)
-        self.resumeProducing()
+        self._unblock("busy")
 
     def _close_spool(self) -> None:
         spool, self._spool, self._decoder = self._spool, None, None

@@ -9,12 +9,13 @@ from typing import Any, Callable, List, Optional
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, reactor, task
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
-from twisted_pop3ng.delivery.lmtp import LMTPConfig, LMTPFactory
+from twisted_pop3ng.delivery.lmtp import CLOSE_GRACE, LMTPConfig, LMTPFactory
 from twisted_pop3ng.delivery.recipients import RecipientResolver
 from twisted_pop3ng.errors import PermanentFailure, TemporaryFailure
 from twisted_pop3ng.mailbox.memory import MemoryStore
@@ -96,6 +97,44 @@ class LMTPTestCase(unittest.TestCase):
 
     def stored(self, user: str) -> List[bytes]:
         return [data for _, data in self.store.maildrops.get(user, [])]
+
+
+class BackpressureTests(LMTPTestCase):
+    """Lines are not read while the replies are not (the transport pauses its producer), nor
+    while a delivery is under way; a close whose replies cannot be sent becomes an abort."""
+
+    def test_unread_replies_stop_the_reading(self) -> None:
+        self.assertIs(self.transport.producer, self.proto)  # registered as a streaming producer
+        self.proto.pauseProducing()  # (what the transport does when its buffer is full)
+        self.assertEqual(self.send(b"NOOP\r\nNOOP\r\n"), [])
+        self.proto.resumeProducing()
+        self.assertEqual(self.take(), [b"250 2.0.0 Ok", b"250 2.0.0 Ok"])
+
+    def test_busy_and_unread_are_separate_reasons(self) -> None:
+        self.proto._block("busy")
+        self.proto.pauseProducing()
+        self.proto.resumeProducing()  # the replies drained, but a delivery is still running
+        self.assertEqual(self.send(b"NOOP\r\n"), [])
+        self.proto._unblock("busy")
+        self.assertEqual(self.take(), [b"250 2.0.0 Ok"])
+
+    def test_a_close_that_cannot_send_becomes_an_abort(self) -> None:
+        aborted: List[bool] = []
+        self.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.proto.pauseProducing()
+        self.clock.advance(self.config.timeout)
+        self.assertEqual(self.take(), [b"421 4.4.2 mx.test Timeout, closing connection"])
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.transport.producer)  # unregistered: nothing more is read
+        self.clock.advance(CLOSE_GRACE - 0.1)
+        self.assertEqual(aborted, [])
+        self.clock.advance(0.2)
+        self.assertEqual(aborted, [True])
+
+    def test_a_close_that_completes_cancels_the_abort(self) -> None:
+        self.send(b"QUIT\r\n")
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
 
 
 class CommandTests(LMTPTestCase):
