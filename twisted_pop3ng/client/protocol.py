@@ -379,8 +379,10 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         if head.mechanism is None:
             raise ProtocolError("unexpected continuation line to %s" % head.verb)
         if head.failure is not None:
-            self.transport.write(b"*\r\n")
-            return
+            # The exchange was cancelled ("*"): RFC 5034 has the server answer -ERR now. One that
+            # goes on with challenges would be answered "*" for ever.
+            raise ProtocolError("the server sent another challenge after %s was cancelled"
+                                % head.verb)
         try:
             challenge = base64.b64decode(status.payload, validate=True) if status.payload else b""
             answer = head.mechanism.respond(challenge)

@@ -466,6 +466,18 @@ class LoginTests(unittest.TestCase):
             self.assertEqual(transport.value(), b"")  # no CAPA: the session is not logged in
             self.assertFalse(client.logged_in)
 
+    def test_challenges_after_the_cancel_end_the_connection(self):
+        """After "*" the server must answer -ERR; one that sent challenge after challenge was
+        answered "*" for ever (a hostile-server sweep counted 10,000)."""
+        forged = "v=" + base64.b64encode(b"x" * 32).decode()
+        client, d, transport, _ = self.run_scram("pencil", tamper=lambda final: forged)
+        self.assertEqual(transport.value(), b"*\r\n")
+        transport.clear()
+        client.dataReceived(b"+ \r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+        self.failureResultOf(d)
+
     def test_scram_ok_without_server_final_is_refused(self):
         client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256"]})
         d = client.login("user", "pencil")
