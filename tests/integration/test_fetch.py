@@ -472,6 +472,17 @@ class ScriptedServerTests(ScriptedServerTestCase):
         self.assertEqual(server.logins, 0)
         self.assertEqual(maildir_messages(self.out), [])
 
+    def test_a_message_without_a_uidl_is_reported_not_skipped_quietly(self):
+        messages = [make_message(i) for i in range(3)]
+        server = self.serve(ScriptedPOP3Server(with_uids(messages),
+                                               replies={b"UIDL": b"+OK\r\n1 uid-0\r\n3 uid-2\r\n.\r\n"}))
+        code, err = self.fetch_from(server)
+        self.assertEqual(code, fetch.EXIT_ERROR, err)
+        self.assertIn("message 2: the server lists it but gives it no UIDL", err)
+        self.assertEqual(sorted(maildir_messages(self.out)),
+                         sorted(delivered_form(m) for m in (messages[0], messages[2])))
+        self.assertEqual([uid for uid, _ in server.messages], [b"uid-1"])
+
     def test_server_without_uidl(self):
         server = self.serve(ScriptedPOP3Server(with_uids([make_message(0)]), no_uidl=True))
         code, err = self.fetch_from(server)

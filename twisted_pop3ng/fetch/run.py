@@ -424,6 +424,11 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
                                       "needs to deliver each message exactly once")
             raise
         result.listed = len(uids)
+        for number in sorted(set(sizes) - set(uids)):
+            # (RFC 1939 gives every message a UIDL; without one it cannot be told apart from
+            # the next run's, so it is neither fetched nor deleted -- and said, not skipped quietly)
+            result.refused.append("message %d: the server lists it but gives it no UIDL; it is "
+                                  "left on the server" % number)
         ambiguous = _ambiguous(uids, result)
         todo: List[Tuple[int, str, int]] = []
         intent: List[Tuple[str, Optional[int]]] = []
