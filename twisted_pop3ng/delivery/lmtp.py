@@ -47,6 +47,8 @@ DEFAULT_MAX_RECIPIENTS = 100
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_SIZE = 64 << 20
 DEFAULT_MAX_BAD_COMMANDS = 20
+#: As Dovecot's LMTP service (process_limit 100, one client each); Postfix opens 20 per destination.
+DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_THREADS = 8
 
 GREETED, MAIL, RCPT = "greeted", "mail", "rcpt"
@@ -64,6 +66,9 @@ class LMTPConfig:
     max_recipients: int = DEFAULT_MAX_RECIPIENTS
     timeout: float = DEFAULT_TIMEOUT
     max_bad_commands: int = DEFAULT_MAX_BAD_COMMANDS
+    #: Connections open at once; past it a new one gets ``421`` and is closed (0: no limit).
+    #: Each may hold up to 1 MiB of message in memory, and a descriptor.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Prepend Return-Path / Delivered-To / Received (:mod:`.trace`); False stores DATA as sent.
     trace_headers: bool = True
     hostname: str = socket.gethostname()
@@ -113,13 +118,24 @@ class LMTPServer(LineReceiver, TimeoutMixin):
 
     # -- connection -------------------------------------------------------------------------------
 
+    _counted = False
+
     def connectionMade(self) -> None:
         self.config = self.factory.config
         self.setTimeout(self.config.timeout)
         self.transport.registerProducer(self, True)
+        limit = self.config.max_connections
+        if limit and self.factory.open_connections >= limit:
+            self._close("421 4.3.2 %s Too many connections, try again later" % self.config.hostname)
+            return
+        self.factory.open_connections += 1
+        self._counted = True
         self._reply("220 %s LMTP pop3ng ready" % self.config.hostname)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.open_connections -= 1
         self._gone = True
         self.setTimeout(None)
         if self._abort_call is not None and self._abort_call.active():
@@ -245,7 +261,7 @@ class LMTPServer(LineReceiver, TimeoutMixin):
                 if int(value) > self.config.max_size:
                     return self._reply("552 5.3.4 Message too big (at most %d octets)" % self.config.max_size)
             elif not (key == "BODY" and value.upper() in _MAIL_BODIES):
-                return self._bad("555 5.5.4 Unsupported MAIL parameter %s" % key[:32])
+                return self._bad("555 5.5.4 Unsupported MAIL parameter %s" % _printable(key[:32]))
         self._sender = sender
         self._reply("250 2.1.0 Ok")
 
@@ -396,6 +412,11 @@ class LMTPServer(LineReceiver, TimeoutMixin):
             spool.close()
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as ``?`` (it goes back to the client in a reply)."""
+    return "".join(c if " " <= c < "\x7f" else "?" for c in text)
+
+
 def _parameters(rest: str) -> List[str]:
     """The ESMTP parameters after a ``<path>`` (RFC 5321 §4.1.2)."""
     end = rest.find(">")
@@ -420,6 +441,8 @@ class LMTPFactory(protocol.Factory):
         self.pool = pool
         self.config = config or LMTPConfig()
         self.reactor = reactor
+        #: Connections open now (for :attr:`LMTPConfig.max_connections`).
+        self.open_connections = 0
 
 
 class ThreadPoolService(service.Service):

@@ -32,7 +32,9 @@ def return_path(sender: str) -> bytes:
 def trace_headers(envelope: Envelope, recipient: str, now: Optional[float] = None) -> bytes:
     """``Return-Path``, ``Delivered-To`` and ``Received`` for one recipient of ``envelope``."""
     received = "Received: from %s ([%s])\n\tby %s with LMTP id %s\n\tfor <%s>; %s\n" % (
-        envelope.helo or "unknown", envelope.client_address or "unknown", envelope.server_name,
+        # (The LHLO name is cut to a DNS name's 255 octets, so the line stays within RFC 5322's
+        # 998: a 994-octet name made it 1,023.)
+        envelope.helo[:255] or "unknown", envelope.client_address or "unknown", envelope.server_name,
         envelope.transaction_id or "-", recipient, email.utils.formatdate(now, localtime=True))
     return (return_path(envelope.sender) + b"Delivered-To: %s\n" % recipient.encode("utf-8")
             + received.encode("utf-8"))

@@ -19,6 +19,8 @@ OPT_PARAMETERS: List[List[Any]] = [
     ["lmtp-max-size", None, lmtp.DEFAULT_MAX_SIZE, "Largest message LMTP accepts, in octets.", int],
     ["lmtp-max-recipients", None, lmtp.DEFAULT_MAX_RECIPIENTS, "Recipients per LMTP transaction.", int],
     ["lmtp-timeout", None, lmtp.DEFAULT_TIMEOUT, "Seconds an LMTP client may stay silent.", float],
+    ["lmtp-max-connections", None, lmtp.DEFAULT_MAX_CONNECTIONS,
+     "LMTP connections open at once; past it a new one gets 421 (0: no limit).", int],
     ["lmtp-threads", None, lmtp.DEFAULT_THREADS, "Threads storing LMTP deliveries (at most this many "
                                                  "messages are written at once).", int],
     ["lmtp-trace-headers", None, "yes", "yes: add Return-Path, Delivered-To and Received to delivered "
@@ -74,6 +76,7 @@ def post_options(options: Any) -> None:
     options["lmtp-config"] = lmtp.LMTPConfig(
         max_size=options["lmtp-max-size"], max_recipients=options["lmtp-max-recipients"],
         timeout=options["lmtp-timeout"], trace_headers=trace == "yes",
+        max_connections=options["lmtp-max-connections"],
         spool_dir=options["lmtp-spool-dir"])
 
 

@@ -137,6 +137,37 @@ class BackpressureTests(LMTPTestCase):
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
 
 
+class ConnectionLimitTests(LMTPTestCase):
+    config = LMTPConfig(max_size=10_000, max_recipients=3, timeout=60, max_bad_commands=8,
+                        trace_headers=False, hostname="mx.test", max_connections=2)
+
+    def test_past_the_limit_a_connection_gets_421(self) -> None:
+        """LMTP connections were not counted: 1,100 idle ones used up the server's descriptors."""
+        second = self.factory.buildProtocol(None)
+        second.callLater = self.clock.callLater
+        second_transport = StringTransport()
+        second.makeConnection(second_transport)
+        third = self.factory.buildProtocol(None)
+        third.callLater = self.clock.callLater
+        third_transport = StringTransport()
+        third.makeConnection(third_transport)
+        self.assertEqual(third_transport.value(), b"421 4.3.2 mx.test Too many connections, try again later\r\n")
+        self.assertTrue(third_transport.disconnecting)
+        third.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.open_connections, 2)  # the refused one was never counted
+        second.connectionLost(Failure(ConnectionDone()))
+        fourth = self.factory.buildProtocol(None)
+        fourth.callLater = self.clock.callLater
+        fourth_transport = StringTransport()
+        fourth.makeConnection(fourth_transport)
+        self.assertTrue(fourth_transport.value().startswith(b"220 "))
+        fourth.connectionLost(Failure(ConnectionDone()))
+
+    def test_parameters_are_not_echoed_with_control_characters(self) -> None:
+        replies = self.send(b"LHLO c\r\nMAIL FROM:<a@x.test> \x01\x1b[2J=3\r\n")
+        self.assertEqual(replies[-1], b"555 5.5.4 Unsupported MAIL parameter ??[2J")
+
+
 class CommandTests(LMTPTestCase):
     def test_lhlo_lists_the_extensions(self) -> None:
         self.assertEqual(self.send(b"LHLO client.test\r\n"), [

@@ -132,6 +132,11 @@ class TraceTests(unittest.TestCase):
     def test_null_sender(self) -> None:
         self.assertTrue(trace_headers(Envelope(""), "a").startswith(b"Return-Path: <>\n"))
 
+    def test_a_long_lhlo_name_keeps_lines_within_998(self) -> None:
+        envelope = Envelope("s@x", "h" * 994, "2001:db8::1", "mx.example", "abc")
+        for line in trace_headers(envelope, "alice").split(b"\n"):
+            self.assertLessEqual(len(line), 998)
+
 
 class OutcomeTests(unittest.TestCase):
     def test_classification(self) -> None:
