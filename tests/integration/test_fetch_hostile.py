@@ -111,6 +111,20 @@ class HostileServerFetchTests(ScriptedServerTestCase):
         self.assertIn("huge: the server sent", err)
         self.assertEqual([uid for uid, _ in server.messages], [b"huge"])
 
+    def test_a_body_without_an_end_ends_the_session(self):
+        """A RETR answer that never ends: the excess was dropped, but read for ever (the run never
+        ended, the account's lock held). Past twice the limit plus 64 MiB the session is given
+        up: nothing deleted (no QUIT), nothing partial left in tmp/."""
+        endless = b"+OK\r\n" + (b"x" * 1022 + b"\r\n") * (70 << 10)  # 70 MiB, no final dot
+        server = self.serve(ScriptedPOP3Server([(b"a", message(0))], {b"RETR": endless}))
+        server.sizes[1] = 100
+        code, err = self.fetch_from(server)
+        self.assertEqual(code, fetch.EXIT_CONNECTION, err)
+        self.assertIn("went on: giving up", err)
+        self.assertEqual(server.deleted, [])
+        self.assertEqual(maildir_messages(self.out), [])
+        self.assertEqual(os.listdir(os.path.join(self.out, "tmp")), [])
+
     def test_max_message_size(self):
         """``--max-message-size``: a message LIST gives as larger is not even retrieved; one
         whose body turns out larger is dropped like an over-sized one."""

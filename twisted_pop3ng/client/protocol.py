@@ -126,6 +126,11 @@ class _Pending:
         self.failure: Optional[BaseException] = None
 
 
+#: Octets that count as progress for the command timeout even before a reply is complete (a
+#: large RETR on a slow link); fewer per timeout is a server holding the client, not a slow one.
+PROGRESS_OCTETS = 1024
+
+
 class _ConsumerFailed(Exception):
     """The consumer of a message body raised; carries its exception."""
 
@@ -191,7 +196,10 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         set_no_delay(self.transport)
         self._arm_timeout()
 
+    _unproductive = 0
+
     def _arm_timeout(self) -> None:
+        self._unproductive = 0
         busy = bool(self._inflight or self._queued)
         self.setTimeout(self.command_timeout if busy else None)
 
@@ -288,7 +296,12 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
-        self.resetTimeout()
+        # Progress is a reply completed (the timer is armed again then) or PROGRESS_OCTETS
+        # received: a server dripping a byte a second once held the client past any timeout.
+        self._unproductive += len(data)
+        if self._unproductive >= PROGRESS_OCTETS:
+            self._unproductive = 0
+            self.resetTimeout()
         self._process()
 
     def _set_paused(self, paused: bool) -> None:
@@ -411,6 +424,7 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
 
     def _complete(self, head: _Pending, status: Optional[wire.Status]) -> None:
         self._inflight.popleft()
+        self._arm_timeout()  # a whole reply is progress
         if status is None:
             self._release_consumer(head)
             result: Any = (head.sink.result() if isinstance(head.sink, (_LinesSink, _BytesSink))

@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                         "that offer SCRAM but store only a crypt hash); off by default, since any "
                         "server with a valid certificate would then get the password")
     p.add_argument("--timeout", type=_SECONDS, default=120.0, metavar="S",
-                   help="give up when the server makes no progress for S seconds")
+                   help="give up when the server makes no progress for S seconds (a whole "
+                        "reply, or 1 KiB of one)")
     p.add_argument("--batch", type=_COUNT, default=BATCH, metavar="N",
                    help="messages made durable together (one directory fsync, one state write)")
     p.add_argument("--pipeline", type=_COUNT, default=WINDOW, metavar="N",

@@ -30,7 +30,7 @@ from twisted.internet import defer, threads
 
 from twisted_pop3ng.client import protocol as pop3
 from twisted_pop3ng.client.connect import parse_url
-from twisted_pop3ng.client.errors import UidlUnsupported
+from twisted_pop3ng.client.errors import ProtocolError, UidlUnsupported
 from twisted_pop3ng.fetch.delivery import open_destination
 from twisted_pop3ng.fetch.forward import ForwardDestination, ForwardSettings
 from twisted_pop3ng.fetch.state import FetchState, default_path
@@ -49,6 +49,10 @@ STATE_GROWTH = 16
 #: miscounts, while a server that announces 100 octets cannot fill the disk with gigabytes.
 OVERSIZE_FACTOR = 2
 OVERSIZE_SLACK = 1 << 20
+
+
+#: Octets past twice a message's limit after which its body is taken to have no end (:class:`_Capped`).
+OVERRUN_SLACK = 64 << 20
 
 
 def message_limit(list_size: int, max_message_size: Optional[int]) -> int:
@@ -345,7 +349,8 @@ class _Capped:
     rather than cutting the connection: the session must read the message to its terminating
     dot to stay in step, and the other messages of the run still flow; the message is then
     aborted and reported (:meth:`_Retriever._got`), so no more than ``limit`` octets of it ever
-    reach the disk."""
+    reach the disk. A message that goes on past :meth:`overrun_limit` -- a body without an end --
+    ends the session instead (nothing is deleted without QUIT; what was delivered is recorded)."""
 
     def __init__(self, sink: Any, limit: int) -> None:
         self.sink = sink
@@ -353,10 +358,16 @@ class _Capped:
         self.received = 0
         self.oversized = False
 
+    def overrun_limit(self) -> int:
+        return 2 * self.limit + OVERRUN_SLACK
+
     def write(self, data: bytes) -> None:
         self.received += len(data)
         if self.oversized or self.received > self.limit:
             self.oversized = True
+            if self.received > self.overrun_limit():
+                raise ProtocolError("the server sent more than %d octets for %s and went on: "
+                                    "giving up" % (self.overrun_limit(), self.sink.uid))
             return
         self.sink.write(data)
 

@@ -266,11 +266,23 @@ class TimeoutTests(unittest.TestCase):
         client.dataReceived(b"+OK\r\n")
         for _ in range(5):
             clock.advance(20)
-            client.dataReceived(b"more\r\n")
+            client.dataReceived(b"m" * 1022 + b"\r\n")  # a slow link: a KiB every 20 s
         client.dataReceived(b".\r\n")
         self.successResultOf(d)
         clock.advance(3600)
         self.assertFalse(transport.disconnecting)
+
+    def test_a_drip_is_not_progress(self):
+        """A server sending a byte every few seconds once kept the client for hours (every byte
+        re-armed the timeout); progress is a whole reply, or a KiB."""
+        client, transport, clock = make_client(caps={})
+        d = client.retrieve(1)
+        client.dataReceived(b"+OK\r\n")
+        for _ in range(10):
+            clock.advance(3)
+            client.dataReceived(b"x")
+        self.failureResultOf(d, ierror.TimeoutError)
+        self.assertTrue(transport.disconnecting)
 
 
 class STLSTests(unittest.TestCase):
