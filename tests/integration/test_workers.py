@@ -15,6 +15,8 @@ from twisted_pop3ng.service import build as tap
 from twisted_pop3ng.service import workers
 
 from .sockdiag import listen_backlog
+from .dovecot import free_port
+from .e2e import wait_for
 from .support import Session, process_tree, start_server
 
 PASSWORD = "correct horse battery staple"
@@ -117,6 +119,13 @@ class WorkersTests(unittest.TestCase):
         for pid in pids:
             self.assertFalse(os.path.exists("/proc/%d/status" % pid) and _alive(pid), pid)
 
+    def test_a_killed_worker_is_named_with_its_signal(self) -> None:
+        worker = [p for p in self.pids if p != self.server.process.pid][0]
+        os.kill(worker, signal.SIGKILL)
+        self.assertTrue(wait_for(lambda: "was killed by signal 9; starting it again" in self.server.log(),
+                                 timeout=20), self.server.log()[-2000:])
+
+
     def test_workers_exit_when_the_master_is_killed(self) -> None:
         # systemd's Restart= starts a new master after a SIGKILL: orphaned workers would keep the
         # port (so the new one fails with "Address already in use") and serve the old settings.
@@ -208,3 +217,46 @@ class BacklogTests(unittest.TestCase):
         finally:
             for sock in socks:
                 sock.close()
+
+
+class WorkerLogTests(unittest.TestCase):
+    def test_every_process_logs_to_the_masters_logfile(self) -> None:
+        """Workers wrote their log lines (failed logins too) to their own stdout, so with
+        ``twistd --logfile`` -- where fail2ban looks -- only the master's share arrived."""
+        root = os.path.abspath(self.mktemp())
+        logfile = os.path.join(root, "pop3ng.log")
+        port = free_port()  # (the port's log line goes to the logfile, where start_server does not look)
+        server = start_server(root, {"alice": PASSWORD}, tls=False, plain_listeners=0,
+                              twistd_args=["--logfile", logfile],
+                              extra_args=["--listen", "tcp:%d:interface=127.0.0.1" % port,
+                                          "--workers", "3", "--max-connections-per-address", "0",
+                                          "--auth-failure-delay", "0", "--allow-plaintext-auth"])
+        self.addCleanup(server.stop)
+        server.ports = [port]
+        self.assertTrue(wait_for(lambda: len(process_tree(server.process.pid)) == 3, timeout=20))
+        self.assertTrue(wait_for(lambda: _accepts(port), timeout=20))
+        pids = process_tree(server.process.pid)
+        served_by = set()
+        for _ in range(60):
+            session = Session(server.connect())
+            self.assertTrue(session.line().startswith(b"+OK"))
+            served_by.add(serving_pid(session.sock.getsockname()[1], server.port, pids))
+            session.command(b"USER alice")
+            self.assertTrue(session.command(b"PASS wrong").startswith(b"-ERR [AUTH]"))
+            session.close()
+        self.assertGreater(len(served_by), 1, "every connection went to one process")
+
+        def logged() -> int:
+            with open(logfile, encoding="utf-8", errors="replace") as f:
+                return f.read().count("auth failed: user=alice")
+
+        self.assertTrue(wait_for(lambda: logged() == 60, timeout=20), logged())
+        self.assertNotIn("auth failed", server.log())  # (stdout: nothing beside the logfile)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True

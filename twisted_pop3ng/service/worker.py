@@ -56,13 +56,14 @@ def worker_main(config: Mapping[str, Any]) -> None:
     from twisted.internet import reactor as installed
 
     reactor: Any = installed  # the one installed above: an IReactorCore, IReactorThreads, ...
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
     from twisted_pop3ng.service import build
     from twisted_pop3ng.service.options import Options
     from twisted_pop3ng.fastpath.port import LeanTCPReactor
     from twisted_pop3ng.fastpath.tls import tls_factory
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    # JSON records on stdout: the master publishes them in its own log (workers._Worker).
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
     options = Options()
     options.parseOptions(list(args))
     from twisted_pop3ng.service.security_options import share_ticket_keys

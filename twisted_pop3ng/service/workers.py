@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 
 log = Logger()
 
@@ -79,6 +79,16 @@ def pop3ng_arguments(argv: Sequence[str]) -> List[str]:
     return args[args.index("pop3ng") + 1:]
 
 
+def _how_it_ended(reason: Any) -> str:
+    """"exited with status N" or "was killed by signal N" (what a ProcessTerminated says)."""
+    value = getattr(reason, "value", None)
+    signal_number = getattr(value, "signal", None)
+    if signal_number is not None:
+        return "was killed by signal %d" % signal_number
+    status = getattr(value, "exitCode", None)
+    return "exited with status %s" % status if status is not None else "died"
+
+
 def without_workers(args: Sequence[str]) -> List[str]:
     """Drop ``--workers N`` / ``--workers=N``: a worker must not spawn workers."""
     out: List[str] = []
@@ -94,14 +104,54 @@ def without_workers(args: Sequence[str]) -> List[str]:
 
 
 class _Worker(protocol.ProcessProtocol):
+    """One worker process. Its log events arrive as JSON records on its stdout and are published
+    in the master's log, so they go wherever the master's go (``--logfile``, syslog, the journal:
+    a fail2ban watching the log sees every process's failed logins); its stderr (what it printed
+    before its logging began, or a crash) is logged as error lines."""
+
+    #: The longest partial line kept from a worker's output (a longer one is logged in pieces).
+    MAX_LINE = 1 << 20
+
     def __init__(self, pool: "WorkerPool", slot: int) -> None:
         self.pool = pool
         self.slot = slot
         self.ended: defer.Deferred = defer.Deferred()
+        self._partial: Dict[int, bytes] = {1: b"", 2: b""}
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd not in self._partial:
+            return
+        lines = (self._partial[fd] + data).split(b"\n")
+        self._partial[fd] = lines.pop()
+        if len(self._partial[fd]) > self.MAX_LINE:
+            lines.append(self._partial[fd])
+            self._partial[fd] = b""
+        for line in lines:
+            self._relay(fd, line)
+
+    def _relay(self, fd: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").strip("\x1e\r")
+        if not text:
+            return
+        if fd == 1:
+            try:
+                event = eventFromJSON(text)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                event["pop3ng_worker"] = self.slot + 1
+                globalLogPublisher(event)
+                return
+        log.error("worker {slot}: {line}", slot=self.slot + 1, line=text)
 
     def processEnded(self, reason: Any) -> None:
+        for fd in (1, 2):
+            if self._partial[fd]:
+                self._relay(fd, self._partial[fd])
+                self._partial[fd] = b""
         self.ended.callback(None)
-        self.pool._ended(self)
+        self.pool._ended(self, reason)
+
 
 
 class WorkerPool(service.Service):
@@ -149,7 +199,7 @@ class WorkerPool(service.Service):
         self.reactor.callWhenRunning(self.reactor.callLater, 0, self._chain_sighup)
 
     def _spawn(self, slot: int) -> None:
-        child_fds: Dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r"}  # (its log comes back: _Worker)
         for i, (fd, _) in enumerate(self.sockets):
             child_fds[FIRST_FD + i] = fd
         worker = _Worker(self, slot)
@@ -161,17 +211,18 @@ class WorkerPool(service.Service):
         self.workers[slot] = (worker, transport)
         log.info("worker {slot} started (pid {pid})", slot=slot + 1, pid=transport.pid)
 
-    def _ended(self, worker: _Worker) -> None:
+    def _ended(self, worker: _Worker, reason: Any = None) -> None:
         self.workers.pop(worker.slot, None)
         if not self.running:
             return
         now = time.monotonic()
         self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+        how = _how_it_ended(reason)
         if len(self.restarts) > MAX_RESTARTS:
-            log.error("worker {slot} died; too many restarts, not starting it again",
-                      slot=worker.slot + 1)
+            log.error("worker {slot} {how}; too many restarts, not starting it again",
+                      slot=worker.slot + 1, how=how)
             return
-        log.warn("worker {slot} died; starting it again", slot=worker.slot + 1)
+        log.warn("worker {slot} {how}; starting it again", slot=worker.slot + 1, how=how)
         self.reactor.callLater(1.0, self._respawn, worker.slot)
 
     def _respawn(self, slot: int) -> None:
