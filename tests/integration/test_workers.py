@@ -260,3 +260,50 @@ def _accepts(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+class WorkerStartTests(unittest.TestCase):
+    def test_sighup_does_not_kill_a_worker_still_starting(self) -> None:
+        """The master forwards SIGHUP (TLS reload) to every worker; one still starting had no
+        handler yet, and SIGHUP's default action ended it (a restart counted against the limit)."""
+        import subprocess
+        import sys
+
+        child = subprocess.Popen([sys.executable, "-c", workers.BOOTSTRAP], stdin=subprocess.PIPE)
+        self.addCleanup(child.kill)
+        time.sleep(0.5)  # (reading its configuration line, which has not come)
+        child.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        self.assertIsNone(child.poll(), "the starting worker died of SIGHUP")
+        child.stdin.close()  # the master gone before it said anything: a quiet exit
+        self.assertEqual(child.wait(timeout=10), 0)
+
+    def test_a_worker_that_cannot_start_comes_back_at_the_next_sighup(self) -> None:
+        """A certificate broken on disk (the master keeps its loaded one) made a restarted worker
+        fail with a traceback ten times in a minute, and then it was never started again."""
+        server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD},
+                              extra_args=["--workers", "2", "--max-connections-per-address", "0"])
+        self.addCleanup(server.stop)
+        self.assertTrue(wait_for(lambda: len(process_tree(server.process.pid)) == 2, timeout=20))
+        cert = server.certs["cert"]
+        with open(cert, "rb") as f:
+            good = f.read()
+        with open(cert, "wb") as f:
+            f.write(b"not a certificate\n")
+        worker = [p for p in process_tree(server.process.pid) if p != server.process.pid][0]
+        os.kill(worker, signal.SIGKILL)
+        self.assertTrue(wait_for(lambda: "too many restarts" in server.log(), timeout=60),
+                        server.log()[-3000:])
+        log = server.log()
+        self.assertIn("cannot start: ", log)
+        self.assertIn("exited with status 2", log)
+        self.assertNotIn("Traceback", log)
+        with open(cert, "wb") as f:
+            f.write(good)
+        os.kill(server.process.pid, signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: len(process_tree(server.process.pid)) == 2, timeout=20),
+                        server.log()[-3000:])
+        session = Session(server.connect())
+        self.addCleanup(session.close)
+        self.assertTrue(session.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+

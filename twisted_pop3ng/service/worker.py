@@ -57,6 +57,7 @@ def worker_main(config: Mapping[str, Any]) -> None:
 
     reactor: Any = installed  # the one installed above: an IReactorCore, IReactorThreads, ...
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
+    from twisted.python import usage
     from twisted_pop3ng.service import build
     from twisted_pop3ng.service.options import Options
     from twisted_pop3ng.fastpath.port import LeanTCPReactor
@@ -65,7 +66,13 @@ def worker_main(config: Mapping[str, Any]) -> None:
     # JSON records on stdout: the master publishes them in its own log (workers._Worker).
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
     options = Options()
-    options.parseOptions(list(args))
+    try:
+        options.parseOptions(list(args))
+    except usage.UsageError as error:
+        # (a certificate broken on disk since the master started, say: one line, and the
+        # master's supervision tries again later; a traceback said no more)
+        sys.stderr.write("cannot start: %s\n" % (error,))
+        raise SystemExit(2)
     from twisted_pop3ng.service.security_options import share_ticket_keys
 
     share_ticket_keys(options["tls"], config.get("tls_tickets"))  # a ticket resumes in any process

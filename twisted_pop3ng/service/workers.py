@@ -16,9 +16,12 @@ A worker gets its configuration explicitly: one JSON line on its stdin (:func:`w
 those arguments, the sockets it inherits and the master's ``sys.path`` (so it imports the very
 package the master runs, installed or not); its environment is the master's own.
 
-Workers are supervised: one that dies is started again (at most :data:`MAX_RESTARTS` a minute); they
-get SIGHUP (TLS reload) and SIGTERM when the server stops, and exit by themselves if the master goes
-away (their stdin is a pipe from it).
+Workers are supervised: one that dies is started again (at most :data:`MAX_RESTARTS` a minute, then
+again after :data:`RESTART_PAUSE`, and at once on SIGHUP: a worker that cannot start -- a
+certificate broken on disk -- comes back once it is fixed); they get SIGHUP (TLS reload) and
+SIGTERM when the server stops, and exit by themselves if the master goes away (their stdin is a
+pipe from it). A worker ignores SIGHUP until it can reload (the default action would end a worker
+still starting). Its log events are published in the master's log (:class:`_Worker`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ log = Logger()
 
 #: Restarts of dead workers allowed per minute, after which a dead worker stays dead.
 MAX_RESTARTS = 10
+#: Seconds before a worker that kept dying is tried again.
+RESTART_PAUSE = 60.0
 #: Seconds a stopping worker gets before SIGKILL.
 STOP_TIMEOUT = 10.0
 #: First file descriptor of the inherited listening sockets in a worker.
@@ -46,7 +51,8 @@ FIRST_FD = 3
 
 #: What a worker runs (``python -c``): read the configuration line, take the master's ``sys.path``,
 #: then import the worker. Only the standard library runs before ``sys.path`` is set.
-BOOTSTRAP = ("import json, sys\n"
+BOOTSTRAP = ("import json, signal, sys\n"
+             "signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the TLS reload handler is in\n"
              "line = sys.stdin.buffer.readline()\n"
              "if not line:\n"
              "    raise SystemExit(0)  # the master went away before it said anything\n"
@@ -169,6 +175,8 @@ class WorkerPool(service.Service):
         self.reactor = reactor
         self.workers: Dict[int, Tuple[_Worker, Any]] = {}
         self.restarts: List[float] = []
+        #: Slots waiting to be started again, with their delayed call.
+        self._respawns: Dict[int, Any] = {}
         #: (fd, kind): "plain" or "tls", prefixed "proxy+" behind a PROXY-protocol balancer.
         self.sockets: List[Tuple[int, str]] = []
         #: The master's TLS ticket keys (``ticket_keys_export``), handed to every worker.
@@ -219,15 +227,26 @@ class WorkerPool(service.Service):
         self.restarts = [t for t in self.restarts if now - t < 60] + [now]
         how = _how_it_ended(reason)
         if len(self.restarts) > MAX_RESTARTS:
-            log.error("worker {slot} {how}; too many restarts, not starting it again",
-                      slot=worker.slot + 1, how=how)
-            return
-        log.warn("worker {slot} {how}; starting it again", slot=worker.slot + 1, how=how)
-        self.reactor.callLater(1.0, self._respawn, worker.slot)
+            log.error("worker {slot} {how}; too many restarts: trying again in {pause:.0f} s, or "
+                      "at the next SIGHUP", slot=worker.slot + 1, how=how, pause=RESTART_PAUSE)
+            delay = RESTART_PAUSE
+        else:
+            log.warn("worker {slot} {how}; starting it again", slot=worker.slot + 1, how=how)
+            delay = 1.0
+        self._respawns[worker.slot] = self.reactor.callLater(delay, self._respawn, worker.slot)
 
     def _respawn(self, slot: int) -> None:
-        if self.running:
+        pending = self._respawns.pop(slot, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+        if self.running and slot not in self.workers:
             self._spawn(slot)
+
+    def _reload(self) -> None:
+        """SIGHUP: the workers reload, and the ones waiting to be restarted start now."""
+        self.signal_workers(signal.SIGHUP)
+        for slot in list(self._respawns):
+            self._respawn(slot)
 
     def signal_workers(self, signum: int) -> None:
         for _, transport in list(self.workers.values()):
@@ -243,12 +262,16 @@ class WorkerPool(service.Service):
         def handler(signum: int, frame: Any) -> None:
             if callable(previous):
                 previous(signum, frame)
-            self.reactor.callFromThread(self.signal_workers, signal.SIGHUP)
+            self.reactor.callFromThread(self._reload)
 
         signal.signal(signal.SIGHUP, handler)
 
     def stopService(self) -> defer.Deferred:
         service.Service.stopService(self)
+        for pending in self._respawns.values():
+            if pending.active():
+                pending.cancel()
+        self._respawns.clear()
         ended = [worker.ended for worker, _ in self.workers.values()]
         self.signal_workers(signal.SIGTERM)
         kill = self.reactor.callLater(STOP_TIMEOUT, self.signal_workers, signal.SIGKILL)
