@@ -42,9 +42,9 @@ def next_delay(interval: float, failures: int, max_backoff: float, login_delay: 
     """Seconds until an account's next poll (see the module doc)."""
     if failures and not try_later:
         base = max(interval, min(max_backoff, interval * 2 ** min(failures, 30)))
-    else:
-        base = interval
-    return max(base * rand(*JITTER), login_delay)
+        # (the jitter applies within the cap: "the longest wait" is the longest wait)
+        return max(min(base * rand(*JITTER), max(max_backoff, interval)), login_delay)
+    return max(interval * rand(*JITTER), login_delay)
 
 
 def _try_later(error: Optional[BaseException]) -> bool:

@@ -35,8 +35,10 @@ def classify_exit(error: BaseException) -> Tuple[int, str]:
 
     while isinstance(error, defer.FirstError):
         error = error.subFailure.value
+    if isinstance(error, FetchBusy):  # (our own lock, not the server)
+        return EXIT_TRY_LATER, "try again later: %s" % error
     if isinstance(error, (client_errors.InUseError, client_errors.LoginDelayError,
-                          client_errors.TemporaryError, FetchBusy)):
+                          client_errors.TemporaryError)):
         return EXIT_TRY_LATER, "server busy, try again later: %s" % error
     if isinstance(error, ForwardDeferred):
         return EXIT_TRY_LATER, "the MTA asked to try again later: %s" % error

@@ -87,6 +87,12 @@ class FetchAgainstScriptedServerTests(_FetchTestCase):
         self.assertIsInstance(error, pop3.CapabilityError)
         self.assertEqual(fetch.classify_exit(error), (fetch.EXIT_ERROR, str(error)))
 
+    def test_the_account_lock_is_not_a_busy_server(self) -> None:
+        code, text = fetch.classify_exit(fetch.FetchBusy("another pop3ng fetch is running"))
+        self.assertEqual(code, fetch.EXIT_TRY_LATER)
+        self.assertNotIn("server", text)
+        self.assertIn("another pop3ng fetch is running", text)
+
 
 def _server_config() -> Any:
     from twisted_pop3ng.server.policy import SecurityConfig
