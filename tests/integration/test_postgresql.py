@@ -220,6 +220,29 @@ class LostDatabaseTests(PostgresServerCase):
         self.sql("SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity WHERE datname = current_database() "
                  "AND pid <> pg_backend_pid()")
 
+    def test_the_first_login_after_a_cut_works(self) -> None:
+        """Connections cut by the database (a restart, a failover, pg_terminate_backend): the
+        next login used to fail once per dead connection -- the lock's, then each pooled one --
+        with -ERR [SYS/TEMP] while the database was up. Now it is made again at once."""
+        self.deliver("alice", MESSAGES[0])
+        self.store.stop()
+        server = self.front_end()
+        for _ in range(3):
+            s = self.login(server)  # (opens the lock connection and pooled ones)
+            self.assertTrue(s.command(b"QUIT").startswith(b"+OK"))
+            s.close()
+            self.cut_server_connections()
+            started = time.monotonic()
+            s = Session(server.connect())
+            self.addCleanup(s.close)
+            reply = s.login(b"alice", PASSWORD.encode())
+            self.assertTrue(reply.startswith(b"+OK"), reply)
+            self.assertLess(time.monotonic() - started, 10)
+            self.assertTrue(s.command(b"RETR 1").startswith(b"+OK"))
+            self.assertEqual(s.body(), stuffed(wire_lines(MESSAGES[0])))
+            s.command(b"QUIT")
+            s.close()
+
     def test_session_ends_with_sys_temp(self) -> None:
         for data in MESSAGES:
             self.deliver("alice", data)
@@ -252,3 +275,58 @@ class LostDatabaseTests(PostgresServerCase):
         # The lost database is one warning line, not a traceback (nothing of ours failed).
         self.assertNotIn("Traceback", log)
         self.assertIn("UPDATE failed: [SYS/TEMP]", log)
+
+
+class DatabaseDownTests(unittest.TestCase):
+    """The database stops and starts again (its own cluster: the shared one serves other tests)."""
+
+    def test_quit_answers_at_once_and_logins_work_as_soon_as_it_is_back(self) -> None:
+        from twisted_pop3ng.testing.postgresql import TestCluster
+
+        own = TestCluster()
+        own.start()
+        self.addCleanup(own.stop)
+        dsn = own.create_database()
+        store = PostgresStore.from_spec(dsn + " pool_size=2")
+        store.deliver("alice", io.BytesIO(MESSAGES[0]))
+        store.deliver("alice", io.BytesIO(MESSAGES[1]))
+        store.stop()
+        server = start_front_end(tempfile.mkdtemp(dir=self.mktemp_dir()), dsn)
+        self.addCleanup(server.stop)
+        s = Session(server.connect())
+        self.addCleanup(s.close)
+        self.assertTrue(s.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))
+        self.assertTrue(s.command(b"DELE 1").startswith(b"+OK"))
+        own.pause()
+        # A read finds the database gone: the pool drops its dead connections and, from then
+        # on, reconnects with a growing back-off.
+        self.assertTrue(s.command(b"RETR 2").startswith(b"-ERR [SYS/TEMP]"))
+        started = time.monotonic()
+        reply = s.command(b"QUIT")  # (the commit waited for the pool's 30 s timeout)
+        self.assertTrue(reply.startswith(b"-ERR [SYS/TEMP] Some deleted messages were not removed"), reply)
+        self.assertLess(time.monotonic() - started, 5)
+        s.close()
+        down_until = time.monotonic() + 12
+        while time.monotonic() < down_until:  # logins meanwhile fail at once
+            s = Session(server.connect())
+            self.addCleanup(s.close)
+            started = time.monotonic()
+            self.assertTrue(s.login(b"alice", PASSWORD.encode()).startswith(b"-ERR [SYS/TEMP]"))
+            self.assertLess(time.monotonic() - started, 5)
+            s.close()
+            time.sleep(2)
+        own.resume()
+        started = time.monotonic()
+        s = Session(server.connect())
+        self.addCleanup(s.close)
+        reply = s.login(b"alice", PASSWORD.encode())  # (waited out the pool's back-off: ~20 s)
+        self.assertTrue(reply.startswith(b"+OK"), reply)
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertEqual(s.command(b"STAT").split()[1], b"2")  # nothing was deleted
+        s.command(b"QUIT")
+
+    def mktemp_dir(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+

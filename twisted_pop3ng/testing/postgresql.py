@@ -181,6 +181,19 @@ class TestCluster:
             raise RuntimeError("%s failed (%d):\n%s" % (args[0], result.returncode,
                                                         result.stdout.decode("utf-8", "replace")))
 
+    def pause(self) -> None:
+        """Fast shutdown (clients are disconnected), keeping the data: :meth:`resume` starts the
+        same cluster on the same port (a database that goes down and comes back)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(30)
+
+    def resume(self) -> None:
+        assert self.directory is not None and self.process is None
+        if not self._start_server(find_bindir(), os.path.join(self.directory, "data")):
+            raise RuntimeError("the test PostgreSQL did not start again: see %s" % self._log_path())
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT: clients are disconnected), then the directory goes."""
         process, self.process = self.process, None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted_pop3ng.errors import MailboxInUse, TemporaryFailure
 
@@ -50,6 +50,9 @@ class MaildropLocks:
         self._mutex = threading.Lock()
         self._conn: Any = None
         self._backend: Any = None
+        #: Called (in the thread that saw it) when the lock connection turned out dead: the
+        #: database went away, so the store's pooled connections are dead too.
+        self.on_lost: Optional[Callable[[], None]] = None
         self._held = 0  # locks taken on the current connection and not released
         self.generation = 0
 
@@ -61,13 +64,21 @@ class MaildropLocks:
         import psycopg
 
         with self._mutex:
-            try:
-                conn = self._connection()
-                row = conn.execute("SELECT id, uid_prefix, pg_try_advisory_lock(%s, id) FROM maildrops "
-                                   "WHERE username = %s", (LOCK_NAMESPACE, username)).fetchone()
-            except psycopg.Error:
-                self._lost()
-                raise TemporaryFailure("Mailbox database unavailable, try again later") from None
+            row = None
+            for attempt in (1, 2):
+                try:
+                    conn = self._connection()
+                    row = conn.execute("SELECT id, uid_prefix, pg_try_advisory_lock(%s, id) FROM "
+                                       "maildrops WHERE username = %s", (LOCK_NAMESPACE, username)).fetchone()
+                    break
+                except psycopg.Error:
+                    fresh = self._conn is None  # (the connection itself could not be made)
+                    self._lost()
+                    # A connection found dead (the database restarted, or cut it) is made again
+                    # once, so that login need not fail; the locks held on it died with it (the
+                    # generation changed: their sessions find out at their next step).
+                    if fresh or attempt == 2:
+                        raise TemporaryFailure("Mailbox database unavailable, try again later") from None
             if row is None:
                 return None
             if not row[2]:
@@ -122,6 +133,8 @@ class MaildropLocks:
     def _lost(self) -> None:
         conn, self._conn = self._conn, None
         self._held = 0
+        if self.on_lost is not None:
+            self.on_lost()
         if conn is not None:
             self.generation += 1
             try:

@@ -71,6 +71,7 @@ class PostgresStore:
     def __init__(self, spec: PostgresSpec) -> None:
         self.spec = spec
         self.locks = MaildropLocks(spec.connect_params)
+        self.locks.on_lost = self._mark_pool_stale
         self._pool: Any = None
         self._pool_mutex = threading.Lock()
         self._threads: Any = None
@@ -131,9 +132,24 @@ class PostgresStore:
             pool.close()
         self.locks.close()
 
+    _pool_stale = False
+
+    def _mark_pool_stale(self) -> None:
+        """The database went away (a dead connection): the pool's connections are dead, and its
+        reconnection back-off could keep the first login after the database returns waiting
+        for tens of seconds. The next use gets a new pool, which connects at once."""
+        self._pool_stale = True
+
     def connection_pool(self) -> Any:
         """The psycopg connection pool, opened at first use (also outside a reactor: ``deliver``)."""
         with self._pool_mutex:
+            if self._pool_stale and self._pool is not None:
+                old, self._pool = self._pool, None
+                try:
+                    old.close(timeout=0)  # (connections in use close when they are put back)
+                except Exception:
+                    pass
+            self._pool_stale = False
             if self._pool is None:
                 from psycopg_pool import ConnectionPool
 
@@ -161,17 +177,8 @@ class PostgresStore:
             return job(*args)
         except psycopg.OperationalError as error:
             log.warn("PostgreSQL: {error}", error=str(error).strip())
-            self._recheck_pool()
+            self._mark_pool_stale()
             raise TemporaryFailure(_DB_DOWN) from None
-
-    def _recheck_pool(self) -> None:
-        """After a connection failure: replace the pool's dead connections (a restarted database)."""
-        pool = self._pool
-        if pool is not None:
-            try:
-                pool.check()
-            except Exception:
-                pass
 
     def _check_locks(self) -> None:
         if self._open and self._lock_thread is not None:
@@ -192,6 +199,19 @@ class PostgresStore:
         return self._run(self._open_job, username).addErrback(failed)
 
     def _open_job(self, username: str) -> "PostgresMailbox":
+        """Lock and list the maildrop; once more, on a new pool, when a pooled connection turned
+        out dead (the database restarted, or cut its connections): that login need not fail
+        while the database is up. (Nothing is held after a failure: the lock is released.)"""
+        import psycopg
+
+        try:
+            return self._open_once(username)
+        except psycopg.OperationalError as error:
+            log.warn("PostgreSQL: {error}", error=str(error).strip())
+            self._mark_pool_stale()
+        return self._open_once(username)
+
+    def _open_once(self, username: str) -> "PostgresMailbox":
         pool = self.connection_pool()
         locked = self.locks.acquire(username)
         if locked is None:  # the user's first login
@@ -258,13 +278,18 @@ class PostgresStore:
                 row = conn.execute("SELECT data FROM message_chunks WHERE message_id = %s AND seq = %s",
                                    (message_id, seq), binary=True).fetchone()
         except psycopg.OperationalError:
-            self._recheck_pool()
+            self._mark_pool_stale()
             raise TemporaryFailure(_DB_DOWN) from None
         if row is None:
             raise MessageVanished()
         return bytes(row[0])
 
     def _commit_job(self, token: LockToken, message_ids: List[int]) -> None:
+        # The lock first, on its own connection: a database that went away says so at once here,
+        # where the pool would wait its whole timeout for a connection (a QUIT hung for 30 s).
+        self.locks.check()
+        if not self.locks.holds(token):
+            raise TemporaryFailure(LOCK_LOST + "; nothing was deleted")
         with self.connection_pool().connection() as conn, conn.transaction():
             if not still_locked(conn, token):
                 raise TemporaryFailure(LOCK_LOST + "; nothing was deleted")
@@ -283,7 +308,7 @@ class PostgresStore:
             return self._deliver(username, source)
         except psycopg.OperationalError as error:
             log.warn("PostgreSQL: {error}", error=str(error).strip())
-            self._recheck_pool()
+            self._mark_pool_stale()
             raise TemporaryFailure(_DB_DOWN) from None
 
     def _deliver(self, username: str, source: Any) -> str:
