@@ -306,7 +306,7 @@ class DatabaseDownTests(unittest.TestCase):
         self.assertTrue(reply.startswith(b"-ERR [SYS/TEMP] Some deleted messages were not removed"), reply)
         self.assertLess(time.monotonic() - started, 5)
         s.close()
-        down_until = time.monotonic() + 12
+        down_until = time.monotonic() + 16  # (its back-off then waits about 15 s more)
         while time.monotonic() < down_until:  # logins meanwhile fail at once
             s = Session(server.connect())
             self.addCleanup(s.close)
@@ -319,9 +319,9 @@ class DatabaseDownTests(unittest.TestCase):
         started = time.monotonic()
         s = Session(server.connect())
         self.addCleanup(s.close)
-        reply = s.login(b"alice", PASSWORD.encode())  # (waited out the pool's back-off: ~20 s)
+        reply = s.login(b"alice", PASSWORD.encode())  # (waited out the pool's back-off)
         self.assertTrue(reply.startswith(b"+OK"), reply)
-        self.assertLess(time.monotonic() - started, 2)
+        self.assertLess(time.monotonic() - started, 5)
         self.assertEqual(s.command(b"STAT").split()[1], b"2")  # nothing was deleted
         s.command(b"QUIT")
 
