@@ -54,7 +54,7 @@ class SASLTests(unittest.TestCase):
         key_file = os.path.join(cls.root, "oauth.key")
         with open(key_file, "wb") as f:
             f.write(KEY)
-        ca = trustme.CA()
+        ca = cls.client_ca_issuer = trustme.CA()
         cls.client_ca = os.path.join(cls.root, "client-ca.pem")
         ca.cert_pem.write_to_path(cls.client_ca)
         client = ca.issue_cert("carol@example.org", common_name="carol")
@@ -297,6 +297,32 @@ class SASLTests(unittest.TestCase):
         self.assertIn(b"EXTERNAL", s.body())
         self.assertEqual(s.command(b"AUTH EXTERNAL " + b64(b"mallory")),
                          b"-ERR [AUTH] Authentication failed.\r\n")
+        os.makedirs(self.server.maildir("carol@example.org"), exist_ok=True)
+        self.assertLoggedIn(s.command(b"AUTH EXTERNAL ="), s)
+
+
+    def test_external_with_a_certificate_from_an_intermediate_ca(self) -> None:
+        """Only the root is in --tls-client-ca; the client sends its intermediate with its
+        certificate. The handshake passed, but the identity check dropped that intermediate
+        (it took the server's peer chain for one that starts with the client's own certificate):
+        no EXTERNAL."""
+        import socket
+
+        from tests.integration.support import Session
+
+        leaf = self.client_ca_issuer.create_child_ca().issue_cert("carol@example.org", common_name="carol")
+        chain = os.path.join(self.root, "client-via-intermediate.pem")
+        key = os.path.join(self.root, "client-via-intermediate.key")
+        with open(chain, "wb") as f:
+            f.write(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))  # leaf, intermediate
+        leaf.private_key_pem.write_to_path(key)
+        sock = socket.create_connection(("127.0.0.1", self.server.tls_port), 10)
+        s = Session(OpenSSLSocket(sock, self.server.certs["ca"], cert=(chain, key)))  # type: ignore[arg-type]
+        self.addCleanup(s.close)
+        s.line()
+        s.send(b"CAPA\r\n")
+        s.line()
+        self.assertIn(b"EXTERNAL", s.body())
         os.makedirs(self.server.maildir("carol@example.org"), exist_ok=True)
         self.assertLoggedIn(s.command(b"AUTH EXTERNAL ="), s)
 

@@ -47,6 +47,40 @@ def old_tls_handshake(client: ssl.SSLContext, certs: Dict[str, str], version: ss
             thread.join(30)
 
 
+class ALPNTests(unittest.TestCase):
+    """A client offering ALPN (RFC 9325 asks POP3 clients to send "pop3") got an internal_error
+    alert on POP3S and after STLS: no such client could connect at all."""
+
+    def setUp(self) -> None:
+        self.server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD})
+        self.addCleanup(self.server.stop)
+
+    def context(self, protocols: List[str]) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.server.certs["ca"])
+        context.set_alpn_protocols(protocols)
+        return context
+
+    def test_pop3s(self) -> None:
+        for offered, chosen in ((["pop3"], "pop3"), (["h2", "http/1.1"], None), (["x", "pop3"], "pop3")):
+            sock = self.context(offered).wrap_socket(
+                socket.create_connection(("127.0.0.1", self.server.tls_port), 10), server_hostname="localhost")
+            self.addCleanup(sock.close)
+            self.assertEqual(sock.selected_alpn_protocol(), chosen, offered)
+            s = Session(sock)  # type: ignore[arg-type]
+            self.assertTrue(s.login(b"alice", PASSWORD.encode()).startswith(b"+OK"))  # (greeting too)
+            s.command(b"QUIT")
+
+    def test_stls(self) -> None:
+        s = Session(self.server.connect())
+        self.addCleanup(s.close)
+        self.assertTrue(s.line().startswith(b"+OK"))
+        self.assertTrue(s.command(b"STLS").startswith(b"+OK"))
+        s.sock = self.context(["pop3"]).wrap_socket(s.sock, server_hostname="localhost")
+        self.assertEqual(s.sock.selected_alpn_protocol(), "pop3")
+        self.assertTrue(s.command(b"USER alice").startswith(b"+OK"))
+        self.assertTrue(s.command(b"PASS " + PASSWORD.encode()).startswith(b"+OK"))
+
+
 class STLSTests(unittest.TestCase):
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())

@@ -108,7 +108,11 @@ def _chains_to_trusted_ca(conn: Any, peer: Any) -> bool:
         store = conn.get_context().get_cert_store()
         if store is None:
             return False
-        chain = list(conn.get_peer_cert_chain() or [])[1:]  # intermediates the client sent
+        # The intermediates the client sent. On a server OpenSSL's peer chain does not hold the
+        # client's own certificate (on a client it does): "[1:]" dropped the first intermediate,
+        # and a certificate from an intermediate CA passed the handshake but never got EXTERNAL.
+        leaf = peer.to_cryptography()
+        chain = [c for c in (conn.get_peer_cert_chain() or []) if c.to_cryptography() != leaf]
         crypto.X509StoreContext(store, peer, chain).verify_certificate()
     except Exception:  # X509StoreContextError, or anything odd about the connection: no identity
         return False
