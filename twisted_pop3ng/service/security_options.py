@@ -106,12 +106,19 @@ def post_options(options: Any) -> None:
             raise usage.UsageError("--tls-client-ca %s: %s" % (options["tls-client-ca"], error))
 
 
+#: The longest a session ticket may stay valid (rotation + grace), in seconds: a year.
+MAX_TICKET_LIFETIME = 365 * 86400
+
+
 def _ticket_keys(options: Any) -> None:
     """Session tickets sealed with keys rotated every ``--tls-ticket-rotation`` seconds (a worker
     then takes its master's keys: :func:`share_ticket_keys`)."""
     rotation, grace = options["tls-ticket-rotation"], options["tls-ticket-grace"]
     if rotation <= 0 or grace < 0:
         raise usage.UsageError("--tls-ticket-rotation must be positive and --tls-ticket-grace not negative")
+    if rotation + grace > MAX_TICKET_LIFETIME:  # (1e20 overflowed OpenSSL's session timeout)
+        raise usage.UsageError("--tls-ticket-rotation plus --tls-ticket-grace must be at most %d "
+                               "seconds (a year)" % MAX_TICKET_LIFETIME)
     if options.get("tls") is not None:
         from twisted_pop3ng.fastpath import tls_tickets
         from twisted_pop3ng.tls.tickets import TicketKeys

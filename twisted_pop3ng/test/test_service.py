@@ -75,6 +75,11 @@ class NumericOptionTests(unittest.TestCase):
             self.assertIn(option, message)
             self.assertIn("negative", message)
 
+    def test_ticket_lifetime_is_bounded(self) -> None:
+        # (1e20 s passed the checks and overflowed OpenSSL's session timeout: a traceback)
+        self.assertIn("a year", self.refused("--tls-ticket-rotation", "1e20"))
+        self.assertIn("a year", self.refused("--tls-ticket-grace", "1e12"))
+
     def test_workers_are_bounded(self) -> None:
         self.assertIn("--workers", self.refused("--workers", "100000"))
         self.assertIn("--workers", self.refused("--workers", "0"))
