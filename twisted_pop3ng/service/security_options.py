@@ -311,8 +311,11 @@ class ClientCertTLS:
         return [crypto.X509.from_cryptography(c) for c in certs]
 
     def reload(self) -> None:
+        # The CA file first: if it cannot be read, nothing changes (the certificate used to be
+        # swapped already when the CA file then failed, and the log said the old one was kept).
+        cas = self._load_cas()
         self.inner.reload()
-        self._cas = self._load_cas()
+        self._cas = cas
 
     def getContext(self) -> Any:
         from OpenSSL import SSL
