@@ -50,7 +50,9 @@ class ParseTests(unittest.TestCase):
                      b"PROXY TCP4 ::1 ::1 1 2\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",
                      b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n", b"PROXY " + b"x" * 120,
                      v2(2, 0x11, b""), V2_SIGNATURE + b"\x10\x11\x00\x00",
-                     V2_SIGNATURE + b"\x21\x11\xff\xff"):
+                     V2_SIGNATURE + b"\x21\x11\xff\xff",
+                     # an IPv6 zone id is free text that went into the log's rip= as it came
+                     b"PROXY TCP6 fe80::1%a\tb ::1 40000 110\r\n", b"PROXY TCP6 ::1 fe80::1%x=y 1 2\r\n"):
             self.assertRaises(WireError, parse_header, data)
 
     @settings(deadline=None, max_examples=500)

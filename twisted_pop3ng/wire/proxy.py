@@ -68,6 +68,9 @@ def _ip(word: bytes, version: int) -> str:
         raise WireError("bad address in PROXY header")
     if address.version != version:
         raise WireError("address family mismatch in PROXY header")
+    if getattr(address, "scope_id", None) is not None:
+        # (an IPv6 zone id, "%...", is free text: it went into the log's rip= field as it came)
+        raise WireError("bad address in PROXY header")
     return str(address)
 
 
