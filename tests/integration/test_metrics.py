@@ -151,6 +151,25 @@ class MetricsTests(unittest.TestCase):
                 return found
             time.sleep(0.05)
 
+    def test_a_request_body_is_never_spooled_to_disk(self) -> None:
+        """A POST streaming a large body: twisted.web spooled every octet over 100 KB to a
+        temporary file before answering (1 GB in a second through the metrics port)."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        self.addCleanup(sock.close)
+        sock.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\n\r\n")
+        for _ in range(50):
+            sock.sendall(b"x" * 160000)
+        spooled = [os.readlink("/proc/%d/fd/%s" % (self.server.process.pid, fd))
+                   for fd in os.listdir("/proc/%d/fd" % self.server.process.pid)]
+        self.assertEqual([p for p in spooled if p.startswith(tempfile.gettempdir() + "/#")
+                          or "(deleted)" in p], [])
+        reply = sock.recv(4096)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 405"), reply[:100])
+        self.assertNotIn("Traceback", self.server.log())
+
     def test_only_metrics_is_served(self) -> None:
         base = self.url[:-len("/metrics")]
         self.assertEqual(curl(base + "/")[0], 404)

@@ -17,6 +17,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import io
 from typing import Any, Iterable, Iterator, List, Optional
 
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
@@ -28,7 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from twisted_pop3ng import __version__
 from twisted_pop3ng.server.stats import ENDINGS, NO_CODE, OTHER, ServerStats
@@ -173,8 +174,25 @@ class MetricsPage(Resource):
         return encoder(self.registry)
 
 
+class ScrapeRequest(Request):
+    """A request to the metrics port. A scrape has no body; one sent anyway is read and dropped
+    (``Request`` would spool a body over 100 KB to a temporary file: a client could fill the
+    disk through the metrics port, a gigabyte a second)."""
+
+    def gotLength(self, length: Any) -> None:
+        self.content = io.BytesIO()  # type: ignore[assignment]  # (Twisted annotates it None)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        pass
+
+
+#: Seconds an idle connection to the metrics port stays open (Twisted's default: 60).
+SCRAPE_IDLE_TIMEOUT = 10
+
+
 class MetricsSite(Site):
-    """No access log line per scrape, no "Starting factory" line per start."""
+    """No access log line per scrape, no "Starting factory" line per start; bodies are dropped
+    (:class:`ScrapeRequest`) and idle connections closed after :data:`SCRAPE_IDLE_TIMEOUT`."""
 
     noisy = False
 
@@ -185,7 +203,7 @@ class MetricsSite(Site):
 def metrics_site(registry: CollectorRegistry) -> Site:
     root = Resource()
     root.putChild(b"metrics", MetricsPage(registry))
-    return MetricsSite(root)
+    return MetricsSite(root, requestFactory=ScrapeRequest, timeout=SCRAPE_IDLE_TIMEOUT)
 
 
 class MetricsService(service.Service):
