@@ -25,7 +25,8 @@ from typing import Any, List, Optional, Tuple
 from twisted_pop3ng.interfaces import IMailboxDelivery
 from twisted_pop3ng.mailbox import store_from_spec
 
-from .e2e import USERS, StreamingBody, TwistdTestCase, stuffed, top_lines, wire_lines, wire_message
+from .e2e import (USERS, StreamingBody, TwistdTestCase, stuffed, top_lines, wait_for, wire_lines,
+                  wire_message)
 from .support import ROOT, ServerProcess, Session, start_server
 
 #: Stored forms a delivering MTA hands over: both line endings, dot lines, "From " lines, 8-bit
@@ -344,9 +345,12 @@ class MemoryBlackBoxTests(BackendBlackBox, TwistdTestCase):
         return "memory:"
 
     def lmtp_port(self) -> int:
-        found = re.findall(r"LMTPFactory starting on (\d+)", self.server.log())
-        self.assertTrue(found, "no LMTP listener in the server log")
-        return int(found[0])
+        # (The POP3 listeners' lines, which start_server waits for, may come before this one.)
+        def listening() -> List[str]:
+            return re.findall(r"LMTPFactory starting on (\d+)", self.server.log())
+
+        self.assertTrue(wait_for(lambda: bool(listening()), timeout=30), "no LMTP listener in the server log")
+        return int(listening()[0])
 
     def deliver(self, user: str, data: bytes) -> Optional[str]:
         lmtp = Session(socket.create_connection(("127.0.0.1", self.lmtp_port()), 20.0))
