@@ -140,6 +140,11 @@ class PostgresStore:
         for tens of seconds. The next use gets a new pool, which connects at once."""
         self._pool_stale = True
 
+    def _connection_failed(self, error: Exception) -> None:
+        """A query failed for want of a working connection: say so, and take a new pool next."""
+        log.warn("PostgreSQL: {error}", error=str(error).strip())
+        self._mark_pool_stale()
+
     def connection_pool(self) -> Any:
         """The psycopg connection pool, opened at first use (also outside a reactor: ``deliver``)."""
         with self._pool_mutex:
@@ -176,8 +181,7 @@ class PostgresStore:
         try:
             return job(*args)
         except psycopg.OperationalError as error:
-            log.warn("PostgreSQL: {error}", error=str(error).strip())
-            self._mark_pool_stale()
+            self._connection_failed(error)
             raise TemporaryFailure(_DB_DOWN) from None
 
     def _check_locks(self) -> None:
@@ -207,8 +211,7 @@ class PostgresStore:
         try:
             return self._open_once(username)
         except psycopg.OperationalError as error:
-            log.warn("PostgreSQL: {error}", error=str(error).strip())
-            self._mark_pool_stale()
+            self._connection_failed(error)
         return self._open_once(username)
 
     def _open_once(self, username: str) -> "PostgresMailbox":
@@ -307,8 +310,7 @@ class PostgresStore:
         try:
             return self._deliver(username, source)
         except psycopg.OperationalError as error:
-            log.warn("PostgreSQL: {error}", error=str(error).strip())
-            self._mark_pool_stale()
+            self._connection_failed(error)
             raise TemporaryFailure(_DB_DOWN) from None
 
     def _deliver(self, username: str, source: Any) -> str:
