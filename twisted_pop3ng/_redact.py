@@ -17,7 +17,7 @@ _SECRET = re.compile(
     r"|(://[^:/@\s]*:)([^/\s]*)(@)",
     re.IGNORECASE)
 
-__all__ = ["redact"]
+__all__ = ["redact", "redact_checker"]
 
 
 def redact(text: str) -> str:
@@ -28,3 +28,9 @@ def redact(text: str) -> str:
         return match.group(3) + "***" + match.group(5)
 
     return _SECRET.sub(hide, text)
+
+
+def redact_checker(description: str) -> str:
+    """An ``--auth`` checker description for a message: ``memory:USER:PASSWORD:...`` holds
+    passwords in every other field, so it is shown by its type alone; others through :func:`redact`."""
+    return "memory:***" if description.lower().startswith("memory:") else redact(description)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import IO, Any, List, Optional
 
-from twisted_pop3ng._redact import redact
+from twisted_pop3ng._redact import redact, redact_checker
 from twisted_pop3ng.delivery import outcome
 from twisted_pop3ng.delivery.recipients import RecipientResolver
 from twisted_pop3ng.delivery.trace import return_path
@@ -164,8 +164,7 @@ def _resolve(descriptions: List[str], address: str) -> str:
 
     checkers = []
     for description in descriptions:
-        # (memory:USER:PASSWORD:... carries passwords: shown by its type alone)
-        shown = "memory:***" if description.lower().startswith("memory:") else redact(description)
+        shown = redact_checker(description)
         try:
             checkers.append(strcred.makeChecker(description))
         except strcred.InvalidAuthType as error:

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List
 from twisted.cred import strcred
 from twisted.python import usage
 
-from twisted_pop3ng._redact import redact
+from twisted_pop3ng._redact import redact_checker
 from twisted_pop3ng.service import delivery_options, ops_options
 from twisted_pop3ng.service import security_options as tap_security
 
@@ -90,13 +90,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         try:
             super().opt_auth(description)
         except usage.UsageError as error:
-            # strcred's words ("Unexpected error: ...") named neither the option nor its value;
-            # a memory: checker's value holds passwords, so it is shown by its type alone.
+            # strcred's words ("Unexpected error: ...") named neither the option nor its value.
             message = str(error)
             if message.startswith("Unexpected error: "):
                 message = message[len("Unexpected error: "):]
-            shown = "memory:***" if description.lower().startswith("memory:") else redact(description)
-            raise usage.UsageError("--auth %s: %s" % (shown, message))
+            raise usage.UsageError("--auth %s: %s" % (redact_checker(description), message))
 
     def opt_listen(self, description: str) -> None:
         """Plain POP3 endpoint (repeatable), e.g. tcp:110 or tcp:1100:interface=127.0.0.1."""
