@@ -89,7 +89,7 @@ class MaildirDestination:
         make_maildir(self.path)
         #: tmp/ names of the sinks begun and not yet published or aborted.
         self._writing: Set[str] = set()
-        #: The nonce in this run's names (:meth:`intend` sets it before the first message).
+        #: The nonce in this run's names (:meth:`intend` records it before the first message).
         self.nonce = secrets.token_hex(8)
         #: UIDL -> LIST size of the messages an interrupted run's intent names and whose file is
         #: in new/ or cur/ (:meth:`recover`).

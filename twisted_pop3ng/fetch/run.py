@@ -442,7 +442,6 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
                                   "left on the server" % number)
         ambiguous = _ambiguous(uids, result)
         todo: List[Tuple[int, str, int]] = []
-        intent: List[Tuple[str, Optional[int]]] = []
         recovered: Dict[str, Optional[int]] = {}
         for number in sorted(uids):
             uid, size = uids[number], sizes.get(number)
@@ -455,10 +454,10 @@ async def _fetch(reactor: Any, options: FetchOptions, account: str, state_path: 
                 result.skipped += 1
             else:
                 todo.append((number, uid, size or 0))
-                intent.append((uid, size))
         if recovered:
             state.mark_delivered(recovered)
-        destination.intend(state, intent)  # (saves what was recovered too, in the same write)
+        # (saves what was recovered too, in the same write; sizes as LIST gave them, None kept)
+        destination.intend(state, [(uid, sizes.get(number)) for number, uid, _ in todo])
         state.save()
         progress = options.progress_sink
         if progress is None and options.progress and todo:
