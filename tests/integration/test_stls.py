@@ -209,6 +209,20 @@ class NoCertificateTests(unittest.TestCase):
         self.assertNotIn(b"STLS", s.body())
         self.assertEqual(s.command(b"STLS"), b"-ERR STLS is not available: no certificate configured\r\n")
 
+    def test_sighup_without_certificate_keeps_serving(self) -> None:
+        """``systemctl reload`` on a server without TLS: logged, and nothing ends."""
+        server = start_server(os.path.abspath(self.mktemp()), {"alice": PASSWORD}, tls=False)
+        self.addCleanup(server.stop)
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "SIGHUP: no TLS certificate to reload" not in server.log():
+            self.assertIsNone(server.process.poll(), server.log())
+            self.assertLess(time.monotonic(), deadline, server.log())
+            time.sleep(0.05)
+        s = Session(server.connect())
+        self.addCleanup(s.close)
+        self.assertTrue(s.line().startswith(b"+OK"))
+
 
 class InteropTests(unittest.TestCase):
     """curl --ssl-reqd and fetchmail sslcertck: STLS with certificate checking, as users run them."""

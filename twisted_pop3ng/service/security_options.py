@@ -258,10 +258,13 @@ def factory_arguments(options: Any) -> Dict[str, Any]:
 
 
 def watch_tls(options: Any, reactor: Any) -> None:
-    """Reload the TLS certificate and key on SIGHUP, once the reactor runs (if TLS is configured)."""
-    tls = options.get("tls")
-    if tls is not None:
-        reactor.callWhenRunning(install_sighup, tls, reactor)
+    """Make SIGHUP reload the TLS certificate and key (:func:`install_sighup`).
+
+    Installed now, not when the reactor runs: the ports listen before it does, and a SIGHUP in
+    between (a reload right after a start) must not meet SIGHUP's default action, which ends the
+    server.
+    """
+    install_sighup(options.get("tls"), reactor)
 
 
 def configure(options: Any, factory: Any, reactor: Any) -> None:
@@ -274,7 +277,12 @@ def configure(options: Any, factory: Any, reactor: Any) -> None:
 
 
 def install_sighup(tls: Any, reactor: Any) -> None:
+    """SIGHUP re-reads ``tls``'s files (in the reactor thread), or, without TLS, is logged and
+    otherwise ignored: ``systemctl reload`` must never stop a server."""
     def reload() -> None:
+        if tls is None:
+            log.info("SIGHUP: no TLS certificate to reload")
+            return
         try:
             tls.reload()
         except Exception as error:  # keep serving with the old certificate

@@ -181,6 +181,7 @@ class WorkerPool(service.Service):
         self.sockets: List[Tuple[int, str]] = []
         #: The master's TLS ticket keys (``ticket_keys_export``), handed to every worker.
         self.tls_tickets: Optional[Dict[str, Any]] = None
+        self._sighup_chained = False
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -204,7 +205,9 @@ class WorkerPool(service.Service):
             self.sockets.append((port.fileno(), "proxy+" + kind if proxied else kind))
         for slot in range(self.count):
             self._spawn(slot)
-        self.reactor.callWhenRunning(self.reactor.callLater, 0, self._chain_sighup)
+        if not self._sighup_chained:  # (the master's own handler is in: makeService made the factory)
+            self._sighup_chained = True
+            self._chain_sighup()
 
     def _spawn(self, slot: int) -> None:
         child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r"}  # (its log comes back: _Worker)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,10 +14,11 @@ from typing import Any, Dict, Generator, List
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
-from twisted_pop3ng.service import build, workers
+from twisted_pop3ng.service import build, security_options, workers
 from twisted_pop3ng.service.options import Options
 
 
@@ -178,7 +180,63 @@ class _FakeReactor:
         pass
 
 
+class _NotRunningReactor:
+    """A reactor that has not started yet: what it is asked to do is only recorded."""
+
+    def __init__(self) -> None:
+        self.when_running: List[Any] = []
+        self.from_thread: List[Any] = []
+
+    def callWhenRunning(self, *args: Any) -> None:
+        self.when_running.append(args)
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.from_thread.append((f, args))
+
+
+class SighupTests(unittest.TestCase):
+    """The ports listen before the reactor runs: a SIGHUP then (``systemctl reload`` right after a
+    start) must already have pop3ng's handler, never SIGHUP's default action, which ends the server."""
+
+    def setUp(self) -> None:
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def hup(self, reactor: _NotRunningReactor) -> None:
+        handler = signal.getsignal(signal.SIGHUP)
+        self.assertTrue(callable(handler), "no SIGHUP handler before the reactor runs")
+        os.kill(os.getpid(), signal.SIGHUP)
+        for f, args in reactor.from_thread:
+            f(*args)
+
+    def logged(self) -> List[str]:
+        return [e.get("log_format", "") for e in self.events]
+
+    def test_the_handler_is_in_before_the_reactor_runs(self) -> None:
+        class FailingTLS:
+            def reload(self) -> None:
+                raise ValueError("garbage")
+
+        reactor = _NotRunningReactor()
+        security_options.watch_tls({"tls": FailingTLS()}, reactor)
+        self.hup(reactor)
+        self.assertTrue([m for m in self.logged() if m.startswith("TLS reload failed")], self.logged())
+
+    def test_without_tls_sighup_is_logged_and_ignored(self) -> None:
+        reactor = _NotRunningReactor()
+        security_options.watch_tls({"tls": None}, reactor)
+        self.hup(reactor)
+        self.assertIn("SIGHUP: no TLS certificate to reload", self.logged())
+
+
 class WorkerSpawnTests(unittest.TestCase):
+    def setUp(self) -> None:
+        # startService chains the master's SIGHUP handler in this process
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+
     def test_a_worker_gets_its_configuration_on_stdin_and_the_masters_environment(self) -> None:
         listener = listening_service("tcp:0:interface=127.0.0.1")
         listener.privilegedStartService()
