@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from twisted_pop3ng._fs import create_temporary
 from twisted_pop3ng.errors import MailboxInUse, MessageVanished, PermanentFailure, POP3Error, TemporaryFailure
 from twisted_pop3ng.mailbox.mbox import rewrite as mbox_rewrite
 from twisted_pop3ng.mailbox.mbox import store as mbox_store
@@ -500,6 +501,27 @@ class CrashRecoveryTests(StoreTestCase):
         self.assertEqual(after[:2], before[1:])
         self.assertEqual(after[2][2], message(4))
         self.assertFalse(os.path.exists(mbox_rewrite.journal_path(self.path)))
+
+    @defer.inlineCallbacks
+    def test_a_journal_half_written_by_a_killed_rewrite_is_removed(self):
+        """kill -9 while the journal was written leaves its temporary file (the mbox is intact):
+        the next rewrite removes it, and nothing else beside the mbox."""
+        self.deliver(message(1), message(2))
+        journal = mbox_rewrite.journal_path(self.path)
+        stale, fd = create_temporary(journal)
+        os.write(fd, b"half a journal")
+        os.close(fd)
+        neighbour = os.path.join(os.path.dirname(self.path), ".other.pop3ng-journal.tmp.1.ab")
+        with open(neighbour, "wb") as f:
+            f.write(b"another mbox's")
+        before = yield self.contents()
+        mailbox = yield self.session()
+        yield mailbox.commit([0])
+        mailbox.close()
+        self.assertFalse(os.path.exists(stale))
+        self.assertTrue(os.path.exists(neighbour))
+        after = yield self.contents()
+        self.assertEqual(after, before[1:])
 
 
 class UidTests(StoreTestCase):

@@ -61,10 +61,28 @@ def _digest(fd: int, start: int, end: int, touch: Callable[[], None] = lambda: N
     return h.hexdigest()
 
 
+def _remove_stale_temporaries(path: str) -> None:
+    """Remove journals a killed rewrite left half-written (``create_temporary``'s ``PATH.tmp.*``).
+
+    Only a rewrite writes one, under the write lock, which the caller now holds: any there is
+    stale. Looked for only here, before a rewrite (which costs far more than a directory listing),
+    not at every lock: a mail spool directory can hold many thousands of names."""
+    directory, prefix = os.path.dirname(path) or ".", os.path.basename(path) + ".tmp."
+    for name in os.listdir(directory):
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError as error:  # (another user's file in a sticky spool: left, said)
+                log.warning("cannot remove the stale journal %s: %s", name, error)
+            else:
+                log.warning("removed %s, left by a rewrite that was killed", name)
+
+
 def _write_journal(path: str, header: Dict, body: Callable[[int], int]) -> None:
     """The journal: the body (written by ``body(fd)``, returning its length), the JSON header,
     and the header's length in 16 digits; fsynced and renamed into place."""
     directory = os.path.dirname(path) or "."
+    _remove_stale_temporaries(path)
     tmp, fd = create_temporary(path)
     try:
         try:
