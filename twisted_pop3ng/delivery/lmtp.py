@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import IO, Any, Callable, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -369,18 +369,26 @@ class LMTPServer(LineReceiver, TimeoutMixin):
             return
         self.setTimeout(None)  # the store's time is not the client's
         envelope = self._envelope()
-        copies = [(user, trace_headers(envelope, address) if envelope else b"") for address, user in recipients]
+        # One copy per mailbox: a second RCPT for a mailbox already named (the same address
+        # twice, or another address of the same user) gets the first one's reply, as Dovecot's
+        # LMTP does, and the user gets the message once.
+        first: Dict[str, str] = {}
+        for address, user in recipients:
+            first.setdefault(user, address)
+        copies = [(user, trace_headers(envelope, address) if envelope else b"") for user, address in first.items()]
         result = deferToThreadPool(self.factory.reactor, self.factory.pool, deliver_copies,
                                    self.factory.store, spool, copies)
 
         def done(results: List[Tuple[Outcome, Optional[Failure]]]) -> None:
-            for (address, user), (result, failure) in zip(recipients, results):
+            by_user: Dict[str, Outcome] = {}
+            for (user, _), (result, failure) in zip(copies, results):
+                by_user[user] = result
                 if failure is not None:
                     self.log.failure("LMTP delivery to {user}", failure, user=user)
                 elif result.kind != outcome.DELIVERED:
                     self.log.warn("LMTP delivery to {user} failed: {text}", user=user,
                                   text=result.description)
-            self._finish(recipients, [result for result, _ in results])
+            self._finish(recipients, [by_user[user] for _, user in recipients])
 
         def failed(reason: Failure) -> None:  # the pool itself failed (stopped): nothing stored
             self.log.failure("LMTP delivery", reason)

@@ -307,6 +307,17 @@ class DataTests(LMTPTestCase):
         self.assertEqual(self.stored("bob"), [b"Subject: hi\n\n.dot\nbody\n"])
         self.assertEqual(self.send(b"MAIL FROM:<a@b>\r\n"), [b"250 2.1.0 Ok"])  # a new transaction
 
+    def test_a_mailbox_named_twice_gets_the_message_once(self) -> None:
+        """The same address twice, or two addresses of one user: one copy, and each RCPT the
+        reply of that copy (as Dovecot's LMTP; an MTA that expanded an alias twice must not
+        make a user download the message twice)."""
+        self.transaction("alice", "alice@example.org", "alice")
+        replies = self.send(b"Subject: once\r\n\r\nbody\r\n.\r\n")
+        self.assertEqual(replies, [b"250 2.0.0 <alice> Delivered as m1",
+                                   b"250 2.0.0 <alice@example.org> Delivered as m1",
+                                   b"250 2.0.0 <alice> Delivered as m1"])
+        self.assertEqual(self.stored("alice"), [b"Subject: once\n\nbody\n"])
+
     def test_any_chunking_gives_the_same_message(self) -> None:
         body = b".leading dot\r\nline\r\n\r\n...\r\nlast\r\n.\r\n"
         self.transaction("alice")
@@ -388,6 +399,14 @@ class StoreFailureTests(LMTPTestCase):
     def test_permanent_failure(self) -> None:
         self.assertEqual(self.fail_with(PermanentFailure("Maildrop is not a directory"))[1],
                          b"550 5.2.0 <bob> Maildrop is not a directory")
+
+    def test_a_mailbox_named_twice_shares_its_failure(self) -> None:
+        self.store = FailingStore("bob", TemporaryFailure("Database unavailable"))
+        self.connect()
+        self.transaction("bob", "alice", "bob@example.org")
+        self.assertEqual(self.send(b"Subject: x\r\n\r\ny\r\n.\r\n"),
+                         [b"451 4.3.0 <bob> Database unavailable", b"250 2.0.0 <alice> Delivered as m1",
+                          b"451 4.3.0 <bob@example.org> Database unavailable"])
 
     def test_unexpected_error_is_temporary_and_logged(self) -> None:
         self.assertEqual(self.fail_with(ZeroDivisionError())[1],
