@@ -19,7 +19,6 @@ file names are digests (:mod:`.delivery`).
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from twisted.internet import defer, threads
 from twisted_pop3ng.client import protocol as pop3
 from twisted_pop3ng.client.connect import parse_url
 from twisted_pop3ng.client.errors import ProtocolError, UidlUnsupported
+from twisted_pop3ng.fetch.config import non_negative_number, positive_number, whole_count
 from twisted_pop3ng.fetch.delivery import open_destination
 from twisted_pop3ng.fetch.forward import ForwardDestination, ForwardSettings
 from twisted_pop3ng.fetch.state import FetchState, default_path
@@ -107,17 +107,18 @@ class FetchOptions:
     progress_sink: Optional[Any] = None
 
     def __post_init__(self) -> None:
-        # The library's own guard (the command line and the config file check first, in their
-        # words): a NaN keep_days compares false with every age, so every message was deleted.
-        if self.keep_days is not None and not (math.isfinite(self.keep_days) and self.keep_days >= 0):
-            raise ValueError("keep_days must be a finite number of days, 0 or more, not %r"
-                             % (self.keep_days,))
-        if not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise ValueError("timeout must be a finite number of seconds above 0, not %r"
-                             % (self.timeout,))
-        if self.batch < 1 or self.window < 1:
-            raise ValueError("batch and window must be 1 or more, not %r and %r"
-                             % (self.batch, self.window))
+        # The library's own guard, by the rules the command line and the config file apply
+        # first: a NaN keep_days compares false with every age, so every message was deleted.
+        rules = (("keep_days", non_negative_number), ("timeout", positive_number),
+                 ("batch", whole_count), ("window", whole_count))
+        for name, rule in rules:
+            value = getattr(self, name)
+            if value is None and name == "keep_days":
+                continue  # (keep them all)
+            try:
+                rule(value)
+            except ValueError as error:
+                raise ValueError("%s: %s, not %r" % (name, error, value)) from None
 
 
 @dataclass
