@@ -5,6 +5,7 @@ no secret is in them."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,10 @@ import time
 from typing import Any, Dict, List
 
 from twisted.trial import unittest
+
+from twisted_pop3ng._fs import create_temporary
+from twisted_pop3ng.mailbox.mbox.rewrite import journal_path
+from twisted_pop3ng.mailbox.mbox.store import MboxStore
 
 from tests.integration.support import ROOT, TWISTD_MAIN, Session, start_server, write_users
 
@@ -126,6 +131,40 @@ class JSONLogTests(unittest.TestCase):
         maildir = self.server.maildir("alice")
         self.assertEqual(os.listdir(os.path.join(maildir, "new")) +
                          os.listdir(os.path.join(maildir, "cur")), [])
+
+
+class LibraryLogTests(unittest.TestCase):
+    """What is logged through the standard library's ``logging`` (the mbox store here; psycopg's
+    pool the same way) is a JSON record too, not a bare line on stderr in the middle of them."""
+
+    def test_an_mbox_warning_is_a_json_record(self) -> None:
+        root = tempfile.mkdtemp(prefix="pop3ng-jsonlog-mbox-")
+        self.addCleanup(shutil.rmtree, root, True)
+        template = os.path.join(root, "spool", "{user}")
+        store = MboxStore(template)
+        store.deliver("alice", io.BytesIO(MESSAGE.replace(b"\r\n", b"\n")))
+        stale, fd = create_temporary(journal_path(store.path_for("alice")))  # (a killed rewrite's)
+        os.close(fd)
+        server = start_server(root, {"alice": PASSWORD}, tls=False,
+                              twistd_args=["--logger", "twisted_pop3ng.logs.json_observer"],
+                              extra_args=["--mailbox", "mbox:" + template])
+        self.addCleanup(server.stop)
+        s = Session(server.connect())
+        self.addCleanup(s.close)
+        self.assertTrue(s.line().startswith(b"+OK"))
+        for command in (b"USER alice", b"PASS " + PASSWORD.encode(), b"DELE 1", b"QUIT"):
+            self.assertTrue(s.command(command).startswith(b"+OK"), command)
+        deadline = time.monotonic() + 30
+        while True:
+            with open(server.log_path, encoding="utf-8") as f:
+                records = [json.loads(line) for line in f.read().splitlines()]  # (every line JSON)
+            found = [r for r in records if r["namespace"] == "twisted_pop3ng.mailbox.mbox.rewrite"]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual([(r["level"], r["text"]) for r in found],
+                         [("warn", "removed %s, left by a rewrite that was killed" % os.path.basename(stale))])
+        self.assertFalse(os.path.exists(stale))
 
 
 class DaemonLogFileTests(unittest.TestCase):

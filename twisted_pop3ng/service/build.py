@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_pop3ng.service import delivery_options, ops_options, systemd
+from twisted_pop3ng.service import delivery_options, ops_options, stdlib_logging, systemd
 from twisted_pop3ng.service import security_options as tap_security
 from twisted_pop3ng.service.options import Options
 
@@ -149,6 +149,7 @@ def make_factory(options: Options) -> Any:
                                 **tap_security.factory_arguments(options))
     ops_options.configure_factory(options, factory)  # (each --workers process too)
     tap_security.watch_tls(options, reactor)
+    stdlib_logging.install()
     return factory
 
 
