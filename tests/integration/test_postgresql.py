@@ -324,6 +324,13 @@ class DatabaseDownTests(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual(s.command(b"STAT").split()[1], b"2")  # nothing was deleted
         s.command(b"QUIT")
+        # The pool's retries are in the server's log as its events (not bare lines on stderr),
+        # and, repeating, once a minute: not one per retry.
+        lines = server.log().splitlines()
+        retries = [line for line in lines if "error connecting in 'pop3ng'" in line]
+        self.assertTrue(retries, server.log())
+        self.assertTrue(all("[psycopg.pool#warn]" in line for line in retries), retries)
+        self.assertEqual(len(retries), 1, retries)
 
     def mktemp_dir(self) -> str:
         path = os.path.abspath(self.mktemp())
