@@ -7,6 +7,7 @@ commands, pipelining, streaming), :mod:`.login` picks and runs an authentication
 ``pop3s://`` URL or an endpoint into a secured, logged-in client.
 """
 
+from twisted_pop3ng.auth.sasl_client import SASLError
 from twisted_pop3ng.client.connect import POP3URL, connect, parse_url
 from twisted_pop3ng.client.errors import (AuthError, CapabilityError, InUseError, LoginDelayError,
                                           PermanentError, ProtocolError, ServerError,
@@ -17,4 +18,4 @@ from twisted_pop3ng.client.protocol import DEFAULT_TIMEOUT, POP3Client, POP3Clie
 __all__ = ["POP3Client", "POP3ClientFactory", "connect", "parse_url", "POP3URL", "DEFAULT_TIMEOUT",
            "AuthError", "CapabilityError", "InUseError", "LoginDelayError", "PermanentError",
            "ProtocolError", "ServerError", "TemporaryError", "TLSError", "error_for",
-           "StlsRequired", "UidlUnsupported", "TLSVerificationError"]
+           "StlsRequired", "UidlUnsupported", "TLSVerificationError", "SASLError"]

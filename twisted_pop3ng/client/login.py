@@ -37,6 +37,8 @@ class LoginMixin:
 
         def capa(self) -> defer.Deferred: ...
 
+        def _send_next(self, line: bytes, **kwargs: Any) -> defer.Deferred: ...
+
     def _channel_binding(self) -> Optional[Tuple[str, bytes]]:
         """SCRAM-PLUS data (RFC 9266): ``tls-exporter`` on TLS 1.3, ``tls-server-end-point`` before."""
         if not self.tls:
@@ -130,24 +132,30 @@ class LoginMixin:
         return attempts, hint
 
     def _attempt(self, attempts: list, username: str, secret: str,
-                 binding: Optional[Tuple[str, bytes]]) -> defer.Deferred:
-        """Try ``attempts[0]``; on an authentication failure go on with the rest."""
+                 binding: Optional[Tuple[str, bytes]], retry: bool = False) -> defer.Deferred:
+        """Try ``attempts[0]``; on an authentication failure go on with the rest (``retry``: ahead
+        of the commands the caller queued behind :meth:`login`)."""
         name, rest = attempts[0], attempts[1:]
         self.mechanism = name
+        send = self._send_next if retry else self.send
         if name == "USER":
-            d = self._user_pass(username, secret)
+            d = self._user_pass(username, secret, send)
         else:
-            d = self.authenticate(name, username, secret, binding)
+            d = self._authenticate(name, username, secret, binding, send)
         if rest:
             def next_one(failure: Any) -> defer.Deferred:
                 failure.trap(AuthError)
-                return self._attempt(rest, username, secret, binding)
+                return self._attempt(rest, username, secret, binding, retry=True)
             d.addErrback(next_one)
         return d
 
     def authenticate(self, name: str, username: str, secret: str,
                      channel_binding: Optional[Tuple[str, bytes]] = None) -> defer.Deferred:
         """``AUTH name`` (RFC 5034) with the initial response when the mechanism has one."""
+        return self._authenticate(name, username, secret, channel_binding, self.send)
+
+    def _authenticate(self, name: str, username: str, secret: str,
+                      channel_binding: Optional[Tuple[str, bytes]], send: Any) -> defer.Deferred:
         try:
             mech = sasl_client.make(name, username, secret, channel_binding)
         except sasl_client.SASLError as e:
@@ -156,12 +164,12 @@ class LoginMixin:
         line = b"AUTH " + name.encode("ascii")
         if initial is not None:
             line += b" " + (base64.b64encode(initial) if initial else b"=")
-        return self.send(line, barrier=True, mechanism=mech, is_auth=True)
+        return send(line, barrier=True, mechanism=mech, is_auth=True)
 
-    def _user_pass(self, username: str, password: str) -> defer.Deferred:
-        d = self.send(b"USER " + username.encode("utf-8"), barrier=True, is_auth=True)
-        return d.addCallback(lambda _: self.send(b"PASS " + password.encode("utf-8"),
-                                                 barrier=True, is_auth=True))
+    def _user_pass(self, username: str, password: str, send: Any) -> defer.Deferred:
+        d = send(b"USER " + username.encode("utf-8"), barrier=True, is_auth=True)
+        return d.addCallback(lambda _: self._send_next(b"PASS " + password.encode("utf-8"),
+                                                       barrier=True, is_auth=True))
 
     def _apop(self, username: str, password: str) -> defer.Deferred:
         match = re.search(r"<[^<>]*@[^<>]*>", self.greeting)

@@ -38,7 +38,7 @@ from twisted_pop3ng._net import set_no_delay
 from twisted_pop3ng.client.errors import (AuthError, CapabilityError, InUseError, LoginDelayError,
                             PermanentError, ProtocolError, ServerError, StlsRequired,
                             TemporaryError, TLSError, TLSVerificationError, UidlUnsupported,
-                            error_for)
+                            error_for, printable)
 
 __all__ = ["POP3Client", "POP3ClientFactory", "AuthError", "CapabilityError",
            "InUseError", "LoginDelayError", "PermanentError", "ProtocolError", "ServerError",
@@ -129,6 +129,15 @@ class _Pending:
 #: Octets that count as progress for the command timeout even before a reply is complete (a
 #: large RETR on a slow link); fewer per timeout is a server holding the client, not a slow one.
 PROGRESS_OCTETS = 1024
+
+
+class _ServerHungUp(Exception):
+    """An ``-ERR`` no command asked for: the server's last words before it closes (an idle
+    timeout, a shutdown)."""
+
+    def __init__(self, line: bytes) -> None:
+        super().__init__(repr(line))
+        self.text = printable(line.decode("utf-8", "replace"))
 
 
 class _ConsumerFailed(Exception):
@@ -266,15 +275,49 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
              mechanism: Any = None, is_auth: bool = False,
              discard_rest: bool = False) -> defer.Deferred:
         """Queue a raw command; fires with its :class:`~twisted_pop3ng.wire.Status` (or sink result)."""
+        return self._enqueue(line, dict(multiline=multiline, sink=sink, barrier=barrier,
+                                        mechanism=mechanism, is_auth=is_auth), discard_rest)
+
+    def _send_next(self, line: bytes, **kwargs: Any) -> defer.Deferred:
+        """:meth:`send`, ahead of everything queued: the next step of an exchange under way
+        (``PASS`` after ``USER``), which a command the caller queued meanwhile must not split."""
+        return self._enqueue(line, kwargs, kwargs.pop("discard_rest", False), first=True)
+
+    def _enqueue(self, line: bytes, arguments: Dict[str, Any], discard_rest: bool,
+                 first: bool = False) -> defer.Deferred:
         if self._closed is not None:
             return defer.fail(self._closed)
         if b"\r" in line or b"\n" in line:
             return defer.fail(ValueError("a command line cannot contain CR or LF"))
-        pending = _Pending(line, multiline, sink, barrier, mechanism, is_auth)
+        pending = _Pending(line, **arguments)
         pending.discard_rest = discard_rest
-        self._queued.append(pending)
+        pending.deferred = defer.Deferred(lambda _: self._cancel(pending))
+        if first:
+            self._queued.appendleft(pending)
+        else:
+            self._queued.append(pending)
         self._flush()
         return pending.deferred
+
+    def _cancel(self, pending: _Pending) -> None:
+        """``Deferred.cancel()`` of a command: a cancelled command has no effect. One not sent
+        yet never is; one sent already (a DELE, a RETR half received) cannot be taken back, so
+        the connection is aborted: without QUIT the server commits nothing, and no more of a
+        body reaches its consumer. The other commands fail with the reason."""
+        if any(item is pending for item in self._queued):
+            self._queued = deque(item for item in self._queued if item is not pending)
+            self._flush()
+            return  # (the Deferred fails with CancelledError)
+        if not any(item is pending for item in self._inflight) or self._closed is not None:
+            return
+        self._inflight = deque(item for item in self._inflight if item is not pending)
+        self._release_consumer(pending)
+        self._closed = Failure(ierror.ConnectionAborted(
+            "%s was cancelled after it was sent: the connection was closed so that it has no "
+            "effect" % pending.verb))
+        self._fail_all(self._closed)
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _flush(self) -> None:
         """Write every queued command that the FIFO and pipelining rules let go now."""
@@ -333,6 +376,8 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
                     if self._quitting:
                         pos = len(buf)
                         break
+                    if buf.startswith(b"-ERR", pos):
+                        raise _ServerHungUp(buf[pos:pos + 200].split(b"\n", 1)[0].rstrip(b"\r"))
                     raise ProtocolError("unexpected data from server: %r" % buf[pos:pos + 80])
                 head = self._inflight[0]
                 if self._decoder is not None:
@@ -371,10 +416,15 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
                 if head.discard_rest:
                     pos = len(buf)  # STLS: nothing after +OK may be read as plaintext (RFC 2595 §4)
                 buf, pos = self._callback(head, status, buf, pos)
-        except (ProtocolError, _ConsumerFailed) as e:
+        except (ProtocolError, _ConsumerFailed, _ServerHungUp) as e:
             # A stream cannot be resumed half-way: drop the connection (the server commits nothing).
             self._buffer = b""
-            self._fail_all(Failure(e.error if isinstance(e, _ConsumerFailed) else e))
+            if isinstance(e, _ServerHungUp):  # its reason is what the next command fails with
+                failure = Failure(ierror.ConnectionLost("the server ended the session: %s" % e.text))
+            else:
+                failure = Failure(e.error if isinstance(e, _ConsumerFailed) else e)
+            self._closed = failure
+            self._fail_all(failure)
             if self.transport is not None:
                 self.transport.abortConnection()
             return
@@ -445,6 +495,12 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
             result = status
         if head.discard_rest:
             self._complete_stls(head, result)
+            return
+        if head.is_auth:
+            # A login step: its callback may send the next step (PASS after USER, the fallback
+            # method), which goes before what the caller queued meanwhile (``_send_next``).
+            head.deferred.callback(result)
+            self._flush()
             return
         self._flush()
         head.deferred.callback(result)
@@ -569,6 +625,8 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         d = self.send(b"QUIT", barrier=True)
 
         def done(result: Any) -> Any:
+            if self._closed is None:
+                self._closed = Failure(ierror.ConnectionDone("the session ended with QUIT"))
             if self.transport is not None:
                 self.transport.loseConnection()
             return result
@@ -612,8 +670,12 @@ def _scan_line(raw: bytes, what: str) -> Tuple[int, int]:
 
 
 def _uid_line(raw: bytes, what: str) -> Tuple[int, str]:
-    """``N UID`` (a UIDL line, or the UIDL N reply); the UIDL must follow RFC 1939's rule."""
+    """``N UID`` (a UIDL line, or the UIDL N reply); the UIDL must follow RFC 1939's rule. A
+    further word is not extra information here (RFC 1939 allows that in LIST only): it would be a
+    UIDL with a space, and taking its first word would make two messages one."""
     number, uid = _words(raw, 2, what)
+    if len([word for word in raw.split(b" ") if word]) > 2:
+        raise ProtocolError("invalid UIDL from the server (RFC 1939: no spaces): %r" % raw[:80])
     text = uid.decode("ascii", "replace")
     if not wire.is_valid_uid(text):
         raise ProtocolError("invalid UIDL from the server (RFC 1939: 1-%d characters in "

@@ -9,7 +9,7 @@ import hmac
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet import error as ierror, task
+from twisted.internet import defer, error as ierror, task
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -181,6 +181,122 @@ class SlowConsumer:
     def write(self, data):
         self.data.append(data)
         self.producer.pauseProducing()
+
+
+class CancelTests(unittest.TestCase):
+    """``Deferred.cancel()`` of a command: a cancelled command has no effect."""
+
+    def test_a_command_not_sent_yet_is_never_sent(self):
+        client, transport, _ = make_client(caps={})  # (no pipelining: DELE waits behind STAT)
+        stat = client.stat()
+        dele = client.delete(1)
+        dele.cancel()
+        self.failureResultOf(dele, defer.CancelledError)
+        noop = client.noop()
+        client.dataReceived(b"+OK 2 20\r\n")
+        self.assertEqual(self.successResultOf(stat), (2, 20))
+        self.assertEqual(transport.value(), b"STAT\r\nNOOP\r\n")  # DELE 1 never went out
+        client.dataReceived(b"+OK\r\n")
+        self.successResultOf(noop)
+
+    def test_a_command_sent_already_aborts_the_connection(self):
+        """A DELE on the wire cannot be taken back: without QUIT, the server commits nothing."""
+        client, transport, _ = make_client(caps={"PIPELINING": []})
+        dele = client.delete(1)
+        after = client.noop()
+        dele.cancel()
+        self.failureResultOf(dele, defer.CancelledError)
+        failure = self.failureResultOf(after, ierror.ConnectionAborted)
+        self.assertIn("DELE was cancelled", str(failure.value))
+        self.assertTrue(transport.disconnecting)
+        self.failureResultOf(client.quit(), ierror.ConnectionAborted)  # no QUIT is sent
+        self.assertNotIn(b"QUIT", transport.value())
+
+    def test_a_body_half_received_stops_reaching_its_consumer(self):
+        client, transport, _ = make_client(caps={"PIPELINING": []})
+        received = []
+
+        class Sink:
+            def write(self, data):
+                received.append(data)
+        d = client.retrieve(1, Sink())
+        client.dataReceived(b"+OK\r\nfirst line\r\n")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        client.dataReceived(b"second line\r\n.\r\n")
+        self.assertEqual(b"".join(received), b"first line\r\n")
+
+
+class UidlTests(unittest.TestCase):
+    def test_a_uidl_with_a_space_is_a_protocol_error(self):
+        """Two messages "abc def" and "abc xyz" must not both become "abc" (a fetcher would
+        skip one as already fetched)."""
+        client, transport, _ = make_client(caps={})
+        d = client.uidl()
+        client.dataReceived(b"+OK\r\n1 abc def\r\n2 abc xyz\r\n.\r\n")
+        self.failureResultOf(d, pop3.ProtocolError)
+        client, transport, _ = make_client(caps={})
+        d = client.uidl(1)
+        client.dataReceived(b"+OK 1 abc def\r\n")
+        self.failureResultOf(d, pop3.ProtocolError)
+        client, transport, _ = make_client(caps={})
+        d = client.uidl()
+        client.dataReceived(b"+OK\r\n1  abc \r\n.\r\n")  # (runs of spaces are tolerated)
+        self.assertEqual(self.successResultOf(d), {1: "abc"})
+
+
+class SessionEndTests(unittest.TestCase):
+    def test_the_servers_last_words_are_the_reason_later_commands_fail(self):
+        """An idle timeout: the server says why and closes; the next command says so too (it
+        used to fail with "aborted locally", the reason lost)."""
+        client, transport, _ = make_client(caps={})
+        client.dataReceived(b"-ERR Disconnected for inactivity.\x1b[2J\r\n")
+        self.assertTrue(transport.disconnecting)
+        failure = self.failureResultOf(client.noop(), ierror.ConnectionLost)
+        self.assertEqual(str(failure.value), "Connection to the other side was lost in a non-clean "
+                         "fashion: the server ended the session: -ERR Disconnected for "
+                         "inactivity.\\x1b[2J.")
+
+    def test_after_quit_a_command_says_the_session_ended(self):
+        client, transport, _ = make_client(caps={})
+        quit = client.quit()
+        client.dataReceived(b"+OK bye\r\n")
+        self.successResultOf(quit)
+        failure = self.failureResultOf(client.noop(), ierror.ConnectionDone)
+        self.assertIn("the session ended with QUIT", str(failure.value))
+        self.assertEqual(transport.value(), b"QUIT\r\n")
+
+
+class LoginOrderTests(unittest.TestCase):
+    """Commands queued behind :meth:`login` go after it, never between its steps."""
+
+    def test_user_pass_is_not_split(self):
+        client, transport, _ = make_client(caps={"USER": [], "PIPELINING": []})
+        login = client.login("alice", "pw", allow_plaintext=True)
+        stat = client.stat()
+        self.assertEqual(transport.value(), b"USER alice\r\n")
+        client.dataReceived(b"+OK\r\n")
+        self.assertEqual(transport.value(), b"USER alice\r\nPASS pw\r\n")
+        client.dataReceived(b"+OK logged in\r\n")
+        self.assertEqual(transport.value(), b"USER alice\r\nPASS pw\r\nSTAT\r\nCAPA\r\n")
+        client.dataReceived(b"+OK 0 0\r\n+OK\r\nUSER\r\n.\r\n")
+        self.assertEqual(self.successResultOf(stat), (0, 0))
+        self.successResultOf(login)
+
+    def test_the_fallback_goes_before_queued_commands(self):
+        client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256", "PLAIN"]})
+        client.tls = True
+        login = client.login("bob", "pw", allow_plain_fallback=True)
+        stat = client.stat()
+        transport.clear()
+        client.dataReceived(b"-ERR [AUTH] Authentication failed.\r\n")
+        self.assertEqual(transport.value(), b"AUTH PLAIN " + base64.b64encode(b"\0bob\0pw") + b"\r\n")
+        client.dataReceived(b"+OK\r\n")
+        self.assertEqual(transport.value().split(b"\r\n")[1:], [b"STAT", b""])
+        client.dataReceived(b"+OK 0 0\r\n")
+        self.successResultOf(stat)
+        client.dataReceived(b"-ERR\r\n")  # (CAPA)
+        self.successResultOf(login)
 
 
 class StreamingTests(unittest.TestCase):
