@@ -62,6 +62,9 @@ MAX_PASSWORD = 1024
 #: a slow client may still be receiving a message: it gets longer.
 CLOSE_GRACE = 5.0
 QUIT_CLOSE_GRACE = 60.0
+#: Seconds a login may wait for its checker and realm (a queue of hashes, a database) when no
+#: absolute login deadline comes first; past it, ``-ERR [SYS/TEMP]`` and the connection closes.
+PENDING_LOGIN_LIMIT = 300.0
 
 
 #: The default verbs: RFC 1939's and STLS/AUTH/APOP/UTF8. Each factory takes a copy.
@@ -233,6 +236,9 @@ class POP3ServerProtocol(SessionIO):
     def timeoutConnection(self) -> None:
         self.session.ended = "timeout"
         hard = self._hard_deadline
+        if self.session.pending_login is not None:  # (connectionLost cancels it)
+            self.close("[SYS/TEMP] The login could not be checked in time, closing connection.")
+            return
         if hard is not None and self.clock.seconds() >= hard:
             self.close("Login time exceeded, closing connection.")
             return
@@ -478,9 +484,12 @@ class POP3ServerProtocol(SessionIO):
         d.addBoth(outcome.append)  # takes the result (a Failure too: nothing left unhandled)
         if outcome:
             return self._after_login(outcome[0], credentials)
+        # The server's time (a queue of hashes, a slow database) is not the client's inactivity
+        # (F2), but a checker or realm that never answers must not hold the connection for good:
+        # it has until the absolute login deadline, and at most PENDING_LOGIN_LIMIT.
         session.pending_login = d
         timeout = self._timeout
-        self.setTimeout(None)
+        self.setTimeout(PENDING_LOGIN_LIMIT)
 
         def resumed(_: Any) -> Optional[defer.Deferred]:
             session.pending_login = None

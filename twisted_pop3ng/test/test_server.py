@@ -177,6 +177,37 @@ class AuthorizationTests(ProtocolTestCase):
         self.assertEqual(self.talk(b"USER alice\r\nPASS secret pass\r\n", other, transport),
                          b"+OK Send your password.\r\n+OK Logged in.\r\n")
 
+    def test_a_checker_that_never_answers_is_bounded_by_the_login_deadline(self) -> None:
+        portal = Portal(MailboxRealm(self.store), [SlowChecker()])
+        self.factory.portal = portal
+        checker = portal.checkers[IUsernamePassword]
+        proto, transport = self.connect()
+        transport.clear()
+        proto.dataReceived(b"USER alice\r\nPASS secret pass\r\n")
+        # (its time is the server's, not inactivity: past the login timeout, up to the absolute
+        # login deadline from connect)
+        deadline = self.factory.config.security.login_deadline
+        self.clock.advance(deadline - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertEqual(transport.value(), b"+OK Send your password.\r\n-ERR [SYS/TEMP] The login "
+                         b"could not be checked in time, closing connection.\r\n")
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertTrue(checker.pending[0].called)  # (cancelled: the check is dropped)
+
+    def test_without_a_login_deadline_a_pending_login_still_ends(self) -> None:
+        from twisted_pop3ng.server.protocol import PENDING_LOGIN_LIMIT
+
+        self.factory.config.security.login_deadline = None
+        self.factory.portal = Portal(MailboxRealm(self.store), [SlowChecker()])
+        proto, transport = self.connect()
+        proto.dataReceived(b"USER alice\r\nPASS secret pass\r\n")
+        self.clock.advance(PENDING_LOGIN_LIMIT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
     def test_login_timeout(self) -> None:
         self.clock.advance(self.factory.config.login_timeout - 1)
         self.assertFalse(self.transport.disconnecting)
