@@ -23,7 +23,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from twisted_pop3ng.errors import MailboxInUse
-from twisted_pop3ng.interfaces import IMailbox, MessageInfo
+from twisted_pop3ng.interfaces import IMailbox, IWholeMessageReader, MessageInfo
 from twisted_pop3ng.server import POP3ServerFactory, ServerConfig
 from twisted_pop3ng.wire import wire_size_of
 
@@ -70,7 +70,7 @@ class NoticeBoard:
         return uid
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IWholeMessageReader)  # (the second: the server calls read_whole)
 class BoardMailbox:
     """One session's snapshot of the board for one user; the lock is ``board.in_use``."""
 

@@ -57,6 +57,11 @@ def do_PASS(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
     return protocol.login(UsernamePassword(username, cmd.rest), "USER")
 
 
+#: Seconds after which an UPDATE still running is logged (it goes on: only the client's reply and
+#: the maildrop's unlock wait for it).
+SLOW_COMMIT = 60.0
+
+
 @COMMANDS.command("QUIT", AUTHORIZATION, TRANSACTION)
 def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Deferred]:
     protocol._no_args(cmd)
@@ -69,7 +74,15 @@ def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
     doomed = sorted(session.deleted)
     if not doomed:
         return protocol.logout_then_close("Logging out.", ok=True)
+    # The commit's time is the server's: an inactivity timeout now would tell the client its
+    # deletions failed while they go on (and a fetcher would download them again). A commit that
+    # is slow enough to look stuck is logged instead.
+    protocol.setTimeout(None)
+    slow = protocol.clock.callLater(SLOW_COMMIT, protocol.log.warn,
+                                    "UPDATE of {user} still running after {seconds} s",
+                                    user=session.admitted_user or "?", seconds=SLOW_COMMIT)
     d = defer.maybeDeferred(session.mailbox.commit, doomed)
+    d.addBoth(lambda result: (slow.cancel() if slow.active() else None, result)[1])
 
     def done(_: Any) -> Optional[defer.Deferred]:
         stats = protocol.factory.stats

@@ -64,6 +64,20 @@ class NoticeBoardTests(unittest.TestCase):
         other.login("bob", "builder")
         self.assertEqual(other.command("LIST").lines, [b"1 40", b"2 32"])
 
+    def test_small_notices_go_out_through_read_whole(self) -> None:
+        """The example shows read_whole as the fast path: the server must actually take it."""
+        calls = []
+        real = example.BoardMailbox.read_whole
+
+        def counting(mailbox, index, limit):
+            calls.append(index)
+            return real(mailbox, index, limit)
+        self.patch(example.BoardMailbox, "read_whole", counting)
+        session = SessionDriver(self.portal)
+        session.login("alice", "wonderland")
+        self.assertTrue(session.send("RETR 1").startswith(b"+OK"))
+        self.assertEqual(calls, [0])
+
     def test_wrong_password(self) -> None:
         with self.assertRaises(LoginFailed) as caught:
             SessionDriver(self.portal).login("alice", "looking glass")

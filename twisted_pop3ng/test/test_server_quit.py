@@ -32,6 +32,51 @@ class SlowUnlockStore(MemoryStore):
         return mailbox
 
 
+class SlowCommitStore(MemoryStore):
+    """A memory store whose ``commit`` returns a Deferred the test fires (a large mbox rewrite)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: List[defer.Deferred] = []
+
+    def open_mailbox(self, user: str) -> MemoryMailbox:
+        mailbox = super().open_mailbox(user)
+        real_commit = mailbox.commit
+
+        def commit(doomed: Any) -> defer.Deferred:
+            done: defer.Deferred = defer.Deferred()
+            done.addCallback(lambda _: real_commit(doomed))
+            self.commits.append(done)
+            return done
+
+        mailbox.commit = commit  # type: ignore[method-assign]
+        return mailbox
+
+
+class SlowCommitTests(unittest.TestCase):
+    def test_a_commit_longer_than_the_idle_timeout_still_gets_its_ok(self) -> None:
+        """The inactivity timeout used to fire during a long UPDATE: the client was told
+        "Disconnected for inactivity." while its deletions went on (a fetcher downloads again)."""
+        from twisted.logger import globalLogPublisher
+
+        from twisted_pop3ng.server.verbs import SLOW_COMMIT
+
+        events: List[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = SlowCommitStore()
+        store.deliver("alice", b"Subject: x\n\nhello\n")
+        driver = SessionDriver(users={"alice": "secret"}, store=store)
+        driver.login("alice", "secret")
+        self.assertEqual(driver.send_raw(b"DELE 1\r\nQUIT\r\n"), b"+OK Marked to be deleted.\r\n")
+        driver.clock.advance(driver.factory.config.idle_timeout + SLOW_COMMIT)
+        self.assertTrue(driver.connected)
+        self.assertTrue([e for e in events if "still running" in e.get("log_format", "")], events)
+        store.commits[0].callback(None)
+        self.assertEqual(driver.send_raw(b""), b"+OK Logging out, messages deleted.\r\n")
+        self.assertEqual(store.maildrops["alice"], [])
+
+
 class QuitTests(unittest.TestCase):
     def session(self) -> Any:
         self.store = SlowUnlockStore()
