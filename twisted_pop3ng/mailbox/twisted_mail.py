@@ -31,7 +31,6 @@ How the two contracts meet (Twisted's on the left):
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import defer
@@ -43,7 +42,7 @@ from twisted.cred.portal import IRealm
 from twisted_pop3ng.errors import MailboxInUse, MessageVanished
 from twisted_pop3ng.interfaces import IMailbox, MessageInfo
 from twisted_pop3ng.wire import wire_size
-from twisted_pop3ng.wire.uid import is_valid_uid
+from twisted_pop3ng.wire.uid import valid_uid
 
 __all__ = ["TwistedMailRealmAdapter", "TwistedMailbox", "adapt_mailbox"]
 
@@ -63,14 +62,6 @@ def _read_chunks(source: Any) -> Any:
         close = getattr(source, "close", None)
         if close is not None:
             close()
-
-
-def _uidl_text(raw: Any) -> str:
-    """A Twisted UIDL (``bytes`` or ``str``) as a valid UIDL of ours."""
-    text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
-    if is_valid_uid(text):
-        return text
-    return "t" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
 @implementer(IMailbox)
@@ -95,7 +86,7 @@ class TwistedMailbox:
 
     def _snapshot(self, sizes: Sequence[int]) -> List[MessageInfo]:
         positions = [i for i, size in enumerate(sizes) if size]
-        uids = self._unique([_uidl_text(self.mailbox.getUidl(i)) for i in positions])
+        uids = self._unique([valid_uid(self.mailbox.getUidl(i)) for i in positions])
         if self.trust_sizes:
             measured = [sizes[i] for i in positions]
         else:
@@ -113,7 +104,7 @@ class TwistedMailbox:
             if count > 1:
                 _log.warn("twisted.mail mailbox {mailbox!r} gives the UIDL {uid!r} to two messages",
                           mailbox=self.mailbox, uid=uid)
-                uid = _uidl_text("%s-%d" % (uid, count))
+                uid = valid_uid("%s-%d" % (uid, count))
             unique.append(uid)
         return unique
 

@@ -41,7 +41,7 @@ from twisted_pop3ng.errors import (
     classify,
     log_failure,
 )
-from twisted_pop3ng.interfaces import IMailbox, MessageTable
+from twisted_pop3ng.interfaces import IMailbox, MessageInfo, MessageTable
 from twisted_pop3ng.server import auth_verbs, verbs
 from twisted_pop3ng.server.registry import CommandSet
 from twisted_pop3ng.server.session import Session
@@ -562,7 +562,10 @@ class POP3ServerProtocol(SessionIO):
             # A MessageTable (read-only columns) is kept as it is; anything else is copied.
             # (MessageTable is a Sequence, an ABC: the MRO test spares isinstance's Python
             # __instancecheck__.)
-            session.messages = messages if MessageTable in type(messages).__mro__ else list(messages)
+            if MessageTable in type(messages).__mro__:
+                session.messages = messages
+            else:
+                session.messages = self._checked_uids(list(messages))
             session.deleted = set()
             session.state = TRANSITIONS[(session.state, "login")]
             if self._hard_deadline is not None:
@@ -583,6 +586,23 @@ class POP3ServerProtocol(SessionIO):
             return messages.addCallbacks(snapshot, failed)
         snapshot(messages)
         return None
+
+    def _checked_uids(self, messages: List[Any]) -> List[Any]:
+        """A store's listing with every UIDL as RFC 1939 allows (the stock stores' tables are
+        checked where they are made): one that breaks the rule (a space, a control character,
+        over 70 characters) would break the clients' UIDL parsing, so it is replaced by one made
+        from it (:func:`~twisted_pop3ng.wire.valid_uid`, the same each session), and logged."""
+        replaced = []
+        for index, info in enumerate(messages):
+            uid = info.uid
+            if type(uid) is not str or not wire.is_valid_uid(uid):
+                messages[index] = MessageInfo(wire.valid_uid(uid), info.size)
+                replaced.append(uid)
+        if replaced:
+            self.log.warn("the mailbox store gave {count} message(s) a UIDL RFC 1939 does not allow "
+                          "(the first: {uid!r}); each is sent as one made from it",
+                          count=len(replaced), uid=replaced[0])
+        return messages
 
     def _login_failed(self, failure: Failure) -> defer.Deferred:
         session = self.session

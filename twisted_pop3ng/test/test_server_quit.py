@@ -102,3 +102,4 @@ class QuitTests(unittest.TestCase):
         self.store.unlocks[0].callback(None)
         self.assertEqual(driver.send_raw(b""), b"+OK Logging out, messages deleted.\r\n")
         self.assertFalse(driver.connected)
+

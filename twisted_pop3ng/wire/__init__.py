@@ -26,7 +26,7 @@ from twisted_pop3ng.wire.message import (SPEEDUPS, MessageEncoder, MultiLineDeco
                                          py_encode_body, py_stuff_dots, py_wire_size_of,
                                          stuff_dots, wire_size, wire_size_of)
 from twisted_pop3ng.wire.status import Status, parse_status, response
-from twisted_pop3ng.wire.uid import is_valid_uid, uidl_body
+from twisted_pop3ng.wire.uid import is_valid_uid, uidl_body, valid_uid
 
 __all__ = [
     "CRLF", "TERMINATOR", "MAX_ANY_LINE", "MAX_AUTH_LINE", "MAX_COMMAND_LINE", "MAX_NUMBER_DIGITS",
@@ -36,5 +36,5 @@ __all__ = [
     "MessageEncoder", "MultiLineDecoder", "encode_body", "encode_message", "encode_whole",
     "encode_whole_pieces", "stuff_dots", "wire_size", "wire_size_of",
     "py_encode_body", "py_stuff_dots", "py_wire_size_of", "SPEEDUPS",
-    "is_valid_uid", "uidl_body",
+    "is_valid_uid", "uidl_body", "valid_uid",
 ]

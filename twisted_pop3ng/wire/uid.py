@@ -6,8 +6,9 @@ Rules of this module: a leaf apart from the limits; no Twisted, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from typing import Iterable, Tuple
+from typing import Any, Iterable, Tuple
 
 from twisted_pop3ng.wire.limits import MAX_UID_LENGTH
 
@@ -21,6 +22,16 @@ _UID_RE = re.compile((r"\A%s\Z" % UID_PATTERN).encode("ascii"))
 
 def is_valid_uid(uid: str) -> bool:
     return uid.isascii() and bool(_UID_RE.match(uid.encode("ascii")))
+
+
+def valid_uid(uid: Any) -> str:
+    """``uid`` when it follows the rule, else a UIDL made from it that does (``t`` and 40 hex
+    digits of its SHA-256): the same every session, so "leave mail on server" clients keep
+    working with a store that breaks the rule."""
+    text = uid.decode("utf-8", "surrogateescape") if isinstance(uid, bytes) else str(uid)
+    if is_valid_uid(text):
+        return text
+    return "t" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
 def uidl_body(entries: Iterable[Tuple[int, str]]) -> bytes:
