@@ -77,12 +77,13 @@ def do_QUIT(protocol: ServerConnection, cmd: wire.Command) -> Optional[defer.Def
     # The commit's time is the server's: an inactivity timeout now would tell the client its
     # deletions failed while they go on (and a fetcher would download them again). A commit that
     # is slow enough to look stuck is logged instead.
-    protocol.setTimeout(None)
-    slow = protocol.clock.callLater(SLOW_COMMIT, protocol.log.warn,
-                                    "UPDATE of {user} still running after {seconds} s",
-                                    user=session.admitted_user or "?", seconds=SLOW_COMMIT)
     d = defer.maybeDeferred(session.mailbox.commit, doomed)
-    d.addBoth(lambda result: (slow.cancel() if slow.active() else None, result)[1])
+    if not d.called:
+        protocol.setTimeout(None)
+        slow = protocol.clock.callLater(SLOW_COMMIT, protocol.log.warn,
+                                        "UPDATE of {user} still running after {seconds} s",
+                                        user=session.admitted_user or "?", seconds=SLOW_COMMIT)
+        d.addBoth(lambda result: (slow.cancel() if slow.active() else None, result)[1])
 
     def done(_: Any) -> Optional[defer.Deferred]:
         stats = protocol.factory.stats
