@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from .support import stop_process
+from .support import stop_process, wait_for_greeting
 
 MAIL_USER = "nobody"
 LOGIN_USER = "dovenull"
@@ -213,21 +213,6 @@ def _config(root: str, home: str, base_dir: str, port: int, tls_port: Optional[i
     return "\n".join(lines) + "\n" + extra + "\n"
 
 
-def _wait_ready(process: subprocess.Popen, port: int, deadline: float) -> bool:
-    """Poll until the plain listener greets; False if the master died (e.g. a port race)."""
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                if sock.recv(512).startswith(b"+OK"):
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
 def start_dovecot(root: str, users: Dict[str, str], certs: Optional[Dict[str, str]] = None,
                   allow_plaintext: bool = False, extra_config: str = "",
                   attempts: int = 5) -> DovecotProcess:
@@ -267,7 +252,7 @@ def start_dovecot(root: str, users: Dict[str, str], certs: Optional[Dict[str, st
                                        stdout=err, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL)
         dovecot = DovecotProcess(process, root, base_dir, config_path, log_path, port, tls_port, home)
-        if _wait_ready(process, port, time.monotonic() + 20):
+        if wait_for_greeting(process, port, time.monotonic() + 20, b"+OK"):
             return dovecot
         dovecot._kill()
         with open(stderr_path, "rb") as f:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from .dovecot import free_port
-from .support import _die_with_parent, stop_process
+from .support import _die_with_parent, stop_process, wait_for_greeting
 
 #: The instance's ``myhostname``: with ``mydestination = $myhostname``, its local domain.
 HOSTNAME = "mx.pop3ng.test"
@@ -213,22 +213,6 @@ def _master_cf(port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wait_ready(process: subprocess.Popen, port: int, deadline: float) -> bool:
-    """Poll until smtpd greets with 220; False if the master died (e.g. the port was taken)."""
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                if sock.recv(512).startswith(b"220 "):
-                    sock.sendall(b"QUIT\r\n")
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
 def listening_addresses(pid: int) -> List[Tuple[str, int]]:
     """The (address, port) of every listening TCP socket process ``pid`` holds (/proc/net/tcp,
     tcp6; an IPv6 address is given in hex)."""
@@ -289,7 +273,7 @@ def start_postfix(root: Optional[str] = None, settings: Optional[Dict[str, str]]
                                    stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         instance = PostfixInstance(process, root, config_dir, os.path.join(root, "spool"),
                                    os.path.join(root, "maillog"), port)
-        if _wait_ready(process, port, time.monotonic() + 20):
+        if wait_for_greeting(process, port, time.monotonic() + 20, b"220 ", b"QUIT\r\n"):
             listening = listening_addresses(instance.master_pid())
             if listening != [("127.0.0.1", port)]:
                 instance.stop()

@@ -221,6 +221,25 @@ def start_server(root: str, users: Optional[Dict[str, str]] = None, tls: bool = 
     raise RuntimeError("twistd pop3ng did not start:\n" + server.log())
 
 
+def wait_for_greeting(process: subprocess.Popen, port: int, deadline: float, greeting: bytes,
+                      farewell: bytes = b"") -> bool:
+    """Poll 127.0.0.1:``port`` until a daemon started as ``process`` greets with ``greeting``
+    (then say ``farewell``); False if it died first (e.g. a port race) or the deadline passed."""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                if sock.recv(512).startswith(greeting):
+                    if farewell:
+                        sock.sendall(farewell)
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 class Session:
     """A raw POP3 conversation over a socket: send bytes, read lines and multi-line bodies exactly."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, List
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernamePassword
@@ -153,12 +153,16 @@ class AuthorizationTests(ProtocolTestCase):
         self.assertEqual(self.talk(b"QUIT\r\n"), b"+OK Bye.\r\n")
         self.assertTrue(self.transport.disconnecting)
 
-    def test_pipelined_login_with_async_checker(self) -> None:
+    def slow_checker_session(self) -> Any:
+        """A connection whose logins wait for a :class:`SlowChecker`: (checker, proto, transport)."""
         portal = Portal(MailboxRealm(self.store), [SlowChecker()])
         self.factory.portal = portal
-        checker = portal.checkers[IUsernamePassword]
         proto, transport = self.connect()
         transport.clear()
+        return portal.checkers[IUsernamePassword], proto, transport
+
+    def test_pipelined_login_with_async_checker(self) -> None:
+        checker, proto, transport = self.slow_checker_session()
         proto.dataReceived(b"USER alice\r\nPASS secret pass\r\nSTAT\r\nUIDL 1\r\nQUIT\r\n")
         self.assertEqual(transport.value(), b"+OK Send your password.\r\n")
         checker.pending[0].callback(None)
@@ -178,11 +182,7 @@ class AuthorizationTests(ProtocolTestCase):
                          b"+OK Send your password.\r\n+OK Logged in.\r\n")
 
     def test_a_checker_that_never_answers_is_bounded_by_the_login_deadline(self) -> None:
-        portal = Portal(MailboxRealm(self.store), [SlowChecker()])
-        self.factory.portal = portal
-        checker = portal.checkers[IUsernamePassword]
-        proto, transport = self.connect()
-        transport.clear()
+        checker, proto, transport = self.slow_checker_session()
         proto.dataReceived(b"USER alice\r\nPASS secret pass\r\n")
         # (its time is the server's, not inactivity: past the login timeout, up to the absolute
         # login deadline from connect)
@@ -200,8 +200,7 @@ class AuthorizationTests(ProtocolTestCase):
         from twisted_pop3ng.server.protocol import PENDING_LOGIN_LIMIT
 
         self.factory.config.security.login_deadline = None
-        self.factory.portal = Portal(MailboxRealm(self.store), [SlowChecker()])
-        proto, transport = self.connect()
+        _, proto, transport = self.slow_checker_session()
         proto.dataReceived(b"USER alice\r\nPASS secret pass\r\n")
         self.clock.advance(PENDING_LOGIN_LIMIT - 1)
         self.assertFalse(transport.disconnecting)

@@ -11,45 +11,26 @@ from twisted_pop3ng.mailbox.memory import MemoryMailbox, MemoryStore
 from twisted_pop3ng.testing import SessionDriver
 
 
-class SlowUnlockStore(MemoryStore):
-    """A memory store whose ``close`` returns a Deferred the test fires."""
+class DeferringStore(MemoryStore):
+    """A memory store whose mailboxes' ``method`` (``close``: a database releasing a lock;
+    ``commit``: a large mbox rewrite) returns a Deferred the test fires, kept in ``pending``."""
 
-    def __init__(self) -> None:
+    def __init__(self, method: str) -> None:
         super().__init__()
-        self.unlocks: List[defer.Deferred] = []
+        self.method = method
+        self.pending: List[defer.Deferred] = []
 
     def open_mailbox(self, user: str) -> MemoryMailbox:
         mailbox = super().open_mailbox(user)
-        real_close = mailbox.close
+        real = getattr(mailbox, self.method)
 
-        def close() -> defer.Deferred:
-            unlocked: defer.Deferred = defer.Deferred()
-            unlocked.addCallback(lambda _: real_close())
-            self.unlocks.append(unlocked)
-            return unlocked
-
-        mailbox.close = close  # type: ignore[method-assign]
-        return mailbox
-
-
-class SlowCommitStore(MemoryStore):
-    """A memory store whose ``commit`` returns a Deferred the test fires (a large mbox rewrite)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.commits: List[defer.Deferred] = []
-
-    def open_mailbox(self, user: str) -> MemoryMailbox:
-        mailbox = super().open_mailbox(user)
-        real_commit = mailbox.commit
-
-        def commit(doomed: Any) -> defer.Deferred:
+        def deferred(*args: Any) -> defer.Deferred:
             done: defer.Deferred = defer.Deferred()
-            done.addCallback(lambda _: real_commit(doomed))
-            self.commits.append(done)
+            done.addCallback(lambda _: real(*args))
+            self.pending.append(done)
             return done
 
-        mailbox.commit = commit  # type: ignore[method-assign]
+        setattr(mailbox, self.method, deferred)
         return mailbox
 
 
@@ -64,7 +45,7 @@ class SlowCommitTests(unittest.TestCase):
         events: List[Any] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        store = SlowCommitStore()
+        store = DeferringStore("commit")
         store.deliver("alice", b"Subject: x\n\nhello\n")
         driver = SessionDriver(users={"alice": "secret"}, store=store)
         driver.login("alice", "secret")
@@ -72,14 +53,14 @@ class SlowCommitTests(unittest.TestCase):
         driver.clock.advance(driver.factory.config.idle_timeout + SLOW_COMMIT)
         self.assertTrue(driver.connected)
         self.assertTrue([e for e in events if "still running" in e.get("log_format", "")], events)
-        store.commits[0].callback(None)
+        store.pending[0].callback(None)
         self.assertEqual(driver.send_raw(b""), b"+OK Logging out, messages deleted.\r\n")
         self.assertEqual(store.maildrops["alice"], [])
 
 
 class QuitTests(unittest.TestCase):
     def session(self) -> Any:
-        self.store = SlowUnlockStore()
+        self.store = DeferringStore("close")
         self.store.deliver("alice", b"Subject: x\n\nhello\n")
         driver = SessionDriver(users={"alice": "secret"}, store=self.store)
         driver.login("alice", "secret")
@@ -89,7 +70,7 @@ class QuitTests(unittest.TestCase):
         driver = self.session()
         self.assertEqual(driver.send_raw(b"QUIT\r\nNOOP\r\n"), b"")  # not before the unlock
         self.assertTrue(driver.connected)
-        self.store.unlocks[0].callback(None)
+        self.store.pending[0].callback(None)
         # QUIT's reply, and nothing for the command pipelined after it (RFC 1939: UPDATE ends it).
         self.assertEqual(driver.send_raw(b""), b"+OK Logging out.\r\n")
         self.assertFalse(driver.connected)
@@ -99,7 +80,7 @@ class QuitTests(unittest.TestCase):
         self.assertEqual(driver.send_raw(b"DELE 1\r\n"), b"+OK Marked to be deleted.\r\n")
         self.assertEqual(driver.send_raw(b"QUIT\r\nNOOP\r\n"), b"")
         self.assertEqual(self.store.maildrops["alice"], [])  # committed; the unlock is pending
-        self.store.unlocks[0].callback(None)
+        self.store.pending[0].callback(None)
         self.assertEqual(driver.send_raw(b""), b"+OK Logging out, messages deleted.\r\n")
         self.assertFalse(driver.connected)
 
