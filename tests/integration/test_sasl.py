@@ -453,12 +453,17 @@ class PasswdReloadTests(unittest.TestCase):
         self.assertEqual(login("old password"), b"+OK Logged in.\r\n")
         os.chmod(users, 0o600)  # root's own file now: the server (nobody) cannot read it
         _rewrite(users, "alice:{PLAIN}new password\n")
+        # Temporary for everyone, right or wrong: not a wrong password, which fail2ban would count
+        # against the real users while the administrator fixes the file's mode.
+        unavailable = b"-ERR [SYS/TEMP] User database unavailable\r\n"
         for _ in range(3):
-            self.assertEqual(login("old password"), b"-ERR [AUTH] Authentication failed.\r\n")
-        self.assertEqual(login("new password"), b"-ERR [AUTH] Authentication failed.\r\n")
+            self.assertEqual(login("old password"), unavailable)
+        self.assertEqual(login("new password"), unavailable)
         log = server.log()
         self.assertEqual(log.count("cannot be re-read"), 1, log)
         self.assertNotIn("Traceback", log)
+        self.assertNotIn("reason=password", log)
+        self.assertEqual(log.count("reason=sys-temp"), 4, log)
         os.chmod(users, 0o644)
         self.assertEqual(login("new password"), b"+OK Logged in.\r\n")
         self.assertIn("read again", server.log())

@@ -383,7 +383,12 @@ class PasswdFileChecker:
         self._dummy = next(iter(self._users.values())).password if self._users else "{PLAIN}\0dummy"
 
     def lookup(self, username: str) -> Optional[PasswdEntry]:
+        """The user's entry (None: no such user); ``TemporaryFailure`` while the file cannot be
+        read: a login then gets ``[SYS/TEMP]`` (not a wrong password a fail2ban jail counts) and
+        LMTP a ``451`` (not a ``550`` that bounces the mail)."""
         self._reload()
+        if self._unreadable is not None:
+            raise TemporaryFailure("User database unavailable")
         return self._users.get(username)
 
     def _reload(self) -> None:
@@ -391,9 +396,9 @@ class PasswdFileChecker:
 
         Keeping the last good copy would "fail open": a password changed or a user removed in a
         file the server can no longer read (a 0600 root file after ``twistd --uid``, a file being
-        replaced) would stay valid until a restart, silently. Instead no user exists until the
-        file can be read again -- logged once when that starts and once when it ends, so that
-        unauthenticated clients (CAPA looks at the schemes) cannot flood the log."""
+        replaced) would stay valid until a restart, silently. Instead every lookup fails as
+        temporary until the file can be read again -- logged once when that starts and once when
+        it ends, so that unauthenticated clients (CAPA looks at the schemes) cannot flood the log."""
         try:
             self._load()
         except OSError as error:
@@ -520,7 +525,10 @@ class PasswdFileChecker:
         username = credentials.username
         if isinstance(username, bytes):
             username = username.decode("utf-8", "surrogateescape")
-        entry = self.lookup(username)
+        try:
+            entry = self.lookup(username)
+        except Exception:
+            return defer.fail()
         if IUsernamePassword.providedBy(credentials):
             password = credentials.password
             if isinstance(password, str):
