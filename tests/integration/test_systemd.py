@@ -187,7 +187,7 @@ class ShippedUnitTests(unittest.TestCase):
                 text = f.read()
             # (verify checks that ExecStart's program exists; twistd's install path varies)
             with open(os.path.join(directory, name), "w") as f:
-                f.write(text.replace("/usr/bin/twistd", sys.executable))
+                f.write(text.replace("/usr/local/bin/twistd", sys.executable))
         result = subprocess.run(["systemd-analyze", "verify"] + [os.path.join(directory, name) for name in
                                 ("pop3ng.service", "pop3ng.socket", "pop3ng-tls.socket")],
                                 capture_output=True, text=True, timeout=60)
@@ -204,7 +204,7 @@ class ShippedUnitTests(unittest.TestCase):
         self.assertEqual(unit_values("pop3ng.service", "Type"), ["notify"])
         (command,) = unit_values("pop3ng.service", "ExecStart")
         argv = shlex.split(command)
-        self.assertEqual(argv[:4], ["/usr/bin/twistd", "--nodaemon", "--pidfile=", "pop3ng"])
+        self.assertEqual(argv[:4], ["/usr/local/bin/twistd", "--nodaemon", "--pidfile=", "pop3ng"])
         listen = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--listen"]
         tls_listen = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--tls-listen"]
         self.assertEqual((len(listen), len(tls_listen)), (1, 1))

@@ -317,3 +317,20 @@ class SiteBuildTests(unittest.TestCase):
         performance = (html / "performance.html").read_text()
         self.assertIn("vs Dovecot", performance)
         self.assertIn("a. bulk RETR", performance)  # a label, not an enumerated list
+
+
+class TestCommandTests(unittest.TestCase):
+    """The test command is written in three places: README.rst (what the CI runs), .ci/run, and
+    docs/quickstart.rst. A package missing from one made the suite fail on a machine set up from
+    another."""
+
+    @staticmethod
+    def command_in(path: Path) -> str:
+        (line,) = [line.strip() for line in path.read_text().splitlines()
+                   if line.strip().startswith("apt-get update")]
+        return line
+
+    def test_the_same_everywhere(self) -> None:
+        readme = self.command_in(ROOT / "README.rst")
+        self.assertEqual(self.command_in(DOCS / "quickstart.rst"), readme)
+        self.assertEqual(self.command_in(ROOT / ".ci" / "run"), readme)
