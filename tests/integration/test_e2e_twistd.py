@@ -66,6 +66,12 @@ class CommandLineErrorTests(unittest.TestCase):
                           "--tls-key", self.certs["ca"])
         self.assertIn("key", out.lower())
 
+    def test_a_chain_without_its_key(self):
+        """--tls-cert of a chain-only file (fullchain.pem) and no --tls-key: the error says what
+        is missing (it used to end "(..., None): Valid PEM but no BEGIN/END delimiters")."""
+        out = self.twistd("--tls-listen", "tcp:0:interface=127.0.0.1", "--tls-cert", self.certs["cert"])
+        self.assertIn("no private key: %s holds none, and no --tls-key was given" % self.certs["cert"], out)
+
     def test_bad_endpoint(self):
         for bad in ("tcp:notaport", "bogus:1", "tcp:99999", "tcp:110:interface"):
             out = self.twistd("--listen", bad)

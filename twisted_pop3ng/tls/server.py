@@ -49,6 +49,8 @@ def load_options(cert_path: str, key_path: Optional[str] = None) -> ssl.Certific
     blocks = pem_blocks(chain_pem, b"CERTIFICATE")
     if not blocks:
         raise TLSConfigError("no PEM certificate found in %s" % cert_path)
+    if not key_path and b"PRIVATE KEY-----" not in chain_pem:
+        raise TLSConfigError("no private key: %s holds none, and no --tls-key was given" % cert_path)
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from OpenSSL import crypto
@@ -59,7 +61,8 @@ def load_options(cert_path: str, key_path: Optional[str] = None) -> ssl.Certific
             load_pem_private_key(key_pem, password=None))  # type: ignore[arg-type]
         certs = [crypto.X509.from_cryptography(x509.load_pem_x509_certificate(b)) for b in blocks]
     except Exception as error:  # cryptography raises several error types
-        raise TLSConfigError("cannot load certificate/key (%s, %s): %s" % (cert_path, key_path, error))
+        raise TLSConfigError("cannot load certificate/key (%s, %s): %s"
+                             % (cert_path, key_path or "key in the same file", error))
     leaf, extra = certs[0], certs[1:]
     try:
         options = ssl.CertificateOptions(
