@@ -181,6 +181,22 @@ class MetricsTests(unittest.TestCase):
         self.assertNotIn("GET /metrics", self.server.log())
 
 
+class UnixSocketMetricsTests(unittest.TestCase):
+    def test_served_on_a_unix_socket_and_logged_as_its_path(self) -> None:
+        root = tempfile.mkdtemp(prefix="pop3ng-metrics-unix-")
+        self.addCleanup(shutil.rmtree, root, True)
+        path = os.path.join(root, "metrics.sock")
+        server = start_server(root, {"alice": PASSWORD}, tls=False, extra_args=["--metrics", "unix:" + path])
+        self.addCleanup(server.stop)
+        deadline = time.monotonic() + 30
+        while "metrics at" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("metrics at unix:%s /metrics" % path, server.log())  # (not "UNIXAddress(...)")
+        result = subprocess.run(["curl", "--silent", "--show-error", "--max-time", "10", "--unix-socket",
+                                 path, "http://localhost/metrics"], stdout=subprocess.PIPE, check=True)
+        self.assertIn(b"pop3ng_", result.stdout)
+
+
 class MetricsOptionTests(unittest.TestCase):
     def run_twistd(self, *metrics_args: str) -> subprocess.CompletedProcess:
         root = tempfile.mkdtemp(prefix="pop3ng-metrics-opt-")

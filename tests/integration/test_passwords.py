@@ -93,6 +93,13 @@ class PasswdCommandTests(unittest.TestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn(b"unknown scheme", result.stderr)
         self.assertNotIn(b"Traceback", result.stderr)
+        result = doveadm("-s", "DIGEST-MD5", "-u", "alice", "-p", PASSWORD)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        digest = result.stdout.strip()
+        result = self.run_passwd("-t", digest)  # (without -u: it can never match, and says why)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(b"give it with -u USER", result.stderr)
+        self.assertEqual(self.run_passwd("-t", digest, "-u", "alice").returncode, 0)
 
     def test_an_empty_password_gets_no_hash(self) -> None:
         # Nothing piped in (or an empty line) once printed a hash of "" that anyone could log in with.

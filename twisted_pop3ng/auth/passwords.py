@@ -574,6 +574,9 @@ def main(argv: List[str]) -> int:
             print("pop3ng passwd: unknown scheme %s" % error, file=sys.stderr)
             return 2
         print("(verified)" if ok else "(verification failed)")
+        if not ok and args.user is None and split_scheme(args.test)[0] == "DIGEST-MD5":
+            print("pop3ng passwd: {DIGEST-MD5} hashes include the user name: give it with -u USER",
+                  file=sys.stderr)
         return 0 if ok else 1
     print(generate(args.scheme, password))
     return 0

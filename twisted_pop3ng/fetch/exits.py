@@ -37,9 +37,10 @@ def classify_exit(error: BaseException) -> Tuple[int, str]:
         error = error.subFailure.value
     if isinstance(error, FetchBusy):  # (our own lock, not the server)
         return EXIT_TRY_LATER, "try again later: %s" % error
-    if isinstance(error, (client_errors.InUseError, client_errors.LoginDelayError,
-                          client_errors.TemporaryError)):
+    if isinstance(error, (client_errors.InUseError, client_errors.LoginDelayError)):
         return EXIT_TRY_LATER, "server busy, try again later: %s" % error
+    if isinstance(error, client_errors.TemporaryError):
+        return EXIT_TRY_LATER, "temporary failure on the server, try again later: %s" % error
     if isinstance(error, ForwardDeferred):
         return EXIT_TRY_LATER, "the MTA asked to try again later: %s" % error
     if isinstance(error, AccountError):

@@ -241,8 +241,11 @@ class MetricsService(service.Service):
             self.listening_port = port
             address = port.getHost()
             host = getattr(address, "host", None)
+            name = getattr(address, "name", None)
             where = ("http://%s:%d/metrics" % (host if ":" not in host else "[%s]" % host, address.port)
-                     if host is not None else str(address))
+                     if host is not None else
+                     "unix:%s /metrics" % (name.decode("utf-8", "replace") if isinstance(name, bytes)
+                                          else name) if name is not None else str(address))
             log.info("metrics at {where}", event="metrics.listening", where=where)
             return port
 

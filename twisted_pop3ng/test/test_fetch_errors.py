@@ -87,6 +87,13 @@ class FetchAgainstScriptedServerTests(_FetchTestCase):
         self.assertIsInstance(error, pop3.CapabilityError)
         self.assertEqual(fetch.classify_exit(error), (fetch.EXIT_ERROR, str(error)))
 
+    def test_sys_temp_is_a_temporary_failure_not_a_busy_server(self) -> None:
+        code, text = fetch.classify_exit(pop3.TemporaryError("Mail store unavailable", "SYS/TEMP", "PASS"))
+        self.assertEqual(code, fetch.EXIT_TRY_LATER)
+        self.assertTrue(text.startswith("temporary failure on the server, try again later: "), text)
+        code, text = fetch.classify_exit(pop3.InUseError("locked", "IN-USE", "PASS"))
+        self.assertTrue(text.startswith("server busy, try again later: "), text)
+
     def test_the_account_lock_is_not_a_busy_server(self) -> None:
         code, text = fetch.classify_exit(fetch.FetchBusy("another pop3ng fetch is running"))
         self.assertEqual(code, fetch.EXIT_TRY_LATER)
