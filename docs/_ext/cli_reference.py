@@ -294,6 +294,8 @@ def argparse_rst(parser: argparse.ArgumentParser, program: str) -> List[str]:
         if takes_value and action.option_strings and default not in (None, argparse.SUPPRESS, [], ""):
             body += ["", "Default: %s." % _format_default(default)]
         lines += _option_block(names, body)
+    if parser.epilog:
+        lines += [rst_text(parser.epilog), ""]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {choice.dest: choice.help or "" for choice in action._choices_actions}

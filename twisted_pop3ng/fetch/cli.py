@@ -63,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("url", nargs="?",
                    help="pop3://USER@HOST[:PORT] (STLS) or pop3s://USER@HOST[:PORT] (TLS)")
     dest = p.add_mutually_exclusive_group()
-    dest.add_argument("--maildir", metavar="DIR")
-    dest.add_argument("--mbox", metavar="FILE")
+    dest.add_argument("--maildir", metavar="DIR",
+                      help="deliver into this Maildir (made if missing), each message fsynced")
+    dest.add_argument("--mbox", metavar="FILE",
+                      help="append to this mbox file, locked as MTAs lock it (dotlock and fcntl)")
     dest.add_argument("--mda", metavar="CMD", help="command run with sh -c, one message on stdin")
     dest.add_argument("--forward", metavar="URL",
                       help="hand each message to an MTA: smtp://HOST[:PORT], smtps://HOST[:PORT], "
@@ -75,9 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="envelope sender for --forward (default: the message's Return-Path)")
     p.add_argument("--forward-cafile", metavar="PEM", type=_checked(fetch_config.cafile),
                    help="CA certificates for the MTA's STARTTLS")
-    p.add_argument("--forward-starttls", choices=("auto", "require", "never"),
-                   help="auto (the default), require or never")
-    p.add_argument("--on-reject", choices=("keep", "delete"),
+    p.add_argument("--forward-starttls", choices=("auto", "require", "never"), metavar="auto|require|never",
+                   help="STARTTLS to the MTA: when offered (auto, the default), always, or never")
+    p.add_argument("--on-reject", choices=("keep", "delete"), metavar="keep|delete",
                    help="a message the MTA refuses for good (5xx): keep it on the server "
                         "(default) or delete it there")
     p.add_argument("--config", metavar="FILE", help="fetch the accounts of a TOML config file")
@@ -122,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-size", type=_COUNT, metavar="BYTES",
                    help="leave larger messages on the server and report them (default: twice "
                         "the size the server lists for the message, plus 1 MiB)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary line (both only on a terminal); errors and warnings still")
     return p
 
 
