@@ -628,3 +628,119 @@ class KillTests(StoreTestCase):
         mailbox = yield self.session()
         self.assertEqual(len(mailbox.list_messages()), 1)
 
+
+
+#: A program that rewrites the mbox the way Python's ``mailbox`` (and mutt) do: under the lock,
+#: into a new file renamed over the old one. It takes the lock, says "locked", waits for a line,
+#: removes the first message, and lets go.
+_RENAMING_WRITER = """
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1], create=False)
+box.lock()
+print("locked", flush=True)
+sys.stdin.readline()
+box.remove(next(iter(box.keys())))
+box.flush()
+box.unlock()
+box.close()
+"""
+
+
+class ReplacedWhileWaitingTests(StoreTestCase):
+    """Another program renamed a rewritten copy over the mbox while we waited for its lock: what
+    we then did to the descriptor we had opened went to a file no name leads to any more."""
+
+    @defer.inlineCallbacks
+    def while_replaced(self, operation):
+        writer = subprocess.Popen([sys.executable, "-c", _RENAMING_WRITER, self.path], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: writer.poll() is None and writer.kill())
+        line = yield deferToThread(writer.stdout.readline)
+        self.assertEqual(line, b"locked\n", writer.stderr.read() if writer.poll() is not None else b"")
+        running = deferToThread(operation)
+        yield task.deferLater(reactor, 0.5, lambda: None)  # (it has opened the file, and waits)
+        writer.stdin.write(b"go\n")
+        writer.stdin.close()
+        result = yield running
+        yield deferToThread(writer.wait)
+        writer.stdout.close()
+        writer.stderr.close()
+        return result
+
+    @defer.inlineCallbacks
+    def test_a_delivery_lands_in_the_new_file(self):
+        self.deliver(message(1), message(2))
+        yield self.while_replaced(lambda: self.store.deliver(USER, io.BytesIO(message(3))))
+        after = yield self.contents()
+        self.assertEqual([data for _, _, data in after], [message(2), message(3)])
+
+    @defer.inlineCallbacks
+    def test_an_update_deletes_in_the_new_file(self):
+        self.deliver(message(1), message(2), message(3))
+        mailbox = yield self.session()
+        yield self.while_replaced(lambda: mailbox.commit_now([2]))
+        mailbox.close()
+        after = yield self.contents()
+        self.assertEqual([data for _, _, data in after], [message(2)])
+
+
+#: ``store.deliver`` of a big message in a process that SIGKILLs itself part-way through reading
+#: it (so part of it is already in the mbox): what a kill or a power loss leaves.
+_KILLED_DELIVERY = """
+import io, os, signal, sys
+from twisted_pop3ng.mailbox.mbox.store import MboxStore
+
+class Source(io.RawIOBase):
+    sent = 0
+    def readable(self):
+        return True
+    def readinto(self, buffer):
+        if self.sent > 3 << 20:
+            os.kill(os.getpid(), signal.SIGKILL)
+        n = min(len(buffer), 1 << 16)
+        buffer[:n] = b"x" * (n - 1) + b"\\n"
+        self.sent += n
+        return n
+
+MboxStore.from_spec(sys.argv[1]).deliver(sys.argv[2], io.BufferedReader(Source()))
+"""
+
+
+class KilledDeliveryTests(StoreTestCase):
+    """A delivery cut short (kill -9, a power loss) was never acknowledged: the next locker
+    removes what it appended; POP3 never serves the torn message."""
+
+    def killed_delivery(self) -> None:
+        before = len(self.disk())
+        result = subprocess.run([sys.executable, "-c", _KILLED_DELIVERY, self.root + "/{user}", USER],
+                                capture_output=True, timeout=120)
+        self.assertEqual(result.returncode, -signal.SIGKILL, result.stderr)
+        self.assertGreater(len(self.disk()), before + (1 << 20))  # (part of it is in the file)
+
+    @defer.inlineCallbacks
+    def test_the_next_login_removes_it(self):
+        self.deliver(message(1), message(2))
+        before = yield self.contents()
+        self.killed_delivery()
+        after = yield self.contents()
+        self.assertEqual(after, before)
+        self.deliver(message(3))
+        after = yield self.contents()
+        self.assertEqual([data for _, _, data in after], [message(1), message(2), message(3)])
+
+    @defer.inlineCallbacks
+    def test_mail_another_program_appended_after_it_is_kept(self):
+        import mailbox
+
+        self.deliver(message(1))
+        self.killed_delivery()
+        os.unlink(self.path + ".lock")  # (the dead one's dotlock, which MTAs break when stale)
+        box = mailbox.mbox(self.path, create=False)
+        box.lock()
+        box.add(b"From other@example.org Thu Jan  1 00:00:00 2026\n" + message(9))
+        box.flush()
+        box.unlock()
+        box.close()
+        self.deliver(message(2))  # (the next locker: the unfinished one goes, the rest stays)
+        after = yield self.contents()
+        self.assertEqual([data for _, _, data in after], [message(1), message(9), message(2)])

@@ -20,10 +20,11 @@ import errno
 import os
 import stat
 import time
-from typing import Any, BinaryIO, Dict, List, Optional, Sequence
+from typing import Any, BinaryIO, Dict, List, NamedTuple, Optional, Sequence
 from urllib.parse import parse_qsl
 
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_pop3ng.errors import MessageVanished, PermanentFailure, POP3Error, TemporaryFailure
@@ -35,6 +36,8 @@ from twisted_pop3ng.mailbox.mbox.locking import DEFAULT_TIMEOUT, SessionLock, Wr
 from twisted_pop3ng.mailbox.mbox.rewrite import recover, rewrite, unchanged
 from twisted_pop3ng.mailbox.mbox.uids import UidIndex
 from twisted_pop3ng.wire import uidl_body
+
+log = Logger()
 
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: Octets gathered before one write while delivering.
@@ -58,6 +61,38 @@ def _open_mbox(path: str, create: bool) -> Optional[int]:
         os.close(fd)
         raise PermanentFailure("The mbox is not a regular file")
     return fd
+
+
+#: Times the file a descriptor was locked on turns out to be renamed away (another program
+#: replaced the mbox while we waited for its lock) before an operation gives up, temporarily.
+_REPLACED_RETRIES = 5
+
+
+def _same_file(path: str, fd: int) -> bool:
+    """Whether ``path`` still leads to the file open on ``fd`` (not replaced, not removed)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    current = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino)
+
+
+def _current_write_lock(path: str, fd: int, timeout: float) -> Optional[WriteLock]:
+    """The write lock, held on ``fd``, if ``fd`` still is the mbox once it is held; else None
+    (released). A program holding the lock meanwhile may have renamed a rewritten copy over the
+    mbox (Python's ``mailbox``, mutt): what was appended to, or rewritten in, the old file would
+    be lost with it. procmail checks the same."""
+    lock = WriteLock(path, fd, timeout)
+    lock.acquire()
+    if _same_file(path, fd):
+        return lock
+    lock.release()
+    return None
+
+
+def _replaced_too_often() -> TemporaryFailure:
+    return TemporaryFailure("The mbox was replaced again and again by another program, try again later")
 
 
 def _make_directory(path: str) -> None:
@@ -120,52 +155,137 @@ class MboxStore:
 
     def open_locked(self, path: str, session_lock: SessionLock) -> "MboxMailbox":
         """The blocking part of a login, with the session lock held (the caller releases it on error)."""
-        fd = _open_mbox(path, create=False)
-        if fd is None:
-            return MboxMailbox(self, path, session_lock, None, mbox_format.Scan([], 0, b""), [])
-        try:
-            lock = WriteLock(path, fd, self.lock_timeout)
-            with lock:
-                index = UidIndex.load(hidden_name(path, "pop3ng-uidl"))
-                recover(path, fd, lock.touch, index.remove)
-                result = mbox_format.scan(fd, self.format, os.fstat(fd).st_size)
-                uids, changed = index.assign(result.records)
-                if changed:
-                    index.save()
-            return MboxMailbox(self, path, session_lock, fd, result, uids)
-        except BaseException:
-            os.close(fd)
-            raise
+        for _ in range(_REPLACED_RETRIES):
+            fd = _open_mbox(path, create=False)
+            if fd is None:
+                return MboxMailbox(self, path, session_lock, None, mbox_format.Scan([], 0, b""), [])
+            try:
+                lock = _current_write_lock(path, fd, self.lock_timeout)
+                if lock is None:
+                    os.close(fd)
+                    continue
+                try:
+                    index = UidIndex.load(hidden_name(path, "pop3ng-uidl"))
+                    recover(path, fd, lock.touch, index.remove)
+                    undo_unfinished_append(path, fd, index, lock.touch, self.format)
+                    result = mbox_format.scan(fd, self.format, os.fstat(fd).st_size)
+                    uids, changed = index.assign(result.records)
+                    if changed:
+                        index.save()
+                finally:
+                    lock.release()
+                return MboxMailbox(self, path, session_lock, fd, result, uids)
+            except BaseException:
+                os.close(fd)
+                raise
+        raise _replaced_too_often()
 
     # -- IMailboxDelivery -------------------------------------------------------------------------
 
     def deliver(self, username: str, source: BinaryIO) -> str:
         path = self.path_for(username)
         _make_directory(path)
-        fd = _open_mbox(path, create=True)
-        assert fd is not None
-        try:
-            lock = WriteLock(path, fd, self.lock_timeout)
-            with lock:
-                index = UidIndex.load(hidden_name(path, "pop3ng-uidl"))
-                recover(path, fd, lock.touch, index.remove)
-                size = os.fstat(fd).st_size
+        for _ in range(_REPLACED_RETRIES):
+            fd = _open_mbox(path, create=True)
+            assert fd is not None
+            try:
+                lock = _current_write_lock(path, fd, self.lock_timeout)
+            except BaseException:
+                os.close(fd)
+                raise
+            if lock is not None:
                 try:
-                    start = size + len(mbox_format.separator_needed(fd, size))
-                    end = _append(fd, size, source, lock.touch, self.format)
-                    os.fsync(fd)
-                    records = mbox_format.scan(fd, self.format, end, start).records
-                    if len(records) != 1:
-                        raise TemporaryFailure("The delivered message could not be read back")
-                    uid = index.add(records[0])
-                    index.save()
-                except BaseException:
-                    os.ftruncate(fd, size)  # nothing of a failed delivery stays visible
-                    os.fsync(fd)
-                    raise
-                return uid
-        finally:
+                    return self._deliver_locked(path, fd, lock, source)
+                finally:
+                    lock.release()
+                    os.close(fd)
             os.close(fd)
+        raise _replaced_too_often()
+
+    def _deliver_locked(self, path: str, fd: int, lock: WriteLock, source: BinaryIO) -> str:
+        """Append with the write lock held on the file the name leads to. The append is announced
+        in the index first (durably): one cut short by a kill or a power loss is then removed by
+        the next locker (:func:`undo_unfinished_append`), never served as a torn message."""
+        index = UidIndex.load(hidden_name(path, "pop3ng-uidl"))
+        recover(path, fd, lock.touch, index.remove)
+        undo_unfinished_append(path, fd, index, lock.touch, self.format)
+        st = os.fstat(fd)
+        size = st.st_size
+        index.pending = (st.st_dev, st.st_ino, size)
+        index.save()
+        try:
+            start = size + len(mbox_format.separator_needed(fd, size))
+            end = _append(fd, size, source, lock.touch, self.format)
+            os.fsync(fd)
+            records = mbox_format.scan(fd, self.format, end, start).records
+            if len(records) != 1:
+                raise TemporaryFailure("The delivered message could not be read back")
+            uid = index.add(records[0])
+        except BaseException:
+            os.ftruncate(fd, size)  # nothing of a failed delivery stays visible
+            os.fsync(fd)
+            index.pending = None
+            index.save()
+            raise
+        index.pending = None
+        index.save()
+        return uid
+
+
+def undo_unfinished_append(path: str, fd: int, index: UidIndex, touch: Any, fmt: str) -> None:
+    """Remove what a delivery cut short (a kill, a power loss) appended: it was never
+    acknowledged, and the MTA delivers it again. Write lock held.
+
+    Mail another program appended after it is kept: the unfinished message ends where the next
+    line starting ``From `` does -- none inside it can, they are quoted -- and that range is
+    removed by an in-place rewrite (:func:`.rewrite.rewrite`, behind its journal); with nothing
+    after it, the file is cut back."""
+    pending, index.pending = index.pending, None
+    if pending is None:
+        return
+    st = os.fstat(fd)
+    dev, ino, start = pending
+    if (st.st_dev, st.st_ino) != (dev, ino) or st.st_size <= start:
+        index.save()  # (another file now, or nothing was written)
+        return
+    starts = _from_lines(fd, start, st.st_size)
+    if starts and starts[0] <= start + 2:  # its own From_ line (after a separator of 0-2 octets)
+        starts = starts[1:]
+    if not starts:
+        os.ftruncate(fd, start)
+        os.fsync(fd)
+    else:
+        spans = [_Span(0, start), _Span(start, starts[0]), _Span(starts[0], st.st_size)]
+        rewrite(path, fd, spans, st.st_size, [1], [], touch, lambda uids: None)  # type: ignore[arg-type]
+    log.warn("mbox {path}: removed a delivery that was cut short (never acknowledged) at offset "
+             "{start}", path=path, start=start)
+    index.save()
+
+
+class _Span(NamedTuple):
+    """A range of the file, for :func:`.rewrite.rewrite` (which needs only these of a record)."""
+
+    start: int
+    end: int
+
+
+def _from_lines(fd: int, begin: int, end: int) -> List[int]:
+    """Offsets in ``[begin, end)`` where a line starts with ``From `` (read in chunks)."""
+    found: List[int] = []
+    offset, previous = begin, (os.pread(fd, 1, begin - 1) if begin else b"\n")
+    while offset < end:
+        data = os.pread(fd, min(_WRITE_BATCH, end - offset) + 4, offset)
+        if not data:
+            break
+        window = previous + data
+        position = window.find(b"\nFrom ")
+        while position != -1 and position < len(window) - 5 and offset + position < end:
+            found.append(offset + position)
+            position = window.find(b"\nFrom ", position + 1)
+        step = min(_WRITE_BATCH, end - offset)
+        previous = data[step - 1:step]
+        offset += step
+    return found
 
 
 def from_line(now: Optional[float] = None) -> bytes:
@@ -321,30 +441,41 @@ class MboxMailbox:
         scanned again under the lock and the messages to remove are the ones that are *the same
         messages* as the session's deleted ones (:func:`_identity`); a deleted message that is
         gone or was changed is left alone, and mail the session never saw is kept."""
-        self._follow_replacement()
-        fd = self._fd
-        if fd is None:
-            return  # the mbox is gone: nothing left to delete
-        lock = WriteLock(self.path, fd, self.store.lock_timeout)
-        with lock:
-            index = UidIndex.load(hidden_name(self.path, "pop3ng-uidl"))
-
-            def applied(uids: Sequence[str]) -> None:
-                index.remove(uids)
-                index.save()
-            recover(self.path, fd, lock.touch, applied)
-            uids = [self.infos[i].uid for i in deleted]
-            if unchanged(fd, self._scan.end, self._scan.digest, lock.touch):
-                rewrite(self.path, fd, self.records, self._scan.end, deleted, uids, lock.touch, applied)
+        for _ in range(_REPLACED_RETRIES):
+            self._follow_replacement()
+            fd = self._fd
+            if fd is None:
+                return  # the mbox is gone: nothing left to delete
+            lock = _current_write_lock(self.path, fd, self.store.lock_timeout)
+            if lock is not None:
+                try:
+                    self._commit_locked(fd, lock, deleted)
+                finally:
+                    lock.release()
                 return
-            current = mbox_format.scan(fd, self.store.format, os.fstat(fd).st_size)
-            found = _match(self.records, current.records)
-            position = {id(record): k for k, record in enumerate(current.records)}
-            doomed = sorted(position[id(found[i])] for i in deleted if found[i] is not None)
-            if doomed:
-                rewrite(self.path, fd, current.records, current.end, doomed, uids, lock.touch, applied)
-            else:
-                applied(uids)
+        raise _replaced_too_often()
+
+    def _commit_locked(self, fd: int, lock: WriteLock, deleted: Sequence[int]) -> None:
+        """UPDATE with the write lock held on the file the name leads to."""
+        index = UidIndex.load(hidden_name(self.path, "pop3ng-uidl"))
+
+        def applied(uids: Sequence[str]) -> None:
+            index.remove(uids)
+            index.save()
+        recover(self.path, fd, lock.touch, applied)
+        undo_unfinished_append(self.path, fd, index, lock.touch, self.store.format)
+        uids = [self.infos[i].uid for i in deleted]
+        if unchanged(fd, self._scan.end, self._scan.digest, lock.touch):
+            rewrite(self.path, fd, self.records, self._scan.end, deleted, uids, lock.touch, applied)
+            return
+        current = mbox_format.scan(fd, self.store.format, os.fstat(fd).st_size)
+        found = _match(self.records, current.records)
+        position = {id(record): k for k, record in enumerate(current.records)}
+        doomed = sorted(position[id(found[i])] for i in deleted if found[i] is not None)
+        if doomed:
+            rewrite(self.path, fd, current.records, current.end, doomed, uids, lock.touch, applied)
+        else:
+            applied(uids)
 
     def _follow_replacement(self) -> None:
         """After another program replaced the mbox (a rename over it), use the new file."""

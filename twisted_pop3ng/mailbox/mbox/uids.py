@@ -9,7 +9,8 @@ is a valid UIDL not used by another message, else ``EPOCH.N`` from a counter tha
 EPOCH is random per index, so a lost index never brings back an old UIDL (the messages get new
 ones, and a client downloads them once more). Entries of messages gone from the file are dropped.
 
-Format: a first line ``pop3ng-mbox-uidl 1 EPOCH NEXT``, then ``FINGERPRINT UIDL`` per message.
+Format: a first line ``pop3ng-mbox-uidl 1 EPOCH NEXT`` (with `` append:DEV:INO:OFFSET`` while a
+delivery appends), then ``FINGERPRINT UIDL`` per message.
 Written with tmp + fsync + rename; a missing or damaged index is started afresh.
 """
 
@@ -29,11 +30,16 @@ log = logging.getLogger(__name__)
 
 
 class UidIndex:
-    def __init__(self, path: str, epoch: str, next_number: int, entries: List[Tuple[str, str]]) -> None:
+    def __init__(self, path: str, epoch: str, next_number: int, entries: List[Tuple[str, str]],
+                 pending: Optional[Tuple[int, int, int]] = None) -> None:
         self.path = path
         self.epoch = epoch
         self.next_number = next_number
         self.entries = entries
+        #: A delivery under way: (st_dev, st_ino, offset it appends at). Saved before the append
+        #: and cleared with the new UIDL: found set by the next locker, the append was cut short
+        #: (a kill, a power loss) and never acknowledged (:func:`..store.undo_unfinished_append`).
+        self.pending = pending
 
     @classmethod
     def load(cls, path: str) -> "UidIndex":
@@ -41,13 +47,19 @@ class UidIndex:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             with os.fdopen(fd, "r", encoding="ascii") as f:
                 lines = f.read(64 << 20).splitlines()
-            magic, version, epoch, next_number = lines[0].split()
-            if magic != MAGIC or version != "1":
+            magic, version, epoch, next_number, *rest = lines[0].split()
+            if magic != MAGIC or version != "1" or len(rest) > 1:
                 raise ValueError("not an index")
+            pending = None
+            if rest:
+                kind, dev, ino, start = rest[0].split(":")
+                if kind != "append":
+                    raise ValueError("damaged header")
+                pending = (int(dev), int(ino), int(start))
             entries = [tuple(line.split()) for line in lines[1:]]
             if any(len(entry) != 2 or not is_valid_uid(entry[1]) for entry in entries):
                 raise ValueError("damaged entry")
-            return cls(path, epoch, int(next_number), entries)  # type: ignore[arg-type]
+            return cls(path, epoch, int(next_number), entries, pending)  # type: ignore[arg-type]
         except FileNotFoundError:
             pass
         except (OSError, ValueError, IndexError, UnicodeDecodeError) as error:
@@ -55,7 +67,8 @@ class UidIndex:
         return cls(path, os.urandom(4).hex(), 1, [])
 
     def save(self) -> None:
-        text = "%s 1 %s %d\n" % (MAGIC, self.epoch, self.next_number)
+        text = "%s 1 %s %d" % (MAGIC, self.epoch, self.next_number)
+        text += (" append:%d:%d:%d\n" % self.pending) if self.pending is not None else "\n"
         text += "".join("%s %s\n" % entry for entry in self.entries)
         write_atomically(self.path, text.encode("ascii"))
 
