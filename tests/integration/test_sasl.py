@@ -167,6 +167,35 @@ class SASLTests(unittest.TestCase):
             s = self.session(tls=False)
             self.assertLoggedIn(scram_login(s, ScramClient(mechanism, user, PASSWORD), mechanism), s)
 
+    def test_gnu_sasl_with_its_authorization_identity(self) -> None:
+        """GNU SASL -- what mutt and neomutt use -- sends the user's own name as authorization
+        identity (``n,a=alice,n=alice,...``): accepted, as Dovecot accepts it (it was refused: mutt
+        fell back to USER/PASS after a logged "wrong password"); another user's name is not."""
+        for mechanism, user, authzid, ok in (("SCRAM-SHA-256", "alice", "alice", True),
+                                             ("SCRAM-SHA-256", "bob", "bob", True),
+                                             ("SCRAM-SHA-1", "alice", "alice", True),
+                                             ("SCRAM-SHA-256", "alice", "", True),
+                                             ("SCRAM-SHA-256", "alice", "bob", False)):
+            s = self.session(tls=False)
+            args = ["gsasl", "--client", "-m", mechanism, "-a", user, "-p", PASSWORD, "--quiet", "--no-cb"]
+            gsasl = subprocess.Popen(args + (["-z", authzid] if authzid else []), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.addCleanup(lambda g=gsasl: g.poll() is None and g.kill())
+            self.assertEqual(gsasl.stdout.readline().strip(), mechanism.encode())
+            reply = s.command(b"AUTH " + mechanism.encode() + b" " + gsasl.stdout.readline().strip())
+            while reply.startswith(b"+ "):
+                gsasl.stdin.write(reply[2:].strip() + b"\n")
+                gsasl.stdin.flush()
+                reply = s.command(gsasl.stdout.readline().strip())
+            gsasl.stdin.close()
+            gsasl.wait()
+            for pipe in (gsasl.stdout, gsasl.stderr):
+                pipe.close()
+            if ok:
+                self.assertLoggedIn(reply, s)
+            else:
+                self.assertEqual(reply, b"-ERR [AUTH] Authentication failed.\r\n")
+
     def test_scram_continuation_without_initial_response(self) -> None:
         s = self.session(tls=False)
         client = ScramClient("SCRAM-SHA-256", "alice", PASSWORD)

@@ -22,19 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
-import scramp.core
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.internet import defer
 from zope.interface import implementer
 
-from twisted_pop3ng.auth import _binding, cram
+from twisted_pop3ng.auth import cram
 from twisted_pop3ng.auth import passwords
 from twisted_pop3ng.auth.digests import cram_digest
 from twisted_pop3ng.auth.mechanisms import PLAINTEXT
 from twisted_pop3ng.auth.checkers import Preauthenticated, hash_in_thread
-
-_binding.allow_tls_exporter()
-
+from twisted_pop3ng.auth.scram_server import ScramError, ServerExchange, unescape_name
 
 @dataclass(frozen=True)
 class Challenge:
@@ -166,18 +163,15 @@ class CramMD5(Mechanism):
         return Done(CramMD5Credentials(username, self.challenge, digest))
 
 
-def _scram_unescape(name: str) -> str:
-    return name.replace("=2C", ",").replace("=3D", "=")
-
-
 class Scram(Mechanism):
-    """SCRAM (RFC 5802/7677) through ``scramp``; the ``-PLUS`` variants bind to the TLS channel."""
+    """SCRAM (RFC 5802/7677), the exchange checked by :mod:`.scram_server`; the ``-PLUS`` variants
+    bind to the TLS channel."""
 
     hash_name = "sha256"
 
     def __init__(self, context: SASLContext) -> None:
         super().__init__(context)
-        self.server: Any = None
+        self.exchange: Optional[ServerExchange] = None
         self.username = ""
         self.finished = False
 
@@ -189,7 +183,7 @@ class Scram(Mechanism):
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise AuthFailed("SCRAM messages are UTF-8")
-        if self.server is None:
+        if self.exchange is None:
             return self._client_first(text)
         if not self.finished:
             return self._client_final(text)
@@ -198,42 +192,27 @@ class Scram(Mechanism):
         return Done(Preauthenticated(self.username, self.name))
 
     def _client_first(self, text: str) -> defer.Deferred:
-        bare = text.split(",", 2)[-1] if text.count(",") >= 2 else ""
-        attrs = dict(part.split("=", 1) for part in bare.split(",") if "=" in part)
-        if "n" not in attrs:
-            raise AuthFailed("malformed SCRAM client-first message")
-        self.username = _scram_unescape(attrs["n"])
+        plus = self.name.endswith("-PLUS") or (self.hash_name == "sha256" and self.context.plus_offered)
+        bindings = dict(self.context.channel_bindings) if plus else {}
+        exchange = self.exchange = ServerExchange(self.hash_name, bindings,
+                                                  self.name.endswith("-PLUS"), bool(bindings))
+        try:
+            self.username = exchange.client_first(text)
+        except ScramError as error:
+            raise AuthFailed(str(error))
         d = defer.maybeDeferred(self._keys, self.username)
 
         def proceed(keys: passwords.ScramKeys) -> Step:
-            plus = self.name.endswith("-PLUS") or (self.hash_name == "sha256" and self.context.plus_offered)
-            binding = self._binding(text) if plus else None
-            mechanism = scramp.ScramMechanism(self.name)
-            auth = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
-            try:
-                self.server = mechanism.make_server(lambda _user: auth, channel_binding=binding)
-                self.server.set_client_first(text)
-                return Challenge(self.server.get_server_first().encode("utf-8"))
-            except scramp.ScramException as error:
-                raise AuthFailed(str(error))
+            return Challenge(exchange.server_first(keys.salt, keys.iterations, keys.stored_key,
+                                                   keys.server_key).encode("utf-8"))
 
         return d.addCallback(proceed)
 
-    def _binding(self, client_first: str) -> Optional[Tuple[str, bytes]]:
-        """The binding the client asked for (``p=NAME``) if we have it, else our default."""
-        bindings = self.context.channel_bindings
-        if not bindings:
-            return None
-        flag = client_first.split(",", 1)[0]
-        if flag.startswith("p=") and flag[2:] in bindings:
-            return flag[2:], bindings[flag[2:]]
-        return next(iter(bindings.items()))
-
     def _client_final(self, text: str) -> Step:
+        assert self.exchange is not None
         try:
-            self.server.set_client_final(text)
-            final = self.server.get_server_final()
-        except scramp.ScramException as error:
+            final = self.exchange.client_final(text)
+        except ScramError as error:
             raise AuthFailed(str(error))
         self.finished = True
         return Challenge(final.encode("utf-8"))
@@ -370,7 +349,7 @@ class OAuthBearer(_OAuth):
         if not sep or len(fields) < 2 or fields[0] not in ("n", "y"):
             raise AuthFailed("malformed OAUTHBEARER message")
         user = next((f[2:] for f in fields[1:] if f.startswith("a=")), "")
-        return _scram_unescape(user), self._bearer(self._kvpairs(rest).get("auth", ""))
+        return unescape_name(user), self._bearer(self._kvpairs(rest).get("auth", ""))
 
 
 class XOAuth2(_OAuth):
