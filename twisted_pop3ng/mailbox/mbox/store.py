@@ -237,7 +237,7 @@ def undo_unfinished_append(path: str, fd: int, index: UidIndex, touch: Any, fmt:
     acknowledged, and the MTA delivers it again. Write lock held.
 
     Mail another program appended after it is kept: the unfinished message ends where the next
-    line starting ``From `` does -- none inside it can, they are quoted -- and that range is
+    line starting "From " does -- none inside it can, they are quoted -- and that range is
     removed by an in-place rewrite (:func:`.rewrite.rewrite`, behind its journal); with nothing
     after it, the file is cut back."""
     pending, index.pending = index.pending, None
@@ -270,7 +270,7 @@ class _Span(NamedTuple):
 
 
 def _from_lines(fd: int, begin: int, end: int) -> List[int]:
-    """Offsets in ``[begin, end)`` where a line starts with ``From `` (read in chunks)."""
+    """Offsets in ``[begin, end)`` where a line starts with "From " (read in chunks)."""
     found: List[int] = []
     offset, previous = begin, (os.pread(fd, 1, begin - 1) if begin else b"\n")
     while offset < end:

@@ -9,7 +9,7 @@ is a valid UIDL not used by another message, else ``EPOCH.N`` from a counter tha
 EPOCH is random per index, so a lost index never brings back an old UIDL (the messages get new
 ones, and a client downloads them once more). Entries of messages gone from the file are dropped.
 
-Format: a first line ``pop3ng-mbox-uidl 1 EPOCH NEXT`` (with `` append:DEV:INO:OFFSET`` while a
+Format: a first line ``pop3ng-mbox-uidl 1 EPOCH NEXT`` (with ``append:DEV:INO:OFFSET`` added while a
 delivery appends), then ``FINGERPRINT UIDL`` per message.
 Written with tmp + fsync + rename; a missing or damaged index is started afresh.
 """
