@@ -68,6 +68,9 @@ def _read_chunks(source: Any) -> Any:
 class TwistedMailbox:
     """One session's view of a ``twisted.mail.pop3.IMailbox`` (see the module's rules)."""
 
+    #: Its UIDLs follow RFC 1939's rule (made so where they are made): the server need not check.
+    uidls_valid = True
+
     def __init__(self, mailbox: Any, logout: Callable[[], Any] = lambda: None,
                  trust_sizes: bool = False, unlock: Callable[[], None] = lambda: None) -> None:
         self.mailbox = mailbox

@@ -564,6 +564,8 @@ class POP3ServerProtocol(SessionIO):
             # __instancecheck__.)
             if MessageTable in type(messages).__mro__:
                 session.messages = messages
+            elif getattr(mailbox, "uidls_valid", False):  # (the stock stores: spared a check per message)
+                session.messages = list(messages)
             else:
                 session.messages = self._checked_uids(list(messages))
             session.deleted = set()
@@ -588,8 +590,8 @@ class POP3ServerProtocol(SessionIO):
         return None
 
     def _checked_uids(self, messages: List[Any]) -> List[Any]:
-        """A store's listing with every UIDL as RFC 1939 allows (the stock stores' tables are
-        checked where they are made): one that breaks the rule (a space, a control character,
+        """A store's listing with every UIDL as RFC 1939 allows (a mailbox whose class says
+        ``uidls_valid = True``, as the stock stores' do, is not checked): one that breaks the rule (a space, a control character,
         over 70 characters) would break the clients' UIDL parsing, so it is replaced by one made
         from it (:func:`~twisted_pop3ng.wire.valid_uid`, the same each session), and logged."""
         replaced = []

@@ -362,6 +362,9 @@ def _unlink_quietly(path: str) -> None:
 class MaildirMailbox:
     """A locked maildir and the snapshot taken when it was opened."""
 
+    #: Its UIDLs follow RFC 1939's rule (made so where they are made): the server need not check.
+    uidls_valid = True
+
     def __init__(self, path: str, lock: Optional[MaildirLock] = None,
                  root_fd: Optional[int] = None) -> None:
         """``root_fd``: a descriptor of the maildir at ``path`` (:meth:`MaildirStore.open_root`),

@@ -345,6 +345,9 @@ def _flush(fd: int, out: bytearray, offset: int) -> int:
 class MboxMailbox:
     """One session's snapshot of an mbox: records at offsets, held open on one descriptor."""
 
+    #: Its UIDLs follow RFC 1939's rule (made so where they are made): the server need not check.
+    uidls_valid = True
+
     def __init__(self, store: MboxStore, path: str, session_lock: SessionLock, fd: Optional[int],
                  scanned: "mbox_format.Scan", uids: List[str]) -> None:
         self.store = store
