@@ -163,7 +163,7 @@ class LibraryLogTests(unittest.TestCase):
                 break
             time.sleep(0.05)
         self.assertEqual([(r["level"], r["text"]) for r in found],
-                         [("warn", "removed %s, left by a rewrite that was killed" % os.path.basename(stale))])
+                         [("warn", "removed %s, left by a writer that was killed" % os.path.basename(stale))])
         self.assertFalse(os.path.exists(stale))
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, U
 
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_pop3ng.auth import cram
@@ -32,6 +33,9 @@ from twisted_pop3ng.auth.digests import cram_digest
 from twisted_pop3ng.auth.mechanisms import PLAINTEXT
 from twisted_pop3ng.auth.checkers import Preauthenticated, hash_in_thread
 from twisted_pop3ng.auth.scram_server import ScramError, ServerExchange, unescape_name
+
+_log = Logger()
+
 
 @dataclass(frozen=True)
 class Challenge:
@@ -248,7 +252,12 @@ class Scram(Mechanism):
                 return self._fake(username)
             scheme, secret = passwords.split_scheme(stored)
             if scheme == self._scheme:
-                return passwords.parse_scram(secret)
+                try:
+                    return passwords.parse_scram(secret)
+                except ValueError:  # (binascii.Error too) a damaged entry: as a user SCRAM cannot serve
+                    _log.warn("the {scheme} secret of a user is damaged: SCRAM fails for it",
+                              scheme=scheme)
+                    return self._fake(username)
             if scheme in passwords.PLAINTEXT_SCHEMES:
                 salt = hmac.new(self.context.secret_key, b"salt\0" + username.encode(),
                                 hashlib.sha256).digest()[:16]
@@ -349,7 +358,11 @@ class OAuthBearer(_OAuth):
         if not sep or len(fields) < 2 or fields[0] not in ("n", "y"):
             raise AuthFailed("malformed OAUTHBEARER message")
         user = next((f[2:] for f in fields[1:] if f.startswith("a=")), "")
-        return unescape_name(user), self._bearer(self._kvpairs(rest).get("auth", ""))
+        try:
+            user = unescape_name(user)
+        except ScramError as error:  # (the same GS2 header rules)
+            raise AuthFailed(str(error))
+        return user, self._bearer(self._kvpairs(rest).get("auth", ""))
 
 
 class XOAuth2(_OAuth):

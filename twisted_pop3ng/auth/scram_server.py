@@ -29,8 +29,18 @@ class ScramError(Exception):
 
 
 def unescape_name(name: str) -> str:
-    """A ``saslname`` (RFC 5802 §5.1: ``=2C`` is a comma, ``=3D`` an equals sign)."""
-    return name.replace("=2C", ",").replace("=3D", "=")
+    """A ``saslname`` (RFC 5802 §5.1: ``=2C`` is a comma, ``=3D`` an equals sign; any other
+    ``=`` fails the exchange, as the RFC requires)."""
+    parts = name.split("=")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if part[:2] == "2C":
+            out.append("," + part[2:])
+        elif part[:2] == "3D":
+            out.append("=" + part[2:])
+        else:
+            raise ScramError("a saslname with an '=' that is not =2C or =3D")
+    return "".join(out)
 
 
 def _attributes(text: str, what: str) -> List[Tuple[str, str]]:

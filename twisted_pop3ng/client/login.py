@@ -35,7 +35,7 @@ class LoginMixin:
                  mechanism: Any = None, is_auth: bool = False,
                  discard_rest: bool = False) -> defer.Deferred: ...
 
-        def capa(self) -> defer.Deferred: ...
+        def capa(self, _next: bool = False) -> defer.Deferred: ...
 
         def _send_next(self, line: bytes, **kwargs: Any) -> defer.Deferred: ...
 
@@ -88,7 +88,7 @@ class LoginMixin:
 
         def logged_in(_: Any) -> defer.Deferred:
             self.logged_in = True
-            return self.capa()
+            return self.capa(_next=True)  # (before what the caller queued behind login())
 
         return d.addCallback(logged_in)
 

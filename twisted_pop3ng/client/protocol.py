@@ -305,7 +305,16 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         the connection is aborted: without QUIT the server commits nothing, and no more of a
         body reaches its consumer. The other commands fail with the reason."""
         if any(item is pending for item in self._queued):
-            self._queued = deque(item for item in self._queued if item is not pending)
+            if pending.discard_rest:  # STLS: what was queued behind it must not go out in clear
+                behind = list(self._queued)
+                stranded = behind[next(k for k, item in enumerate(behind) if item is pending) + 1:]
+                self._queued = deque(item for item in behind if item is not pending
+                                     and not any(item is s for s in stranded))
+                for item in stranded:
+                    item.deferred.errback(TLSError("STLS was cancelled: %s was not sent in the clear"
+                                                   % item.verb))
+            else:
+                self._queued = deque(item for item in self._queued if item is not pending)
             self._flush()
             return  # (the Deferred fails with CancelledError)
         if not any(item is pending for item in self._inflight) or self._closed is not None:
@@ -388,6 +397,8 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
                             head.sink.write(payload)
                         except Exception as e:
                             raise _ConsumerFailed(e)
+                        if self._closed is not None:
+                            break  # (the consumer cancelled the command: the connection is gone)
                     if leftover is None:
                         break
                     self._decoder = None
@@ -526,8 +537,9 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         self.greeting = status.text
         return status.text
 
-    def capa(self) -> defer.Deferred:
-        """Read the capabilities (RFC 2449) into ``self.capabilities``; {} if CAPA is refused."""
+    def capa(self, _next: bool = False) -> defer.Deferred:
+        """Read the capabilities (RFC 2449) into ``self.capabilities``; {} if CAPA is refused.
+        (``_next``: ahead of what is queued -- the re-read that ends :meth:`login`.)"""
         def parse(lines: List[bytes]) -> Dict[str, List[str]]:
             caps: Dict[str, List[str]] = {}
             for raw in lines:
@@ -542,7 +554,8 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
             self.capabilities = {}
             return {}
 
-        return self.send(b"CAPA", multiline=True, sink=self._listing()).addCallbacks(parse, refused)
+        send = self._send_next if _next else self.send
+        return send(b"CAPA", multiline=True, sink=self._listing()).addCallbacks(parse, refused)
 
     def starttls(self, context_factory: Any) -> defer.Deferred:
         """STLS (RFC 2595), then TLS with ``context_factory`` (e.g. ``optionsForClientTLS``).

@@ -591,9 +591,10 @@ class POP3ServerProtocol(SessionIO):
 
     def _checked_uids(self, messages: List[Any]) -> List[Any]:
         """A store's listing with every UIDL as RFC 1939 allows (a mailbox whose class says
-        ``uidls_valid = True``, as the stock stores' do, is not checked): one that breaks the rule (a space, a control character,
-        over 70 characters) would break the clients' UIDL parsing, so it is replaced by one made
-        from it (:func:`~twisted_pop3ng.wire.valid_uid`, the same each session), and logged."""
+        ``uidls_valid = True``, as the stock stores' do, is not checked): one that breaks the
+        rule (a space, a control character, over 70 characters) would break the clients' UIDL
+        parsing, so it is replaced by one made from it (:func:`~twisted_pop3ng.wire.valid_uid`,
+        the same each session), and logged."""
         replaced = []
         for index, info in enumerate(messages):
             uid = info.uid

@@ -278,10 +278,22 @@ class LoginOrderTests(unittest.TestCase):
         client.dataReceived(b"+OK\r\n")
         self.assertEqual(transport.value(), b"USER alice\r\nPASS pw\r\n")
         client.dataReceived(b"+OK logged in\r\n")
-        self.assertEqual(transport.value(), b"USER alice\r\nPASS pw\r\nSTAT\r\nCAPA\r\n")
-        client.dataReceived(b"+OK 0 0\r\n+OK\r\nUSER\r\n.\r\n")
-        self.assertEqual(self.successResultOf(stat), (0, 0))
+        # the CAPA that ends login() too goes before the queued STAT (a QUIT queued there would
+        # otherwise have ended the session before login() completed)
+        self.assertEqual(transport.value(), b"USER alice\r\nPASS pw\r\nCAPA\r\nSTAT\r\n")
+        client.dataReceived(b"+OK\r\nUSER\r\n.\r\n")
         self.successResultOf(login)
+        client.dataReceived(b"+OK 0 0\r\n")
+        self.assertEqual(self.successResultOf(stat), (0, 0))
+
+    def test_login_then_quit_without_waiting(self):
+        client, transport, _ = make_client(caps={"USER": [], "PIPELINING": []})
+        login = client.login("alice", "pw", allow_plaintext=True)
+        quit = client.quit()
+        client.dataReceived(b"+OK\r\n+OK logged in\r\n+OK\r\nUSER\r\n.\r\n+OK bye\r\n")
+        self.assertEqual(transport.value(), b"USER alice\r\nPASS pw\r\nCAPA\r\nQUIT\r\n")
+        self.successResultOf(login)
+        self.successResultOf(quit)
 
     def test_the_fallback_goes_before_queued_commands(self):
         client, transport, _ = make_client(caps={"SASL": ["SCRAM-SHA-256", "PLAIN"]})
@@ -292,11 +304,40 @@ class LoginOrderTests(unittest.TestCase):
         client.dataReceived(b"-ERR [AUTH] Authentication failed.\r\n")
         self.assertEqual(transport.value(), b"AUTH PLAIN " + base64.b64encode(b"\0bob\0pw") + b"\r\n")
         client.dataReceived(b"+OK\r\n")
-        self.assertEqual(transport.value().split(b"\r\n")[1:], [b"STAT", b""])
-        client.dataReceived(b"+OK 0 0\r\n")
-        self.successResultOf(stat)
+        self.assertEqual(transport.value().split(b"\r\n")[1:], [b"CAPA", b""])
         client.dataReceived(b"-ERR\r\n")  # (CAPA)
         self.successResultOf(login)
+        client.dataReceived(b"+OK 0 0\r\n")
+        self.successResultOf(stat)
+
+
+class CancelEdgeTests(unittest.TestCase):
+    def test_a_cancelled_stls_strands_what_is_behind_it(self):
+        """Commands queued behind STLS must never go out in plaintext, STLS cancelled or not."""
+        client, transport, _ = make_client(caps={"STLS": []}, transport_class=TLSStringTransport)
+        capa = client.capa()
+        stls = client.starttls(object())
+        user = client.send(b"USER alice", barrier=True)
+        stls.cancel()
+        self.failureResultOf(stls, defer.CancelledError)
+        self.failureResultOf(user, pop3.TLSError)
+        client.dataReceived(b"+OK\r\n.\r\n")
+        self.successResultOf(capa)
+        self.assertEqual(transport.value(), b"CAPA\r\n")
+
+    def test_cancelled_by_its_consumer_in_the_last_write(self):
+        client, transport, _ = make_client(caps={})
+        box = []
+
+        class Sink:
+            def write(self, data):
+                box[0].cancel()
+        d = client.retrieve(1, Sink())
+        box.append(d)
+        client.dataReceived(b"+OK\r\nsmall\r\n.\r\n")
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class StreamingTests(unittest.TestCase):

@@ -511,6 +511,8 @@ class CrashRecoveryTests(StoreTestCase):
         stale, fd = create_temporary(journal)
         os.write(fd, b"half a journal")
         os.close(fd)
+        stale_index, fd = create_temporary(os.path.join(os.path.dirname(self.path), ".alice.pop3ng-uidl"))
+        os.close(fd)
         neighbour = os.path.join(os.path.dirname(self.path), ".other.pop3ng-journal.tmp.1.ab")
         with open(neighbour, "wb") as f:
             f.write(b"another mbox's")
@@ -519,6 +521,7 @@ class CrashRecoveryTests(StoreTestCase):
         yield mailbox.commit([0])
         mailbox.close()
         self.assertFalse(os.path.exists(stale))
+        self.assertFalse(os.path.exists(stale_index))
         self.assertTrue(os.path.exists(neighbour))
         after = yield self.contents()
         self.assertEqual(after, before[1:])
@@ -690,15 +693,17 @@ _KILLED_DELIVERY = """
 import io, os, signal, sys
 from twisted_pop3ng.mailbox.mbox.store import MboxStore
 
+KILL_AFTER, LINE_END = int(sys.argv[3]), sys.argv[4] == "lines"
+
 class Source(io.RawIOBase):
     sent = 0
     def readable(self):
         return True
     def readinto(self, buffer):
-        if self.sent > 3 << 20:
+        if self.sent >= KILL_AFTER:
             os.kill(os.getpid(), signal.SIGKILL)
         n = min(len(buffer), 1 << 16)
-        buffer[:n] = b"x" * (n - 1) + b"\\n"
+        buffer[:n] = b"x" * (n - 1) + (b"\\n" if LINE_END else b"x")
         self.sent += n
         return n
 
@@ -710,12 +715,56 @@ class KilledDeliveryTests(StoreTestCase):
     """A delivery cut short (kill -9, a power loss) was never acknowledged: the next locker
     removes what it appended; POP3 never serves the torn message."""
 
-    def killed_delivery(self) -> None:
+    def killed_delivery(self, kill_after: int = 3 << 20, lines: bool = True) -> None:
         before = len(self.disk())
-        result = subprocess.run([sys.executable, "-c", _KILLED_DELIVERY, self.root + "/{user}", USER],
-                                capture_output=True, timeout=120)
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        result = subprocess.run([sys.executable, "-c", _KILLED_DELIVERY, self.root + "/{user}", USER,
+                                 str(kill_after), "lines" if lines else "one-line"],
+                                capture_output=True, timeout=120,
+                                env=dict(os.environ, PYTHONPATH=here))  # (this checkout's code)
         self.assertEqual(result.returncode, -signal.SIGKILL, result.stderr)
-        self.assertGreater(len(self.disk()), before + (1 << 20))  # (part of it is in the file)
+        if kill_after:
+            self.assertGreater(len(self.disk()), before + (1 << 20))  # (part of it is in the file)
+        else:
+            self.assertEqual(len(self.disk()), before)  # (killed before it wrote anything)
+        if os.path.exists(self.path + ".lock"):
+            os.unlink(self.path + ".lock")  # (the dead one's dotlock, which MTAs break when stale)
+
+    def python_appends(self, data: bytes) -> None:
+        import mailbox
+
+        box = mailbox.mbox(self.path, create=False)
+        box.lock()
+        box.add(b"From other@example.org Thu Jan  1 00:00:00 2026\n" + data)
+        box.flush()
+        box.unlock()
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_killed_before_writing_then_another_program_appended(self):
+        """The announcement is there, the octets at its offset are another program's: it came
+        first after the kill. Nothing of it may be removed."""
+        self.deliver(message(1))
+        self.killed_delivery(kill_after=0)
+        self.python_appends(message(8))
+        self.python_appends(message(9))
+        self.deliver(message(2))
+        after = yield self.contents()
+        self.assertEqual([data for _, _, data in after], [message(1), message(8), message(9), message(2)])
+
+    @defer.inlineCallbacks
+    def test_cut_inside_a_line_then_another_programs_from_line_on_it(self):
+        """Where the cut-short message ends is not certain then: nothing is removed."""
+        self.deliver(message(1))
+        self.killed_delivery(lines=False)
+        foreign = (b"From other@example.org Thu Jan  1 00:00:00 2026\nSubject: nine\n\nbody\n\n"
+                   b"From other@example.org Thu Jan  1 00:00:01 2026\nSubject: ten\n\nbody\n\n")
+        with open(self.path, "ab") as f:  # (an appender that adds no line break first)
+            f.write(foreign)
+        self.deliver(message(2))
+        self.assertIn(foreign, self.disk())
+        after = yield self.contents()
+        self.assertEqual([after[0][2], after[-1][2]], [message(1), message(2)])
 
     @defer.inlineCallbacks
     def test_the_next_login_removes_it(self):
@@ -730,17 +779,9 @@ class KilledDeliveryTests(StoreTestCase):
 
     @defer.inlineCallbacks
     def test_mail_another_program_appended_after_it_is_kept(self):
-        import mailbox
-
         self.deliver(message(1))
         self.killed_delivery()
-        os.unlink(self.path + ".lock")  # (the dead one's dotlock, which MTAs break when stale)
-        box = mailbox.mbox(self.path, create=False)
-        box.lock()
-        box.add(b"From other@example.org Thu Jan  1 00:00:00 2026\n" + message(9))
-        box.flush()
-        box.unlock()
-        box.close()
+        self.python_appends(message(9))
         self.deliver(message(2))  # (the next locker: the unfinished one goes, the rest stays)
         after = yield self.contents()
         self.assertEqual([data for _, _, data in after], [message(1), message(9), message(2)])

@@ -60,6 +60,15 @@ class AuthorizationIdentityTests(unittest.TestCase):
             self.assertRaises(ScramError, ServerExchange("sha256", {}, False, False).client_first, other)
 
 
+class SaslnameTests(unittest.TestCase):
+    def test_escapes(self) -> None:
+        from twisted_pop3ng.auth.scram_server import unescape_name
+
+        self.assertEqual(unescape_name("a=2Cb=3Dc"), "a,b=c")
+        for bad in ("al=ice", "a=2c", "a="):  # (RFC 5802 §5.1: the server MUST fail these)
+            self.assertRaises(ScramError, unescape_name, bad)
+
+
 class ChannelBindingTests(unittest.TestCase):
     def test_downgrade_and_missing_binding(self) -> None:
         bindings = {"tls-exporter": b"x" * 32}

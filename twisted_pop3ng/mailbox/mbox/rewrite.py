@@ -61,28 +61,30 @@ def _digest(fd: int, start: int, end: int, touch: Callable[[], None] = lambda: N
     return h.hexdigest()
 
 
-def _remove_stale_temporaries(path: str) -> None:
-    """Remove journals a killed rewrite left half-written (``create_temporary``'s ``PATH.tmp.*``).
+def _remove_stale_temporaries(mbox_path: str) -> None:
+    """Remove what killed writers left half-written beside the mbox: a journal or a UIDL index
+    (``create_temporary``'s ``PATH.tmp.*``).
 
-    Only a rewrite writes one, under the write lock, which the caller now holds: any there is
-    stale. Looked for only here, before a rewrite (which costs far more than a directory listing),
-    not at every lock: a mail spool directory can hold many thousands of names."""
-    directory, prefix = os.path.dirname(path) or ".", os.path.basename(path) + ".tmp."
+    Both are written only under the write lock, which the caller now holds: any there is stale.
+    Looked for only before a rewrite (which costs far more than a directory listing), not at
+    every lock: a mail spool directory can hold many thousands of names."""
+    directory = os.path.dirname(mbox_path) or "."
+    prefixes = tuple(os.path.basename(hidden_name(mbox_path, suffix)) + ".tmp."
+                     for suffix in ("pop3ng-journal", "pop3ng-uidl"))
     for name in os.listdir(directory):
-        if name.startswith(prefix):
+        if name.startswith(prefixes):
             try:
                 os.unlink(os.path.join(directory, name))
             except OSError as error:  # (another user's file in a sticky spool: left, said)
-                log.warning("cannot remove the stale journal %s: %s", name, error)
+                log.warning("cannot remove the stale temporary file %s: %s", name, error)
             else:
-                log.warning("removed %s, left by a rewrite that was killed", name)
+                log.warning("removed %s, left by a writer that was killed", name)
 
 
 def _write_journal(path: str, header: Dict, body: Callable[[int], int]) -> None:
     """The journal: the body (written by ``body(fd)``, returning its length), the JSON header,
     and the header's length in 16 digits; fsynced and renamed into place."""
     directory = os.path.dirname(path) or "."
-    _remove_stale_temporaries(path)
     tmp, fd = create_temporary(path)
     try:
         try:
@@ -146,6 +148,7 @@ def rewrite(mbox_path: str, fd: int, records: Sequence[Record], scanned_end: int
     header = {"dev": st.st_dev, "ino": st.st_ino, "start": start, "old_len": st.st_size, "new_len": new_len,
               "leftover": _digest(fd, new_len, st.st_size), "deleted": list(deleted_uids)}
     path = journal_path(mbox_path)
+    _remove_stale_temporaries(mbox_path)
     _write_journal(path, header, body)
     _apply(path, fd, touch, on_applied)
 

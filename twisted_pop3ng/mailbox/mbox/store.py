@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from typing import Any, BinaryIO, Dict, List, NamedTuple, Optional, Sequence
@@ -211,11 +212,13 @@ class MboxStore:
         undo_unfinished_append(path, fd, index, lock.touch, self.format)
         st = os.fstat(fd)
         size = st.st_size
-        index.pending = (st.st_dev, st.st_ino, size)
+        separator = mbox_format.separator_needed(fd, size)
+        head = separator + from_line()
+        index.pending = (st.st_dev, st.st_ino, size, head)
         index.save()
         try:
-            start = size + len(mbox_format.separator_needed(fd, size))
-            end = _append(fd, size, source, lock.touch, self.format)
+            start = size + len(separator)
+            end = _append(fd, size, head, source, lock.touch, self.format)
             os.fsync(fd)
             records = mbox_format.scan(fd, self.format, end, start).records
             if len(records) != 1:
@@ -236,30 +239,56 @@ def undo_unfinished_append(path: str, fd: int, index: UidIndex, touch: Any, fmt:
     """Remove what a delivery cut short (a kill, a power loss) appended: it was never
     acknowledged, and the MTA delivers it again. Write lock held.
 
-    Mail another program appended after it is kept: the unfinished message ends where the next
-    line starting "From " does -- none inside it can, they are quoted -- and that range is
-    removed by an in-place rewrite (:func:`.rewrite.rewrite`, behind its journal); with nothing
-    after it, the file is cut back."""
+    Only when the octets at the recorded offset are the ones it wrote first (its separator and
+    ``From_`` line, kept in the index): else another program has written there since (it came
+    first after the kill, or rewrote the file), and nothing is touched -- mail is never removed
+    on a guess. Mail appended after it is kept: it ends where the next line starting "From "
+    does (none inside it can, they are quoted), and that range is taken out by an in-place
+    rewrite (:func:`.rewrite.rewrite`, behind its journal); with nothing after it, the file is
+    cut back."""
     pending, index.pending = index.pending, None
     if pending is None:
         return
     st = os.fstat(fd)
-    dev, ino, start = pending
-    if (st.st_dev, st.st_ino) != (dev, ino) or st.st_size <= start:
-        index.save()  # (another file now, or nothing was written)
-        return
-    starts = _from_lines(fd, start, st.st_size)
-    if starts and starts[0] <= start + 2:  # its own From_ line (after a separator of 0-2 octets)
-        starts = starts[1:]
-    if not starts:
-        os.ftruncate(fd, start)
+    dev, ino, start, head = pending
+    written = os.pread(fd, len(head), start) if (st.st_dev, st.st_ino) == (dev, ino) else b""
+    if written == head:
+        starts = _from_lines(fd, start + len(head), st.st_size)
+        end = starts[0] if starts else st.st_size
+        if _FOREIGN_FROM.search(_tail(fd, start + len(head), end)):
+            # another writer's From_ line right after a cut line: which octets are whose is
+            # not certain, so nothing is removed (a torn message is served, no mail is lost)
+            log.warn("mbox {path}: a delivery cut short at offset {start} is followed by another "
+                     "program's mail without a line break: left as it is", path=path, start=start)
+            index.save()
+            return
+        if starts:
+            spans = [_Span(0, start), _Span(start, end), _Span(end, st.st_size)]
+            rewrite(path, fd, spans, st.st_size, [1], [], touch, lambda uids: None)  # type: ignore[arg-type]
+        else:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+    elif written and head.startswith(written) and start + len(written) == st.st_size:
+        os.ftruncate(fd, start)  # (cut short inside its own From_ line)
         os.fsync(fd)
     else:
-        spans = [_Span(0, start), _Span(start, starts[0]), _Span(starts[0], st.st_size)]
-        rewrite(path, fd, spans, st.st_size, [1], [], touch, lambda uids: None)  # type: ignore[arg-type]
+        if st.st_size > start:
+            log.warn("mbox {path}: a delivery was cut short at offset {start}, but another program "
+                     "has written there since: left as it is", path=path, start=start)
+        index.save()
+        return
     log.warn("mbox {path}: removed a delivery that was cut short (never acknowledged) at offset "
              "{start}", path=path, start=start)
     index.save()
+
+
+#: A ``From_`` line as MTAs write it (``From SENDER Www Mmm dd hh:mm:ss yyyy``), wherever it is.
+_FOREIGN_FROM = re.compile(rb"From \S+ +[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d ")
+
+
+def _tail(fd: int, begin: int, end: int) -> bytes:
+    """The octets ``[begin, end)`` (recovery only: a cut-short delivery's remains)."""
+    return os.pread(fd, end - begin, begin) if end > begin else b""
 
 
 class _Span(NamedTuple):
@@ -293,11 +322,12 @@ def from_line(now: Optional[float] = None) -> bytes:
     return b"From MAILER-DAEMON " + time.asctime(time.localtime(now)).encode("ascii") + b"\n"
 
 
-def _append(fd: int, size: int, source: BinaryIO, touch: Any, fmt: str) -> int:
-    """Write separator, ``From_`` line, the message (quoted for ``fmt``, plain CRLF line ends made LF,
-    a final LF added when missing) and the empty separator line at ``size``; the new end."""
+def _append(fd: int, size: int, head: bytes, source: BinaryIO, touch: Any, fmt: str) -> int:
+    """Write ``head`` (separator and ``From_`` line), the message (quoted for ``fmt``, plain CRLF
+    line ends made LF, a final LF added when missing) and the empty separator line at ``size``;
+    the new end."""
     offset = size
-    out = bytearray(mbox_format.separator_needed(fd, size) + from_line())
+    out = bytearray(head)
     carry = b""
     bol = True  # whether ``carry`` starts a line
 

@@ -9,13 +9,15 @@ is a valid UIDL not used by another message, else ``EPOCH.N`` from a counter tha
 EPOCH is random per index, so a lost index never brings back an old UIDL (the messages get new
 ones, and a client downloads them once more). Entries of messages gone from the file are dropped.
 
-Format: a first line ``pop3ng-mbox-uidl 1 EPOCH NEXT`` (with ``append:DEV:INO:OFFSET`` added while a
+Format: a first line ``pop3ng-mbox-uidl 1 EPOCH NEXT`` (with ``append:DEV:INO:OFFSET:HEAD`` added while a
 delivery appends), then ``FINGERPRINT UIDL`` per message.
 Written with tmp + fsync + rename; a missing or damaged index is started afresh.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 from collections import defaultdict, deque
@@ -31,14 +33,15 @@ log = logging.getLogger(__name__)
 
 class UidIndex:
     def __init__(self, path: str, epoch: str, next_number: int, entries: List[Tuple[str, str]],
-                 pending: Optional[Tuple[int, int, int]] = None) -> None:
+                 pending: Optional[Tuple[int, int, int, bytes]] = None) -> None:
         self.path = path
         self.epoch = epoch
         self.next_number = next_number
         self.entries = entries
-        #: A delivery under way: (st_dev, st_ino, offset it appends at). Saved before the append
-        #: and cleared with the new UIDL: found set by the next locker, the append was cut short
-        #: (a kill, a power loss) and never acknowledged (:func:`..store.undo_unfinished_append`).
+        #: A delivery under way: (st_dev, st_ino, offset it appends at, the octets it writes
+        #: first). Saved before the append and cleared with the new UIDL: found set by the next
+        #: locker, the append was cut short (a kill, a power loss) and never acknowledged
+        #: (:func:`..store.undo_unfinished_append`).
         self.pending = pending
 
     @classmethod
@@ -52,23 +55,26 @@ class UidIndex:
                 raise ValueError("not an index")
             pending = None
             if rest:
-                kind, dev, ino, start = rest[0].split(":")
+                kind, dev, ino, start, head = rest[0].split(":")
                 if kind != "append":
                     raise ValueError("damaged header")
-                pending = (int(dev), int(ino), int(start))
+                pending = (int(dev), int(ino), int(start), base64.b64decode(head, validate=True))
             entries = [tuple(line.split()) for line in lines[1:]]
             if any(len(entry) != 2 or not is_valid_uid(entry[1]) for entry in entries):
                 raise ValueError("damaged entry")
             return cls(path, epoch, int(next_number), entries, pending)  # type: ignore[arg-type]
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, IndexError, UnicodeDecodeError) as error:
+        except (OSError, ValueError, IndexError, UnicodeDecodeError, binascii.Error) as error:
             log.warning("mbox UIDL index %s is damaged (%s): started afresh", path, type(error).__name__)
         return cls(path, os.urandom(4).hex(), 1, [])
 
     def save(self) -> None:
         text = "%s 1 %s %d" % (MAGIC, self.epoch, self.next_number)
-        text += (" append:%d:%d:%d\n" % self.pending) if self.pending is not None else "\n"
+        if self.pending is not None:
+            dev, ino, start, head = self.pending
+            text += " append:%d:%d:%d:%s" % (dev, ino, start, base64.b64encode(head).decode("ascii"))
+        text += "\n"
         text += "".join("%s %s\n" % entry for entry in self.entries)
         write_atomically(self.path, text.encode("ascii"))
 
