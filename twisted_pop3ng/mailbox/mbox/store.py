@@ -242,10 +242,8 @@ def undo_unfinished_append(path: str, fd: int, index: UidIndex, touch: Any, fmt:
     Only when the octets at the recorded offset are the ones it wrote first (its separator and
     ``From_`` line, kept in the index): else another program has written there since (it came
     first after the kill, or rewrote the file), and nothing is touched -- mail is never removed
-    on a guess. Mail appended after it is kept: it ends where the next line starting "From "
-    does (none inside it can, they are quoted), and that range is taken out by an in-place
-    rewrite (:func:`.rewrite.rewrite`, behind its journal); with nothing after it, the file is
-    cut back."""
+    on a guess. Mail appended after it is kept: its range is taken out by an in-place rewrite
+    (:func:`.rewrite.rewrite`, behind its journal); with nothing after it, the file is cut back."""
     pending, index.pending = index.pending, None
     if pending is None:
         return
@@ -253,16 +251,16 @@ def undo_unfinished_append(path: str, fd: int, index: UidIndex, touch: Any, fmt:
     dev, ino, start, head = pending
     written = os.pread(fd, len(head), start) if (st.st_dev, st.st_ino) == (dev, ino) else b""
     if written == head:
+        # Its end: the next line that starts with "From " (inside it none can: they are
+        # quoted), or, sooner, another writer's From_ line right after a line the kill cut.
+        # Removing up to the first such line never removes another program's octets: if the
+        # first is inside the torn message after all, a piece of it stays, nothing else goes.
         starts = _from_lines(fd, start + len(head), st.st_size)
         end = starts[0] if starts else st.st_size
-        if _FOREIGN_FROM.search(_tail(fd, start + len(head), end)):
-            # another writer's From_ line right after a cut line: which octets are whose is
-            # not certain, so nothing is removed (a torn message is served, no mail is lost)
-            log.warn("mbox {path}: a delivery cut short at offset {start} is followed by another "
-                     "program's mail without a line break: left as it is", path=path, start=start)
-            index.save()
-            return
-        if starts:
+        found = _FOREIGN_FROM.search(_tail(fd, start + len(head), end))
+        if found:
+            end = start + len(head) + found.start()
+        if end < st.st_size:
             spans = [_Span(0, start), _Span(start, end), _Span(end, st.st_size)]
             rewrite(path, fd, spans, st.st_size, [1], [], touch, lambda uids: None)  # type: ignore[arg-type]
         else:
