@@ -303,7 +303,8 @@ class POP3Client(LoginMixin, Protocol, TimeoutMixin):
         """``Deferred.cancel()`` of a command: a cancelled command has no effect. One not sent
         yet never is; one sent already (a DELE, a RETR half received) cannot be taken back, so
         the connection is aborted: without QUIT the server commits nothing, and no more of a
-        body reaches its consumer. The other commands fail with the reason."""
+        body reaches its consumer. The other commands fail with the reason. (QUIT itself, once
+        sent, may have been acted on before the abort arrives.)"""
         if any(item is pending for item in self._queued):
             if pending.discard_rest:  # STLS: what was queued behind it must not go out in clear
                 behind = list(self._queued)
