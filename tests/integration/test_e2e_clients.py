@@ -152,8 +152,10 @@ class GetmailTests(ClientTestCase):
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(dest, sub))
         rc = os.path.join(work, "getmailrc")
+        # timeout: getmail's own wait for its delivery child (below) gives up after this long
         with open(rc, "w") as f:
-            f.write("[retriever]\ntype = %s\nserver = localhost\nport = %d\nusername = %s\npassword = %s\n%s\n"
+            f.write("[retriever]\ntype = %s\nserver = localhost\nport = %d\nusername = %s\npassword = %s\n"
+                    "timeout = 15\n%s\n"
                     "[destination]\ntype = Maildir\npath = %s/\n\n"
                     "[options]\ndelete = true\nread_all = true\nverbose = 2\n"
                     "delivered_to = false\nreceived = false\n"
@@ -164,8 +166,17 @@ class GetmailTests(ClientTestCase):
             subprocess.run(["chown", "-R", "nobody", work], check=True)
             os.chmod(work, 0o755)
             argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] + argv
-        result = subprocess.run(argv, capture_output=True, timeout=120,
-                                env={"PATH": "/usr/bin:/bin", "HOME": work})
+        for attempt in range(3):
+            result = subprocess.run(argv, capture_output=True, timeout=120,
+                                    env={"PATH": "/usr/bin:/bin", "HOME": work})
+            # getmail6 loses the wake-up from its SIGCHLD handler now and then (a race of its own,
+            # seen against Dovecot too) and gives up with "waiting child pid N timed out". It then
+            # ended without QUIT, so the server kept every message: empty the Maildir and run again.
+            if result.returncode == 0 or b"waiting child pid" not in result.stdout + result.stderr:
+                break
+            for sub in ("cur", "new", "tmp"):
+                for name in os.listdir(os.path.join(dest, sub)):
+                    os.unlink(os.path.join(dest, sub, name))
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn(b"3 messages", result.stdout + result.stderr, result.stdout + result.stderr)
         got = []
